@@ -1,0 +1,41 @@
+# Everything a fresh machine needs: `make demo` or `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: venv dataset test demo bench clean
+
+venv: $(STAMP)
+
+# torch and torchvision are pinned together: this pair installs from the machine's local wheels.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+dataset:
+	@if [ -f $(FMNIST)/train-images-idx3-ubyte.gz ] || [ -f $(FMNIST)/train-images-idx3-ubyte ]; then \
+		echo "Fashion-MNIST: $(FMNIST)"; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+		echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist'," \
+		     "or pass --data-root DIR holding the four IDX files."; \
+	fi
+
+test: venv dataset
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+demo: venv dataset
+	$(BIN)/trajgen collect --archs mlp,cnn,vit --runs 6 --steps 128 --every 4 --workers 2 --store data/demo.zarr
+	$(BIN)/trajgen info data/demo.zarr
+
+bench: venv dataset
+	$(BIN)/python scripts/bench_trajgen.py
+
+clean:
+	rm -rf $(VENV) data/demo.zarr .pytest_cache

@@ -1,0 +1,86 @@
+"""``trajgen`` commands: parse flags, call the library, turn its errors into one-line messages."""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+from trajgen import collect as collecting
+from trajgen import info as store_info
+from trajgen.data import DATASETS, DatasetError
+from trajgen.spec import ARCHS, OPTIMIZERS, SpecError, parse_choices
+from trajgen.store import StoreError
+
+USER_ERRORS = (SpecError, StoreError, DatasetError)
+
+
+class UserError(click.ClickException):
+    """Bad input: printed as one line, exit code 2 like click's own usage errors."""
+
+    exit_code = 2
+
+
+def user_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as err:
+            raise UserError(str(err)) from None
+        except PermissionError as err:
+            raise UserError(f"permission denied: {err.filename}") from None
+    return wrapper
+
+
+@click.group()
+@click.version_option(package_name="invwnn")
+def main() -> None:
+    """Record weight trajectories of many small training runs into a Zarr store."""
+
+
+@main.command()
+@click.option("--store", default="data/traj.zarr", show_default=True, help="Zarr store to create or resume.")
+@click.option("--archs", default=",".join(ARCHS), show_default=True, help=f"Comma list of {', '.join(ARCHS)}.")
+@click.option("--optimizers", default=",".join(OPTIMIZERS), show_default=True, help="Comma list to draw from.")
+@click.option("--runs", default=500, show_default=True, type=click.IntRange(min=1), help="Runs in the collection.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Global seed; run i's spec depends on (seed, i) only.")
+@click.option("--steps", default=512, show_default=True, type=click.IntRange(min=1), help="Optimizer steps per run.")
+@click.option("--every", default=4, show_default=True, type=click.IntRange(min=1), help="Record all weights every N steps.")
+@click.option("--dataset", default="fashion-mnist", show_default=True, type=click.Choice(DATASETS))
+@click.option("--data-root", default=None, type=click.Path(), help="Folder with the dataset's IDX files.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0),
+              help="Local dask worker processes (0: train in this process).")
+@click.option("--threads-per-worker", default=1, show_default=True, type=click.IntRange(min=1),
+              help="torch threads per worker.")
+@click.option("--scheduler", default=None, help="Address of an existing dask scheduler (overrides --workers).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@user_errors
+def collect(store, archs, optimizers, runs, seed, steps, every, dataset, data_root, workers,
+            threads_per_worker, scheduler, quiet):
+    """Train many small nets and stream every weight's history into STORE; rerun to resume."""
+    if every > steps:
+        raise UserError(f"--every {every} is larger than --steps {steps}")
+    config = collecting.CollectConfig(
+        store=store, archs=parse_choices("architecture", archs, ARCHS),
+        optimizers=parse_choices("optimizer", optimizers, OPTIMIZERS), runs=runs, seed=seed,
+        steps=steps, every=every, dataset=dataset, data_root=data_root, workers=workers,
+        threads_per_worker=threads_per_worker, scheduler=scheduler, progress=not quiet)
+    result = collecting.collect(config)
+    click.echo(f"{result['store']}: trained {result['trained']} runs, skipped {result['skipped']} "
+               f"already complete, in {result['seconds']:.1f} s")
+
+
+@main.command()
+@click.argument("store")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@user_errors
+def info(store, as_json):
+    """Summarise the runs in STORE."""
+    d = store_info.describe(store)
+    click.echo(json.dumps(d, indent=2) if as_json else store_info.format_description(d))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Collection orchestration: plan the runs, skip what is done, train the rest on dask.distributed,
+register finished runs in the root index. The client process is the index's only writer."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from trajgen import data as datasets
+from trajgen import store
+from trajgen.nets import layer_table
+from trajgen.spec import ARCHS, OPTIMIZERS, RunSpec, SpecError, draw_run
+from trajgen.train import accuracy, build_model, snapshots
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """What ``trajgen collect`` does. ``workers=0`` trains in this process (no cluster)."""
+
+    store: str = "data/traj.zarr"
+    archs: tuple[str, ...] = ARCHS
+    optimizers: tuple[str, ...] = OPTIMIZERS
+    runs: int = 500
+    seed: int = 0
+    steps: int = 512
+    every: int = 4
+    dataset: str = "fashion-mnist"
+    data_root: str | None = None
+    workers: int = 2
+    threads_per_worker: int = 1
+    scheduler: str | None = None
+    progress: bool = field(default=True, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan(config: CollectConfig) -> list[RunSpec]:
+    """The specs of runs 0 .. runs-1: a pure function of the config."""
+    if config.runs < 1:
+        raise SpecError(f"--runs must be at least 1, got {config.runs}")
+    return [draw_run(config.seed, i, config.archs, config.optimizers, config.steps, config.every,
+                     config.dataset) for i in range(config.runs)]
+
+
+def train_to_store(store_path: str, spec_dict: dict, data_root: str | None,
+                   threads: int) -> tuple[str, dict[str, Any]]:
+    """Train one run and stream it into its own group. Runs on a worker; returns the index entry."""
+    torch.set_num_threads(threads)  # dask pins OMP threads to 1; say what we want explicitly
+    spec = RunSpec.from_dict(spec_dict)
+    data = datasets.load(spec.dataset, data_root)
+    model = build_model(spec, data)
+    writer = store.RunWriter(store_path, spec, layer_table(model))
+    for snap in snapshots(spec, model, data):
+        writer.append(snap.step, snap.weights, snap.loss, snap.acc)
+    diverged = writer.n_written + writer.n_buffered < spec.n_snapshots
+    test_acc = float("nan") if diverged else accuracy(model, data.x_test, data.y_test)
+    return spec.name, writer.close(test_acc, diverged)
+
+
+def _resume_state(root, specs: list[RunSpec]) -> tuple[list[RunSpec], dict[str, dict]]:
+    """Split the plan into runs still to train and complete runs missing from the index. A complete
+    run whose recorded spec differs from the plan means the flags changed: refuse."""
+    indexed = store.index(root)
+    todo, unindexed = [], {}
+    for spec in specs:
+        if not store.is_complete(root, spec.name):
+            todo.append(spec)
+            continue
+        group = root["runs"][spec.name]
+        if RunSpec.from_dict(group.attrs["spec"]) != spec:
+            raise SpecError(f"the store already holds {spec.name} with a different spec; resume with "
+                            "the flags that made it, or collect into another --store")
+        if spec.name not in indexed:
+            unindexed[spec.name] = store.run_summary(group)
+    return todo, unindexed
+
+
+def _client(config: CollectConfig):
+    from distributed import Client, LocalCluster
+
+    if config.scheduler:
+        return Client(config.scheduler)
+    cluster = LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True,
+                           dashboard_address=None, silence_logs=logging.ERROR)
+    return Client(cluster)
+
+
+def collect(config: CollectConfig) -> dict[str, Any]:
+    """Make ``config.runs`` runs complete in ``config.store``; returns what was done. Everything
+    that can be checked is checked before the store is touched."""
+    specs = plan(config)
+    datasets.load(config.dataset, config.data_root)  # a missing dataset fails before any write
+    path = str(Path(config.store))
+    root = store.create_store(path)
+    todo, unindexed = _resume_state(root, specs)
+    if unindexed:
+        store.add_to_index(root, unindexed)
+    started = time.perf_counter()
+    bar = tqdm(total=len(specs), initial=len(specs) - len(todo), unit="run", desc="collect",
+               disable=not config.progress)
+
+    def done(name: str, summary: dict) -> None:
+        store.add_to_index(root, {name: summary})
+        bar.update(1)
+        hours = (time.perf_counter() - started) / 3600
+        bar.set_postfix(runs_per_hour=f"{(bar.n - bar.initial) / hours:.0f}")
+
+    if todo and config.workers == 0 and not config.scheduler:
+        threads = torch.get_num_threads()
+        try:
+            for spec in todo:
+                done(*train_to_store(path, spec.to_dict(), config.data_root, config.threads_per_worker))
+        finally:
+            torch.set_num_threads(threads)
+    elif todo:
+        from distributed import as_completed
+
+        with _client(config) as client:
+            futures = [client.submit(train_to_store, path, spec.to_dict(), config.data_root,
+                                     config.threads_per_worker, key=f"trajgen-{spec.name}", retries=2)
+                       for spec in todo]
+            for future in as_completed(futures):
+                done(*future.result())
+    bar.close()
+    return {"store": path, "planned": len(specs), "trained": len(todo),
+            "skipped": len(specs) - len(todo), "seconds": time.perf_counter() - started}

@@ -1,0 +1,66 @@
+"""What a store holds: the figures ``trajgen info`` prints."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trajgen import store
+
+
+def disk_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def describe(path: str | Path) -> dict[str, Any]:
+    """Runs by architecture and optimizer, sizes, compression and final test accuracy spread of
+    the complete runs in the store at ``path``."""
+    path = Path(path)
+    root = store.open_store(path)
+    idx = store.index(root)
+    present = store.run_names(root)
+    entries = [s for name, s in idx.items() if store.is_complete(root, name)]
+    good = [s for s in entries if not s["diverged"]]
+    accs = np.array([s["final_test_acc"] for s in good], dtype=float)
+    raw = sum(4 * s["n_coords"] * s["n_snapshots"] for s in entries)
+    on_disk = disk_bytes(path)
+    spread = ({"min": float(accs.min()), "median": float(np.median(accs)), "max": float(accs.max())}
+              if len(accs) else None)
+    return {
+        "store": str(path),
+        "schema_version": store.SCHEMA_VERSION,
+        "runs": len(entries),
+        "diverged": len(entries) - len(good),
+        "incomplete": len([n for n in present if n not in idx]),
+        "by_arch": dict(sorted(Counter(s["arch"] for s in entries).items())),
+        "by_optimizer": dict(sorted(Counter(s["optimizer"] for s in entries).items())),
+        "coordinates": int(sum(s["n_coords"] for s in entries)),
+        "snapshots": int(sum(s["n_snapshots"] for s in entries)),
+        "values": int(raw // 4),
+        "bytes_raw": int(raw),
+        "bytes_on_disk": int(on_disk),
+        "compression_ratio": raw / on_disk if on_disk else None,
+        "final_test_acc": spread,
+    }
+
+
+def format_description(d: dict[str, Any]) -> str:
+    def counts(c: dict) -> str:
+        return ", ".join(f"{k} {v}" for k, v in c.items()) or "-"
+
+    lines = [
+        f"store         {d['store']} (schema {d['schema_version']})",
+        f"runs          {d['runs']} complete, {d['diverged']} of them diverged, {d['incomplete']} incomplete",
+        f"by arch       {counts(d['by_arch'])}",
+        f"by optimizer  {counts(d['by_optimizer'])}",
+        f"coordinates   {d['coordinates']:,} in all; {d['snapshots']:,} snapshots; {d['values']:,} values",
+        f"size          {d['bytes_raw'] / 2**20:,.1f} MiB raw, {d['bytes_on_disk'] / 2**20:,.1f} MiB on disk"
+        + (f" ({d['compression_ratio']:.2f}x)" if d["compression_ratio"] else ""),
+    ]
+    acc = d["final_test_acc"]
+    if acc:
+        lines.append(f"test accuracy min {100 * acc['min']:.1f}%  median {100 * acc['median']:.1f}%  "
+                     f"max {100 * acc['max']:.1f}%")
+    return "\n".join(lines)

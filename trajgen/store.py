@@ -1,0 +1,242 @@
+"""The trajectory store's schema, in one place.
+
+Layout (Zarr v3, one directory)::
+
+    traj.zarr/                      attrs: schema_version, kind, index {run name: summary}
+      runs/<run-000042>/            attrs: spec, layers, versions, complete, diverged, final_test_acc
+        history  (n_coords, n_snapshots) float32, chunks (COORD_CHUNK, TIME_CHUNK), Blosc zstd
+        kind     (n_coords,)  uint8   code of the parameter kind (trajgen.nets.KINDS)
+        layer    (n_coords,)  uint16  row of the layer table the coordinate belongs to
+        pos      (n_coords,)  int32   flat position inside that layer's tensor
+        step     (n_snapshots,) int64    optimizer steps taken when the snapshot was recorded
+        loss     (n_snapshots,) float32  mean training loss since the previous snapshot
+        acc      (n_snapshots,) float32  mean training accuracy since the previous snapshot
+
+A run group is written only by the task that trains it, and marked ``complete`` only after its last
+write; the root index is written only by the collecting client. Readers trust the ``complete`` flag,
+never the mere existence of a group. Zarr's local store replaces files by rename, so a kill leaves
+every file either old or new.
+"""
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from trajgen.nets import KINDS, Layer
+from trajgen.spec import RunSpec
+
+SCHEMA_VERSION = 1
+STORE_KIND = "trajgen-store"
+TIME_CHUNK = 64
+COORD_CHUNK = 16384
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be created, opened or read as a trajgen store."""
+
+
+def versions() -> dict[str, str]:
+    import numcodecs
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "zarr": zarr.__version__, "numcodecs": numcodecs.__version__, "numpy": np.__version__}
+
+
+def compressor() -> BloscCodec:
+    return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+
+
+def _check_root(root: zarr.Group, path: Path) -> zarr.Group:
+    kind = root.attrs.get("kind")
+    if kind != STORE_KIND:
+        raise StoreError(f"{path} is a Zarr group but not a trajgen store")
+    version = root.attrs.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise StoreError(f"{path} has schema version {version}; this trajgen reads version "
+                         f"{SCHEMA_VERSION} only (collect into a new --store)")
+    return root
+
+
+def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
+    """Open an existing store for reading (``mode='r'``) or appending (``'a'``)."""
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        raise StoreError(f"{path} is not a trajgen store (no zarr.json)")
+    try:
+        root = zarr.open_group(str(path), mode=mode)
+    except Exception as err:  # zarr raises several types for unreadable metadata
+        raise StoreError(f"cannot open {path}: {err}") from err
+    return _check_root(root, path)
+
+
+def check_writable(path: Path) -> None:
+    """Fail early, before any training, if ``path`` cannot hold a store."""
+    parent = path if path.exists() else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"{path} exists and is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise StoreError(f"cannot write to {parent} (permission denied)")
+
+
+def create_store(path: str | Path) -> zarr.Group:
+    """Open the store at ``path`` for appending, creating an empty one if there is none."""
+    path = Path(path)
+    check_writable(path)
+    if (path / "zarr.json").is_file():
+        return open_store(path, mode="a")
+    if path.exists() and any(path.iterdir()):
+        raise StoreError(f"{path} exists, is not empty and is not a trajgen store")
+    try:
+        root = zarr.open_group(str(path), mode="w")
+        root.create_group("runs")
+        root.attrs.update({"kind": STORE_KIND, "schema_version": SCHEMA_VERSION, "index": {}})
+    except OSError as err:
+        raise StoreError(f"cannot create store at {path}: {err.strerror or err}") from err
+    return root
+
+
+def run_names(root: zarr.Group) -> list[str]:
+    """Names of all run groups present, complete or not, sorted."""
+    return sorted(name for name, _ in root["runs"].groups())
+
+
+def is_complete(root: zarr.Group, name: str) -> bool:
+    try:
+        return bool(root["runs"][name].attrs.get("complete", False))
+    except (KeyError, ValueError, OSError):
+        return False  # a group whose metadata a kill tore or never wrote
+
+
+def index(root: zarr.Group) -> dict[str, dict[str, Any]]:
+    """The root index: summary of every complete run the collector has registered."""
+    return dict(root.attrs.get("index", {}))
+
+
+def add_to_index(root: zarr.Group, summaries: dict[str, dict[str, Any]]) -> None:
+    """Register complete runs in the root index (single writer: the collecting client)."""
+    merged = index(root)
+    merged.update(summaries)
+    root.attrs["index"] = dict(sorted(merged.items()))
+
+
+def complete_runs(path: str | Path, include_diverged: bool = False) -> list[str]:
+    """Runs a reader may use: in the index and flagged complete, skipping diverged runs unless
+    asked. Safe to call while a collection is writing to the store."""
+    root = open_store(path)
+    return [name for name, summary in index(root).items()
+            if (include_diverged or not summary.get("diverged")) and is_complete(root, name)]
+
+
+def run_summary(group: zarr.Group) -> dict[str, Any]:
+    """The index entry of a complete run group."""
+    a = group.attrs
+    spec = a["spec"]
+    return {"arch": spec["arch"]["family"], "optimizer": spec["optim"]["name"],
+            "n_coords": int(group["history"].shape[0]), "n_snapshots": int(group["history"].shape[1]),
+            "final_test_acc": a.get("final_test_acc"), "diverged": bool(a.get("diverged", False))}
+
+
+class RunWriter:
+    """Streams one run into ``runs/<spec.name>``, holding at most one time chunk in memory.
+
+    Any previous, incomplete group of the same name is replaced. Call :meth:`append` once per
+    snapshot and :meth:`close` at the end; only ``close`` marks the run complete.
+    """
+
+    def __init__(self, path: str | Path, spec: RunSpec, layers: list[Layer],
+                 time_chunk: int = TIME_CHUNK, coord_chunk: int = COORD_CHUNK):
+        root = open_store(path, mode="a")
+        runs = root["runs"]
+        if spec.name in runs:
+            del runs[spec.name]
+        n_coords = sum(layer.numel for layer in layers)
+        n_snap = spec.n_snapshots
+        self.group = runs.create_group(spec.name)
+        self.history = self.group.create_array(
+            "history", shape=(n_coords, n_snap), dtype="float32", fill_value=np.nan,
+            chunks=(min(coord_chunk, n_coords), min(time_chunk, n_snap)), compressors=[compressor()])
+        kind = np.concatenate([np.full(layer.numel, KINDS.index(layer.kind), np.uint8) for layer in layers])
+        row = np.concatenate([np.full(layer.numel, i, np.uint16) for i, layer in enumerate(layers)])
+        pos = np.concatenate([np.arange(layer.numel, dtype=np.int32) for layer in layers])
+        for name, values in (("kind", kind), ("layer", row), ("pos", pos)):
+            self.group.create_array(name, data=values, chunks=(min(coord_chunk, n_coords),),
+                                    compressors=[compressor()])
+        self.group.attrs.update({"spec": spec.to_dict(), "layers": [layer.to_dict() for layer in layers],
+                                 "versions": versions(), "complete": False})
+        self.time_chunk = self.history.chunks[1]
+        self.buffer = np.empty((self.time_chunk, n_coords), np.float32)  # snapshot-major, flushed transposed
+        self.n_buffered = 0
+        self.n_written = 0
+        self.step: list[int] = []
+        self.loss: list[float] = []
+        self.acc: list[float] = []
+
+    def append(self, step: int, weights: np.ndarray, loss: float, acc: float) -> None:
+        """Record one snapshot: ``weights`` is the flat ``(n_coords,)`` float32 vector."""
+        self.buffer[self.n_buffered] = weights
+        self.n_buffered += 1
+        self.step.append(step)
+        self.loss.append(loss)
+        self.acc.append(acc)
+        if self.n_buffered == self.time_chunk:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.n_buffered:
+            t0 = self.n_written
+            self.history[:, t0: t0 + self.n_buffered] = self.buffer[: self.n_buffered].T
+            self.n_written += self.n_buffered
+            self.n_buffered = 0
+
+    def close(self, final_test_acc: float, diverged: bool = False) -> dict[str, Any]:
+        """Write the rest, trim unused snapshots (a diverged run stops early), mark complete."""
+        self._flush()
+        if self.n_written < self.history.shape[1]:
+            self.history.resize((self.history.shape[0], self.n_written))
+        for name, values, dtype in (("step", self.step, np.int64), ("loss", self.loss, np.float32),
+                                    ("acc", self.acc, np.float32)):
+            self.group.create_array(name, data=np.asarray(values, dtype), chunks=(max(1, len(values)),))
+        self.group.attrs.update({"final_test_acc": float(final_test_acc), "diverged": bool(diverged),
+                                 "complete": True})
+        return run_summary(self.group)
+
+
+@dataclass
+class RunRecord:
+    """A complete run opened for reading; ``history`` stays on disk until sliced."""
+
+    name: str
+    spec: RunSpec
+    layers: list[Layer]
+    history: zarr.Array
+    kind: np.ndarray
+    layer: np.ndarray
+    pos: np.ndarray
+    step: np.ndarray
+    loss: np.ndarray
+    acc: np.ndarray
+    final_test_acc: float
+    diverged: bool
+
+
+def open_run(path_or_root: str | Path | zarr.Group, name: str) -> RunRecord:
+    root = path_or_root if isinstance(path_or_root, zarr.Group) else open_store(path_or_root)
+    if not is_complete(root, name):
+        raise StoreError(f"run {name} is missing or incomplete")
+    g = root["runs"][name]
+    a = g.attrs
+    return RunRecord(name=name, spec=RunSpec.from_dict(a["spec"]),
+                     layers=[Layer.from_dict(d) for d in a["layers"]], history=g["history"],
+                     kind=g["kind"][:], layer=g["layer"][:], pos=g["pos"][:], step=g["step"][:],
+                     loss=g["loss"][:], acc=g["acc"][:], final_test_acc=float(a["final_test_acc"]),
+                     diverged=bool(a["diverged"]))

@@ -1,0 +1,120 @@
+"""One training run as a stream of snapshots. Knows nothing about storage."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trajgen import nets
+from trajgen.data import Dataset, to_float
+from trajgen.spec import OptimSpec, RunSpec
+
+
+@dataclass
+class Snapshot:
+    """Weights after ``step`` optimizer steps, as a flat float32 ``(n_coords,)`` array, with the
+    mean training loss and accuracy of the minibatches since the previous snapshot."""
+
+    step: int
+    weights: np.ndarray
+    loss: float
+    acc: float
+
+
+def make_optimizer(spec: OptimSpec, params) -> torch.optim.Optimizer:
+    wd, lr = spec.weight_decay, spec.lr
+    if spec.name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd)
+    if spec.name in ("momentum", "nesterov"):
+        return torch.optim.SGD(params, lr=lr, momentum=spec.momentum, weight_decay=wd,
+                               nesterov=spec.name == "nesterov")
+    if spec.name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if spec.name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
+
+
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """Multiplier of the peak learning rate at ``step`` of ``total``."""
+    t = step / max(1, total)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * t))
+    if schedule == "step":
+        return 0.1 ** (int(t >= 0.5) + int(t >= 0.75))
+    warmup = 0.05
+    return t / warmup if t < warmup else 0.5 * (1 + math.cos(math.pi * (t - warmup) / (1 - warmup)))
+
+
+def build_model(spec: RunSpec, data: Dataset) -> nn.Module:
+    """The run's freshly initialised model; seeded by the spec, so the same spec gives the same
+    weights on any worker."""
+    torch.manual_seed(spec.seed)
+    return nets.build(spec.arch, data.in_shape, len(data.classes), spec.init)
+
+
+def batches(n: int, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+    """Endless shuffled index batches: reshuffled every epoch, last partial batch dropped."""
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        perm = torch.randperm(n, generator=g)
+        for i in range(0, n - batch_size + 1, batch_size):
+            yield perm[i: i + batch_size]
+
+
+def snapshots(spec: RunSpec, model: nn.Module, data: Dataset) -> Iterator[Snapshot]:
+    """Train ``model`` for ``spec.steps`` steps, yielding a snapshot every ``spec.every`` steps
+    (step 0 first). Stops early, without yielding, if the loss or the weights stop being finite:
+    the caller sees fewer snapshots than ``spec.n_snapshots`` and should record the run as
+    diverged."""
+    table = nets.layer_table(model)
+    opt = make_optimizer(spec.optim, model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(spec.optim.schedule, s, spec.steps))
+    order = batches(len(data.y_train), spec.batch_size, spec.seed)
+    model.train()
+
+    idx = next(order)
+    with torch.no_grad():
+        out = model(to_float(data.x_train[idx]))
+        loss0 = F.cross_entropy(out, data.y_train[idx]).item()
+        acc0 = (out.argmax(1) == data.y_train[idx]).float().mean().item()
+    yield Snapshot(0, nets.flat_weights(model, table).numpy(), loss0, acc0)
+
+    loss_sum = torch.zeros(())
+    correct = torch.zeros(())
+    for step in range(1, spec.steps + 1):
+        x, y = to_float(data.x_train[idx]), data.y_train[idx]
+        out = model(x)
+        loss = F.cross_entropy(out, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        loss_sum += loss.detach()
+        correct += (out.detach().argmax(1) == y).sum()
+        idx = next(order)
+        if step % spec.every == 0:
+            weights = nets.flat_weights(model, table)
+            mean_loss = loss_sum.item() / spec.every
+            if not (math.isfinite(mean_loss) and torch.isfinite(weights).all()):
+                return
+            yield Snapshot(step, weights.numpy(), mean_loss, correct.item() / (spec.every * len(y)))
+            loss_sum.zero_()
+            correct.zero_()
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    """Top-1 accuracy of ``model`` on uint8 images ``x``, in [0, 1]; the model is left in eval mode."""
+    model.eval()
+    correct = sum((model(to_float(x[i: i + batch_size])).argmax(1) == y[i: i + batch_size]).sum().item()
+                  for i in range(0, len(y), batch_size))
+    return correct / max(1, len(y))
