@@ -105,11 +105,14 @@ def collect(config: CollectConfig) -> dict[str, Any]:
     bar = tqdm(total=len(specs), initial=len(specs) - len(todo), unit="run", desc="collect",
                disable=not config.progress)
 
+    finished = 0
+
     def done(name: str, summary: dict) -> None:
+        nonlocal finished
         store.add_to_index(root, {name: summary})
+        finished += 1
         bar.update(1)
-        hours = (time.perf_counter() - started) / 3600
-        bar.set_postfix(runs_per_hour=f"{(bar.n - bar.initial) / hours:.0f}")
+        bar.set_postfix(runs_per_hour=f"{finished * 3600 / (time.perf_counter() - started):.0f}")
 
     if todo and config.workers == 0 and not config.scheduler:
         threads = torch.get_num_threads()
