@@ -1,0 +1,21 @@
+"""Shared fixtures. Stores are built once per session from real Fashion-MNIST runs."""
+from __future__ import annotations
+
+import pytest
+
+from trajgen.collect import CollectConfig, collect
+from trajgen import data as datasets
+
+
+@pytest.fixture(scope="session")
+def fmnist():
+    """The real Fashion-MNIST tensors (installed by `make test` from the Debian package)."""
+    return datasets.load("fashion-mnist")
+
+
+@pytest.fixture(scope="session")
+def small_store(tmp_path_factory) -> str:
+    """A real collection: 9 runs (3 per architecture), 128 steps each, a snapshot every 2 steps."""
+    path = str(tmp_path_factory.mktemp("stores") / "small.zarr")
+    collect(CollectConfig(store=path, runs=9, steps=128, every=2, workers=0, progress=False))
+    return path
