@@ -25,15 +25,15 @@ ACTIVATION = {
 
 def param_kind(name: str, module: nn.Module, param: torch.Tensor) -> str:
     """Kind of the parameter ``name`` (its attribute name on ``module``) for any torch model:
-    norm affine parameters, attention input projections, conv kernels (>= 3-D), linear kernels
-    (2-D), biases (1-D), and everything else (tokens, positional and lookup embeddings)."""
+    norm affine parameters, attention input projections, kernels of conv and linear modules,
+    biases (1-D), and everything else (tokens, positional and lookup embeddings)."""
     if isinstance(module, NORM_TYPES):
         return "norm"
     if isinstance(module, nn.MultiheadAttention) and name.endswith("proj_weight"):
         return "attention"
     if isinstance(module, nn.Embedding):
         return "embedding"
-    if param.ndim >= 3:
+    if isinstance(module, nn.modules.conv._ConvNd) and name == "weight":
         return "conv"
     if param.ndim == 2 and isinstance(module, nn.Linear):
         return "linear"

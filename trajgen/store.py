@@ -19,8 +19,8 @@ every file either old or new.
 """
 from __future__ import annotations
 
-import os
 import platform
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,14 +78,20 @@ def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
 
 
 def check_writable(path: Path) -> None:
-    """Fail early, before any training, if ``path`` cannot hold a store."""
-    parent = path if path.exists() else path.parent
-    while not parent.exists():
-        parent = parent.parent
+    """Fail early, before any training, if ``path`` cannot hold a store: probe the nearest
+    existing folder with a real file (permission bits say nothing to root or to read-only mounts)."""
     if path.exists() and not path.is_dir():
         raise StoreError(f"{path} exists and is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise StoreError(f"cannot write to {parent} (permission denied)")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise StoreError(f"cannot create {path}: {parent} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as err:
+        raise StoreError(f"cannot write to {parent}: {err.strerror or err}") from None
 
 
 def create_store(path: str | Path) -> zarr.Group:
