@@ -2,6 +2,7 @@
 register finished runs in the root index. The client process is the index's only writer."""
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -48,12 +49,18 @@ def plan(config: CollectConfig) -> list[RunSpec]:
                      config.dataset) for i in range(config.runs)]
 
 
+@functools.lru_cache(maxsize=2)
+def _load_once(name: str, root: str | None) -> datasets.Dataset:
+    """A worker trains many runs on the same data: decompress it once per process."""
+    return datasets.load(name, root)
+
+
 def train_to_store(store_path: str, spec_dict: dict, data_root: str | None,
                    threads: int) -> tuple[str, dict[str, Any]]:
     """Train one run and stream it into its own group. Runs on a worker; returns the index entry."""
     torch.set_num_threads(threads)  # dask pins OMP threads to 1; say what we want explicitly
     spec = RunSpec.from_dict(spec_dict)
-    data = datasets.load(spec.dataset, data_root)
+    data = _load_once(spec.dataset, data_root)
     model = build_model(spec, data)
     writer = store.RunWriter(store_path, spec, layer_table(model))
     for snap in snapshots(spec, model, data):
@@ -87,7 +94,7 @@ def _client(config: CollectConfig):
     if config.scheduler:
         return Client(config.scheduler)
     cluster = LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True,
-                           dashboard_address=None, silence_logs=logging.ERROR)
+                           dashboard_address=":0", silence_logs=logging.ERROR)
     return Client(cluster)
 
 

@@ -1,0 +1,88 @@
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from trajgen import store
+from trajgen.collect import CollectConfig, collect, plan
+from trajgen.spec import SpecError
+
+SMALL = dict(runs=3, steps=32, every=2, progress=False)
+
+
+def content(path) -> dict:
+    """Every complete run's spec, per-snapshot records and a hash of its history's values."""
+    root = store.open_store(path)
+    out = {}
+    for name in store.complete_runs(path, include_diverged=True):
+        run = store.open_run(root, name)
+        out[name] = (run.spec, run.step.tolist(), run.loss.tolist(), run.final_test_acc,
+                     hashlib.sha256(run.history[:].tobytes()).hexdigest())
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("ref") / "ref.zarr")
+    collect(CollectConfig(store=path, workers=0, **SMALL))
+    return content(path)
+
+
+def test_every_run_array_is_parameters_by_snapshots(reference):
+    assert sorted(reference) == ["run-000000", "run-000001", "run-000002"]
+    for spec, steps, *_ in reference.values():
+        assert steps == list(range(0, 33, 2))
+
+
+def test_two_workers_write_the_same_store_as_one(tmp_path, reference):
+    path = str(tmp_path / "two.zarr")
+    result = collect(CollectConfig(store=path, workers=2, **SMALL))
+    assert result["trained"] == 3
+    assert content(path) == reference
+
+
+def test_rerun_skips_complete_runs_and_indexes_orphans(tmp_path, reference):
+    path = str(tmp_path / "s.zarr")
+    collect(CollectConfig(store=path, workers=0, **{**SMALL, "runs": 2}))
+    root = store.open_store(path, "a")
+    root.attrs["index"] = {}  # as if killed after the runs completed but before they were indexed
+    result = collect(CollectConfig(store=path, workers=0, **SMALL))
+    assert (result["trained"], result["skipped"]) == (1, 2)
+    assert content(path) == reference
+    assert sorted(store.index(store.open_store(path))) == sorted(reference)
+
+
+def test_changed_flags_on_an_existing_store_are_refused(tmp_path):
+    path = str(tmp_path / "s.zarr")
+    collect(CollectConfig(store=path, workers=0, **{**SMALL, "runs": 1}))
+    before = content(path)
+    with pytest.raises(SpecError, match="different spec"):
+        collect(CollectConfig(store=path, workers=0, seed=1, **SMALL))
+    assert content(path) == before
+
+
+def test_resume_after_a_kill_gives_the_uninterrupted_store(tmp_path, reference):
+    path = str(tmp_path / "killed.zarr")
+    cmd = [sys.executable, "-m", "trajgen.cli", "collect", "--store", path, "--workers", "0", "--quiet",
+           "--runs", "3", "--steps", "32", "--every", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (os.path.isdir(f"{path}/runs/run-000001/history")):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    at_kill = content(path)
+    assert "run-000001" not in at_kill and "run-000002" not in at_kill  # killed mid-collection
+    assert store.run_names(store.open_store(path))[-1] == "run-000001"  # a half-written run exists
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert content(path) == reference
+
+
+def test_plan_is_deterministic_and_sized():
+    config = CollectConfig(runs=5, archs=("cnn", "vit"))
+    assert plan(config) == plan(config)
+    assert [s.arch.family for s in plan(config)] == ["cnn", "vit", "cnn", "vit", "cnn"]
