@@ -9,6 +9,7 @@ import click
 
 from trajgen import collect as collecting
 from trajgen import info as store_info
+from trajgen import verify as verifying
 from trajgen.data import DATASETS, DatasetError
 from trajgen.spec import ARCHS, OPTIMIZERS, SpecError, parse_choices
 from trajgen.store import StoreError
@@ -80,6 +81,23 @@ def info(store, as_json):
     """Summarise the runs in STORE."""
     d = store_info.describe(store)
     click.echo(json.dumps(d, indent=2) if as_json else store_info.format_description(d))
+
+
+@main.command()
+@click.argument("store")
+@click.option("--repair", is_flag=True, help="Make the index list exactly the valid complete runs.")
+@user_errors
+def verify(store, repair):
+    """Check every run of STORE against the schema; exit 1 if anything was wrong (--repair fixes
+    the index; it never deletes a run)."""
+    report = verifying.verify(store, repair=repair)
+    for line in report.problems:
+        click.echo(f"problem: {line}")
+    for line in report.repaired:
+        click.echo(f"repaired: {line}")
+    click.echo(f"{store}: {report.runs_checked} complete runs checked, {len(report.problems)} problems")
+    if not report.ok:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
