@@ -1,0 +1,166 @@
+"""``invwnn apply`` and ``invwnn prepare``: parse flags, call the library, turn bad input into one
+line and exit code 2. Method flags are generated from the methods' config dataclasses, so each
+method's defaults are documented in ``--help`` and live in one place."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import types
+import typing
+
+import click
+
+from invwnn.apply import REWINDERS, Inputs, unlearn
+from invwnn.methods import REGISTRY
+from invwnn.models import InputError
+from invwnn.original import PrepareConfig, prepare as prepare_original
+from trajgen.data import DATASETS, DatasetError
+from trajgen.spec import SpecError
+
+
+class UserError(click.ClickException):
+    """Bad input: printed as one line, exit code 2 like click's own usage errors."""
+
+    exit_code = 2
+
+
+def user_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (InputError, DatasetError, SpecError) as err:
+            raise UserError(str(err)) from None
+        except PermissionError as err:
+            raise UserError(f"permission denied: {err.filename}") from None
+    return wrapper
+
+
+def _base_type(tp):
+    if isinstance(tp, str):
+        tp = eval(tp, {"float": float, "int": int, "str": str, "None": None})  # annotations are strings
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    return tp
+
+
+def method_flags() -> dict[str, dict]:
+    """Every config field of every method: flag name -> {type, help, defaults per method}."""
+    flags: dict[str, dict] = {}
+    for name, method in REGISTRY.items():
+        for f in dataclasses.fields(method.config):
+            entry = flags.setdefault(f.name, {"type": _base_type(f.type), "help": [], "defaults": {}})
+            if f.metadata.get("help") and f.metadata["help"] not in entry["help"]:
+                entry["help"].append(f.metadata["help"])
+            entry["defaults"][name] = f.default
+    return flags
+
+
+METHOD_FLAGS = method_flags()
+
+
+def _with_method_flags(fn):
+    for field, entry in reversed(sorted(METHOD_FLAGS.items())):
+        defaults = ", ".join(f"{m}={d}" for m, d in entry["defaults"].items())
+        fn = click.option(f"--{field.replace('_', '-')}", field, type=entry["type"], default=None,
+                          help=f"{'; '.join(entry['help'])}. Defaults: {defaults}.")(fn)
+    return fn
+
+
+def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"{flag} takes comma-separated numbers, got {text!r}") from None
+
+
+@click.command("apply")
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
+              help="Model file: the project's format, a torch.export .pt2, TorchScript, or (with "
+                   "--trust-pickle) a pickled nn.Module.")
+@click.option("--forget", "forget_path", required=True, type=click.Path(),
+              help="Data to forget: ImageFolder DIR (DIR/<class name>/*.png) or tensor file (x, y).")
+@click.option("--retain", "retain_path", type=click.Path(), help="Retain data (same formats), for methods and the report.")
+@click.option("--test", "test_path", type=click.Path(), help="Test data (same formats), for the report.")
+@click.option("--method", default="invwnn", show_default=True, type=click.Choice(list(REGISTRY)))
+@click.option("--out", type=click.Path(dir_okay=False), help="Unlearned model [default: beside the input, M.unlearned.EXT].")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="JSON report [default: the output's name with .json].")
+@click.option("--predictor", type=click.Path(dir_okay=False), help="InvWNN predictor checkpoint [default: the shipped one].")
+@click.option("--rewinder", default="learned", show_default=True, type=click.Choice(REWINDERS),
+              help="invwnn: learned predictor, least-squares line (no checkpoint needed), or none (fine-tune only, a control).")
+@click.option("--trust-pickle", is_flag=True, help="Allow loading a pickled nn.Module (runs code from the file).")
+@click.option("--classes", help="Comma-separated class names, for model files that record none.")
+@click.option("--size", help="HxW input size (e.g. 28x28), for model files that record no preprocessing.")
+@click.option("--channels", type=click.IntRange(min=1), help="Input channels, for files without preprocessing.")
+@click.option("--mean", help="Per-channel mean(s) after scaling to [0, 1], comma-separated.")
+@click.option("--std", help="Per-channel std(s), comma-separated.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of every random choice; recorded in the report.")
+@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_with_method_flags
+@user_errors
+def apply(model_path, forget_path, retain_path, test_path, method, out, report_path, predictor,
+          rewinder, trust_pickle, classes, size, channels, mean, std, seed, device, quiet, **method_opts):
+    """Remove the influence of the FORGET images from MODEL; write the unlearned model and a JSON
+    report (metrics before/after, per-iteration log, config, seed, versions)."""
+    given = {k: v for k, v in method_opts.items() if v is not None}
+    valid = {f.name for f in dataclasses.fields(REGISTRY[method].config)}
+    wrong = sorted(set(given) - valid)
+    if wrong:
+        raise UserError(f"--{wrong[0].replace('_', '-')} is not a setting of method {method}; "
+                        f"its settings: {', '.join('--' + v.replace('_', '-') for v in sorted(valid))}")
+    hw = None
+    if size is not None:
+        try:
+            hw = tuple(int(v) for v in size.lower().split("x"))
+            assert len(hw) == 2
+        except (ValueError, AssertionError):
+            raise UserError(f"--size takes HxW, e.g. 28x28, got {size!r}") from None
+    inputs = Inputs(model_path, forget_path, retain_path, test_path, trust_pickle,
+                    tuple(c.strip() for c in classes.split(",")) if classes else None, hw, channels,
+                    _floats(mean, "--mean"), _floats(std, "--std"))
+    report = unlearn(inputs, method, given, out=out, report_path=report_path, rewinder=rewinder,
+                     predictor=predictor, seed=seed, device=device, progress=not quiet)
+    b, a = report["before"], report["after"]
+    shown = " ".join(f"{k} {b[k]:.1f}->{a[k]:.1f}" for k in ("UA", "RA", "TA", "MIA") if k in a)
+    click.echo(f"{report['output']}: {method} in {report['seconds']:.1f} s; {shown}")
+
+
+@click.command("prepare")
+@click.option("--out", default="demo", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for model.pt, forget/, retain/, test/ and split.json.")
+@click.option("--dataset", default="fashion-mnist", show_default=True, type=click.Choice(DATASETS))
+@click.option("--data-root", type=click.Path(), help="Folder with the dataset's IDX files.")
+@click.option("--train-size", default=PrepareConfig.train_size, show_default=True, type=click.IntRange(min=1),
+              help="Training images (a seeded subset; BRIEF section 6 uses 10000).")
+@click.option("--test-size", default=PrepareConfig.test_size, show_default=True, type=click.IntRange(min=1))
+@click.option("--width", default=PrepareConfig.width, show_default=True, type=click.IntRange(min=1), help="CNN base channels.")
+@click.option("--depth", default=PrepareConfig.depth, show_default=True, type=click.IntRange(min=1), help="CNN conv blocks.")
+@click.option("--epochs", default=PrepareConfig.epochs, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--lr", default=PrepareConfig.lr, show_default=True, type=float, help="Adam learning rate.")
+@click.option("--batch-size", default=PrepareConfig.batch_size, show_default=True, type=click.IntRange(min=1))
+@click.option("--forget", "forget_mode", default="random", show_default=True, type=click.Choice(["random", "classes"]))
+@click.option("--forget-fraction", default=PrepareConfig.forget_fraction, show_default=True, type=float,
+              help="Share of the training images to forget (--forget random).")
+@click.option("--forget-classes", default="", help="Comma-separated class names to forget (--forget classes).")
+@click.option("--mnemonic-mix", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Train with mnemonic codes: probability of swapping an image for its class code.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@user_errors
+def prepare(out, dataset, data_root, train_size, test_size, width, depth, epochs, lr, batch_size,
+            forget_mode, forget_fraction, forget_classes, mnemonic_mix, seed, device, quiet):
+    """Train an original classifier and write forget/retain/test ImageFolder splits into OUT."""
+    config = PrepareConfig(dataset=dataset, data_root=data_root, train_size=train_size,
+                           test_size=test_size, width=width, depth=depth, epochs=epochs, lr=lr,
+                           batch_size=batch_size, forget=forget_mode, forget_fraction=forget_fraction,
+                           forget_classes=tuple(c.strip() for c in forget_classes.split(",") if c.strip()),
+                           mnemonic_mix=mnemonic_mix, seed=seed)
+    summary = prepare_original(out, config, device=device, progress=not quiet)
+    o = summary["original"]
+    click.echo(f"{out}/model.pt: RA {o['RA']:.1f} UA {o['UA']:.1f} TA {o['TA']:.1f} MIA {o['MIA']:.1f}; "
+               f"forget {summary['sizes']['forget']}, retain {summary['sizes']['retain']}, "
+               f"test {summary['sizes']['test']} images in {summary['seconds']:.0f} s")

@@ -1,0 +1,41 @@
+"""The unlearning methods: one registry, name -> :class:`Method` (function, config class). Each
+function is ``(model, data, config, ctx) -> model`` and may modify ``model`` in place."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from invwnn.methods import (boundary, finetune, fisher, invwnn, mnemonic, neggrad, neggrad_plus,
+                            random_label, retrain, scrub, task_vector, unsir)
+from invwnn.methods.loop import Context, Data, MethodConfig
+
+
+@dataclass(frozen=True)
+class Method:
+    run: Callable
+    config: type[MethodConfig]
+    doc: str
+
+
+def _entry(module, run=None, config=None) -> Method:
+    return Method(run or module.run, config or module.Config, (module.__doc__ or "").strip().split("\n")[0])
+
+
+REGISTRY: dict[str, Method] = {
+    "invwnn": _entry(invwnn),
+    "unsir": _entry(unsir),
+    "mnemonic": _entry(mnemonic),
+    "retrain": _entry(retrain),
+    "finetune": _entry(finetune),
+    "neggrad": _entry(neggrad),
+    "neggrad+": _entry(neggrad_plus),
+    "random-label": _entry(random_label),
+    "salun": Method(random_label.run_salun, random_label.SalUnConfig,
+                    "SalUn: random labels restricted to the most salient weights."),
+    "boundary-shrink": _entry(boundary),
+    "task-vector": _entry(task_vector),
+    "scrub": _entry(scrub),
+    "fisher": _entry(fisher),
+}
+
+__all__ = ["REGISTRY", "Method", "Context", "Data", "MethodConfig"]

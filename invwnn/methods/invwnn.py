@@ -1,0 +1,153 @@
+"""InvWNN unlearning (BRIEF section 1): repeat T times: fine-tune on the forget set, recording K
+snapshots of every coordinate ``every`` optimizer steps apart, predict each coordinate's value
+``horizon`` snapshots before the window, write the predictions back.
+
+The predictor sits behind the :class:`Rewinder` interface so this loop does not depend on the
+learned model's API. Norm parameters are frozen during fine-tuning and never rewound; norm layers'
+running statistics are frozen too.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from invwnn.methods.loop import (Context, Data, MethodConfig, Sampler, make_optimizer, opt,
+                                 run_steps)
+from invwnn.metrics import accuracy
+from invwnn.models import InputError, param_kinds
+from trajgen.nets import KINDS
+
+NAME = "invwnn"
+CHUNK = 1 << 22  # coordinates per rewinder call: bounds the (n, K) window buffer on big models
+
+
+class Rewinder(Protocol):
+    """``rewind(windows (n, K) float32 oldest-first, kinds (n,) long codes into trajgen.nets.KINDS)
+    -> (n,)``: each coordinate's predicted value ``U`` snapshots before ``windows[:, 0]``."""
+
+    def rewind(self, windows: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class LinearRewinder:
+    """Least-squares line through the window, extrapolated ``horizon`` snapshot intervals before its
+    first point: an analytic baseline that needs no training."""
+
+    horizon: int = 3
+
+    def rewind(self, windows: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+        k = windows.shape[1]
+        t = torch.arange(k, dtype=windows.dtype, device=windows.device) - (k - 1) / 2
+        slope = windows @ t / (t @ t)
+        return windows.mean(1) + slope * (-self.horizon - (k - 1) / 2)
+
+    def describe(self) -> dict:
+        return {"rewinder": "linear", "horizon": self.horizon}
+
+
+@dataclass(frozen=True)
+class NoRewinder:
+    """The ablation "fine-tune only": keeps each window's newest value, i.e. the weights the
+    fine-tuning reached. Fine-tuning on the forget set alone reinforces it, so this control shows
+    how much of InvWNN's effect comes from the rewind step."""
+
+    def rewind(self, windows: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+        return windows[:, -1].clone()
+
+    def describe(self) -> dict:
+        return {"rewinder": "none"}
+
+
+def load_rewinder(path: str | None, horizon: int = 3) -> Rewinder:
+    """The learned rewinder from the checkpoint ``path`` (None: the shipped default predictor).
+    Raises :class:`InputError` with a one-line reason when it cannot be loaded."""
+    try:
+        from invwnn import predictor  # noqa: F401  (written separately; wired in here)
+    except ImportError:
+        raise InputError("the learned predictor (invwnn.predictor) is not available in this build; "
+                         "use --rewinder linear") from None
+    raise InputError("loading the learned predictor is not wired in yet; use --rewinder linear")
+
+
+@dataclass(frozen=True)
+class Config(MethodConfig):
+    iterations: int = opt(10, "unlearning iterations T (fine-tune, predict the past, write back)")
+    snapshots: int = opt(15, "snapshots K recorded per iteration (the predictor's window)")
+    every: int = opt(2, "optimizer steps between snapshots")
+    warmup: int = opt(2, "unrecorded fine-tuning steps before each window")
+    horizon: int = opt(3, "snapshots U to rewind before the window (linear rewinder)")
+    optimizer: str = opt("adam", "sgd or adam")
+    lr: float = opt(1e-3, "learning rate")
+    batch_size: int = opt(128, "minibatch size")
+    target_forget_acc: float | None = opt(None, "stop once forget accuracy (percent) is at or below this")
+
+
+def _weights(params: list[nn.Parameter]) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in params])
+
+
+@torch.no_grad()
+def _write(params: list[nn.Parameter], flat: torch.Tensor) -> None:
+    i = 0
+    for p in params:
+        p.copy_(flat[i: i + p.numel()].view_as(p))
+        i += p.numel()
+
+
+@torch.no_grad()
+def rewind_all(rewinder: Rewinder, windows: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+    """Predicted past of every coordinate: ``windows`` (n, K), ``kinds`` (n,) -> (n,), in chunks of
+    CHUNK coordinates (each chunk one batched call)."""
+    out = torch.empty(windows.shape[0], dtype=windows.dtype, device=windows.device)
+    for i in range(0, windows.shape[0], CHUNK):
+        out[i: i + CHUNK] = rewinder.rewind(windows[i: i + CHUNK], kinds[i: i + CHUNK])
+    if not torch.isfinite(out).all():
+        raise InputError("the rewinder predicted non-finite weights")
+    return out
+
+
+def run(model: nn.Module, data: Data, config: Config, ctx: Context) -> nn.Module:
+    """Unlearn ``data.forget`` from ``model`` in place; returns ``model``."""
+    if ctx.rewinder is None:
+        raise InputError("invwnn needs a rewinder (the learned predictor or --rewinder linear)")
+    if config.snapshots < 2 or config.every < 1 or config.iterations < 1:
+        raise InputError("invwnn needs --snapshots >= 2, --every >= 1, --iterations >= 1")
+    named = dict(model.named_parameters())
+    kinds = {n: k for n, k in param_kinds(model).items() if k != "norm"}
+    params = [named[n] for n in kinds]
+    codes = torch.cat([torch.full((named[n].numel(),), KINDS.index(k), dtype=torch.long)
+                       for n, k in kinds.items()]).to(ctx.device)
+    opt_ = make_optimizer(config.optimizer, model.parameters(), config.lr)
+    sample = Sampler(data.forget, config.batch_size, ctx.generator(1), ctx.device)
+
+    def loss_fn(_: int) -> torch.Tensor:
+        x, y = sample()
+        return F.cross_entropy(model(x), y)
+
+    k, n = config.snapshots, codes.numel()
+    history = torch.empty(k, n, device=ctx.device)
+    for it in range(config.iterations):
+        if config.warmup:
+            run_steps(model, loss_fn, opt_, config.warmup)
+        history[0] = _weights(params)
+
+        def record(step: int) -> None:
+            if (step + 1) % config.every == 0:
+                history[(step + 1) // config.every] = _weights(params)
+
+        run_steps(model, loss_fn, opt_, (k - 1) * config.every, on_step=record,
+                  progress=ctx.progress, desc=f"invwnn {it + 1}/{config.iterations}")
+        _write(params, rewind_all(ctx.rewinder, history.T.contiguous(), codes))
+        if ctx.on_iteration is not None:
+            ctx.on_iteration(it, model)
+        if config.target_forget_acc is not None and \
+                accuracy(model, data.forget.x, data.forget.y, ctx.device) <= config.target_forget_acc:
+            break
+    return model
+
+
+__all__ = ["Rewinder", "LinearRewinder", "NoRewinder", "load_rewinder", "Config", "run"]

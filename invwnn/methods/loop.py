@@ -1,0 +1,164 @@
+"""What every method shares: the data it is given, its run context, its config base class, and the
+one fine-tuning loop that methods hand a loss to."""
+from __future__ import annotations
+
+import dataclasses
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from invwnn.forget import Split
+from invwnn.metrics import set_mode
+from invwnn.models import InputError, param_kinds
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Base of every method's frozen config. Field metadata ``help`` documents the CLI flag."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MethodConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise InputError(f"{cls.__module__.rsplit('.', 1)[-1]}: unknown setting(s) {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+def opt(default, help: str):
+    """A config field with its flag's help text."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Data:
+    """Everything a method may use. Only ``forget`` is always present."""
+
+    forget: Split
+    classes: tuple[str, ...]
+    retain: Split | None = None
+    test: Split | None = None
+    mnemonic: torch.Tensor | None = None  # (n_classes, C, H, W) codes in [0, 1]
+
+    def need(self, what: str, method: str) -> Split:
+        split = getattr(self, what)
+        if split is None or len(split) == 0:
+            raise InputError(f"method {method} needs --{what} DIR (an ImageFolder or tensor file)")
+        return split
+
+    def forget_classes(self) -> list[int]:
+        return sorted(set(self.forget.y.tolist()))
+
+
+@dataclass
+class Context:
+    """How to run: ``device``, ``seed`` (recorded in the report), progress bars, the rewinder for
+    InvWNN, a fresh-model factory for retraining, and a per-iteration hook ``on_iteration(i, model)``
+    for iterative methods."""
+
+    device: str = "cpu"
+    seed: int = 0
+    progress: bool = False
+    rewinder: Any = None
+    rebuild: Callable[[], nn.Module] | None = None
+    on_iteration: Callable[[int, nn.Module], None] | None = None
+
+    def generator(self, salt: int = 0) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1000003 + salt)
+
+
+def batches(n: int, batch_size: int, g: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless shuffled index batches, reshuffled each epoch; the last batch of an epoch may be
+    short (forget sets can be smaller than one batch)."""
+    while True:
+        perm = torch.randperm(n, generator=g)
+        for i in range(0, n, batch_size):
+            yield perm[i: i + batch_size]
+
+
+def steps_for(n: int, batch_size: int, epochs: float) -> int:
+    return max(1, round(epochs * -(-n // batch_size)))
+
+
+def make_optimizer(name: str, params, lr: float, momentum: float = 0.9,
+                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    raise InputError(f"unknown optimizer {name!r}; valid: sgd, adam")
+
+
+def norm_params(model: nn.Module) -> list[nn.Parameter]:
+    params = dict(model.named_parameters())
+    return [params[n] for n, k in param_kinds(model).items() if k == "norm"]
+
+
+@contextmanager
+def training(model: nn.Module, freeze_norms: bool):
+    """Train mode for the duration; with ``freeze_norms`` the norm layers stay in eval mode (running
+    statistics frozen) and their affine parameters get no gradient."""
+    set_mode(model, True)
+    frozen = []
+    if freeze_norms:
+        for m in model.modules():
+            if isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)) or \
+                    getattr(m, "original_name", "").startswith(("BatchNorm", "InstanceNorm")):
+                m.train(False)
+        for p in norm_params(model):
+            if p.requires_grad:
+                p.requires_grad_(False)
+                frozen.append(p)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+        set_mode(model, False)
+
+
+def run_steps(model: nn.Module, loss_fn: Callable[[int], torch.Tensor], optimizer: torch.optim.Optimizer,
+              steps: int, *, freeze_norms: bool = True, progress: bool = False, desc: str = "",
+              grad_hook: Callable[[], None] | None = None,
+              on_step: Callable[[int], None] | None = None) -> float:
+    """The fine-tuning loop: ``steps`` times, ``loss_fn(step)`` -> backward -> optional
+    ``grad_hook()`` (e.g. masking) -> optimizer step -> ``on_step(step)``. Returns the last loss."""
+    loss_value = float("nan")
+    with training(model, freeze_norms):
+        for step in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(step)
+            loss.backward()
+            if grad_hook is not None:
+                grad_hook()
+            optimizer.step()
+            loss_value = loss.item()
+            if on_step is not None:
+                on_step(step)
+    return loss_value
+
+
+class Sampler:
+    """Endless minibatches ``(x, y)`` of a split, on ``device``, optionally with labels replaced."""
+
+    def __init__(self, split: Split, batch_size: int, g: torch.Generator, device: str,
+                 labels: torch.Tensor | None = None):
+        self.split, self.device = split, device
+        self.labels = split.y if labels is None else labels
+        self.it = batches(len(split), batch_size, g)
+
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = next(self.it)
+        return self.split.x[idx].to(self.device), self.labels[idx].to(self.device)
+
+
+def trainable(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
