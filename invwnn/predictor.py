@@ -1,0 +1,211 @@
+"""The coordinate-wise past-weight predictor and its checkpoint file.
+
+One small two-stream network is shared by every coordinate; a learned embedding of the parameter
+kind (conv, linear, bias, ...) conditions it. Input: a normalised window of K snapshots and its K-1
+differences (see :mod:`invwnn.windows`); output: the normalised residual of the weight U snapshots
+before the window, which :func:`predict_past` turns back into weight units.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from trajgen.nets import KINDS
+from invwnn.windows import EPS, denormalise, features, normalise
+
+FORMAT_VERSION = 1
+CHECKPOINT_KIND = "invwnn-predictor"
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable predictor checkpoint of this format version."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and input convention of a predictor.
+
+    ``k``: snapshots per window; ``u``: snapshots back to predict; ``kinds``: parameter kinds it
+    knows, in embedding order; ``width``: hidden units per stream layer; ``kind_dim``: size of the
+    kind embedding (0: ignore the kind); ``clip``: bound of the normalised residual; ``eps``:
+    relative epsilon of the window scale.
+    """
+
+    k: int = 15
+    u: int = 3
+    kinds: tuple[str, ...] = KINDS
+    width: int = 64
+    kind_dim: int = 8
+    clip: float = 8.0
+    eps: float = EPS
+    normalisation: str = "offset=w[0], scale=max-min+eps*max|w|"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["kinds"] = list(self.kinds)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        d = dict(d)
+        d["kinds"] = tuple(d["kinds"])
+        return cls(**d)
+
+
+def _stream(n_in: int, width: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, width), nn.LeakyReLU(0.1), nn.Linear(width, width),
+                         nn.LeakyReLU(0.1), nn.Linear(width, width // 2), nn.LeakyReLU(0.1))
+
+
+class Predictor(nn.Module):
+    """(normalised windows (n, K), kind indices (n,) into ``config.kinds``) -> residual (n,)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        w = config.width
+        self.values = _stream(config.k, w)
+        self.diffs = _stream(config.k - 1, w)
+        self.kind = nn.Embedding(len(config.kinds), config.kind_dim) if config.kind_dim else None
+        self.head = nn.Sequential(nn.Linear(w + config.kind_dim, w), nn.LeakyReLU(0.1), nn.Linear(w, 1))
+        # kind code in the trajgen store -> row of the embedding (-1: a kind this model never saw)
+        lookup = torch.full((len(KINDS),), -1, dtype=torch.long)
+        for i, name in enumerate(config.kinds):
+            lookup[KINDS.index(name)] = i
+        self.register_buffer("lookup", lookup, persistent=False)
+
+    def forward(self, x: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
+        v, d = features(x)
+        parts = [self.values(v), self.diffs(d)]
+        if self.kind is not None:
+            parts.append(self.kind(kind))
+        return self.head(torch.cat(parts, 1)).squeeze(1)
+
+    def kind_index(self, codes: torch.Tensor) -> torch.Tensor:
+        """trajgen kind codes (n,) -> embedding rows (n,); refuses kinds the model was not given."""
+        idx = self.lookup[codes.long()]
+        if (idx < 0).any():
+            bad = KINDS[int(codes[idx < 0][0])]
+            raise CheckpointError(f"the predictor was not trained on parameter kind {bad!r} "
+                                  f"(it knows {', '.join(self.config.kinds)})")
+        return idx
+
+    def residual(self, w: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Raw windows (n, K) and kind codes -> (predicted residual, offset, scale), each (n,)."""
+        x, offset, scale = normalise(w, self.config.eps)
+        r = self(x, self.kind_index(codes)).clamp(-self.config.clip, self.config.clip)
+        return r, offset, scale
+
+
+@torch.no_grad()
+def predict_past(model: Predictor, windows: torch.Tensor, kinds: torch.Tensor,
+                 batch_size: int = 1 << 16) -> torch.Tensor:
+    """Past weights (n,) for windows (n, K) float32 of K snapshots, oldest first, in weight units.
+
+    ``kinds`` (n,) holds trajgen kind codes (``trajgen.nets.KINDS.index(name)``). Runs on the
+    model's device in batches of ``batch_size`` windows; the result is on ``windows``' device.
+    """
+    if windows.ndim != 2 or windows.shape[1] != model.config.k:
+        raise ValueError(f"windows must be (n, {model.config.k}), got {tuple(windows.shape)}")
+    if kinds.shape != windows.shape[:1]:
+        raise ValueError(f"kinds must be ({windows.shape[0]},), got {tuple(kinds.shape)}")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = torch.empty(windows.shape[0], dtype=torch.float32, device=windows.device)
+    for a in range(0, windows.shape[0], batch_size):
+        w = windows[a:a + batch_size].to(device, torch.float32)
+        r, offset, scale = model.residual(w, kinds[a:a + batch_size].to(device))
+        out[a:a + batch_size] = denormalise(r, offset, scale).to(out.device)
+    model.train(was_training)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoint: one torch file holding plain containers only, so weights_only=True can load it
+
+
+def save_checkpoint(path: str | Path, model: Predictor, train_config: dict[str, Any],
+                    evaluation: dict[str, Any], provenance: dict[str, Any]) -> Path:
+    """Write the checkpoint atomically: a temporary file beside ``path``, then ``os.replace``."""
+    path = Path(path)
+    payload = {
+        "kind": CHECKPOINT_KIND,
+        "format_version": FORMAT_VERSION,
+        "model_config": model.config.to_dict(),
+        "train_config": train_config,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        # JSON text: nested figures survive any loader and stay readable in `invwnn inspect`
+        "evaluation": json.dumps(evaluation),
+        "provenance": json.dumps(provenance),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's contents as plain Python (state_dict as tensors), validated."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for truncated or foreign files
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("kind") != CHECKPOINT_KIND:
+        raise CheckpointError(f"{path} is a torch file but not an invwnn predictor checkpoint")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format {payload.get('format_version')}; this "
+                              f"invwnn reads format {FORMAT_VERSION}")
+    try:
+        payload["evaluation"] = json.loads(payload["evaluation"])
+        payload["provenance"] = json.loads(payload["provenance"])
+        payload["model_config"] = ModelConfig.from_dict(payload["model_config"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path} is a damaged predictor checkpoint ({err})") from None
+    return payload
+
+
+def load_predictor(path: str | Path, device: str | torch.device = "cpu") -> Predictor:
+    """The predictor stored at ``path``, in eval mode on ``device``."""
+    payload = read_checkpoint(path)
+    model = Predictor(payload["model_config"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except (RuntimeError, KeyError) as err:
+        raise CheckpointError(f"{path}: weights do not fit the recorded config ({err})") from None
+    return model.to(device).eval()
+
+
+def default_checkpoint() -> Path:
+    """The predictor shipped inside the package."""
+    return Path(__file__).with_name("default_predictor.pt")
+
+
+def describe(path: str | Path) -> str:
+    """What ``invwnn inspect`` prints: config, evaluation table, provenance."""
+    p = read_checkpoint(path)
+    n_params = sum(v.numel() for v in p["state_dict"].values())
+    lines = [f"checkpoint    {path} (format {p['format_version']}, {n_params:,} weights)",
+             f"model         {json.dumps(p['model_config'].to_dict())}",
+             f"training      {json.dumps(p['train_config'])}"]
+    from invwnn.fit import format_evaluation  # late: fit imports this module
+    lines.append(format_evaluation(p["evaluation"]))
+    for key, value in p["provenance"].items():
+        lines.append(f"{key:<13} {value if not isinstance(value, (dict, list)) else json.dumps(value)}")
+    return "\n".join(lines)

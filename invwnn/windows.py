@@ -1,0 +1,222 @@
+"""Windows of weight history: sampling out of the trajgen store, per-window normalisation, baselines.
+
+A *window* is K consecutive snapshots ``h[s : s+K]`` of one coordinate, oldest first; its *target*
+is ``h[s-U]``, the value U snapshots before the window's first snapshot. In unlearning the window
+is the fine-tuning trajectory that starts at the current weights ``h[s]`` and the target is where
+to rewind them to.
+
+Normalisation (as WNN): ``x = (w - w[0]) / scale`` with ``scale = max(w) - min(w) + eps * max|w|``.
+Every normalised window starts at 0 and spans at most 1, whatever the weight's scale or the
+snapshot interval, so one network serves all coordinates. The network predicts the normalised
+residual ``(target - w[0]) / scale``; it is clipped to ``[-clip, clip]`` because a window that
+barely moves (scale -> 0) would otherwise make it arbitrarily large.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+import zarr
+
+from trajgen.nets import KINDS
+from trajgen.store import StoreError, open_run, open_store
+
+EPS = 1e-6  # relative to the window's largest |weight|: below float32 resolution, still scale-free
+LINEAR_FITS = (2, 3, 5, 0)  # baseline line fits over the first m snapshots; 0 means all K
+
+
+class WindowError(ValueError):
+    """A window request the data cannot satisfy (window longer than the runs, unknown kind, ...)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# normalisation
+
+
+def normalise(w: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``w`` (n, K) weights, oldest first -> (normalised (n, K), offset (n,), scale (n,)).
+
+    Works on numpy-free torch tensors so the applier can call it on a whole model at once.
+    """
+    offset = w[:, 0]
+    span = w.amax(1) - w.amin(1)
+    scale = span + eps * w.abs().amax(1)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero window stays at 0
+    return (w - offset[:, None]) / scale[:, None], offset, scale
+
+
+def normalise_target(target: torch.Tensor, offset: torch.Tensor, scale: torch.Tensor,
+                     clip: float) -> torch.Tensor:
+    """Past weight (n,) -> normalised residual (n,), clipped to ``[-clip, clip]``."""
+    return ((target - offset) / scale).clamp(-clip, clip)
+
+
+def denormalise(residual: torch.Tensor, offset: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Normalised residual (n,) -> past weight (n,) in weight units. Inverse of the two above."""
+    return offset + residual * scale
+
+
+def features(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised windows (n, K) -> the two input streams: values (n, K), differences (n, K-1)."""
+    return x, x[:, 1:] - x[:, :-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# analytic baselines
+
+
+def no_rewind(w: torch.Tensor) -> torch.Tensor:
+    """Predict the window's first value: (n, K) -> (n,)."""
+    return w[:, 0]
+
+
+def linear_coefficients(m: int, u: int) -> np.ndarray:
+    """Weights c (m,) such that ``w[:, :m] @ c`` is the least-squares line through snapshots
+    0..m-1 evaluated at time -u (u snapshots before the first)."""
+    t = np.arange(m, dtype=np.float64)
+    tc = t - t.mean()
+    return (1.0 / m + (-u - t.mean()) * tc / (tc ** 2).sum()).astype(np.float32)
+
+
+def linear_backextrapolation(w: torch.Tensor, u: int, m: int) -> torch.Tensor:
+    """Continue the line fitted to the first ``m`` snapshots (0: all) backwards ``u`` snapshots:
+    (n, K) -> (n,)."""
+    m = m or w.shape[1]
+    return w[:, :m] @ torch.from_numpy(linear_coefficients(m, u)).to(w)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading windows out of the store
+
+
+@dataclass(frozen=True)
+class Block:
+    """One chunk-aligned slab of a run: coordinates ``[c0, c1)`` and all snapshots."""
+
+    run: str
+    c0: int
+    c1: int
+
+
+def run_blocks(store: str, runs: list[str]) -> list[Block]:
+    """Every chunk-aligned coordinate block of ``runs``, in a fixed order."""
+    root = open_store(store)
+    blocks = []
+    for name in runs:
+        h = root["runs"][name]["history"]
+        step = h.chunks[0]
+        blocks += [Block(name, c0, min(c0 + step, h.shape[0])) for c0 in range(0, h.shape[0], step)]
+    return blocks
+
+
+def check_windows(store: str, runs: list[str], k: int, u: int) -> int:
+    """Raise :class:`WindowError` unless every run is long enough for one window and its target;
+    return the shortest run's snapshot count."""
+    if not runs:
+        raise WindowError(f"{store} has no complete runs to read windows from")
+    if k < 2 or u < 1:
+        raise WindowError(f"need K >= 2 and U >= 1, got K={k}, U={u}")
+    root = open_store(store)
+    shortest = min(root["runs"][name]["history"].shape[1] for name in runs)
+    if k + u > shortest:
+        raise WindowError(f"a window of K={k} snapshots plus U={u} back needs {k + u} snapshots; "
+                          f"the shortest run in {store} has {shortest}")
+    return shortest
+
+
+def kind_codes(names: tuple[str, ...] | list[str]) -> np.ndarray:
+    """Kind names -> trajgen store codes (uint8), refusing names trajgen does not know."""
+    unknown = [n for n in names if n not in KINDS]
+    if unknown:
+        raise WindowError(f"unknown parameter kind {unknown[0]!r}; valid: {', '.join(KINDS)}")
+    return np.array([KINDS.index(n) for n in names], np.uint8)
+
+
+def read_block(root: zarr.Group, block: Block) -> tuple[np.ndarray, np.ndarray]:
+    """(history (n, T) float32, kind codes (n,) uint8) of one block: a chunk-aligned read."""
+    g = root["runs"][block.run]
+    return g["history"][block.c0:block.c1, :], g["kind"][block.c0:block.c1]
+
+
+def cut_windows(history: np.ndarray, codes: np.ndarray, k: int, u: int, per_coord: int,
+                rng: np.random.Generator, keep: np.ndarray | None = None, return_index: bool = False
+                ) -> tuple[np.ndarray, ...]:
+    """Cut ``per_coord`` windows at uniform random starts from each row of ``history`` (n, T).
+
+    Returns windows (m, K) float32, targets (m,) float32, kind codes (m,) uint8, with
+    ``m = per_coord * rows kept``. Rows whose kind is not in ``keep`` or with a non-finite value
+    are dropped. ``return_index`` appends the source rows and start snapshots (m,) of each window.
+    """
+    ok = np.isfinite(history).all(1)
+    if keep is not None:
+        ok &= np.isin(codes, keep)
+    rows = np.flatnonzero(ok)
+    n_t = history.shape[1]
+    rows = np.repeat(rows, per_coord)
+    starts = rng.integers(u, n_t - k + 1, size=rows.size)
+    cols = starts[:, None] + np.arange(k)
+    out = history[rows[:, None], cols], history[rows, starts - u], codes[rows]
+    return out + (rows, starts) if return_index else out
+
+
+class WindowStream(torch.utils.data.IterableDataset):
+    """An endless stream of shuffled batches of windows from ``runs`` of the store at ``store``.
+
+    Each worker takes every ``num_workers``-th block of a seeded permutation of all chunk-aligned
+    (run, coordinate-block) slabs, reads the slab whole (all snapshots), cuts ``per_coord`` windows
+    per coordinate and passes them through a shuffle buffer of ``buffer`` windows, so a batch mixes
+    several runs and layers. Yields dicts: ``w`` (B, K) float32, ``target`` (B,), ``kind`` (B,)
+    int64 store codes. Use with ``DataLoader(batch_size=None)``.
+    """
+
+    def __init__(self, store: str, runs: list[str], k: int, u: int, batch_size: int,
+                 kinds: tuple[str, ...] = KINDS, per_coord: int = 8, buffer: int = 1 << 18,
+                 seed: int = 0, epochs: int | None = None):
+        super().__init__()
+        self.store, self.runs, self.k, self.u = store, list(runs), k, u
+        self.batch_size, self.per_coord, self.buffer, self.seed = batch_size, per_coord, buffer, seed
+        self.keep = kind_codes(kinds)
+        self.epochs = epochs
+        check_windows(store, self.runs, k, u)
+        self.blocks = run_blocks(store, self.runs)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        root = open_store(self.store)  # opened per worker: zarr handles do not cross fork safely
+        pending: list[tuple[np.ndarray, ...]] = []  # concatenated only when drained: no O(buffer) copy per block
+        n_pending, epoch = 0, 0
+        while self.epochs is None or epoch < self.epochs:
+            rng = np.random.default_rng([self.seed, epoch, wid])
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.blocks))
+            cut = 0
+            for b in order[wid::nw]:
+                h, codes = read_block(root, self.blocks[b])
+                new = cut_windows(h, codes, self.k, self.u, self.per_coord, rng, self.keep)
+                pending.append(new)
+                n_pending += len(new[1])
+                cut += len(new[1])
+                if n_pending >= self.buffer:
+                    rest = yield from self._drain(pending, rng, keep=self.buffer // 2)
+                    pending, n_pending = [rest], len(rest[1])
+            if cut == 0:
+                break  # this worker's share holds no usable window: an endless stream would hang
+            epoch += 1
+        if pending:
+            yield from self._drain(pending, np.random.default_rng([self.seed, epoch, wid]), keep=0)
+
+    def _drain(self, pending: list[tuple[np.ndarray, ...]], rng: np.random.Generator, keep: int):
+        """Shuffle the pending windows together, yield full batches until about ``keep`` remain
+        (all of them when ``keep`` is 0) and return the rest."""
+        pool = [np.concatenate(parts) for parts in zip(*pending)]
+        perm = rng.permutation(len(pool[1]))
+        pool = [p[perm] for p in pool]
+        n = len(pool[1])
+        n_out = n if keep == 0 else (n - keep) // self.batch_size * self.batch_size
+        for a in range(0, n_out, self.batch_size):
+            sl = slice(a, min(a + self.batch_size, n_out))
+            yield {"w": torch.from_numpy(pool[0][sl]), "target": torch.from_numpy(pool[1][sl]),
+                   "kind": torch.from_numpy(pool[2][sl].astype(np.int64))}
+        return tuple(p[n_out:] for p in pool)
