@@ -41,17 +41,17 @@ def test_eval_sample_is_seeded_and_reads_true_histories(small_store):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert len(a["target"]) == 200
     raw = np.concatenate([open_run(small_store, r).history[:] for r in runs])
-    # every sampled (past, window) is a contiguous stretch of one coordinate's true history
+    # every sampled (past, window) pair is a stretch of one coordinate's true history
     for i in range(0, 200, 17):
-        seq = np.concatenate([[a["target"][i].item()], a["w"][i].numpy()])
-        hit = [(r, s) for r, s in zip(*np.nonzero(raw[:, 3:raw.shape[1] - 11] == seq[4]))
-               if np.array_equal(raw[r, s:s + 4], seq[:4]) and np.array_equal(raw[r, s + 3:s + 18], seq[4:])]
-        assert hit, i
+        w, past = a["w"][i].numpy(), a["target"][i].item()
+        rows, cols = np.nonzero(raw == w[0])
+        assert any(3 <= j <= raw.shape[1] - 15 and np.array_equal(raw[r, j:j + 15], w) and raw[r, j - 3] == past
+                   for r, j in zip(rows, cols)), i
 
 
 def test_trained_predictor_beats_both_baselines_on_held_out_runs(small_store, tmp_path):
     out = tmp_path / "p.pt"
-    config = TrainConfig(store=small_store, out=str(out), steps=400, batch_size=2048, val_fraction=0.34,
+    config = TrainConfig(store=small_store, out=str(out), steps=400, batch_size=2048, val_fraction=0.33,
                          eval_per_kind=1000, eval_every=100, workers=1, seed=0)
     result = train(config, progress=False)
     held = result["evaluation"]["held_out"]
@@ -61,7 +61,6 @@ def test_trained_predictor_beats_both_baselines_on_held_out_runs(small_store, tm
     ckpt = read_checkpoint(out)
     assert ckpt["evaluation"]["held_out"] == held
     assert ckpt["provenance"]["windows_seen"] == 400 * 2048
-    assert set(ckpt["provenance"]["val_runs"]).isdisjoint(
-        set(complete_runs(small_store)) - set(ckpt["provenance"]["val_runs"])) and len(ckpt["provenance"]["val_runs"]) == 3
+    assert len(ckpt["provenance"]["val_runs"]) == 3 and ckpt["provenance"]["train_runs"] == 6
     assert TrainConfig.from_dict(ckpt["train_config"]) == config
     load_predictor(out)

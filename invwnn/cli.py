@@ -1,0 +1,116 @@
+"""``invwnn`` commands: parse flags, call the library, turn its errors into one-line messages."""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from trajgen.nets import KINDS
+from trajgen.spec import ARCHS, SpecError, parse_choices
+from trajgen.store import StoreError
+from invwnn import fit
+from invwnn.predictor import CheckpointError, describe, read_checkpoint
+from invwnn.windows import WindowError
+
+USER_ERRORS = (SpecError, StoreError, WindowError, CheckpointError)
+
+
+class UserError(click.ClickException):
+    """Bad input: printed as one line, exit code 2 like click's own usage errors."""
+
+    exit_code = 2
+
+
+def user_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as err:
+            raise UserError(str(err)) from None
+        except PermissionError as err:
+            raise UserError(f"permission denied: {err.filename}") from None
+    return wrapper
+
+
+def check_output(path: Path) -> None:
+    """Fail before training, not after, if the checkpoint cannot be written beside ``path``."""
+    if path.is_dir():
+        raise UserError(f"--out {path} is a directory")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as err:
+        raise UserError(f"cannot write to {parent}: {err.strerror or err}") from None
+
+
+@click.group()
+@click.version_option(package_name="invwnn")
+def main() -> None:
+    """Learning to rewind: train and inspect the coordinate-wise past-weight predictor."""
+
+
+@main.command()
+@click.option("--store", default="data/traj.zarr", show_default=True, help="trajgen store to read windows from.")
+@click.option("--out", default="data/invwnn.pt", show_default=True, help="Checkpoint to write (atomically).")
+@click.option("--window", "k", default=15, show_default=True, type=click.IntRange(min=2), help="K: snapshots per window.")
+@click.option("--back", "u", default=3, show_default=True, type=click.IntRange(min=1), help="U: snapshots before the window to predict.")
+@click.option("--kinds", default=",".join(KINDS), show_default=True, help=f"Comma list of parameter kinds ({', '.join(KINDS)}).")
+@click.option("--width", default=64, show_default=True, type=click.IntRange(min=2), help="Hidden units per stream layer.")
+@click.option("--kind-dim", default=8, show_default=True, type=click.IntRange(min=0), help="Kind embedding size (0: kind-agnostic).")
+@click.option("--clip", default=8.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Bound of the normalised residual.")
+@click.option("--steps", default=3000, show_default=True, type=click.IntRange(min=1), help="Optimizer steps.")
+@click.option("--max-windows", default=None, type=click.IntRange(min=1), help="Stop after about this many training windows.")
+@click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=2e-3, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Peak AdamW learning rate (cosine decay).")
+@click.option("--val-fraction", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True), help="Share of runs held out (whole runs).")
+@click.option("--val-archs", default="", help=f"Hold out every run of these architectures ({', '.join(ARCHS)}) instead.")
+@click.option("--eval-per-kind", default=2000, show_default=True, type=click.IntRange(min=1), help="Held-out windows per kind per run.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=0), help="Loader worker processes.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="torch threads for training.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="cpu", show_default=True, help="torch device for training.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@user_errors
+def train(store, out, k, u, kinds, width, kind_dim, clip, steps, max_windows, batch_size, lr, val_fraction,
+          val_archs, eval_per_kind, workers, threads, seed, device, quiet):
+    """Train the past-weight predictor on STORE's runs; print held-out errors; write --out."""
+    check_output(Path(out))
+    if max_windows is not None:
+        steps = min(steps, max(1, max_windows // batch_size))
+    config = fit.TrainConfig(
+        store=store, out=out, k=k, u=u, kinds=parse_choices("parameter kind", kinds, KINDS), width=width,
+        kind_dim=kind_dim, clip=clip, steps=steps, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
+        val_archs=parse_choices("architecture", val_archs, ARCHS) if val_archs else (),
+        eval_per_kind=eval_per_kind, workers=workers, threads=threads, seed=seed, device=device)
+    result = fit.train(config, progress=not quiet)
+    click.echo(fit.format_evaluation(result["evaluation"]))
+    p = result["provenance"]
+    click.echo(f"{out}: {p['train_runs']} training runs, {p['windows_seen']:,} windows in {p['train_seconds']} s "
+               f"(final validation error reached after {p['seconds_to_final_val']} s)")
+
+
+@main.command()
+@click.argument("checkpoint")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@user_errors
+def inspect(checkpoint, as_json):
+    """Print CHECKPOINT's config, held-out evaluation and provenance."""
+    if as_json:
+        p = read_checkpoint(checkpoint)
+        p["model_config"] = p["model_config"].to_dict()
+        p["state_dict"] = {k: list(v.shape) for k, v in p["state_dict"].items()}
+        click.echo(json.dumps(p, indent=2))
+    else:
+        click.echo(describe(checkpoint))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

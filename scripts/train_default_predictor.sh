@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Train the predictor shipped as invwnn/default_predictor.pt, from a trajgen collection.
+#
+# Reproduce from scratch (2-core CPU; the collection takes the longest):
+#   .venv/bin/trajgen collect --runs 100 --store data/traj.zarr      # seed 0, 512 steps, every 4
+#   scripts/train_default_predictor.sh data/traj.zarr
+# Seeded (--seed 0): the run split, the window sample and the initialisation are fixed; the
+# window order depends on how the loader workers interleave, so the last digits can differ.
+set -euo pipefail
+STORE="${1:-data/traj.zarr}"
+BIN="${BIN:-.venv/bin}"
+OUT="${OUT:-invwnn/default_predictor.pt}"
+
+"$BIN/invwnn" train --store "$STORE" --out "$OUT" --steps 3000 --batch-size 4096 \
+    --window 15 --back 3 --width 64 --kind-dim 8 --val-fraction 0.1 --seed 0 --workers 1 --quiet
+# generalisation to an unseen architecture: every vit run held out (figures only, not shipped)
+"$BIN/invwnn" train --store "$STORE" --out "${OUT%.pt}_heldout_vit.pt" --steps 3000 --batch-size 4096 \
+    --val-archs vit --seed 0 --workers 1 --quiet
+"$BIN/invwnn" inspect "$OUT"
