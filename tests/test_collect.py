@@ -86,3 +86,20 @@ def test_plan_is_deterministic_and_sized():
     config = CollectConfig(runs=5, archs=("cnn", "vit"))
     assert plan(config) == plan(config)
     assert [s.arch.family for s in plan(config)] == ["cnn", "vit", "cnn", "vit", "cnn"]
+
+
+def test_a_killed_dask_worker_is_replaced_and_its_run_redone(tmp_path, reference):
+    path = str(tmp_path / "worker-killed.zarr")
+    cmd = [sys.executable, "-m", "trajgen.cli", "collect", "--store", path, "--workers", "2", "--quiet",
+           "--runs", "3", "--steps", "32", "--every", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline and not os.path.isdir(f"{path}/runs/run-000000/history"):
+        time.sleep(0.05)
+    workers = [pid for pid in map(int, subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                                      text=True).stdout.split())
+               if "spawn_main" in open(f"/proc/{pid}/cmdline").read()]
+    assert len(workers) == 2
+    os.kill(workers[0], signal.SIGKILL)
+    assert proc.wait(timeout=300) == 0
+    assert content(path) == reference
