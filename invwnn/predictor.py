@@ -151,6 +151,9 @@ def save_checkpoint(path: str | Path, model: Predictor, train_config: dict[str, 
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
+        mask = os.umask(0)  # mkstemp makes 0600; a checkpoint is shared like any other file
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

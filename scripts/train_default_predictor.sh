@@ -14,6 +14,6 @@ OUT="${OUT:-invwnn/default_predictor.pt}"
 "$BIN/invwnn" train --store "$STORE" --out "$OUT" --steps 3000 --batch-size 4096 \
     --window 15 --back 3 --width 64 --kind-dim 8 --val-fraction 0.1 --seed 0 --workers 1 --quiet
 # generalisation to an unseen architecture: every vit run held out (figures only, not shipped)
-"$BIN/invwnn" train --store "$STORE" --out "${OUT%.pt}_heldout_vit.pt" --steps 3000 --batch-size 4096 \
+"$BIN/invwnn" train --store "$STORE" --out data/invwnn_heldout_vit.pt --steps 3000 --batch-size 4096 \
     --val-archs vit --seed 0 --workers 1 --quiet
 "$BIN/invwnn" inspect "$OUT"
