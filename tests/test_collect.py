@@ -103,3 +103,27 @@ def test_a_killed_dask_worker_is_replaced_and_its_run_redone(tmp_path, reference
     os.kill(workers[0], signal.SIGKILL)
     assert proc.wait(timeout=300) == 0
     assert content(path) == reference
+
+
+def test_readers_see_only_complete_runs_while_a_collection_writes(tmp_path):
+    from trajgen.info import describe
+
+    path = str(tmp_path / "live.zarr")
+    cmd = [sys.executable, "-m", "trajgen.cli", "collect", "--store", path, "--workers", "0", "--quiet",
+           "--runs", "3", "--steps", "32", "--every", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seen = []
+    while proc.poll() is None:
+        if os.path.isfile(f"{path}/zarr.json"):
+            try:
+                runs = store.complete_runs(path)
+            except store.StoreError:  # the root group is created by rename: absent, then whole
+                continue
+            for name in runs:
+                assert store.open_run(path, name).history.shape[1] == 17
+            seen.append((len(runs), describe(path)["runs"]))
+        time.sleep(0.02)
+    assert proc.returncode == 0
+    counts = [n for n, _ in seen]
+    assert counts == sorted(counts) and len(set(counts)) >= 2  # watched runs arrive one by one
+    assert all(described >= n for n, described in seen)

@@ -1,7 +1,6 @@
 """``trajgen`` commands: parse flags, call the library, turn its errors into one-line messages."""
 from __future__ import annotations
 
-import functools
 import json
 import sys
 
@@ -10,32 +9,15 @@ import click
 from trajgen import collect as collecting
 from trajgen import info as store_info
 from trajgen import verify as verifying
+from trajgen.cli_errors import OneLineGroup, UserError, user_errors
 from trajgen.data import DATASETS, DatasetError
 from trajgen.spec import ARCHS, OPTIMIZERS, SpecError, parse_choices
 from trajgen.store import StoreError
 
-USER_ERRORS = (SpecError, StoreError, DatasetError)
+input_errors = user_errors(SpecError, StoreError, DatasetError)
 
 
-class UserError(click.ClickException):
-    """Bad input: printed as one line, exit code 2 like click's own usage errors."""
-
-    exit_code = 2
-
-
-def user_errors(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except USER_ERRORS as err:
-            raise UserError(str(err)) from None
-        except PermissionError as err:
-            raise UserError(f"permission denied: {err.filename}") from None
-    return wrapper
-
-
-@click.group()
+@click.group(cls=OneLineGroup)
 @click.version_option(package_name="invwnn")
 def main() -> None:
     """Record weight trajectories of many small training runs into a Zarr store."""
@@ -57,7 +39,7 @@ def main() -> None:
               help="torch threads per worker.")
 @click.option("--scheduler", default=None, help="Address of an existing dask scheduler (overrides --workers).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@user_errors
+@input_errors
 def collect(store, archs, optimizers, runs, seed, steps, every, dataset, data_root, workers,
             threads_per_worker, scheduler, quiet):
     """Train many small nets and stream every weight's history into STORE; rerun to resume."""
@@ -76,7 +58,7 @@ def collect(store, archs, optimizers, runs, seed, steps, every, dataset, data_ro
 @main.command()
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@user_errors
+@input_errors
 def info(store, as_json):
     """Summarise the runs in STORE."""
     d = store_info.describe(store)
@@ -86,7 +68,7 @@ def info(store, as_json):
 @main.command()
 @click.argument("store")
 @click.option("--repair", is_flag=True, help="Make the index list exactly the valid complete runs.")
-@user_errors
+@input_errors
 def verify(store, repair):
     """Check every run of STORE against the schema; exit 1 if anything was wrong (--repair fixes
     the index; it never deletes a run)."""
