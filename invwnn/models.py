@@ -169,10 +169,10 @@ def param_kinds(model: nn.Module) -> dict[str, str]:
 
 
 def versions() -> dict[str, str]:
-    import invwnn
+    from importlib.metadata import version
     import torchvision
-    return {"invwnn": invwnn.__version__, "torch": torch.__version__,
-            "torchvision": torchvision.__version__}
+    return {"invwnn": version("invwnn"), "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__)}
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
@@ -271,7 +271,7 @@ def load(path: str | Path, *, trust_pickle: bool = False, classes: tuple[str, ..
             extra = {EXTRA_FILE: ""}
             net = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
             raw = extra[EXTRA_FILE]
-            meta = json.loads(raw.decode() if isinstance(raw, bytes) else raw or "{}")
+            meta = json.loads((raw.decode() if isinstance(raw, bytes) else raw) or "{}")
         else:
             try:
                 blob = torch.load(path, map_location="cpu", weights_only=True)

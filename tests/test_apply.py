@@ -1,0 +1,58 @@
+"""The applier end to end: InvWNN unlearns on a real Fashion-MNIST model; the prepare + apply
+commands work verbatim; bad flags and inputs exit 2 without writing anything."""
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from _apply_fixtures import TINY, tiny_original
+from invwnn.apply import Inputs, unlearn
+from invwnn.apply_cli import apply, prepare
+
+
+def test_invwnn_lowers_forget_accuracy_toward_test_accuracy(tmp_path_factory):
+    root = tiny_original(tmp_path_factory.getbasetemp())
+    report = unlearn(Inputs(str(root / "model.pt"), str(root / "forget"), test=str(root / "test")),
+                     "invwnn", {"iterations": 6, "snapshots": 6, "every": 2, "warmup": 1, "lr": 3e-3},
+                     out=str(root / "inv.pt"), rewinder="linear")
+    before, after = report["before"], report["after"]
+    gap_before = (100 - before["UA"]) - before["TA"]
+    gap_after = (100 - after["UA"]) - after["TA"]
+    assert gap_before > 5  # the original memorised its forget set
+    assert gap_after < 0.6 * gap_before  # forget accuracy moved most of the way to test accuracy
+    assert after["TA"] > before["TA"] - 5  # stated bound: test accuracy within 5 points
+    rows = report["iterations"]
+    assert [r["iteration"] for r in rows] == list(range(1, 7))
+    assert all({"forget_acc", "test_acc", "distance", "seconds"} <= set(r) for r in rows)
+    assert rows[-1]["distance"] > rows[0]["distance"] > 0
+
+
+def test_prepare_then_apply_verbatim(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["--out", ".", "--quiet", "--train-size", "600", "--test-size", "200", "--width", "4",
+            "--epochs", "1", "--forget", "classes", "--forget-classes", "Trouser,Bag"]
+    r = CliRunner().invoke(prepare, args)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "forget").iterdir()) == ["Bag", "Trouser"]
+    r = CliRunner().invoke(apply, ["--model", "model.pt", "--forget", "forget/", "--rewinder", "linear",
+                                   "--iterations", "2", "--target-forget-acc", "100", "--quiet"])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "model.unlearned.json").read_text())
+    assert len(report["iterations"]) == 1  # target met after the first iteration
+    assert set(report["data"]["forget"]["classes"]) == {"Trouser", "Bag"}
+    assert (tmp_path / "model.unlearned.pt").exists()
+
+
+def test_bad_flags_and_missing_data_exit_2(tmp_path_factory):
+    root = tiny_original(tmp_path_factory.getbasetemp())
+    model = str(root / "model.pt")
+    cases = [(["--forget", str(root / "nowhere")], "does not exist"),
+             (["--forget", str(root / "forget"), "--method", "finetune"], "--retain"),
+             (["--forget", str(root / "forget"), "--sparsity", "0.3"], "not a setting of method invwnn"),
+             (["--forget", str(root / "forget"), "--predictor", str(root / "nope.pt")], "predictor")]
+    for extra, message in cases:
+        r = CliRunner().invoke(apply, ["--model", model, "--out", str(root / "never.pt"), "--quiet", *extra])
+        assert r.exit_code == 2 and message in r.output, (extra, r.output)
+        assert not (root / "never.pt").exists() and not (root / "never.json").exists()
+    assert TINY["train_size"] == 1500
