@@ -1,0 +1,1 @@
+"""``invwnn bench``: scenarios, the equal-forgetting protocol, tables and plots."""

@@ -1,0 +1,193 @@
+"""Turn a bench's raw results (runner.run) into ``table.md``, ``results.csv``, ``results.json``,
+``trajectories.png`` and ``gap.png``, each written atomically."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from invwnn.models import atomic_write
+
+METRICS = ("RA", "UA", "TA", "MIA", "gap", "seconds", "time_ratio")
+PROTOCOLS = {"equal": "stopped at Retrain's UA", "budget": "default budget"}
+
+
+def _extras(scenario: str, m: dict, original: dict) -> dict:
+    """Scenario-specific figures of one result: test accuracy recovered (label noise, overfit)
+    and attack success rate (backdoor), in percent."""
+    out = {}
+    if scenario in ("label-noise", "overfit"):
+        out["TA_recovered"] = m["TA"] - original["TA"]
+    if "acc:triggered_test" in m:
+        out["ASR"] = m["acc:triggered_test"]
+    return out
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    v = [x for x in values if x is not None and not math.isnan(x)]
+    if not v:
+        return float("nan"), float("nan")
+    return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+
+
+def summarise(results: dict) -> list[dict]:
+    """One row per (name, protocol): mean and std over seeds of every metric; rows Original and
+    Retrain first. Methods that failed carry ``error``."""
+    scenario = results["scenario"]["name"]
+    runs = results["runs"]
+    rows = []
+    for name in ("original", "retrain"):
+        per_seed = []
+        for r in runs:
+            m = dict(r[name])
+            m.setdefault("gap", 0.0 if name == "retrain" else m.get("gap"))
+            m.update(_extras(scenario, m, r["original"]))
+            per_seed.append(m)
+        rows.append(_row(name.capitalize(), "-", per_seed, len(runs)))
+    for name in results["bench"]["methods"]:
+        results_m = [r["methods"].get(name, {"error": "not run"}) for r in runs]
+        errors = [m["error"] for m in results_m if "error" in m]
+        if errors:
+            rows.append({"name": name, "protocol": "-", "error": errors[0], "seeds": len(runs)})
+            continue
+        for proto in PROTOCOLS:
+            per_seed = [{**m[proto], **_extras(scenario, m[proto], r["original"])} for m, r in zip(results_m, runs)]
+            row = _row(name, proto, per_seed, len(runs))
+            row["reached"] = sum(bool(p.get("reached")) for p in per_seed) if proto == "equal" else None
+            row["stop_mode"] = results_m[0]["stop_mode"]
+            rows.append(row)
+    return rows
+
+
+def _row(name: str, protocol: str, per_seed: list[dict], n: int) -> dict:
+    row = {"name": name, "protocol": protocol, "seeds": n}
+    for k in (*METRICS, "TA_recovered", "ASR"):
+        if any(k in p for p in per_seed):
+            row[k], row[f"{k}_std"] = _stats([p.get(k) for p in per_seed])
+    return row
+
+
+def _fmt(row: dict, k: str, digits: int = 2) -> str:
+    if k not in row or math.isnan(row[k]):
+        return "-"
+    return f"{row[k]:.{digits}f} ± {row[f'{k}_std']:.{digits}f}" if row["seeds"] > 1 else f"{row[k]:.{digits}f}"
+
+
+def markdown(results: dict, rows: list[dict]) -> str:
+    """Two tables (equal forgetting, default budget), rows Original, Retrain, each method."""
+    scenario = results["scenario"]["name"]
+    extra = [k for k in ("TA_recovered", "ASR") if any(k in r for r in rows)]
+    head = ["method", "RA", "UA", "TA", "MIA", "gap to Retrain", "time (s)", "time / Retrain", *extra]
+    out = [f"# {scenario}: {len(results['runs'])} seed(s) {', '.join(str(r['seed']) for r in results['runs'])}", "",
+           f"Command: `{results.get('command', '')}`", "",
+           "All figures in percent (mean ± std over seeds); gap = mean |metric - Retrain's| over RA, UA, "
+           "TA, MIA; lower is better. " + ("TA_recovered = TA - Original's TA. " if "TA_recovered" in extra else "")
+           + ("ASR = attack success rate on triggered test images of other classes. " if "ASR" in extra else ""),
+           ""]
+    refs = [r for r in rows if r["protocol"] == "-" and "error" not in r]
+    failed = [r for r in rows if "error" in r]
+    for proto, title in PROTOCOLS.items():
+        out += [f"## {title}", "", "| " + " | ".join(head + (["reached UA_r"] if proto == "equal" else [])) + " |",
+                "|" + "---|" * (len(head) + (proto == "equal")) ]
+        for r in refs + [r for r in rows if r["protocol"] == proto]:
+            cells = [r["name"] + (f" ({r['stop_mode']})" if r.get("stop_mode") and proto == "equal" else "")]
+            cells += [_fmt(r, k) for k in ("RA", "UA", "TA", "MIA", "gap", "seconds", "time_ratio", *extra)]
+            if proto == "equal":
+                cells.append("-" if r.get("reached") is None else f"{r['reached']}/{r['seeds']}")
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    if failed:
+        out += ["Not run on this scenario:", ""] + [f"- {r['name']}: {r['error']}" for r in failed] + [""]
+    return "\n".join(out)
+
+
+def csv_text(results: dict, rows: list[dict]) -> str:
+    cols = ["scenario", "name", "protocol", "seeds", "stop_mode", "reached", "error"]
+    for k in (*METRICS, "TA_recovered", "ASR"):
+        cols += [k, f"{k}_std"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, cols, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({"scenario": results["scenario"]["name"], **r})
+    return buf.getvalue()
+
+
+def versions() -> dict:
+    import sklearn
+    from invwnn import models
+    return {**models.versions(), "scikit-learn": sklearn.__version__, "python": platform.python_version(),
+            "machine": platform.platform()}
+
+
+def _save_fig(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def plot_trajectories(results: dict, path: Path) -> None:
+    """Forget accuracy vs test accuracy at every check of the first seed, one line per method
+    that has a trajectory; Original and Retrain as markers."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run = results["runs"][0]
+    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    for name, m in run["methods"].items():
+        traj = m.get("trajectory") or []
+        if traj:
+            ax.plot([t["forget_acc"] for t in traj], [t["test_acc"] for t in traj], marker=".", lw=1,
+                    ms=4, label=name)
+    for key, marker in (("original", "*"), ("retrain", "X")):
+        ax.scatter([100 - run[key]["UA"]], [run[key]["TA"]], marker=marker, s=160, c="k", zorder=5,
+                   label=key.capitalize())
+    ax.axvline(100 - run["retrain"]["UA"], color="k", ls=":", lw=1)
+    ax.set_xlabel("forget-set accuracy (%)  (100 - UA)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{results['scenario']['name']}: unlearning trajectories (seed {run['seed']}, check subsets)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    _save_fig(fig, path)
+
+
+def plot_gap(rows: list[dict], scenario: str, path: Path) -> None:
+    """Bar chart of the gap to Retrain per method, both protocols, std as error bars."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["name"] for r in rows if r["protocol"] == "equal"]
+    orig = next(r for r in rows if r["name"] == "Original")
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(names) + 2), 4.5))
+    xs = np.arange(len(names))
+    for i, proto in enumerate(PROTOCOLS):
+        by = {r["name"]: r for r in rows if r["protocol"] == proto}
+        ax.bar(xs + (i - 0.5) * 0.4, [by[n]["gap"] for n in names], 0.4,
+               yerr=[by[n]["gap_std"] for n in names], label=PROTOCOLS[proto], capsize=2)
+    ax.axhline(orig["gap"], color="k", ls="--", lw=1, label="Original (no unlearning)")
+    ax.set_xticks(xs, names, rotation=40, ha="right")
+    ax.set_ylabel("gap to Retrain (points, lower is better)")
+    ax.set_title(f"{scenario}: average gap to Retrain")
+    ax.legend(fontsize=8)
+    _save_fig(fig, path)
+
+
+def write(results: dict, out: str | Path) -> list[Path]:
+    """Write every output file under ``out``; returns their paths."""
+    out = Path(out)
+    rows = summarise(results)
+    results = {**results, "summary": rows, "versions": versions()}
+    files = {"table.md": markdown(results, rows), "results.csv": csv_text(results, rows),
+             "results.json": json.dumps(results, indent=1, default=str)}
+    for name, text in files.items():
+        atomic_write(out / name, lambda tmp, text=text: Path(tmp).write_text(text))
+    plot_trajectories(results, out / "trajectories.png")
+    plot_gap(rows, results["scenario"]["name"], out / "gap.png")
+    return [out / n for n in (*files, "trajectories.png", "gap.png")]

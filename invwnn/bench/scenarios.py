@@ -1,0 +1,208 @@
+"""Benchmark scenarios: which training data the original sees and what it must forget.
+
+Every builder is ``(config, seed, dataset) -> Scenario`` and is deterministic in ``seed``. Images
+are float32 ``(N, C, H, W)`` in [0, 1]; labels int64 ``(N,)``.
+
+- ``random10`` / ``random50``: forget a random 10% / 50% of the training subset.
+- ``class``: forget every training image of one class.
+- ``label-noise``: 20% of the training subset get a uniformly random *wrong* label; forget them.
+- ``overfit``: after normal training the original takes ``overfit_steps`` extra Adam steps on a 1%
+  subset alone (our reading of the paper's "1% of the data with excessive iterations"); forget it.
+- ``backdoor``: BadNet. 20% of the training subset carry a checkerboard trigger in the bottom-right
+  corner and the target label; forget them. Extra eval set: the test images of other classes with
+  the trigger, labelled with the target (accuracy on it = attack success rate).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+
+from invwnn.forget import Split
+from invwnn.models import InputError
+from trajgen import data as datasets
+
+
+@dataclass(frozen=True)
+class ScenarioConfig:
+    """One scenario's data and original-training recipe. ``forget_fraction`` is the share of the
+    training subset that is forgotten (random*, label-noise, overfit, backdoor); ``forget_class``
+    the class index for ``class``; ``trigger_size`` the trigger's side in pixels; ``target_label``
+    the backdoor's target class; ``mnemonic_mix`` the mnemonic-code mixing probability of the
+    original (0 = off; the mnemonic method needs it)."""
+
+    name: str
+    dataset: str = "fashion-mnist"
+    data_root: str | None = None
+    arch: str = "cnn"
+    width: int = 32
+    depth: int = 2
+    activation: str = "relu"
+    train_size: int = 10000
+    test_size: int = 2000
+    epochs: float = 20.0
+    lr: float = 1e-3
+    batch_size: int = 128
+    forget_fraction: float = 0.1
+    forget_class: int = 0
+    overfit_steps: int = 0
+    trigger_size: int = 4
+    target_label: int = 0
+    mnemonic_mix: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def key(self, seed: int, *extra) -> str:
+        """Content hash of this config, the seed and ``extra`` (JSON-able) settings."""
+        blob = json.dumps([self.to_dict(), seed, list(extra)], sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Built data. ``x``/``y``: the original's training set as trained (noisy labels, triggers
+    included); ``forget``: bool mask (N,) of what to forget; ``clean_y``: true labels (label-noise
+    only); ``extras``: additional eval splits by name."""
+
+    config: ScenarioConfig
+    seed: int
+    x: torch.Tensor
+    y: torch.Tensor
+    forget: torch.Tensor
+    test: Split
+    classes: tuple[str, ...]
+    extras: dict[str, Split] = field(default_factory=dict)
+    clean_y: torch.Tensor | None = None
+
+    @property
+    def forget_split(self) -> Split:
+        return Split(self.x[self.forget], self.y[self.forget], "forget")
+
+    @property
+    def retain_split(self) -> Split:
+        return Split(self.x[~self.forget], self.y[~self.forget], "retain")
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.y), "forget": int(self.forget.sum()),
+                "retain": int((~self.forget).sum()), "test": len(self.test),
+                **{k: len(v) for k, v in self.extras.items()}}
+
+
+def _subsets(config: ScenarioConfig, seed: int, ds) -> tuple[torch.Generator, torch.Tensor, torch.Tensor, Split]:
+    if not 0 < config.train_size <= len(ds.y_train) or not 0 < config.test_size <= len(ds.y_test):
+        raise InputError(f"--train-size must be in [1, {len(ds.y_train)}], test size in [1, {len(ds.y_test)}]")
+    g = torch.Generator().manual_seed(seed)
+    train_idx = torch.randperm(len(ds.y_train), generator=g)[: config.train_size].sort().values
+    test_idx = torch.randperm(len(ds.y_test), generator=g)[: config.test_size].sort().values
+    test = Split(datasets.to_float(ds.x_test[test_idx]), ds.y_test[test_idx].clone(), "test")
+    return g, ds.x_train[train_idx].clone(), ds.y_train[train_idx].clone(), test
+
+
+def _random_mask(n: int, fraction: float, g: torch.Generator) -> torch.Tensor:
+    if not 0 < fraction < 1:
+        raise InputError(f"forget fraction must be in (0, 1), got {fraction}")
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.randperm(n, generator=g)[: max(1, round(fraction * n))]] = True
+    return mask
+
+
+def random_wrong(y: torch.Tensor, n_classes: int, g: torch.Generator) -> torch.Tensor:
+    """A uniformly random label different from each of ``y``."""
+    return (y + torch.randint(1, n_classes, y.shape, generator=g)) % n_classes
+
+
+def trigger_patch(size: int, channels: int) -> torch.Tensor:
+    """The BadNet trigger: a ``size`` x ``size`` checkerboard of 255 and 0, uint8 (C, size, size).
+    A checkerboard, not a white square, so no natural image carries it by accident."""
+    i = torch.arange(size)
+    board = ((i[:, None] + i[None, :]) % 2 == 0).to(torch.uint8) * 255
+    return board.expand(channels, size, size).clone()
+
+
+def add_trigger(x_u8: torch.Tensor, size: int) -> torch.Tensor:
+    """Copy of uint8 images (N, C, H, W) with the trigger in the bottom-right corner."""
+    out = x_u8.clone()
+    out[:, :, -size:, -size:] = trigger_patch(size, x_u8.shape[1])
+    return out
+
+
+def has_trigger(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Bool (N,): which images (uint8, or float in [0, 1]) carry the trigger exactly."""
+    patch = trigger_patch(size, x.shape[1])
+    corner = x[:, :, -size:, -size:]
+    if corner.is_floating_point():
+        corner = (corner * 255).round().to(torch.uint8)
+    return (corner == patch).flatten(1).all(1)
+
+
+def _build(config: ScenarioConfig, seed: int, ds, kind: str) -> Scenario:
+    g, x_u8, y, test = _subsets(config, seed, ds)
+    n_classes = len(ds.classes)
+    extras, clean_y = {}, None
+    if kind == "random":
+        forget = _random_mask(len(y), config.forget_fraction, g)
+    elif kind == "class":
+        if not 0 <= config.forget_class < n_classes:
+            raise InputError(f"forget class must be in [0, {n_classes - 1}], got {config.forget_class}")
+        forget = y == config.forget_class
+    elif kind == "label-noise":
+        forget = _random_mask(len(y), config.forget_fraction, g)
+        clean_y = y.clone()
+        y[forget] = random_wrong(y[forget], n_classes, g)
+    elif kind == "overfit":
+        forget = _random_mask(len(y), config.forget_fraction, g)
+    elif kind == "backdoor":
+        forget = _random_mask(len(y), config.forget_fraction, g)
+        x_u8[forget] = add_trigger(x_u8[forget], config.trigger_size)
+        y[forget] = config.target_label
+        keep = test.y != config.target_label
+        test_u8 = (test.x[keep] * 255).round().to(torch.uint8)
+        extras["triggered_test"] = Split(datasets.to_float(add_trigger(test_u8, config.trigger_size)),
+                                         torch.full((int(keep.sum()),), config.target_label), "triggered test")
+    else:
+        raise AssertionError(kind)
+    return Scenario(config, seed, datasets.to_float(x_u8), y, forget, test, tuple(ds.classes), extras, clean_y)
+
+
+# name -> (builder, scenario-specific defaults)
+SCENARIOS: dict[str, tuple[Callable, dict]] = {
+    "random10": (lambda c, s, d: _build(c, s, d, "random"), {"forget_fraction": 0.1}),
+    "random50": (lambda c, s, d: _build(c, s, d, "random"), {"forget_fraction": 0.5}),
+    # the class scenario's original mixes in mnemonic codes (t_mix 0.1, the paper's MNIST value)
+    # so that the mnemonic method can run; every method sees that same original
+    "class": (lambda c, s, d: _build(c, s, d, "class"), {"mnemonic_mix": 0.1}),
+    "label-noise": (lambda c, s, d: _build(c, s, d, "label-noise"), {"forget_fraction": 0.2}),
+    "overfit": (lambda c, s, d: _build(c, s, d, "overfit"), {"forget_fraction": 0.01, "overfit_steps": 400}),
+    "backdoor": (lambda c, s, d: _build(c, s, d, "backdoor"), {"forget_fraction": 0.2}),
+}
+
+QUICK = {"width": 16, "train_size": 2000, "test_size": 1000, "epochs": 8.0}
+
+
+def scenario_config(name: str, quick: bool = False, **overrides) -> ScenarioConfig:
+    """The named scenario's config: its defaults, then the quick sizes, then ``overrides``
+    (None values ignored). Raises InputError for an unknown name or setting."""
+    if name not in SCENARIOS:
+        raise InputError(f"unknown scenario {name!r}; valid: {', '.join(SCENARIOS)}")
+    names = {f.name for f in dataclasses.fields(ScenarioConfig)}
+    unknown = set(overrides) - names
+    if unknown:
+        raise InputError(f"unknown scenario setting(s) {', '.join(sorted(unknown))}")
+    d = {**SCENARIOS[name][1], **(QUICK if quick else {}),
+         **{k: v for k, v in overrides.items() if v is not None}}
+    return ScenarioConfig(name=name, **d)
+
+
+def build(config: ScenarioConfig, seed: int, ds=None) -> Scenario:
+    """Build ``config``'s scenario for ``seed`` (``ds``: an already loaded dataset, or None)."""
+    if ds is None:
+        try:
+            ds = datasets.load(config.dataset, root=config.data_root)
+        except (FileNotFoundError, ValueError) as err:
+            raise InputError(str(err).splitlines()[0]) from None
+    return SCENARIOS[config.name][0](config, seed, ds)

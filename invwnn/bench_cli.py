@@ -1,0 +1,68 @@
+"""``invwnn bench``: one command per scenario, from data to table and plots."""
+from __future__ import annotations
+
+import shlex
+import time
+
+import click
+
+from invwnn.models import InputError
+from trajgen.cli_errors import user_errors
+
+
+def _command(ctx: click.Context) -> str:
+    """The command line that reproduces this run: every option that differs from its default."""
+    parts = ["invwnn", "bench"]
+    for p in ctx.command.params:
+        v = ctx.params[p.name]
+        if v == p.default or v is None:
+            continue
+        if p.is_flag and p.secondary_opts:
+            parts.append(p.opts[0] if v else p.secondary_opts[0])
+        elif p.is_flag:
+            parts.append(p.opts[0])
+        else:
+            parts += [p.opts[0], str(v)]
+    return shlex.join(parts)
+
+
+@click.command("bench")
+@click.option("--scenario", required=True, help="random10, random50, class, label-noise, overfit or backdoor")
+@click.option("--methods", default="all", show_default=True, help="'all' or a comma-separated list")
+@click.option("--seeds", type=click.IntRange(1, 100), default=None, help="number of seeds 0..N-1 [3; --quick: 1]")
+@click.option("--out", default=None, help="output folder [results/SCENARIO]")
+@click.option("--quick", is_flag=True, help="small model and data (width 16, 2k images, 8 epochs)")
+@click.option("--dataset", default=None, help="trajgen dataset name [fashion-mnist]")
+@click.option("--data-root", default=None, help="folder holding the dataset files")
+@click.option("--arch", default=None, help="trajgen architecture family: cnn, mlp, vit [cnn]")
+@click.option("--width", type=click.IntRange(1), default=None, help="network width")
+@click.option("--train-size", type=click.IntRange(1), default=None, help="training images")
+@click.option("--test-size", type=click.IntRange(1), default=None, help="test images")
+@click.option("--epochs", type=click.FloatRange(0, min_open=True), default=None, help="original/retrain epochs")
+@click.option("--cache-dir", default="data/bench-cache", show_default=True, help="originals and retrained models")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
+              help="torch threads; 1 is fastest on a shared 2-core machine")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@user_errors(InputError, ValueError)
+def bench(scenario, methods, seeds, out, quick, dataset, data_root, arch, width, train_size, test_size,
+          epochs, cache_dir, device, threads, progress):
+    """Build SCENARIO, train and cache the original and Retrain, run every method at equal
+    forgetting and at its default budget, and write table.md, results.csv, results.json and plots."""
+    import torch
+    from invwnn.bench import report, runner, scenarios
+
+    torch.set_num_threads(threads)
+    config = scenarios.scenario_config(scenario, quick, dataset=dataset, data_root=data_root, arch=arch,
+                                       width=width, train_size=train_size, test_size=test_size, epochs=epochs)
+    n_seeds = seeds or (1 if quick else 3)
+    bench_config = runner.BenchConfig(methods=tuple(runner.method_names(methods)), seeds=tuple(range(n_seeds)),
+                                      cache_dir=cache_dir, device=device, progress=progress)
+    out = out or f"results/{scenario}"
+    t0 = time.time()
+    results = runner.run(config, bench_config, log=lambda s: None)
+    results["command"] = _command(click.get_current_context())
+    results["wall_seconds"] = time.time() - t0
+    results["threads"] = threads
+    files = report.write(results, out)
+    click.echo(f"{scenario}: {len(files)} files in {out} ({results['wall_seconds']:.0f} s)")
