@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shlex
+import sys
 import time
 
 import click
@@ -60,7 +61,8 @@ def bench(scenario, methods, seeds, out, quick, dataset, data_root, arch, width,
                                       cache_dir=cache_dir, device=device, progress=progress)
     out = out or f"results/{scenario}"
     t0 = time.time()
-    results = runner.run(config, bench_config, log=lambda s: None)
+    from tqdm.auto import tqdm
+    results = runner.run(config, bench_config, log=lambda s: tqdm.write(s, file=sys.stderr))
     results["command"] = _command(click.get_current_context())
     results["wall_seconds"] = time.time() - t0
     results["threads"] = threads
