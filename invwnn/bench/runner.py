@@ -16,6 +16,7 @@ recipe and CACHE_VERSION (bump it when training code changes).
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import time
@@ -83,31 +84,15 @@ class BenchConfig:
         return asdict(self)
 
 
-class LearnedRewinder:
-    """The shipped predictor behind the :class:`invwnn.methods.invwnn.Rewinder` interface, used
-    while ``load_rewinder`` in methods/invwnn.py is not wired to invwnn.predictor yet."""
-
-    def __init__(self, path: str | None = None, device: str = "cpu"):
-        from invwnn import predictor
-        self.path = str(path or predictor.default_checkpoint())
-        self.model = predictor.load_predictor(self.path, device)
-        self._predict = predictor.predict_past
-
-    def rewind(self, windows: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
-        return self._predict(self.model, windows, kinds)
-
-    def describe(self) -> dict:
-        return {"rewinder": "learned", "predictor": self.path, "horizon": self.model.config.u}
-
-
-def make_rewinder(kind: str, horizon: int, device: str):
-    from invwnn.apply import make_rewinder as registry_rewinder
-    try:
-        return registry_rewinder(kind, None, horizon)
-    except InputError:
-        if kind != "learned":
-            raise
-        return LearnedRewinder(device=device)
+def make_rewinder(kind: str, config, device: str) -> Any:
+    """The InvWNN rewinder ``kind`` (learned: the shipped predictor) with its description; the
+    learned one's description carries the checkpoint's sha256, as the checkpoint may change."""
+    from invwnn.apply import make_rewinder as apply_rewinder
+    rewinder = apply_rewinder(kind, None, config, device)
+    desc = dict(rewinder.describe()) if hasattr(rewinder, "describe") else {"rewinder": kind}
+    if "predictor" in desc:
+        desc["sha256"] = hashlib.sha256(Path(desc["predictor"]).read_bytes()).hexdigest()
+    return rewinder, desc
 
 
 # ------------------------------------------------------------------------------------------------
@@ -294,7 +279,7 @@ def run_method(name: str, prep: Prepared, target_ua: float, bench: BenchConfig, 
     scn, device = prep.scenario, bench.device
     try:
         config = method.config.from_dict(bench.method_overrides.get(name, {}))
-        rewinder = make_rewinder(rewinder_kind, config.horizon, device) if rewinder_kind else None
+        rewinder, rewinder_desc = make_rewinder(rewinder_kind, config, device) if rewinder_kind else (None, None)
     except InputError as err:
         return {"error": str(err)}
     model = copy.deepcopy(prep.original).to(device)
@@ -323,7 +308,7 @@ def run_method(name: str, prep: Prepared, target_ua: float, bench: BenchConfig, 
     if mode == "alpha":
         _alpha_sweep(model, prep.original, config.alpha, tracker)
     out = {"config": config.to_dict(), "stop_mode": mode,
-           "rewinder": rewinder.describe() if hasattr(rewinder, "describe") else None,
+           "rewinder": rewinder_desc,
            "budget": _score(model, prep, seed, seconds), "trajectory": tracker.trajectory,
            "optimizer_steps": tracker.steps}
     if mode == "none":
