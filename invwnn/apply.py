@@ -31,12 +31,20 @@ def make_config(method: str, overrides: dict[str, Any]):
     return REGISTRY[method].config.from_dict(overrides)
 
 
-def make_rewinder(kind: str, predictor: str | None, horizon: int):
+def make_rewinder(kind: str, predictor: str | None, config, device: str = "cpu"):
+    """The rewinder ``kind`` (learned, linear, none) for an invwnn ``config``; the learned one's
+    window K must equal the snapshots the loop records."""
+    if kind not in REWINDERS:
+        raise InputError(f"unknown rewinder {kind!r}; valid: {', '.join(REWINDERS)}")
     if kind == "linear":
-        return LinearRewinder(horizon)
+        return LinearRewinder(config.horizon)
     if kind == "none":
         return NoRewinder()
-    return load_rewinder(predictor, horizon)
+    rewinder = load_rewinder(predictor, device)
+    if rewinder.k != config.snapshots:
+        raise InputError(f"--snapshots {config.snapshots} does not match the predictor's window "
+                         f"K = {rewinder.k}")
+    return rewinder
 
 
 def _distance(model, reference: list[torch.Tensor]) -> float:
@@ -128,14 +136,14 @@ def unlearn(inputs: Inputs, method: str = "invwnn", overrides: dict | None = Non
     report_path = Path(report_path) if report_path else out_path.with_suffix(".json")
     rew = None
     if method == "invwnn":
-        rew = make_rewinder(rewinder, predictor, config.horizon)
+        rew = make_rewinder(rewinder, predictor, config, device)
     loaded, data = load_inputs(inputs)
     torch.manual_seed(seed)
     ctx = Context(device=device, seed=seed, progress=progress, rewinder=rew,
                   rebuild=loaded.rebuild if loaded.arch is not None or loaded.source == "pickle" else None)
     report = apply(loaded, data, method, config, ctx)
     report.update({
-        "rewinder": rew.describe() if hasattr(rew, "describe") else ({"rewinder": rewinder, "predictor": predictor} if rew else None),
+        "rewinder": rew.describe() if rew else None,
         "model": {"path": str(inputs.model), "source": loaded.source, "classes": list(loaded.classes),
                   "class_names_from": "file or --classes" if loaded.classes_from_file else "output index",
                   "preprocess": loaded.preprocess.to_dict()},

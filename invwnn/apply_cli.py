@@ -4,7 +4,6 @@ method's defaults are documented in ``--help`` and live in one place."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 import types
 import typing
 
@@ -14,31 +13,16 @@ from invwnn.apply import REWINDERS, Inputs, unlearn
 from invwnn.methods import REGISTRY
 from invwnn.models import InputError
 from invwnn.original import PrepareConfig, prepare as prepare_original
+from trajgen.cli_errors import UserError, user_errors
 from trajgen.data import DATASETS, DatasetError
 from trajgen.spec import SpecError
 
 
-class UserError(click.ClickException):
-    """Bad input: printed as one line, exit code 2 like click's own usage errors."""
-
-    exit_code = 2
-
-
-def user_errors(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (InputError, DatasetError, SpecError) as err:
-            raise UserError(str(err)) from None
-        except PermissionError as err:
-            raise UserError(f"permission denied: {err.filename}") from None
-    return wrapper
+input_errors = user_errors(InputError, DatasetError, SpecError)
 
 
 def _base_type(tp):
-    if isinstance(tp, str):
-        tp = eval(tp, {"float": float, "int": int, "str": str, "None": None})  # annotations are strings
+    """``float | None`` -> float: the type click should parse a config field's flag as."""
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
         tp = next(a for a in typing.get_args(tp) if a is not type(None))
     return tp
@@ -48,8 +32,9 @@ def method_flags() -> dict[str, dict]:
     """Every config field of every method: flag name -> {type, help, defaults per method}."""
     flags: dict[str, dict] = {}
     for name, method in REGISTRY.items():
+        hints = typing.get_type_hints(method.config)
         for f in dataclasses.fields(method.config):
-            entry = flags.setdefault(f.name, {"type": _base_type(f.type), "help": [], "defaults": {}})
+            entry = flags.setdefault(f.name, {"type": _base_type(hints[f.name]), "help": [], "defaults": {}})
             if f.metadata.get("help") and f.metadata["help"] not in entry["help"]:
                 entry["help"].append(f.metadata["help"])
             entry["defaults"][name] = f.default
@@ -100,7 +85,7 @@ def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_with_method_flags
-@user_errors
+@input_errors
 def apply(model_path, forget_path, retain_path, test_path, method, out, report_path, predictor,
           rewinder, trust_pickle, classes, size, channels, mean, std, seed, device, quiet, **method_opts):
     """Remove the influence of the FORGET images from MODEL; write the unlearned model and a JSON
@@ -150,7 +135,7 @@ def apply(model_path, forget_path, retain_path, test_path, method, out, report_p
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-@user_errors
+@input_errors
 def prepare(out, dataset, data_root, train_size, test_size, width, depth, epochs, lr, batch_size,
             forget_mode, forget_fraction, forget_classes, mnemonic_mix, seed, device, quiet):
     """Train an original classifier and write forget/retain/test ImageFolder splits into OUT."""

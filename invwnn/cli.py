@@ -1,7 +1,6 @@
 """``invwnn`` commands: parse flags, call the library, turn its errors into one-line messages."""
 from __future__ import annotations
 
-import functools
 import json
 import sys
 import tempfile
@@ -9,32 +8,17 @@ from pathlib import Path
 
 import click
 
+from trajgen.cli_errors import OneLineGroup, UserError, user_errors
 from trajgen.nets import KINDS
 from trajgen.spec import ARCHS, SpecError, parse_choices
 from trajgen.store import StoreError
 from invwnn import fit
+from invwnn.apply_cli import apply, prepare
+from invwnn.bench_cli import bench
 from invwnn.predictor import CheckpointError, describe, read_checkpoint
 from invwnn.windows import WindowError
 
-USER_ERRORS = (SpecError, StoreError, WindowError, CheckpointError)
-
-
-class UserError(click.ClickException):
-    """Bad input: printed as one line, exit code 2 like click's own usage errors."""
-
-    exit_code = 2
-
-
-def user_errors(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except USER_ERRORS as err:
-            raise UserError(str(err)) from None
-        except PermissionError as err:
-            raise UserError(f"permission denied: {err.filename}") from None
-    return wrapper
+input_errors = user_errors(SpecError, StoreError, WindowError, CheckpointError)
 
 
 def check_output(path: Path) -> None:
@@ -51,10 +35,10 @@ def check_output(path: Path) -> None:
         raise UserError(f"cannot write to {parent}: {err.strerror or err}") from None
 
 
-@click.group()
+@click.group(cls=OneLineGroup)
 @click.version_option(package_name="invwnn")
 def main() -> None:
-    """Learning to rewind: train and inspect the coordinate-wise past-weight predictor."""
+    """Learning to rewind: train the past-weight predictor, unlearn with it, compare methods."""
 
 
 @main.command()
@@ -78,7 +62,7 @@ def main() -> None:
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="cpu", show_default=True, help="torch device for training.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@user_errors
+@input_errors
 def train(store, out, k, u, kinds, width, kind_dim, clip, steps, max_windows, batch_size, lr, val_fraction,
           val_archs, eval_per_kind, workers, threads, seed, device, quiet):
     """Train the past-weight predictor on STORE's runs; print held-out errors; write --out."""
@@ -100,7 +84,7 @@ def train(store, out, k, u, kinds, width, kind_dim, clip, steps, max_windows, ba
 @main.command()
 @click.argument("checkpoint")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@user_errors
+@input_errors
 def inspect(checkpoint, as_json):
     """Print CHECKPOINT's config, held-out evaluation and provenance."""
     if as_json:
@@ -111,6 +95,10 @@ def inspect(checkpoint, as_json):
     else:
         click.echo(describe(checkpoint))
 
+
+main.add_command(prepare)
+main.add_command(apply)
+main.add_command(bench)
 
 if __name__ == "__main__":
     sys.exit(main())

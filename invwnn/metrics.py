@@ -19,12 +19,14 @@ METRICS = ("RA", "UA", "TA", "MIA")
 def predict(model: nn.Module, x: torch.Tensor, device: str | torch.device = "cpu",
             batch_size: int = 1000) -> torch.Tensor:
     """Softmax probabilities ``(N, n_classes)`` of ``model`` on float images ``x`` (N, C, H, W),
-    computed in eval mode; the model's train/eval mode is restored afterwards."""
-    was_training = model.training
+    computed in eval mode; every module's own mode is restored afterwards (a fine-tuning loop may
+    hold norm layers in eval mode while the rest trains)."""
+    modes = [m.training for m in model.modules()]
     set_mode(model, False)
     out = [torch.softmax(model(x[i: i + batch_size].to(device)).float(), 1).cpu()
            for i in range(0, len(x), batch_size)]
-    set_mode(model, was_training)
+    for module, mode in zip(model.modules(), modes):
+        module.training = mode
     return torch.cat(out) if out else torch.empty(0, 0)
 
 

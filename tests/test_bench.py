@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from invwnn.bench import runner, scenarios
 from invwnn.bench_cli import bench
+from invwnn.methods import REGISTRY
 from trajgen import data as datasets
 
 
@@ -122,7 +123,8 @@ def test_quick_bench_end_to_end(tmp_path):
             earlier = m["trajectory"][: m["trajectory"].index(eq["stopped_at"])]
             assert all(100 - t["forget_acc"] < target for t in earlier)
     assert "error" in run["methods"]["mnemonic"]  # backdoor's original has no mnemonic codes
-    assert len(run["methods"]["invwnn"]["trajectory"]) == 10  # one check per rewind
+    iterations = REGISTRY["invwnn"].config().iterations
+    assert len(run["methods"]["invwnn"]["trajectory"]) == iterations  # one check per rewind
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [r["name"] for r in rows[:2]] == ["Original", "Retrain"] and "ASR" in rows[0]
     table = (out / "table.md").read_text()

@@ -19,6 +19,7 @@ from invwnn.methods.loop import (Context, Data, MethodConfig, Sampler, make_opti
                                  run_steps)
 from invwnn.metrics import accuracy
 from invwnn.models import InputError, param_kinds
+from invwnn.predictor import CheckpointError, Predictor, default_checkpoint, load_predictor, predict_past
 from trajgen.nets import KINDS
 
 NAME = "invwnn"
@@ -62,26 +63,48 @@ class NoRewinder:
         return {"rewinder": "none"}
 
 
-def load_rewinder(path: str | None, horizon: int = 3) -> Rewinder:
-    """The learned rewinder from the checkpoint ``path`` (None: the shipped default predictor).
-    Raises :class:`InputError` with a one-line reason when it cannot be loaded."""
+@dataclass(frozen=True)
+class LearnedRewinder:
+    """The trained past-weight predictor (``invwnn train``); its own K and U are fixed by its
+    checkpoint, so the unlearning loop must record exactly ``k`` snapshots."""
+
+    model: Predictor
+    path: str
+
+    @property
+    def k(self) -> int:
+        return self.model.config.k
+
+    def rewind(self, windows: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+        return predict_past(self.model, windows, kinds)
+
+    def describe(self) -> dict:
+        return {"rewinder": "learned", "predictor": self.path, "k": self.k, "horizon": self.model.config.u}
+
+
+def load_rewinder(path: str | None, device: str | torch.device = "cpu") -> LearnedRewinder:
+    """The learned rewinder from the checkpoint ``path`` (None: the predictor shipped in the
+    package). Raises :class:`InputError` with a one-line reason when it cannot be loaded."""
+    path = str(path) if path is not None else str(default_checkpoint())
     try:
-        from invwnn import predictor  # noqa: F401  (written separately; wired in here)
-    except ImportError:
-        raise InputError("the learned predictor (invwnn.predictor) is not available in this build; "
-                         "use --rewinder linear") from None
-    raise InputError("loading the learned predictor is not wired in yet; use --rewinder linear")
+        return LearnedRewinder(load_predictor(path, device), path)
+    except CheckpointError as err:
+        raise InputError(f"--predictor: {err}") from None
 
 
 @dataclass(frozen=True)
 class Config(MethodConfig):
-    iterations: int = opt(10, "unlearning iterations T (fine-tune, predict the past, write back)")
+    """Defaults measured on the Fashion-MNIST CNN of ``invwnn prepare`` (docs/applier.md): Adam
+    moves every weight by about ``lr`` per step whatever its gradient, so the paper's ratio of
+    movement to model scale needs a small lr; at 1e-3 five iterations already destroy the model."""
+
+    iterations: int = opt(5, "unlearning iterations T (fine-tune, predict the past, write back)")
     snapshots: int = opt(15, "snapshots K recorded per iteration (the predictor's window)")
-    every: int = opt(2, "optimizer steps between snapshots")
-    warmup: int = opt(2, "unrecorded fine-tuning steps before each window")
+    every: int = opt(1, "optimizer steps between snapshots")
+    warmup: int = opt(0, "unrecorded fine-tuning steps before each window")
     horizon: int = opt(3, "snapshots U to rewind before the window (linear rewinder)")
     optimizer: str = opt("adam", "sgd or adam")
-    lr: float = opt(1e-3, "learning rate")
+    lr: float = opt(1e-4, "learning rate")
     batch_size: int = opt(128, "minibatch size")
     target_forget_acc: float | None = opt(None, "stop once forget accuracy (percent) is at or below this")
 
@@ -150,4 +173,4 @@ def run(model: nn.Module, data: Data, config: Config, ctx: Context) -> nn.Module
     return model
 
 
-__all__ = ["Rewinder", "LinearRewinder", "NoRewinder", "load_rewinder", "Config", "run"]
+__all__ = ["Rewinder", "LinearRewinder", "NoRewinder", "LearnedRewinder", "load_rewinder", "Config", "run"]
