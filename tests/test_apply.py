@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from _apply_fixtures import TINY, tiny_original
 from invwnn.apply import Inputs, unlearn
 from invwnn.apply_cli import apply, prepare
+from invwnn.predictor import FORMAT_VERSION, default_checkpoint
 
 
 @pytest.mark.parametrize("rewinder", ["learned", "linear"])
@@ -53,10 +55,19 @@ def test_prepare_then_apply_verbatim(tmp_path, monkeypatch):
 def test_bad_flags_and_missing_data_exit_2(tmp_path_factory):
     root = tiny_original(tmp_path_factory.getbasetemp())
     model = str(root / "model.pt")
+    future = torch.load(default_checkpoint(), weights_only=True)
+    future["format_version"] = FORMAT_VERSION + 1
+    torch.save(future, root / "future.pt")
+    torch.save({"x": torch.zeros(3)}, root / "foreign.pt")
     cases = [(["--forget", str(root / "nowhere"), "--rewinder", "linear"], "does not exist"),
              (["--forget", str(root / "forget"), "--method", "finetune"], "--retain"),
              (["--forget", str(root / "forget"), "--sparsity", "0.3"], "not a setting of method invwnn"),
-             (["--forget", str(root / "forget"), "--predictor", str(root / "nope.pt")], "predictor")]
+             (["--forget", str(root / "forget"), "--predictor", str(root / "nope.pt")], "predictor"),
+             (["--forget", str(root / "forget"), "--predictor", str(root / "future.pt")],
+              f"checkpoint format {FORMAT_VERSION + 1}"),
+             (["--forget", str(root / "forget"), "--predictor", str(root / "foreign.pt")],
+              "not an invwnn predictor checkpoint"),
+             (["--forget", str(root / "forget"), "--snapshots", "9"], "does not match the predictor's window")]
     for extra, message in cases:
         r = CliRunner().invoke(apply, ["--model", model, "--out", str(root / "never.pt"), "--quiet", *extra])
         assert r.exit_code == 2 and message in r.output, (extra, r.output)
