@@ -7,18 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from invwnn.methods.loop import Context, Data, MethodConfig, Sampler, make_optimizer, opt, run_steps, steps_for
+from invwnn.methods.loop import Context, Data, EpochsConfig, Sampler, make_optimizer, run_steps, steps_for
 
 NAME = "finetune"
 
 
 @dataclass(frozen=True)
-class Config(MethodConfig):
-    epochs: float = opt(10.0, "epochs over the data")
-    optimizer: str = opt("sgd", "sgd or adam")
-    lr: float = opt(0.01, "learning rate")
-    momentum: float = opt(0.9, "SGD momentum")
-    batch_size: int = opt(128, "minibatch size")
+class Config(EpochsConfig):
+    pass
 
 
 def run(model: nn.Module, data: Data, config: Config, ctx: Context) -> nn.Module:

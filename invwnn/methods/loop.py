@@ -37,6 +37,17 @@ def opt(default, help: str):
     return dataclasses.field(default=default, metadata={"help": help})
 
 
+@dataclass(frozen=True)
+class EpochsConfig(MethodConfig):
+    """Settings shared by the methods that train for some epochs with SGD or Adam."""
+
+    epochs: float = opt(10.0, "epochs over the data")
+    optimizer: str = opt("sgd", "sgd or adam")
+    lr: float = opt(0.01, "learning rate")
+    momentum: float = opt(0.9, "SGD momentum")
+    batch_size: int = opt(128, "minibatch size")
+
+
 @dataclass
 class Data:
     """Everything a method may use. Only ``forget`` is always present."""
