@@ -43,6 +43,8 @@ def test_two_workers_write_the_same_store_as_one(tmp_path, reference):
     result = collect(CollectConfig(store=path, workers=2, **SMALL))
     assert result["trained"] == 3
     assert content(path) == reference
+    children = subprocess.run(["pgrep", "-P", str(os.getpid())], capture_output=True, text=True).stdout.split()
+    assert not [pid for pid in children if "spawn_main" in open(f"/proc/{pid}/cmdline").read()]  # cluster shut down
 
 
 def test_rerun_skips_complete_runs_and_indexes_orphans(tmp_path, reference):

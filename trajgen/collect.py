@@ -2,6 +2,7 @@
 register finished runs in the root index. The client process is the index's only writer."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -88,14 +89,19 @@ def _resume_state(root, specs: list[RunSpec]) -> tuple[list[RunSpec], dict[str, 
     return todo, unindexed
 
 
+@contextlib.contextmanager
 def _client(config: CollectConfig):
+    """A dask client on ``config.scheduler``, or on a local cluster that is shut down on exit."""
     from distributed import Client, LocalCluster
 
     if config.scheduler:
-        return Client(config.scheduler)
-    cluster = LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True,
-                           dashboard_address=":0", silence_logs=logging.ERROR)
-    return Client(cluster)
+        with Client(config.scheduler) as client:
+            yield client
+        return
+    with LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True,
+                      dashboard_address=":0", silence_logs=logging.ERROR) as cluster, \
+            Client(cluster) as client:
+        yield client
 
 
 def collect(config: CollectConfig) -> dict[str, Any]:
