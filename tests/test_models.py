@@ -77,6 +77,25 @@ def test_pickle_needs_the_flag(root, tmp_path):
     assert r.exit_code == 0, r.output
 
 
+class _Payload:
+    """Unpickling this calls ``open(marker, "w")``: proof of code execution if the file appears."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_crafted_pickle_does_not_run_its_payload_without_the_flag(root, tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"model": _Payload(marker)}, tmp_path / "evil.pt")
+    r = _invoke("--model", str(tmp_path / "evil.pt"), "--forget", str(root / "forget"), *FAST)
+    assert r.exit_code == 2 and "--trust-pickle" in r.output
+    assert not marker.exists()
+    assert not (tmp_path / "evil.unlearned.pt").exists()
+
+
 @pytest.mark.parametrize("case", ["text", "dict", "nan", "version"])
 def test_bad_model_files(root, tmp_path, case):
     path = tmp_path / "bad.pt"
