@@ -4,7 +4,7 @@ Fashion-MNIST CNN with a random 10% of the training subset forgotten (``invwnn p
     .venv/bin/python scripts/bench_apply.py [--full] [--out data/bench_apply] [--methods a,b]
 
 Default sizes are the demo's (3,000 training images); ``--full`` uses BRIEF section 6's 10,000
-images and 20 epochs. InvWNN runs with the linear rewinder unless ``--rewinder learned``. Methods
+images and 20 epochs. InvWNN runs with the shipped predictor unless ``--rewinder linear|none``. Methods
 that cannot run on this scenario (mnemonic needs whole-class forgetting and codes) are listed as
 skipped with the reason. Prints a Markdown table and writes it with a JSON copy into ``--out``.
 """
@@ -26,7 +26,7 @@ from invwnn.original import PrepareConfig, prepare
 @click.option("--out", default="data/bench_apply", show_default=True)
 @click.option("--full", is_flag=True, help="BRIEF section 6 sizes (10k images, 20 epochs).")
 @click.option("--methods", default=",".join(REGISTRY), show_default=True)
-@click.option("--rewinder", default="linear", show_default=True)
+@click.option("--rewinder", default="learned", show_default=True, type=click.Choice(["learned", "linear", "none"]))
 @click.option("--seed", default=0, show_default=True)
 def main(out, full, methods, rewinder, seed):
     out = Path(out)
