@@ -2,7 +2,7 @@
 moments, restart it with the same command, and compare the finished store with an uninterrupted
 one, run for run and bit for bit.
 
-    .venv/bin/python scripts/kill_loop.py [--kills 8] [--runs 6] [--workers 2] [--seed 0]
+    .venv/bin/python scripts/kill_loop.py [--kills 8] [--runs 12] [--workers 2] [--seed 0]
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def content(path: str) -> dict[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=8)
-    parser.add_argument("--runs", type=int, default=6)
+    parser.add_argument("--runs", type=int, default=12)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill times")
     args = parser.parse_args()
@@ -53,7 +53,7 @@ def main() -> None:
                                 start_new_session=True)
         if kills < args.kills:
             try:
-                proc.wait(timeout=rng.uniform(2, 1.5 * full))  # the 2-worker run starts slower
+                proc.wait(timeout=rng.uniform(2, 0.6 * full))
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
