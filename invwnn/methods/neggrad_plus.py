@@ -8,18 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from invwnn.methods.loop import Context, Data, MethodConfig, Sampler, make_optimizer, opt, run_steps, steps_for
+from invwnn.methods.loop import Context, Data, EpochsConfig, Sampler, make_optimizer, opt, run_steps, steps_for
 
 NAME = "neggrad+"
 
 
 @dataclass(frozen=True)
-class Config(MethodConfig):
+class Config(EpochsConfig):
     epochs: float = opt(5.0, "epochs over the data")
-    optimizer: str = opt("sgd", "sgd or adam")
-    lr: float = opt(0.01, "learning rate")
-    momentum: float = opt(0.9, "SGD momentum")
-    batch_size: int = opt(128, "minibatch size")
     alpha: float = opt(0.95, "weight of the retain loss (neggrad+) / of the task vector (task-vector)")
 
 
