@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import click
@@ -11,7 +10,7 @@ import click
 from trajgen.cli_errors import OneLineGroup, UserError, user_errors
 from trajgen.nets import KINDS
 from trajgen.spec import ARCHS, SpecError, parse_choices
-from trajgen.store import StoreError
+from trajgen.store import StoreError, probe_writable
 from invwnn import fit
 from invwnn.apply_cli import apply, prepare
 from invwnn.bench_cli import bench
@@ -22,17 +21,10 @@ input_errors = user_errors(SpecError, StoreError, WindowError, CheckpointError)
 
 
 def check_output(path: Path) -> None:
-    """Fail before training, not after, if the checkpoint cannot be written beside ``path``."""
+    """Fail before training, not after, if the checkpoint cannot be written at ``path``."""
     if path.is_dir():
         raise UserError(f"--out {path} is a directory")
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    try:
-        with tempfile.TemporaryFile(dir=parent):
-            pass
-    except OSError as err:
-        raise UserError(f"cannot write to {parent}: {err.strerror or err}") from None
+    probe_writable(path.parent)  # the checkpoint is written beside itself, then renamed
 
 
 @click.group(cls=OneLineGroup)

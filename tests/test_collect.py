@@ -14,6 +14,18 @@ from trajgen.spec import SpecError
 SMALL = dict(runs=3, steps=32, every=2, progress=False)
 
 
+def collect_cmd(path: str, workers: int) -> list[str]:
+    """The command line of the SMALL collection, for tests that kill or watch a real process."""
+    return [sys.executable, "-m", "trajgen.cli", "collect", "--store", path, "--workers", str(workers),
+            "--quiet", "--runs", "3", "--steps", "32", "--every", "2"]
+
+
+def wait_for(folder: str, seconds: float) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline and not os.path.isdir(folder):
+        time.sleep(0.05)
+
+
 def content(path) -> dict:
     """Every complete run's spec, per-snapshot records and a hash of its history's values."""
     root = store.open_store(path)
@@ -69,12 +81,9 @@ def test_changed_flags_on_an_existing_store_are_refused(tmp_path):
 
 def test_resume_after_a_kill_gives_the_uninterrupted_store(tmp_path, reference):
     path = str(tmp_path / "killed.zarr")
-    cmd = [sys.executable, "-m", "trajgen.cli", "collect", "--store", path, "--workers", "0", "--quiet",
-           "--runs", "3", "--steps", "32", "--every", "2"]
+    cmd = collect_cmd(path, workers=0)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (os.path.isdir(f"{path}/runs/run-000001/history")):
-        time.sleep(0.05)
+    wait_for(f"{path}/runs/run-000001/history", 120)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     at_kill = content(path)
@@ -92,12 +101,8 @@ def test_plan_is_deterministic_and_sized():
 
 def test_a_killed_dask_worker_is_replaced_and_its_run_redone(tmp_path, reference):
     path = str(tmp_path / "worker-killed.zarr")
-    cmd = [sys.executable, "-m", "trajgen.cli", "collect", "--store", path, "--workers", "2", "--quiet",
-           "--runs", "3", "--steps", "32", "--every", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while time.time() < deadline and not os.path.isdir(f"{path}/runs/run-000000/history"):
-        time.sleep(0.05)
+    proc = subprocess.Popen(collect_cmd(path, workers=2), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(f"{path}/runs/run-000000/history", 180)
     workers = [pid for pid in map(int, subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
                                                       text=True).stdout.split())
                if "spawn_main" in open(f"/proc/{pid}/cmdline").read()]
@@ -111,9 +116,7 @@ def test_readers_see_only_complete_runs_while_a_collection_writes(tmp_path):
     from trajgen.info import describe
 
     path = str(tmp_path / "live.zarr")
-    cmd = [sys.executable, "-m", "trajgen.cli", "collect", "--store", path, "--workers", "0", "--quiet",
-           "--runs", "3", "--steps", "32", "--every", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(collect_cmd(path, workers=0), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seen = []
     while proc.poll() is None:
         if os.path.isfile(f"{path}/zarr.json"):

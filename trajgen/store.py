@@ -77,11 +77,9 @@ def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
     return _check_root(root, path)
 
 
-def check_writable(path: Path) -> None:
-    """Fail early, before any training, if ``path`` cannot hold a store: probe the nearest
-    existing folder with a real file (permission bits say nothing to root or to read-only mounts)."""
-    if path.exists() and not path.is_dir():
-        raise StoreError(f"{path} exists and is not a directory")
+def probe_writable(path: Path) -> None:
+    """Fail early if nothing can be created at ``path``: probe its nearest existing folder with a
+    real file (permission bits say nothing to root or to read-only mounts)."""
     parent = path
     while not parent.exists():
         parent = parent.parent
@@ -92,6 +90,13 @@ def check_writable(path: Path) -> None:
             pass
     except OSError as err:
         raise StoreError(f"cannot write to {parent}: {err.strerror or err}") from None
+
+
+def check_writable(path: Path) -> None:
+    """Fail early, before any training, if ``path`` cannot hold a store."""
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"{path} exists and is not a directory")
+    probe_writable(path)
 
 
 def create_store(path: str | Path) -> zarr.Group:
