@@ -2,10 +2,16 @@
 traceback. Shared by the ``trajgen`` and ``invwnn`` command groups."""
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 
 import click
+
+
+# Failed writes the user can fix (permissions, a full disk or quota, a read-only file system): one
+# line, not a traceback. Any other OSError is a bug or a broken machine and keeps its traceback.
+FIXABLE_ERRNOS = (errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 class UserError(click.ClickException):
@@ -23,8 +29,11 @@ def user_errors(*types: type[BaseException]):
                 return fn(*args, **kwargs)
             except types as err:
                 raise UserError(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
-            except PermissionError as err:
-                raise UserError(f"permission denied: {err.filename}") from None
+            except OSError as err:
+                if err.errno not in FIXABLE_ERRNOS:
+                    raise
+                where = f": {err.filename}" if err.filename else ""
+                raise UserError(f"{(err.strerror or str(err)).lower()}{where}") from None
         return wrapper
     return decorate
 

@@ -19,6 +19,7 @@ every file either old or new.
 """
 from __future__ import annotations
 
+import contextlib
 import platform
 import tempfile
 from dataclasses import dataclass
@@ -77,6 +78,17 @@ def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
     return _check_root(root, path)
 
 
+@contextlib.contextmanager
+def writing(what: str, hint: str = ""):
+    """Turn a failed write (disk full, read-only file system, quota, permissions) into a one-line
+    StoreError naming ``what``. Zarr writes each file to a temporary name and renames it, so the
+    file being written keeps its old content."""
+    try:
+        yield
+    except OSError as err:
+        raise StoreError(f"cannot write {what}: {err.strerror or err}{hint}") from err
+
+
 def probe_writable(path: Path) -> None:
     """Fail early if nothing can be created at ``path``: probe its nearest existing folder with a
     real file (permission bits say nothing to root or to read-only mounts)."""
@@ -107,12 +119,10 @@ def create_store(path: str | Path) -> zarr.Group:
         return open_store(path, mode="a")
     if path.exists() and any(path.iterdir()):
         raise StoreError(f"{path} exists, is not empty and is not a trajgen store")
-    try:
+    with writing(f"a store at {path}"):
         root = zarr.open_group(str(path), mode="w")
         root.create_group("runs")
         root.attrs.update({"kind": STORE_KIND, "schema_version": SCHEMA_VERSION, "index": {}})
-    except OSError as err:
-        raise StoreError(f"cannot create store at {path}: {err.strerror or err}") from err
     return root
 
 
@@ -133,11 +143,15 @@ def index(root: zarr.Group) -> dict[str, dict[str, Any]]:
     return dict(root.attrs.get("index", {}))
 
 
+def set_index(root: zarr.Group, summaries: dict[str, dict[str, Any]]) -> None:
+    """Replace the root index by ``summaries`` (run name -> summary), in one atomic file write."""
+    with writing("the store's index", "; the runs are kept, rerun the same command to index them"):
+        root.attrs["index"] = dict(sorted(summaries.items()))
+
+
 def add_to_index(root: zarr.Group, summaries: dict[str, dict[str, Any]]) -> None:
     """Register complete runs in the root index (single writer: the collecting client)."""
-    merged = index(root)
-    merged.update(summaries)
-    root.attrs["index"] = dict(sorted(merged.items()))
+    set_index(root, {**index(root), **summaries})
 
 
 def complete_runs(path: str | Path, include_diverged: bool = False) -> list[str]:
@@ -157,6 +171,27 @@ def run_summary(group: zarr.Group) -> dict[str, Any]:
             "final_test_acc": a.get("final_test_acc"), "diverged": bool(a.get("diverged", False))}
 
 
+def _create_run_group(runs: zarr.Group, spec: RunSpec, layers: list[Layer], time_chunk: int,
+                      coord_chunk: int) -> zarr.Group:
+    """An empty, incomplete group for ``spec`` in ``runs``: history ``(n_coords, n_snapshots)``
+    filled with NaN, the per-coordinate arrays, and the attributes known before training."""
+    if spec.name in runs:
+        del runs[spec.name]
+    n_coords = sum(layer.numel for layer in layers)
+    group = runs.create_group(spec.name)
+    group.create_array("history", shape=(n_coords, spec.n_snapshots), dtype="float32", fill_value=np.nan,
+                       chunks=(min(coord_chunk, n_coords), min(time_chunk, spec.n_snapshots)),
+                       compressors=[compressor()])
+    kind = np.concatenate([np.full(layer.numel, KINDS.index(layer.kind), np.uint8) for layer in layers])
+    row = np.concatenate([np.full(layer.numel, i, np.uint16) for i, layer in enumerate(layers)])
+    pos = np.concatenate([np.arange(layer.numel, dtype=np.int32) for layer in layers])
+    for name, values in (("kind", kind), ("layer", row), ("pos", pos)):
+        group.create_array(name, data=values, chunks=(min(coord_chunk, n_coords),), compressors=[compressor()])
+    group.attrs.update({"spec": spec.to_dict(), "layers": [layer.to_dict() for layer in layers],
+                        "versions": versions(), "complete": False})
+    return group
+
+
 class RunWriter:
     """Streams one run into ``runs/<spec.name>``, holding at most one time chunk in memory.
 
@@ -167,30 +202,21 @@ class RunWriter:
     def __init__(self, path: str | Path, spec: RunSpec, layers: list[Layer],
                  time_chunk: int = TIME_CHUNK, coord_chunk: int = COORD_CHUNK):
         root = open_store(path, mode="a")
-        runs = root["runs"]
-        if spec.name in runs:
-            del runs[spec.name]
-        n_coords = sum(layer.numel for layer in layers)
-        n_snap = spec.n_snapshots
-        self.group = runs.create_group(spec.name)
-        self.history = self.group.create_array(
-            "history", shape=(n_coords, n_snap), dtype="float32", fill_value=np.nan,
-            chunks=(min(coord_chunk, n_coords), min(time_chunk, n_snap)), compressors=[compressor()])
-        kind = np.concatenate([np.full(layer.numel, KINDS.index(layer.kind), np.uint8) for layer in layers])
-        row = np.concatenate([np.full(layer.numel, i, np.uint16) for i, layer in enumerate(layers)])
-        pos = np.concatenate([np.arange(layer.numel, dtype=np.int32) for layer in layers])
-        for name, values in (("kind", kind), ("layer", row), ("pos", pos)):
-            self.group.create_array(name, data=values, chunks=(min(coord_chunk, n_coords),),
-                                    compressors=[compressor()])
-        self.group.attrs.update({"spec": spec.to_dict(), "layers": [layer.to_dict() for layer in layers],
-                                 "versions": versions(), "complete": False})
+        self.where = f"run {spec.name} to {path}"
+        with self._writing():
+            self.group = _create_run_group(root["runs"], spec, layers, time_chunk, coord_chunk)
+        self.history = self.group["history"]
         self.time_chunk = self.history.chunks[1]
-        self.buffer = np.empty((self.time_chunk, n_coords), np.float32)  # snapshot-major, flushed transposed
+        self.buffer = np.empty((self.time_chunk, self.history.shape[0]), np.float32)  # snapshot-major, flushed transposed
         self.n_buffered = 0
         self.n_written = 0
         self.step: list[int] = []
         self.loss: list[float] = []
         self.acc: list[float] = []
+
+    def _writing(self):
+        return writing(self.where, "; complete runs are kept: make room (or fix the location), "
+                                   "then rerun the same command to resume")
 
     def append(self, step: int, weights: np.ndarray, loss: float, acc: float) -> None:
         """Record one snapshot: ``weights`` is the flat ``(n_coords,)`` float32 vector."""
@@ -205,20 +231,22 @@ class RunWriter:
     def _flush(self) -> None:
         if self.n_buffered:
             t0 = self.n_written
-            self.history[:, t0: t0 + self.n_buffered] = self.buffer[: self.n_buffered].T
+            with self._writing():
+                self.history[:, t0: t0 + self.n_buffered] = self.buffer[: self.n_buffered].T
             self.n_written += self.n_buffered
             self.n_buffered = 0
 
     def close(self, final_test_acc: float, diverged: bool = False) -> dict[str, Any]:
         """Write the rest, trim unused snapshots (a diverged run stops early), mark complete."""
         self._flush()
-        if self.n_written < self.history.shape[1]:
-            self.history.resize((self.history.shape[0], self.n_written))
-        for name, values, dtype in (("step", self.step, np.int64), ("loss", self.loss, np.float32),
-                                    ("acc", self.acc, np.float32)):
-            self.group.create_array(name, data=np.asarray(values, dtype), chunks=(max(1, len(values)),))
-        self.group.attrs.update({"final_test_acc": float(final_test_acc), "diverged": bool(diverged),
-                                 "complete": True})
+        with self._writing():
+            if self.n_written < self.history.shape[1]:
+                self.history.resize((self.history.shape[0], self.n_written))
+            for name, values, dtype in (("step", self.step, np.int64), ("loss", self.loss, np.float32),
+                                        ("acc", self.acc, np.float32)):
+                self.group.create_array(name, data=np.asarray(values, dtype), chunks=(max(1, len(values)),))
+            self.group.attrs.update({"final_test_acc": float(final_test_acc), "diverged": bool(diverged),
+                                     "complete": True})
         return run_summary(self.group)
 
 

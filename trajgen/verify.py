@@ -94,7 +94,7 @@ def verify(path: str | Path, repair: bool = False) -> Report:
         dropped = sorted(set(idx) - set(complete))
         added = sorted(set(complete) - set(idx))
         if dropped or added:
-            root.attrs["index"] = dict(sorted(complete.items()))
+            store.set_index(root, complete)
             report.repaired = [f"dropped {n} from the index" for n in dropped] + \
                               [f"added {n} to the index" for n in added]
     return report
