@@ -139,7 +139,7 @@ def unlearn(inputs: Inputs, method: str = "invwnn", overrides: dict | None = Non
     out_path = Path(out) if out else models.default_output(inputs.model)
     report_path = Path(report_path) if report_path else out_path.with_suffix(".json")
     rew = None
-    if method == "invwnn":
+    if method in ("invwnn", "invwnn+"):
         rew = make_rewinder(rewinder, predictor, config, device)
     loaded, data = load_inputs(inputs)
     torch.manual_seed(seed)

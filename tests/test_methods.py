@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,11 +11,13 @@ from _apply_fixtures import tiny_original
 from invwnn import forget as forget_io
 from invwnn import models
 from invwnn.methods import REGISTRY, Context, Data
-from invwnn.methods.invwnn import LinearRewinder, NoRewinder
+from invwnn.methods.invwnn import LinearRewinder, NoRewinder, rewindable
+from invwnn.methods.loop import saliency_masks
 from invwnn.models import InputError
 
 SMALL = {  # shortest settings that still exercise each method's whole path
     "invwnn": {"iterations": 2, "snapshots": 4, "every": 1, "warmup": 1},
+    "invwnn+": {"iterations": 2, "snapshots": 4, "repair_steps": 2, "mask": "saliency:0.5"},
     "retrain": {"epochs": 1.0}, "finetune": {"epochs": 1.0}, "neggrad": {"epochs": 1.0},
     "neggrad+": {"epochs": 1.0}, "random-label": {"epochs": 1.0}, "salun": {"epochs": 1.0},
     "boundary-shrink": {"epochs": 1.0}, "task-vector": {"epochs": 1.0}, "scrub": {"epochs": 1.0},
@@ -37,7 +40,7 @@ def setup(tmp_path_factory):
 
 
 def test_registry_covers_the_issue():
-    assert set(REGISTRY) == {"invwnn", "unsir", "mnemonic", "retrain", "finetune", "neggrad", "neggrad+",
+    assert set(REGISTRY) == {"invwnn", "invwnn+", "unsir", "mnemonic", "retrain", "finetune", "neggrad", "neggrad+",
                              "random-label", "salun", "boundary-shrink", "task-vector", "scrub", "fisher"}
     for method in REGISTRY.values():
         cfg = method.config()
@@ -55,12 +58,12 @@ def test_method_runs_and_changes_weights(setup, name):
     after = torch.cat([p.detach().reshape(-1) for p in out.parameters()])
     assert after.shape == before.shape and torch.isfinite(after).all()
     assert not torch.equal(after, before)
-    if name == "invwnn":  # norms frozen: statistics and affine parameters untouched
+    if name in ("invwnn", "invwnn+"):  # norms frozen: statistics and affine parameters untouched
         assert torch.equal(out.net[1].running_mean, bn_stats)
         assert torch.equal(out.net[1].weight, loaded.model.net[1].weight)
 
 
-@pytest.mark.parametrize("name", ["unsir", "retrain", "finetune", "neggrad+", "random-label", "salun",
+@pytest.mark.parametrize("name", ["invwnn+", "unsir", "retrain", "finetune", "neggrad+", "random-label", "salun",
                                   "scrub", "fisher"])
 def test_methods_that_need_retain_say_so(setup, name):
     loaded, data = setup["random"]
@@ -82,3 +85,71 @@ def test_rewinders():
     # a straight trajectory extrapolates exactly: value 3 snapshots before the first one
     assert torch.allclose(LinearRewinder(3).rewind(windows, kinds), torch.tensor([0.5, -0.25, 0.0]))
     assert torch.equal(NoRewinder().rewind(windows, kinds), windows[:, -1])
+
+
+def test_linear_rewinder_is_the_least_squares_line_extrapolated():
+    g = torch.Generator().manual_seed(0)
+    windows = torch.cumsum(torch.randn(50, 7, generator=g, dtype=torch.float64), 1)  # random walks
+    got = LinearRewinder(4).rewind(windows, torch.zeros(50, dtype=torch.long))
+    t = np.arange(7)
+    want = [np.polyval(np.polyfit(t, w, 1), -4.0) for w in windows.numpy()]
+    assert np.allclose(got.numpy(), want)
+
+
+def _plus(model, data, rewinder, **overrides):
+    config = REGISTRY["invwnn+"].config.from_dict({"iterations": 2, "snapshots": 4, **overrides})
+    return REGISTRY["invwnn+"].run(model, data, config, Context(seed=0, rewinder=rewinder))
+
+
+def test_invwnn_plus_leaves_unmasked_coordinates_alone(setup):
+    loaded, data = setup["random"]
+    model = copy.deepcopy(loaded.model)
+    params, _ = rewindable(model)
+    mask = torch.cat([m.reshape(-1) for m in saliency_masks(model, data.forget, params, 0.3, "cpu")])
+    before = torch.cat([p.detach().reshape(-1).clone() for p in params])
+    _plus(model, data, LinearRewinder(3), repair_steps=0, mask="saliency:0.3")
+    after = torch.cat([p.detach().reshape(-1) for p in rewindable(model)[0]])
+    assert 0.25 < mask.float().mean() < 0.35
+    assert torch.equal(after[~mask], before[~mask])
+    assert (after[mask] != before[mask]).float().mean() > 0.5
+
+
+class _Spy:
+    """Records which split each forward pass saw ("F" forget / "R" retain, told apart by a marker
+    pixel) and when the rewinder ran."""
+
+    def __init__(self, model, rewinder):
+        self.events, self.inner = [], rewinder
+        model.register_forward_pre_hook(self._forward)
+
+    def _forward(self, _, args):
+        marker = args[0][:, 0, 0, 0]
+        kinds = {"F" if v == -7 else "R" if v == 7 else "?" for v in marker.tolist()}
+        self.events.append(kinds.pop() if len(kinds) == 1 else "mixed")
+
+    def rewind(self, windows, kinds):
+        self.events.append("rewind")
+        return self.inner.rewind(windows, kinds)
+
+
+def test_invwnn_plus_rewinds_on_forget_data_and_repairs_on_retain_data(setup):
+    loaded, data = setup["random"]
+    forget, retain = copy.deepcopy(data.forget), copy.deepcopy(data.retain)
+    forget.x[:, 0, 0, 0], retain.x[:, 0, 0, 0] = -7.0, 7.0
+    model = copy.deepcopy(loaded.model)
+    spy = _Spy(model, LinearRewinder(3))
+    _plus(model, Data(forget, data.classes, retain), spy, repair_steps=2, every=2, warmup=1)
+    one_iteration = ["F"] * (1 + 3 * 2) + ["rewind"] + ["R"] * 2
+    assert spy.events == one_iteration * 2
+
+
+def test_invwnn_plus_flags_are_checked(setup):
+    loaded, data = setup["random"]
+    for bad in ("saliency:0", "saliency:1.5", "random:0.5", "saliency"):
+        with pytest.raises(InputError, match="--mask takes saliency:F"):
+            _plus(copy.deepcopy(loaded.model), data, LinearRewinder(3), mask=bad)
+    no_retain = Data(data.forget, data.classes)
+    with pytest.raises(InputError, match="--retain"):
+        _plus(copy.deepcopy(loaded.model), no_retain, LinearRewinder(3))
+    model = copy.deepcopy(loaded.model)  # no repair, no retain needed
+    assert _plus(model, no_retain, LinearRewinder(3), repair_steps=0) is model

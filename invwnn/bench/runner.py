@@ -43,16 +43,19 @@ from trajgen.spec import ArchSpec
 
 CACHE_VERSION = 1
 
-# bench name -> (registry name, rewinder kind for InvWNN)
+# bench name -> (registry name, rewinder kind for the rewinding methods). The -linear and -none rows
+# are the ablations: analytic back-extrapolation instead of the predictor, and no rewind at all.
+REWINDING = ("invwnn", "invwnn+")
 BENCH_METHODS: dict[str, tuple[str, str | None]] = {
-    **{name: (name, None) for name in REGISTRY if name not in ("retrain", "invwnn")},
-    "invwnn": ("invwnn", "learned"),
-    "invwnn-linear": ("invwnn", "linear"),  # ablation: analytic back-extrapolation, no predictor
+    **{name: (name, None) for name in REGISTRY if name not in ("retrain", *REWINDING)},
+    **{f"{name}{suffix}": (name, kind) for name in REWINDING
+       for suffix, kind in (("", "learned"), ("-linear", "linear"), ("-none", "none"))},
 }
-ORDER = ("invwnn", "invwnn-linear", "finetune", "neggrad", "neggrad+", "random-label", "salun",
-         "boundary-shrink", "task-vector", "scrub", "fisher", "unsir", "mnemonic")
-STOP_MODE = {"invwnn": "iteration", "task-vector": "alpha", "unsir": "none", "mnemonic": "none",
-             "fisher": "none"}  # everything else: "step"
+ORDER = ("invwnn+", "invwnn+-linear", "invwnn+-none", "invwnn", "invwnn-linear", "invwnn-none",
+         "finetune", "neggrad", "neggrad+", "random-label", "salun", "boundary-shrink", "task-vector",
+         "scrub", "fisher", "unsir", "mnemonic")
+STOP_MODE = {"invwnn": "iteration", "invwnn+": "iteration", "task-vector": "alpha", "unsir": "none",
+             "mnemonic": "none", "fisher": "none"}  # everything else: "step"
 
 
 def method_names(spec: str) -> list[str]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from invwnn.methods import (boundary, finetune, fisher, invwnn, mnemonic, neggrad, neggrad_plus,
-                            random_label, retrain, scrub, task_vector, unsir)
+from invwnn.methods import (boundary, finetune, fisher, invwnn, invwnn_plus, mnemonic, neggrad,
+                            neggrad_plus, random_label, retrain, scrub, task_vector, unsir)
 from invwnn.methods.loop import Context, Data, MethodConfig
 
 
@@ -23,6 +23,7 @@ def _entry(module, run=None, config=None) -> Method:
 
 REGISTRY: dict[str, Method] = {
     "invwnn": _entry(invwnn),
+    "invwnn+": _entry(invwnn_plus),
     "unsir": _entry(unsir),
     "mnemonic": _entry(mnemonic),
     "retrain": _entry(retrain),

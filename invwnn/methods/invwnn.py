@@ -9,7 +9,7 @@ running statistics are frozen too.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 from torch import nn
@@ -115,10 +115,8 @@ def _weights(params: list[nn.Parameter]) -> torch.Tensor:
 
 @torch.no_grad()
 def _write(params: list[nn.Parameter], flat: torch.Tensor) -> None:
-    i = 0
-    for p in params:
-        p.copy_(flat[i: i + p.numel()].view_as(p))
-        i += p.numel()
+    for p, v in zip(params, _split(flat, params)):
+        p.copy_(v)
 
 
 @torch.no_grad()
@@ -135,36 +133,67 @@ def rewind_all(rewinder: Rewinder, windows: torch.Tensor, kinds: torch.Tensor) -
 
 def run(model: nn.Module, data: Data, config: Config, ctx: Context) -> nn.Module:
     """Unlearn ``data.forget`` from ``model`` in place; returns ``model``."""
-    if ctx.rewinder is None:
-        raise InputError("invwnn needs a rewinder (the learned predictor or --rewinder linear)")
-    if config.snapshots < 2 or config.every < 1 or config.iterations < 1:
-        raise InputError("invwnn needs --snapshots >= 2, --every >= 1, --iterations >= 1")
+    return rewind_loop(model, data, config, ctx)
+
+
+def rewindable(model: nn.Module) -> tuple[list[nn.Parameter], torch.Tensor]:
+    """The parameters InvWNN rewinds (every one but norms) and each coordinate's kind code (n,)."""
     named = dict(model.named_parameters())
     kinds = {n: k for n, k in param_kinds(model).items() if k != "norm"}
-    params = [named[n] for n in kinds]
     codes = torch.cat([torch.full((named[n].numel(),), KINDS.index(k), dtype=torch.long)
-                       for n, k in kinds.items()]).to(ctx.device)
-    opt_ = make_optimizer(config.optimizer, model.parameters(), config.lr)
+                       for n, k in kinds.items()])
+    return [named[n] for n in kinds], codes
+
+
+def rewind_loop(model: nn.Module, data: Data, config: Config, ctx: Context, *, name: str = NAME,
+                mask: torch.Tensor | None = None, repair: Callable[[], None] | None = None) -> nn.Module:
+    """The InvWNN loop on ``model`` in place. ``mask`` (n,) bool over :func:`rewindable`'s
+    coordinates: only those are fine-tuned and rewound, the rest keep their values; ``repair()``
+    runs after each rewind (invwnn+'s retain steps)."""
+    if ctx.rewinder is None:
+        raise InputError(f"{name} needs a rewinder (the learned predictor or --rewinder linear)")
+    if config.snapshots < 2 or config.every < 1 or config.iterations < 1:
+        raise InputError(f"{name} needs --snapshots >= 2, --every >= 1, --iterations >= 1")
+    params, codes = rewindable(model)
+    codes = codes.to(ctx.device)
+    opt_ = make_optimizer(config.optimizer, params, config.lr)
     sample = Sampler(data.forget, config.batch_size, ctx.generator(1), ctx.device)
 
     def loss_fn(_: int) -> torch.Tensor:
         x, y = sample()
         return F.cross_entropy(model(x), y)
 
-    k, n = config.snapshots, codes.numel()
-    history = torch.empty(k, n, device=ctx.device)
+    grad_hook = None
+    if mask is not None:
+        mask = mask.to(ctx.device)
+        views = _split(mask.float(), params)
+
+        def grad_hook() -> None:
+            for p, m in zip(params, views):
+                if p.grad is not None:
+                    p.grad.mul_(m)
+
+    k = config.snapshots
+    history = torch.empty(k, codes.numel(), device=ctx.device)
     for it in range(config.iterations):
         if config.warmup:
-            run_steps(model, loss_fn, opt_, config.warmup)
+            run_steps(model, loss_fn, opt_, config.warmup, grad_hook=grad_hook)
         history[0] = _weights(params)
 
         def record(step: int) -> None:
             if (step + 1) % config.every == 0:
                 history[(step + 1) // config.every] = _weights(params)
 
-        run_steps(model, loss_fn, opt_, (k - 1) * config.every, on_step=record,
-                  progress=ctx.progress, desc=f"invwnn {it + 1}/{config.iterations}")
-        _write(params, rewind_all(ctx.rewinder, history.T.contiguous(), codes))
+        run_steps(model, loss_fn, opt_, (k - 1) * config.every, on_step=record, grad_hook=grad_hook,
+                  progress=ctx.progress, desc=f"{name} {it + 1}/{config.iterations}")
+        if mask is None:
+            _write(params, rewind_all(ctx.rewinder, history.T.contiguous(), codes))
+        else:
+            flat = history[-1].clone()
+            flat[mask] = rewind_all(ctx.rewinder, history[:, mask].T.contiguous(), codes[mask])
+            _write(params, flat)
+        if repair is not None:
+            repair()
         if ctx.on_iteration is not None:
             ctx.on_iteration(it, model)
         if config.target_forget_acc is not None and \
@@ -173,4 +202,14 @@ def run(model: nn.Module, data: Data, config: Config, ctx: Context) -> nn.Module
     return model
 
 
-__all__ = ["Rewinder", "LinearRewinder", "NoRewinder", "LearnedRewinder", "load_rewinder", "Config", "run"]
+def _split(flat: torch.Tensor, params: list[nn.Parameter]) -> list[torch.Tensor]:
+    """``flat`` (sum of numels,) cut into views shaped like ``params``."""
+    out, i = [], 0
+    for p in params:
+        out.append(flat[i: i + p.numel()].view_as(p))
+        i += p.numel()
+    return out
+
+
+__all__ = ["Rewinder", "LinearRewinder", "NoRewinder", "LearnedRewinder", "load_rewinder", "Config", "run",
+           "rewind_loop", "rewindable"]

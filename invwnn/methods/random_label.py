@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from invwnn.methods.loop import Context, Data, EpochsConfig, Sampler, make_optimizer, opt, run_steps, steps_for, trainable
+from invwnn.methods.loop import (Context, Data, EpochsConfig, Sampler, make_optimizer, opt, run_steps,
+                                 saliency_masks, steps_for, trainable)
 
 NAME = "random-label"
 
@@ -30,22 +31,6 @@ def random_wrong_labels(y: torch.Tensor, n_classes: int, g: torch.Generator) -> 
     """A uniformly random label different from each true label."""
     shift = torch.randint(1, n_classes, y.shape, generator=g)
     return (y + shift) % n_classes
-
-
-def saliency_masks(model: nn.Module, data: Data, sparsity: float, ctx: Context) -> list[torch.Tensor]:
-    params = trainable(model)
-    grads = [torch.zeros_like(p) for p in params]
-    for i in range(0, len(data.forget), 256):
-        x = data.forget.x[i: i + 256].to(ctx.device)
-        y = data.forget.y[i: i + 256].to(ctx.device)
-        loss = F.cross_entropy(model(x), y, reduction="sum")
-        for g, d in zip(grads, torch.autograd.grad(loss, params, allow_unused=True)):
-            if d is not None:
-                g += d
-    flat = torch.cat([g.abs().reshape(-1) for g in grads])
-    k = int(round((1 - sparsity) * flat.numel()))
-    threshold = flat.kthvalue(max(1, flat.numel() - k + 1)).values if k > 0 else flat.max() + 1
-    return [(g.abs() >= threshold).float() for g in grads]
 
 
 def run(model: nn.Module, data: Data, config: Config, ctx: Context, masks=None) -> nn.Module:
@@ -73,4 +58,5 @@ def run(model: nn.Module, data: Data, config: Config, ctx: Context, masks=None) 
 
 def run_salun(model: nn.Module, data: Data, config: SalUnConfig, ctx: Context) -> nn.Module:
     data.need("retain", "salun")
-    return run(model, data, config, ctx, masks=saliency_masks(model, data, config.sparsity, ctx))
+    masks = saliency_masks(model, data.forget, trainable(model), 1 - config.sparsity, ctx.device)
+    return run(model, data, config, ctx, masks=[m.float() for m in masks])
