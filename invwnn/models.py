@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from trajgen import nets
-from trajgen.spec import ArchSpec
+from trajgen.spec import ArchSpec, SpecError
 
 FORMAT = "invwnn-model"
 FORMAT_VERSION = 1
@@ -211,7 +211,15 @@ def _archive_kind(path: Path) -> str:
     try:
         names = zipfile.ZipFile(path).namelist()
     except (zipfile.BadZipFile, OSError):
-        return "pickle"  # legacy (non-zip) torch.save or not a model at all
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if not head:
+            raise InputError(f"model file {path} is empty (zero bytes)") from None
+        if head == b"PK\x03\x04":  # a zip archive whose directory, at its end, is gone
+            raise InputError(f"{path} is a truncated or damaged archive (copy it again)") from None
+        if not head.startswith(b"\x80"):  # every pickle since protocol 2 starts with PROTO
+            raise InputError(f"{path} is not a model file (neither a zip archive nor a pickle)") from None
+        return "pickle"  # legacy (non-zip) torch.save, or a pickle
     if any(n.endswith("/archive_format") for n in names):
         return "export"
     if any("/code/" in n for n in names) or any(n.endswith("/constants.pkl") for n in names):
@@ -239,15 +247,49 @@ def _own(path: Path, blob: dict) -> LoadedModel:
     if blob.get("format_version") != FORMAT_VERSION:
         raise InputError(f"{path} has model format version {blob.get('format_version')}; this "
                          f"invwnn reads version {FORMAT_VERSION}")
-    pre = Preprocess.from_dict(blob["preprocess"])
-    classes = tuple(blob["classes"])
-    net = nets.build(ArchSpec(**blob["arch"]), pre.shape, len(classes))
     try:
-        net.load_state_dict(blob["state_dict"])
-    except RuntimeError as err:
-        raise InputError(f"{path}: state_dict does not fit its architecture ({str(err).splitlines()[0]})")
+        pre = Preprocess.from_dict(blob["preprocess"])
+        classes = tuple(blob["classes"])
+        net = nets.build(ArchSpec(**blob["arch"]), pre.shape, len(classes))
+    except (KeyError, TypeError, SpecError) as err:
+        raise InputError(f"{path}: the model file's arch, classes or preprocess entry is missing or "
+                         f"malformed ({type(err).__name__}: {err})") from None
+    _check_state_dict(path, blob.get("state_dict"), net.state_dict())
+    net.load_state_dict(blob["state_dict"])
+    mnemonic = blob.get("mnemonic")
+    codes_shape = (len(classes), *pre.shape)
+    if mnemonic is not None and not (torch.is_tensor(mnemonic) and mnemonic.is_floating_point()
+                                     and mnemonic.shape == codes_shape):
+        raise InputError(f"{path}: mnemonic codes must be a float tensor of shape {codes_shape} "
+                         "(one image per class)")
     return LoadedModel(Normalized(net, pre), classes, pre, "own", arch=dict(blob["arch"]),
-                       mnemonic=blob.get("mnemonic"), train_config=json.loads(blob.get("train_config", "{}")))
+                       mnemonic=mnemonic, train_config=json.loads(blob.get("train_config", "{}")))
+
+
+def _check_state_dict(path: Path, given: Any, expected: dict[str, torch.Tensor]) -> None:
+    """``given`` must hold exactly the tensors of the recorded architecture's ``expected``
+    state_dict, with their shapes and dtypes. Checked here because ``load_state_dict`` silently
+    casts a float64 or integer tensor, and its own errors do not fit on one line."""
+    if not isinstance(given, dict):
+        raise InputError(f"{path}: state_dict is {'missing' if given is None else type(given).__name__}, "
+                         "not a dict of tensors")
+    missing = [k for k in expected if k not in given]
+    extra = [k for k in given if k not in expected]
+    if missing or extra:
+        what = (f"lacks {missing[0]!r}, which its recorded architecture needs" if missing
+                else f"holds {extra[0]!r}, for which its recorded architecture has no place")
+        more = len(missing) + len(extra) - 1
+        raise InputError(f"{path}: state_dict {what}" + (f" ({more} more mismatched names)" if more else ""))
+    for name, want in expected.items():
+        t = given[name]
+        if not torch.is_tensor(t):
+            raise InputError(f"{path}: state_dict[{name!r}] is a {type(t).__name__}, not a tensor")
+        if t.shape != want.shape or t.dtype != want.dtype:
+            raise InputError(f"{path}: {name} is {_describe(t)}; its recorded architecture needs {_describe(want)}")
+
+
+def _describe(t: torch.Tensor) -> str:
+    return f"{str(t.dtype).removeprefix('torch.')} {tuple(t.shape)}"
 
 
 def load(path: str | Path, *, trust_pickle: bool = False, classes: tuple[str, ...] | None = None,

@@ -96,21 +96,59 @@ def test_a_crafted_pickle_does_not_run_its_payload_without_the_flag(root, tmp_pa
     assert not (tmp_path / "evil.unlearned.pt").exists()
 
 
-@pytest.mark.parametrize("case", ["text", "dict", "nan", "version"])
-def test_bad_model_files(root, tmp_path, case):
+def _corrupt_own_file(blob: dict, case: str) -> None:
+    """Damage a project-format model file's contents in place, as ``case`` says."""
+    sd = blob["state_dict"]
+    if case == "nan":
+        sd["0.weight"][0] = float("nan")
+    elif case == "version":
+        blob["format_version"] = 99
+    elif case == "shape":
+        sd["0.weight"] = sd["0.weight"][:, :, :2]
+    elif case == "arch":  # the weights of a wider net than the recorded architecture
+        blob["arch"]["width"] += 1
+    elif case == "missing":
+        del sd["4.bias"]
+    elif case == "extra":
+        sd["head.weight"] = torch.zeros(3)
+    elif case == "dtype":
+        sd["0.weight"] = sd["0.weight"].double()  # load_state_dict would cast it silently
+    elif case == "int_buffer":
+        sd["1.num_batches_tracked"] = sd["1.num_batches_tracked"].float()
+    elif case == "not_tensor":
+        sd["0.bias"] = [0.0] * len(sd["0.bias"])
+    elif case == "no_arch":
+        del blob["arch"]
+    elif case == "mnemonic":
+        blob["mnemonic"] = torch.zeros(3, 28, 28)
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("text", "not a model file (neither a zip archive nor a pickle)"), ("empty", "zero bytes"), ("truncated", "truncated"),
+    ("dict", "not a model"), ("nan", "not finite"), ("version", "format version 99"),
+    ("shape", "0.weight is float32 (8, 1, 2, 3); its recorded architecture needs float32 (8, 1, 3, 3)"),
+    ("arch", "needs float32 (9, 1, 3, 3)"), ("missing", "lacks '4.bias'"), ("extra", "holds 'head.weight'"),
+    ("dtype", "0.weight is float64"), ("int_buffer", "num_batches_tracked is float32 (); its recorded "
+                                                     "architecture needs int64 ()"),
+    ("not_tensor", "is a list, not a tensor"), ("no_arch", "arch, classes or preprocess entry"),
+    ("mnemonic", "mnemonic codes"),
+])
+def test_bad_model_files(root, tmp_path, case, needle):
     path = tmp_path / "bad.pt"
     if case == "text":
         path.write_text("not a model")
+    elif case == "empty":
+        path.write_bytes(b"")
+    elif case == "truncated":
+        path.write_bytes((root / "model.pt").read_bytes()[:-200])
     elif case == "dict":
         torch.save({"weights": torch.zeros(3)}, path)
     else:
         blob = torch.load(root / "model.pt", weights_only=True)
-        if case == "nan":
-            blob["state_dict"]["0.weight"][0] = float("nan")
-        else:
-            blob["format_version"] = 99
+        _corrupt_own_file(blob, case)
         torch.save(blob, path)
     r = _invoke("--model", str(path), "--forget", str(root / "forget"), *FAST)
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
     assert r.output.startswith("Error:") and "Traceback" not in r.output
+    assert needle in r.output, r.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt"]
