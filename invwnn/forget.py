@@ -3,7 +3,11 @@ class names.
 
 ImageFolder: ``root/<class name>/*.png``. A folder's name is matched to the model's class names by
 name (exactly, or after replacing ``/`` with ``_``, since ``T-shirt/top`` cannot be a folder name),
-never by its position among the folders: a folder holding only class ``7`` gets label 7.
+never by its position among the folders: a folder holding only class ``7`` gets label 7. Skipped:
+hidden entries, loose files that are not images, files of other extensions inside class folders,
+and empty class folders (they add nothing). Refused, with the offending path: unknown class names,
+loose images, links that dangle, loop or lead outside ``root``, two names for one folder, empty,
+unreadable or multi-frame files, pixels deeper than 8 bits, and wrong sizes or channel counts.
 Tensor file: ``torch.save((x, y))`` or ``{"x": x, "y": y}``; ``x`` uint8 in [0, 255] or float in
 [0, 1], shape ``(N, C, H, W)`` (or ``(N, H, W)`` for one channel); ``y`` int labels in the model's
 class order. Images must already have the model's size; gray images feed 3-channel models by
@@ -60,68 +64,99 @@ def class_index(names: list[str], classes: tuple[str, ...], where: str) -> dict[
     return {n: lookup[n] for n in names}
 
 
+def _channels(im: Image.Image) -> int:
+    """1 for gray images (palette images whose every entry is gray included), else 3."""
+    if im.mode in ("L", "1", "LA"):
+        return 1
+    if im.mode == "P":
+        rgb = np.asarray(im.convert("RGB"))
+        return 1 if (rgb == rgb[..., :1]).all() else 3
+    return 3
+
+
+def _check_header(im: Image.Image, path: Path, pre: Preprocess) -> None:
+    """Refuse what the header already tells, before any pixel is decoded (a huge image never is).
+    Deeper than 8-bit pixels would be clipped by the conversion to 8 bits, and a multi-frame file
+    read as its first frame: both silently wrong data, so both are refused."""
+    if im.mode.startswith("I") or im.mode == "F":
+        raise InputError(f"{path} has {im.mode} pixels (16-bit, 32-bit or float); the reader takes "
+                         "8-bit images: convert it, or pass a tensor file of floats in [0, 1]")
+    if getattr(im, "n_frames", 1) > 1:
+        raise InputError(f"{path} holds {im.n_frames} frames; give one image per file")
+    if (im.height, im.width) != pre.size:
+        raise InputError(f"{path} is {im.height}x{im.width}; the model takes "
+                         f"{pre.size[0]}x{pre.size[1]} images")
+
+
 def _read_image(path: Path, pre: Preprocess) -> np.ndarray:
+    """One image file as uint8 ``(pre.channels, H, W)``."""
     if path.stat().st_size == 0:
         raise InputError(f"{path} is an empty (zero-byte) file")
     try:
         with Image.open(path) as im:
+            _check_header(im, path, pre)
             im.load()
-            mode = im.mode
-            if mode in ("L", "I;16", "I", "F", "1", "LA"):
-                n_ch = 1
-            elif mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV"):
-                n_ch = 3
-                if mode == "P":  # palette images are gray when every palette entry is
-                    rgb = np.asarray(im.convert("RGB"))
-                    n_ch = 1 if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all() else 3
-            else:
-                n_ch = 3
+            n_ch = _channels(im)
             if n_ch > pre.channels:
-                raise InputError(f"{path} has {n_ch} channels ({mode}); the model takes {pre.channels}")
-            if (im.height, im.width) != pre.size:
-                raise InputError(f"{path} is {im.height}x{im.width}; the model takes "
-                                 f"{pre.size[0]}x{pre.size[1]} images")
+                raise InputError(f"{path} has {n_ch} channels ({im.mode}); the model takes {pre.channels}")
             arr = np.asarray(im.convert("L" if pre.channels == 1 else "RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        if isinstance(err, InputError):
-            raise
+    except InputError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as err:
         raise InputError(f"{path} is not a readable image ({err.__class__.__name__})") from None
-    if arr.ndim == 2:
-        arr = arr[None]
-    else:
-        arr = arr.transpose(2, 0, 1)
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     if arr.shape[0] != pre.channels:
         arr = np.repeat(arr[:1], pre.channels, axis=0)
     return arr
 
 
-def _inside(path: Path, root: Path) -> bool:
-    return path.resolve().is_relative_to(root)
+def _real(path: Path, flag: str) -> Path:
+    """Where ``path`` leads, links followed; a dangling or looping link is an error, not a skip."""
+    try:
+        return path.resolve(strict=True)
+    except (OSError, RuntimeError):  # RuntimeError: a link loop, before Python 3.13
+        raise InputError(f"{flag}: {path} is a broken or looping link") from None
+
+
+def _class_folders(root: Path, flag: str) -> list[Path]:
+    """The class folders of ``root``, links to folders inside it included. Hidden entries and loose
+    non-image files are skipped; loose images, links leading outside ``root``, and two names for
+    one folder (its images would get two labels) are errors."""
+    real_root = root.resolve()
+    dirs, seen = [], {}
+    for p in sorted(p for p in root.iterdir() if not p.name.startswith(".")):
+        real = _real(p, flag)
+        if real.is_file():
+            if p.suffix.lower() in IMAGE_EXTENSIONS:
+                raise InputError(f"{flag} {root}: images must sit in class folders (<dir>/<class>/*.png), "
+                                 f"found {p.name} at the top")
+            continue
+        if not real.is_relative_to(real_root):
+            raise InputError(f"{flag} {root}: {p.name} links outside the folder")
+        if real in seen:
+            raise InputError(f"{flag} {root}: {seen[real]} and {p.name} are the same folder (a link); "
+                             "its images would get two labels")
+        seen[real] = p.name
+        dirs.append(p)
+    if not dirs:
+        raise InputError(f"{flag} {root} has no class folders (<dir>/<class>/*.png)")
+    return dirs
 
 
 def read_folder(root: Path, classes: tuple[str, ...], pre: Preprocess, flag: str) -> Split:
     real_root = root.resolve()
-    entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
-    loose = [p for p in entries if p.is_file()]
-    if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in loose):
-        raise InputError(f"{flag} {root}: images must sit in class folders (<dir>/<class>/*.png), "
-                         f"found {loose[0].name} at the top")
-    dirs = [p for p in entries if p.is_dir()]
-    for d in dirs:
-        if not _inside(d, real_root):
-            raise InputError(f"{flag} {root}: {d.name} links outside the folder")
-    if not dirs:
-        raise InputError(f"{flag} {root} has no class folders (<dir>/<class>/*.png)")
+    dirs = _class_folders(root, flag)
     index = class_index([d.name for d in dirs], classes, f"{flag} {root}")
     xs, ys = [], []
     for d in dirs:
         files = sorted(p for p in d.iterdir() if not p.name.startswith(".")
                        and p.suffix.lower() in IMAGE_EXTENSIONS)
         for f in files:
-            if not _inside(f, real_root):
+            real = _real(f, flag)
+            if not real.is_relative_to(real_root):
                 raise InputError(f"{flag}: {f} is a link to a file outside {root}")
-            if not f.is_file():
-                raise InputError(f"{flag}: {f} is not a regular file (dangling link?)")
+            if not real.is_file():
+                raise InputError(f"{flag}: {f} is not a regular file")
             xs.append(_read_image(f, pre))
             ys.append(index[d.name])
     if not xs:
