@@ -32,7 +32,7 @@ def _command(ctx: click.Context) -> str:
 @click.option("--methods", default="all", show_default=True, help="'all' or a comma-separated list")
 @click.option("--seeds", type=click.IntRange(1, 100), default=None, help="number of seeds 0..N-1 [3; --quick: 1]")
 @click.option("--out", default=None, help="output folder [results/SCENARIO]")
-@click.option("--quick", is_flag=True, help="small model and data (width 16, 2k images, 8 epochs)")
+@click.option("--quick", is_flag=True, help="small data and budget (2k training images, 1k test, 8 epochs)")
 @click.option("--dataset", default=None, help="trajgen dataset name [fashion-mnist]")
 @click.option("--data-root", default=None, help="folder holding the dataset files")
 @click.option("--arch", default=None, help="trajgen architecture family: cnn, mlp, vit [cnn]")
@@ -40,6 +40,8 @@ def _command(ctx: click.Context) -> str:
 @click.option("--train-size", type=click.IntRange(1), default=None, help="training images")
 @click.option("--test-size", type=click.IntRange(1), default=None, help="test images")
 @click.option("--epochs", type=click.FloatRange(0, min_open=True), default=None, help="original/retrain epochs")
+@click.option("--tuned", default=None, help="scripts/tune.py result whose chosen hyperparameters to use "
+              "[the packaged invwnn/bench/tuned.json]; 'none': every method's library defaults")
 @click.option("--cache-dir", default="data/bench-cache", show_default=True, help="originals and retrained models")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
@@ -47,7 +49,7 @@ def _command(ctx: click.Context) -> str:
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors(InputError, ValueError)
 def bench(scenario, methods, seeds, out, quick, dataset, data_root, arch, width, train_size, test_size,
-          epochs, cache_dir, device, threads, progress):
+          epochs, tuned, cache_dir, device, threads, progress):
     """Build SCENARIO, train and cache the original and Retrain, run every method at equal
     forgetting and at its default budget, and write table.md, results.csv, results.json and plots."""
     import torch
@@ -58,7 +60,9 @@ def bench(scenario, methods, seeds, out, quick, dataset, data_root, arch, width,
                                        width=width, train_size=train_size, test_size=test_size, epochs=epochs)
     n_seeds = seeds or (1 if quick else 3)
     bench_config = runner.BenchConfig(methods=tuple(runner.method_names(methods)), seeds=tuple(range(n_seeds)),
-                                      cache_dir=cache_dir, device=device, progress=progress)
+                                      cache_dir=cache_dir, device=device, progress=progress,
+                                      method_overrides=runner.tuned_overrides(
+                                          runner.TUNED if tuned is None else None if tuned == "none" else tuned))
     out = out or f"results/{scenario}"
     t0 = time.time()
     from tqdm.auto import tqdm

@@ -61,7 +61,8 @@ def test_class_random_and_overfit_splits(ds):
     assert not torch.equal(r.forget, build(ds, "random50", seed=1).forget)
     o = build(ds, "overfit")
     assert o.forget.sum() == 10 and o.config.overfit_steps > 0
-    assert scenarios.scenario_config("random10", quick=True).width < scenarios.scenario_config("random10").width
+    quick, full = scenarios.scenario_config("random10", quick=True), scenarios.scenario_config("random10")
+    assert quick.train_size < full.train_size and quick.epochs < full.epochs
     with pytest.raises(Exception, match="unknown scenario"):
         scenarios.scenario_config("nope")
 
@@ -135,3 +136,17 @@ def test_quick_bench_end_to_end(tmp_path):
     res2 = json.loads((out / "results.json").read_text())
     assert res2["runs"][0]["original"]["cache_hit"] and res2["runs"][0]["retrain"]["cache_hit"]
     assert res2["runs"][0]["retrain"]["UA"] == pytest.approx(target)
+
+
+def test_tuned_overrides_apply_to_every_rewinder_ablation(tmp_path):
+    tuned = tmp_path / "tuned.json"
+    tuned.write_text(json.dumps({"chosen": {"invwnn+": {"lr": 0.002}, "salun": {"sparsity": 0.8}}}))
+    got = runner.tuned_overrides(tuned)
+    assert got["invwnn+"] == got["invwnn+-linear"] == got["invwnn+-none"] == {"lr": 0.002}
+    assert got["salun"] == {"sparsity": 0.8} and "invwnn" not in got and "neggrad+" not in got
+    assert runner.tuned_overrides(None) == {}
+    (tmp_path / "bad.json").write_text("{}")
+    r = CliRunner().invoke(bench, ["--scenario", "random10", "--tuned", str(tmp_path / "bad.json"),
+                                   "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "not a scripts/tune.py result" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "o").exists()

@@ -69,6 +69,26 @@ def method_names(spec: str) -> list[str]:
     return names
 
 
+TUNED = Path(__file__).with_name("tuned.json")
+
+
+def tuned_overrides(path: str | Path | None = TUNED) -> dict[str, dict[str, Any]]:
+    """Bench method name -> the hyperparameters ``scripts/tune.py`` chose (``path``: its output;
+    None or a missing packaged file: no overrides). The invwnn+ choice also applies to its rewinder
+    ablations, so that those rows differ in the rewinder alone."""
+    if path is None or (Path(path) == TUNED and not TUNED.is_file()):
+        return {}
+    try:
+        chosen = json.loads(Path(path).read_text())["chosen"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise InputError(f"--tuned {path}: not a scripts/tune.py result ({type(err).__name__})") from None
+    out = dict(chosen)
+    for name, (reg, _) in BENCH_METHODS.items():
+        if reg in chosen and name not in chosen:
+            out[name] = chosen[reg]
+    return out
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     """How to run. ``method_overrides``: bench method name -> config field overrides;
@@ -78,7 +98,7 @@ class BenchConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     cache_dir: str = "data/bench-cache"
     device: str = "cpu"
-    method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    method_overrides: dict[str, dict[str, Any]] = field(default_factory=tuned_overrides)
     check_forget: int = 512
     check_test: int = 256
     progress: bool = True
