@@ -70,7 +70,8 @@ def test_incomplete_runs_are_invisible_to_readers(empty_store, fmnist):
     writer = store.RunWriter(empty_store, spec, nets.layer_table(build_model(spec, fmnist)))
     writer.append(0, np.zeros(writer.history.shape[0], np.float32), 1.0, 0.1)
     root = store.open_store(empty_store, "a")
-    store.add_to_index(root, {spec.name: {"arch": "mlp", "optimizer": "sgd", "diverged": False}})
+    store.add_to_index(root, {spec.name: {"arch": "mlp", "optimizer": "sgd", "n_coords": writer.history.shape[0],
+                                          "n_snapshots": 3, "final_test_acc": 0.5, "diverged": False}})
     assert store.run_names(root) == [spec.name]
     assert not store.is_complete(root, spec.name)
     assert store.complete_runs(empty_store) == []

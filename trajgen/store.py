@@ -37,6 +37,10 @@ SCHEMA_VERSION = 1
 STORE_KIND = "trajgen-store"
 TIME_CHUNK = 64
 COORD_CHUNK = 16384
+# The arrays of a run group and their dtypes (the schema above); history is 2-D, the others 1-D.
+ARRAY_DTYPES = {"history": np.float32, "kind": np.uint8, "layer": np.uint16, "pos": np.int32,
+                "step": np.int64, "loss": np.float32, "acc": np.float32}
+SUMMARY_KEYS = ("arch", "optimizer", "n_coords", "n_snapshots", "final_test_acc", "diverged")
 
 
 class StoreError(RuntimeError):
@@ -116,18 +120,26 @@ def create_store(path: str | Path) -> zarr.Group:
     path = Path(path)
     check_writable(path)
     if (path / "zarr.json").is_file():
-        return open_store(path, mode="a")
+        root = open_store(path, mode="a")
+        if "runs" not in root:  # killed between writing the root and its runs group
+            with writing(f"the runs group of {path}"):
+                root.create_group("runs")
+        return root
     if path.exists() and any(path.iterdir()):
         raise StoreError(f"{path} exists, is not empty and is not a trajgen store")
     with writing(f"a store at {path}"):
-        root = zarr.open_group(str(path), mode="w")
+        # the root's metadata is written whole, attributes included, so a kill leaves no root
+        # that is neither absent nor a trajgen store
+        root = zarr.open_group(str(path), mode="w", attributes={
+            "kind": STORE_KIND, "schema_version": SCHEMA_VERSION, "index": {}})
         root.create_group("runs")
-        root.attrs.update({"kind": STORE_KIND, "schema_version": SCHEMA_VERSION, "index": {}})
     return root
 
 
 def run_names(root: zarr.Group) -> list[str]:
     """Names of all run groups present, complete or not, sorted."""
+    if "runs" not in root:  # a store whose creation was cut short holds no runs yet
+        return []
     return sorted(name for name, _ in root["runs"].groups())
 
 
@@ -139,8 +151,14 @@ def is_complete(root: zarr.Group, name: str) -> bool:
 
 
 def index(root: zarr.Group) -> dict[str, dict[str, Any]]:
-    """The root index: summary of every complete run the collector has registered."""
-    return dict(root.attrs.get("index", {}))
+    """The root index: summary of every complete run the collector has registered. Raises if it
+    is not a mapping of run names to summaries (``trajgen verify --repair`` rebuilds it)."""
+    entries = root.attrs.get("index", {})
+    if not (isinstance(entries, dict)
+            and all(isinstance(s, dict) and set(SUMMARY_KEYS) <= set(s) for s in entries.values())):
+        raise StoreError("the store's index is not a mapping of run summaries; "
+                         "`trajgen verify --repair` rebuilds it from the runs")
+    return dict(entries)
 
 
 def set_index(root: zarr.Group, summaries: dict[str, dict[str, Any]]) -> None:
@@ -171,6 +189,15 @@ def run_summary(group: zarr.Group) -> dict[str, Any]:
             "final_test_acc": a.get("final_test_acc"), "diverged": bool(a.get("diverged", False))}
 
 
+def coordinate_arrays(layers: list[Layer]) -> dict[str, np.ndarray]:
+    """``kind``, ``layer`` and ``pos`` of every coordinate, each ``(n_coords,)``, as the layer
+    table implies them. Raises ValueError for a kind not in ``trajgen.nets.KINDS``."""
+    kind = [np.full(layer.numel, KINDS.index(layer.kind), ARRAY_DTYPES["kind"]) for layer in layers]
+    row = [np.full(layer.numel, i, ARRAY_DTYPES["layer"]) for i, layer in enumerate(layers)]
+    pos = [np.arange(layer.numel, dtype=ARRAY_DTYPES["pos"]) for layer in layers]
+    return {"kind": np.concatenate(kind), "layer": np.concatenate(row), "pos": np.concatenate(pos)}
+
+
 def _create_run_group(runs: zarr.Group, spec: RunSpec, layers: list[Layer], time_chunk: int,
                       coord_chunk: int) -> zarr.Group:
     """An empty, incomplete group for ``spec`` in ``runs``: history ``(n_coords, n_snapshots)``
@@ -179,13 +206,10 @@ def _create_run_group(runs: zarr.Group, spec: RunSpec, layers: list[Layer], time
         del runs[spec.name]
     n_coords = sum(layer.numel for layer in layers)
     group = runs.create_group(spec.name)
-    group.create_array("history", shape=(n_coords, spec.n_snapshots), dtype="float32", fill_value=np.nan,
-                       chunks=(min(coord_chunk, n_coords), min(time_chunk, spec.n_snapshots)),
+    group.create_array("history", shape=(n_coords, spec.n_snapshots), dtype=ARRAY_DTYPES["history"],
+                       fill_value=np.nan, chunks=(min(coord_chunk, n_coords), min(time_chunk, spec.n_snapshots)),
                        compressors=[compressor()])
-    kind = np.concatenate([np.full(layer.numel, KINDS.index(layer.kind), np.uint8) for layer in layers])
-    row = np.concatenate([np.full(layer.numel, i, np.uint16) for i, layer in enumerate(layers)])
-    pos = np.concatenate([np.arange(layer.numel, dtype=np.int32) for layer in layers])
-    for name, values in (("kind", kind), ("layer", row), ("pos", pos)):
+    for name, values in coordinate_arrays(layers).items():
         group.create_array(name, data=values, chunks=(min(coord_chunk, n_coords),), compressors=[compressor()])
     group.attrs.update({"spec": spec.to_dict(), "layers": [layer.to_dict() for layer in layers],
                         "versions": versions(), "complete": False})
@@ -242,9 +266,9 @@ class RunWriter:
         with self._writing():
             if self.n_written < self.history.shape[1]:
                 self.history.resize((self.history.shape[0], self.n_written))
-            for name, values, dtype in (("step", self.step, np.int64), ("loss", self.loss, np.float32),
-                                        ("acc", self.acc, np.float32)):
-                self.group.create_array(name, data=np.asarray(values, dtype), chunks=(max(1, len(values)),))
+            for name, values in (("step", self.step), ("loss", self.loss), ("acc", self.acc)):
+                self.group.create_array(name, data=np.asarray(values, ARRAY_DTYPES[name]),
+                                        chunks=(max(1, len(values)),))
             self.group.attrs.update({"final_test_acc": float(final_test_acc), "diverged": bool(diverged),
                                      "complete": True})
         return run_summary(self.group)
@@ -274,8 +298,12 @@ def open_run(path_or_root: str | Path | zarr.Group, name: str) -> RunRecord:
         raise StoreError(f"run {name} is missing or incomplete")
     g = root["runs"][name]
     a = g.attrs
-    return RunRecord(name=name, spec=RunSpec.from_dict(a["spec"]),
-                     layers=[Layer.from_dict(d) for d in a["layers"]], history=g["history"],
-                     kind=g["kind"][:], layer=g["layer"][:], pos=g["pos"][:], step=g["step"][:],
-                     loss=g["loss"][:], acc=g["acc"][:], final_test_acc=float(a["final_test_acc"]),
-                     diverged=bool(a["diverged"]))
+    try:
+        return RunRecord(name=name, spec=RunSpec.from_dict(a["spec"]),
+                         layers=[Layer.from_dict(d) for d in a["layers"]], history=g["history"],
+                         kind=g["kind"][:], layer=g["layer"][:], pos=g["pos"][:], step=g["step"][:],
+                         loss=g["loss"][:], acc=g["acc"][:], final_test_acc=float(a["final_test_acc"]),
+                         diverged=bool(a["diverged"]))
+    except (KeyError, TypeError, ValueError) as err:  # a missing array or attribute, a bad spec
+        raise StoreError(f"run {name} is malformed ({type(err).__name__}: {err}); "
+                         "`trajgen verify` lists what is wrong") from None
