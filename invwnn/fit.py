@@ -130,7 +130,8 @@ def evaluate(model: Predictor, sample: dict[str, torch.Tensor], u: int) -> dict[
     baseline, labelled so). ``all`` pools every sampled window."""
     w, target, kind = sample["w"], sample["target"], sample["kind"]
     pred = predict_past(model, w, kind)
-    fits = {str(fit or w.shape[1]): linear_backextrapolation(w, u, fit) for fit in LINEAR_FITS}
+    fits = {str(fit or w.shape[1]): linear_backextrapolation(w, u, fit)
+            for fit in LINEAR_FITS if fit <= w.shape[1]}  # a short window (K < 5) has fewer fits
     res: dict[str, Any] = {}
     groups = [(KINDS[c], kind == c) for c in sorted(set(kind.tolist()))] + [("all", torch.ones_like(kind, dtype=torch.bool))]
     for name, m in groups:
