@@ -40,7 +40,7 @@ def make_rewinder(kind: str, predictor: str | None, config, device: str = "cpu")
         return LinearRewinder(config.horizon)
     if kind == "none":
         return NoRewinder()
-    rewinder = load_rewinder(predictor, device)
+    rewinder = load_rewinder(predictor, device, config.snapshots)
     if rewinder.k != config.snapshots:
         raise InputError(f"--snapshots {config.snapshots} does not match the predictor's window "
                          f"K = {rewinder.k}")

@@ -195,9 +195,17 @@ def load_predictor(path: str | Path, device: str | torch.device = "cpu") -> Pred
     return model.to(device).eval()
 
 
-def default_checkpoint() -> Path:
-    """The predictor shipped inside the package."""
-    return Path(__file__).with_name("default_predictor.pt")
+SHIPPED = {15: "default_predictor.pt", 5: "default_predictor_k5.pt"}  # window K -> file
+
+
+def default_checkpoint(k: int = 15) -> Path:
+    """The predictor shipped inside the package for window ``k`` (15: the paper's, used by invwnn;
+    5: invwnn+'s). Raises :class:`CheckpointError` for a window no shipped predictor has."""
+    if k not in SHIPPED:
+        raise CheckpointError(f"no shipped predictor has window K = {k} (shipped: "
+                              f"{', '.join(map(str, sorted(SHIPPED)))}); train one with "
+                              f"`invwnn train --window {k}` and pass --predictor")
+    return Path(__file__).with_name(SHIPPED[k])
 
 
 def describe(path: str | Path) -> str:

@@ -69,7 +69,9 @@ def test_bad_flags_and_missing_data_exit_2(tmp_path_factory):
               f"checkpoint format {FORMAT_VERSION + 1}"),
              (["--forget", str(root / "forget"), "--predictor", str(root / "foreign.pt")],
               "not an invwnn predictor checkpoint"),
-             (["--forget", str(root / "forget"), "--snapshots", "9"], "does not match the predictor's window")]
+             (["--forget", str(root / "forget"), "--snapshots", "9"], "no shipped predictor has window K = 9"),
+             (["--forget", str(root / "forget"), "--snapshots", "9", "--predictor", str(default_checkpoint())],
+              "does not match the predictor's window")]
     for extra, message in cases:
         r = CliRunner().invoke(apply, ["--model", model, "--out", str(root / "never.pt"), "--quiet", *extra])
         assert r.exit_code == 2 and message in r.output, (extra, r.output)

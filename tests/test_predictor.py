@@ -87,12 +87,18 @@ def test_corrupted_foreign_and_future_checkpoints_are_refused(tmp_path):
         read_checkpoint(tmp_path / "missing.pt")
 
 
-def test_shipped_default_checkpoint_loads_and_beats_baselines():
-    path = default_checkpoint()
+@pytest.mark.parametrize("k", [15, 5])
+def test_shipped_checkpoints_load_and_beat_baselines(k):
+    path = default_checkpoint(k)
     assert path.stat().st_size < 5 * 2**20
     ckpt = read_checkpoint(path)
     model = load_predictor(path)
-    assert model.config.k == 15 and model.config.u == 3 and set(model.config.kinds) == set(KINDS)
+    assert model.config.k == k and model.config.u == 3 and set(model.config.kinds) == set(KINDS)
     held = ckpt["evaluation"]["held_out"]["all"]
     assert held["ratio_no_rewind"] < 1 and held["ratio_linear"] < 1
     assert ckpt["provenance"]["runs"] >= 2 and ckpt["provenance"]["windows_seen"] > 0
+
+
+def test_no_shipped_checkpoint_for_other_windows():
+    with pytest.raises(CheckpointError, match="invwnn train --window 7"):
+        default_checkpoint(7)

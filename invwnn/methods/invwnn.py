@@ -82,11 +82,12 @@ class LearnedRewinder:
         return {"rewinder": "learned", "predictor": self.path, "k": self.k, "horizon": self.model.config.u}
 
 
-def load_rewinder(path: str | None, device: str | torch.device = "cpu") -> LearnedRewinder:
+def load_rewinder(path: str | None, device: str | torch.device = "cpu", k: int = 15) -> LearnedRewinder:
     """The learned rewinder from the checkpoint ``path`` (None: the predictor shipped in the
-    package). Raises :class:`InputError` with a one-line reason when it cannot be loaded."""
-    path = str(path) if path is not None else str(default_checkpoint())
+    package for window ``k``). Raises :class:`InputError` with a one-line reason when it cannot be
+    loaded."""
     try:
+        path = str(path) if path is not None else str(default_checkpoint(k))
         return LearnedRewinder(load_predictor(path, device), path)
     except CheckpointError as err:
         raise InputError(f"--predictor: {err}") from None

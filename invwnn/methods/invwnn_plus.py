@@ -24,8 +24,15 @@ NAME = "invwnn+"
 
 @dataclass(frozen=True)
 class Config(invwnn.Config):
-    repair_steps: int = opt(3, "invwnn+: retain-set optimizer steps after each rewind (needs --retain)")
+    """InvWNN's settings with a 5-snapshot window (rewinding 3 snapshots back then costs 4 steps, not
+    14; the shipped K = 5 predictor matches it) and a larger lr, which the repair steps make safe."""
+
+    iterations: int = opt(12, "unlearning iterations T (fine-tune, predict the past, write back)")
+    snapshots: int = opt(5, "snapshots K recorded per iteration (the predictor's window)")
+    lr: float = opt(1e-3, "learning rate")
+    repair_steps: int = opt(6, "invwnn+: retain-set optimizer steps after each rewind (needs --retain)")
     repair_lr: float = opt(1e-3, "invwnn+: learning rate of the repair steps (same optimizer kind)")
+    repair_batch_size: int = opt(128, "invwnn+: retain minibatch size of the repair steps")
     mask: str | None = opt(None, "invwnn+: saliency:F rewinds only the fraction F of coordinates with the "
                                  "largest forget-loss gradient at the original weights")
 
@@ -54,7 +61,7 @@ def run(model: nn.Module, data: Data, config: Config, ctx: Context) -> nn.Module
         retain = data.need("retain", NAME)
         params, _ = invwnn.rewindable(model)
         opt_ = make_optimizer(config.optimizer, params, config.repair_lr)
-        sample = Sampler(retain, config.batch_size, ctx.generator(2), ctx.device)
+        sample = Sampler(retain, config.repair_batch_size, ctx.generator(2), ctx.device)
 
         def loss_fn(_: int) -> torch.Tensor:
             x, y = sample()
