@@ -94,9 +94,13 @@ def markdown(results: dict, rows: list[dict]) -> str:
     for proto, title in PROTOCOLS.items():
         out += [f"## {title}", "", "| " + " | ".join(head + (["reached UA_r"] if proto == "equal" else [])) + " |",
                 "|" + "---|" * (len(head) + (proto == "equal")) ]
-        for r in refs + [r for r in rows if r["protocol"] == proto]:
+        methods = [r for r in rows if r["protocol"] == proto]
+        best = min((r["gap"] for r in methods), default=None)
+        for r in refs + methods:
             cells = [r["name"] + (f" ({r['stop_mode']})" if r.get("stop_mode") and proto == "equal" else "")]
             cells += [_fmt(r, k) for k in ("RA", "UA", "TA", "MIA", "gap", "seconds", "time_ratio", *extra)]
+            if r in methods and r["gap"] == best:  # the smallest gap of the protocol, in bold
+                cells[0], cells[5] = f"**{cells[0]}**", f"**{cells[5]}**"
             if proto == "equal":
                 cells.append("-" if r.get("reached") is None else f"{r['reached']}/{r['seeds']}")
             out.append("| " + " | ".join(cells) + " |")
