@@ -1,7 +1,7 @@
 """Load drill: a store that already holds many runs, a 2-worker collection adding more, and
 ``trajgen info`` and ``invwnn train`` run against it, again and again, while it writes.
 
-    .venv/bin/python scripts/load_test.py [--runs 500] [--new 24] [--workers 2] [--store DIR]
+    .venv/bin/python scripts/load_test.py [--runs 500] [--new 200] [--workers 2] [--store DIR]
 
 The pre-existing runs are written straight through ``trajgen.store.RunWriter`` (the collector's
 own writer) with the specs the collection plans and the layer tables of their real models, but
@@ -25,6 +25,7 @@ import numpy as np
 from trajgen import data as datasets
 from trajgen import nets, store
 from trajgen.collect import CollectConfig, plan
+from trajgen.info import describe
 from trajgen.train import build_model
 from trajgen.verify import verify
 
@@ -32,8 +33,8 @@ from trajgen.verify import verify
 # windows of K = 2 snapshots and predicts U = 1 back.
 SETTINGS = dict(archs=("mlp",), steps=2, every=1)
 COLLECT_FLAGS = ["--archs", "mlp", "--steps", "2", "--every", "1", "--quiet"]
-TRAIN_FLAGS = ["--window", "2", "--back", "1", "--steps", "5", "--batch-size", "256",
-               "--eval-per-kind", "20", "--workers", "0", "--quiet"]
+TRAIN_FLAGS = ["--window", "2", "--back", "1", "--steps", "5", "--batch-size", "256", "--val-fraction",
+               "0.02", "--eval-per-kind", "20", "--workers", "0", "--quiet"]
 
 
 def fill(path: str, n_runs: int, seed: int = 0) -> float:
@@ -91,8 +92,12 @@ def hammer(path: str, n_before: int, n_new: int, workers: int, work: str) -> dic
                                     "--workers", str(workers), *COLLECT_FLAGS),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     start = time.perf_counter()
-    failures, info_s, train_s, seen = [], [], [], [n_before]
+    first_new = Path(path) / "runs" / f"run-{n_before:06d}"
+    while collect.poll() is None and not first_new.exists():  # start reading once it writes
+        time.sleep(0.1)
+    failures, info_s, train_s, seen, overlapped = [], [], [], [n_before], 0
     while collect.poll() is None or not (train_s or failures):  # one reader round at least
+        overlapped += len(store.run_names(store.open_store(path))) > len(store.complete_runs(path))
         try:
             n, seconds = info_runs(path)
             info_s.append(seconds)
@@ -110,7 +115,7 @@ def hammer(path: str, n_before: int, n_new: int, workers: int, work: str) -> dic
     collect_s = time.perf_counter() - start
     if collect.returncode != 0:
         failures.append(f"collect exited {collect.returncode}: {err.strip()[-300:]}")
-    return {"collect_s": collect_s, "info_s": info_s, "train_s": train_s, "seen": seen,
+    return {"collect_s": collect_s, "info_s": info_s, "train_s": train_s, "seen": seen, "overlapped": overlapped,
             "collect_output": out.strip(), "failures": failures}
 
 
@@ -119,6 +124,9 @@ def figures(path: str, n_runs: int, n_new: int, workers: int) -> dict:
     work = tempfile.mkdtemp()
     result = {"fill_s": fill(path, n_runs)}
     _, result["info_at_fill_s"] = info_runs(path)
+    start = time.perf_counter()
+    describe(path)
+    result["describe_s"] = time.perf_counter() - start
     result.update(hammer(path, n_runs, n_new, workers, work))
     start = time.perf_counter()
     report = verify(path)
@@ -132,7 +140,7 @@ def figures(path: str, n_runs: int, n_new: int, workers: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=500, help="runs in the store before the collection")
-    parser.add_argument("--new", type=int, default=24, help="runs the collection adds")
+    parser.add_argument("--new", type=int, default=200, help="runs the collection adds")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--store", default=None, help="where to build the store (default: a temporary folder)")
     args = parser.parse_args()
@@ -140,14 +148,16 @@ def main() -> None:
     r = figures(path, args.runs, args.new, args.workers)
     print(f"store {path}: {r['complete']} complete runs, {r['disk_mib']:.0f} MiB on disk")
     print(f"fill {args.runs} runs through RunWriter: {r['fill_s']:.1f} s")
-    print(f"trajgen info at {args.runs} runs (idle): {r['info_at_fill_s']:.2f} s")
+    print(f"trajgen info at {args.runs} runs (idle): {r['info_at_fill_s']:.2f} s, of which "
+          f"{r['describe_s']:.2f} s in trajgen.info.describe (the rest: starting Python and torch)")
     print(f"collect {args.new} more runs, {args.workers} workers, while readers ran: {r['collect_s']:.1f} s "
           f"({r['collect_output']})")
     for name, key in (("trajgen info", "info_s"), ("invwnn train", "train_s")):
         if r[key]:
             print(f"{name} during the collection: {len(r[key])} calls, median {np.median(r[key]):.2f} s, "
                   f"max {max(r[key]):.2f} s")
-    print(f"complete runs seen, in order: {r['seen']}")
+    print(f"complete runs seen, in order: {r['seen']}; {r['overlapped']} reader rounds started "
+          "while a run was half-written")
     print(f"trajgen verify: {r['runs_checked']} runs in {r['verify_s']:.1f} s, ok: {r['verify_ok']}")
     for failure in r["failures"]:
         print(f"FAILED: {failure}")
