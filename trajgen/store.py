@@ -231,7 +231,8 @@ class RunWriter:
             self.group = _create_run_group(root["runs"], spec, layers, time_chunk, coord_chunk)
         self.history = self.group["history"]
         self.time_chunk = self.history.chunks[1]
-        self.buffer = np.empty((self.time_chunk, self.history.shape[0]), np.float32)  # snapshot-major, flushed transposed
+        # snapshot-major, flushed transposed
+        self.buffer = np.empty((self.time_chunk, self.history.shape[0]), ARRAY_DTYPES["history"])
         self.n_buffered = 0
         self.n_written = 0
         self.step: list[int] = []
