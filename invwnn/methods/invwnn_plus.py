@@ -29,8 +29,8 @@ class Config(invwnn.Config):
 
     iterations: int = opt(12, "unlearning iterations T (fine-tune, predict the past, write back)")
     snapshots: int = opt(5, "snapshots K recorded per iteration (the predictor's window)")
-    lr: float = opt(1e-3, "learning rate")
-    repair_steps: int = opt(6, "invwnn+: retain-set optimizer steps after each rewind (needs --retain)")
+    lr: float = opt(2e-3, "learning rate")
+    repair_steps: int = opt(8, "invwnn+: retain-set optimizer steps after each rewind (needs --retain)")
     repair_lr: float = opt(1e-3, "invwnn+: learning rate of the repair steps (same optimizer kind)")
     repair_batch_size: int = opt(128, "invwnn+: retain minibatch size of the repair steps")
     mask: str | None = opt(None, "invwnn+: saliency:F rewinds only the fraction F of coordinates with the "
