@@ -29,11 +29,11 @@ def tuning(path: Path) -> str:
              f"choice: {t['criterion']}. Every other method runs with its library defaults.\n",
              "| method | grid | chosen | gap at equal UA (tuning seed) | time / Retrain |", "|---|---|---|---|---|"]
     for method, chosen in t["chosen"].items():
-        axes = {k: sorted({json.dumps(c[k]) for c in t["grids"][method]}) for k in t["grids"][method][0]}
+        grid = t["grids"][method]
+        axes = "; ".join(f"{k} " + "/".join(sorted({str(c[k]) for c in grid}, key=float)) for k in grid[0])
         best = next(r for r in t["trials"] if r["method"] == method and r["overrides"] == chosen)
-        lines.append(f"| {method} | {'; '.join(f'{k} {{{', '.join(v)}}}' for k, v in axes.items())} | "
-                     f"{', '.join(f'{k}={v}' for k, v in chosen.items())} | {best['gap']:.2f} | "
-                     f"{best['time_ratio']:.3f} |")
+        picked = ", ".join(f"{k}={v}" for k, v in chosen.items())
+        lines.append(f"| {method} | {axes} | {picked} | {best['gap']:.2f} | {best['time_ratio']:.3f} |")
     return "\n".join(lines) + "\n\n"
 
 
@@ -48,7 +48,9 @@ def section(results: Path, plots: Path) -> str:
         tag = f"{name}-quick" if quick else name
         for plot in ("trajectories", "gap"):
             shutil.copyfile(folder / f"{plot}.png", plots / f"{tag}-{plot}.png")
-        parts.append((folder / "table.md").read_text().strip() + "\n")
+        table = (folder / "table.md").read_text().strip()
+        # one level down, so that the section's end is the document's next "## " heading
+        parts.append("\n".join("##" + line if line.startswith("#") else line for line in table.splitlines()) + "\n")
         parts.append(f"![{name} trajectories](results/{tag}-trajectories.png) "
                      f"![{name} gap](results/{tag}-gap.png)\n")
     return "\n".join(parts) + "\n"
