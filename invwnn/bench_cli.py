@@ -12,16 +12,16 @@ from trajgen.cli_errors import user_errors
 
 
 def _command(ctx: click.Context) -> str:
-    """The command line that reproduces this run: every option that differs from its default."""
+    """The command line that reproduces this run: every option given on it."""
     parts = ["invwnn", "bench"]
     for p in ctx.command.params:
         v = ctx.params[p.name]
-        if v == p.default or v is None:
+        if ctx.get_parameter_source(p.name) is click.core.ParameterSource.DEFAULT or v is None:
             continue
         if p.is_flag and p.secondary_opts:
             parts.append(p.opts[0] if v else p.secondary_opts[0])
         elif p.is_flag:
-            parts.append(p.opts[0])
+            parts += [p.opts[0]] if v else []
         else:
             parts += [p.opts[0], str(v)]
     return shlex.join(parts)

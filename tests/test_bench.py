@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from invwnn.bench import runner, scenarios
-from invwnn.bench_cli import bench
+from invwnn.bench_cli import _command, bench
 from invwnn.methods import REGISTRY
 from trajgen import data as datasets
 
@@ -150,3 +150,9 @@ def test_tuned_overrides_apply_to_every_rewinder_ablation(tmp_path):
                                    "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "not a scripts/tune.py result" in r.output
     assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_recorded_command_is_the_one_given():
+    for args in (["--scenario", "random10", "--no-progress"], ["--scenario", "class", "--seeds", "2", "--quick"]):
+        ctx = bench.make_context("bench", list(args))
+        assert _command(ctx) == "invwnn bench " + " ".join(args)
