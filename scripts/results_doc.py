@@ -13,7 +13,8 @@ import json
 import shutil
 from pathlib import Path
 
-from invwnn.bench.runner import TUNED
+from invwnn.bench import report
+from invwnn.bench.runner import ORDER, TUNED
 from invwnn.bench.scenarios import SCENARIOS
 
 
@@ -37,8 +38,36 @@ def tuning(path: Path) -> str:
     return "\n".join(lines) + "\n\n"
 
 
+def overview(results: Path) -> str:
+    """Gap to Retrain (mean ± std over seeds) per method and scenario, for both protocols, the
+    smallest of each column in bold."""
+    done = {name: json.loads((results / name / "results.json").read_text()) for name in SCENARIOS
+            if (results / name / "results.json").is_file()}
+    if not done:
+        return ""
+    rows = {name: {(r["name"], r["protocol"]): r for r in report.summarise(res)} for name, res in done.items()}
+    methods = [m for m in ORDER if any((m, "equal") in rows[s] for s in done)]
+    out = []
+    for proto, title in report.PROTOCOLS.items():
+        out += [f"Gap to Retrain, {title} (mean ± std over seeds; bold: smallest of the scenario):\n",
+                "| method | " + " | ".join(done) + " |", "|---|" + "---|" * len(done)]
+        best = {s: min(r["gap"] for (n, p), r in rows[s].items() if p == proto and "gap" in r) for s in done}
+        for name in ["Original", *methods]:
+            cells = []
+            for s in done:
+                r = rows[s].get((name, "-" if name == "Original" else proto))
+                if r is None or "gap" not in r:
+                    cells.append("-")
+                    continue
+                text = f"{r['gap']:.2f} ± {r['gap_std']:.2f}"
+                cells.append(f"**{text}**" if name != "Original" and r["gap"] == best[s] else text)
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
 def section(results: Path, plots: Path) -> str:
-    parts = ["## Results\n"]
+    parts = ["## Results\n", overview(results)]
     for name in SCENARIOS:
         folder = results / name
         if not (folder / "table.md").is_file():
