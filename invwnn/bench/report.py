@@ -137,27 +137,37 @@ def _save_fig(fig, path: Path) -> None:
 
 def plot_trajectories(results: dict, path: Path) -> None:
     """Forget accuracy vs test accuracy at every check of the first seed, one line per method
-    that has a trajectory; Original and Retrain as markers."""
+    that has a trajectory; Original and Retrain as markers. Left: everything; right: zoomed on
+    the region around Retrain, where the methods that keep the model usable end up."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     run = results["runs"][0]
-    fig, ax = plt.subplots(figsize=(7.5, 5.5))
-    for name, m in run["methods"].items():
-        traj = m.get("trajectory") or []
-        if traj:
-            ax.plot([t["forget_acc"] for t in traj], [t["test_acc"] for t in traj], marker=".", lw=1,
-                    ms=4, label=name)
-    for key, marker in (("original", "*"), ("retrain", "X")):
-        ax.scatter([100 - run[key]["UA"]], [run[key]["TA"]], marker=marker, s=160, c="k", zorder=5,
-                   label=key.capitalize())
-    ax.axvline(100 - run["retrain"]["UA"], color="k", ls=":", lw=1)
-    ax.set_xlabel("forget-set accuracy (%)  (100 - UA)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{results['scenario']['name']}: unlearning trajectories (seed {run['seed']}, check subsets)")
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(alpha=0.3)
+    retrain = (100 - run["retrain"]["UA"], run["retrain"]["TA"])
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    colors = plt.get_cmap("tab20").colors
+    for ax in axes:
+        for i, (name, m) in enumerate(run["methods"].items()):
+            traj = m.get("trajectory") or []
+            if traj:
+                ax.plot([t["forget_acc"] for t in traj], [t["test_acc"] for t in traj], marker=".", ms=4,
+                        lw=1.6 if name.startswith("invwnn") else 1, color=colors[i % len(colors)],
+                        ls="-" if name.startswith("invwnn+") or not name.startswith("invwnn") else "--",
+                        label=name)
+        for key, marker in (("original", "*"), ("retrain", "X")):
+            ax.scatter([100 - run[key]["UA"]], [run[key]["TA"]], marker=marker, s=160, c="k", zorder=5,
+                       label=key.capitalize())
+        ax.axvline(retrain[0], color="k", ls=":", lw=1)
+        ax.set_xlabel("forget-set accuracy (%)  (100 - UA)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+    lo = min(retrain[0], 100 - run["original"]["UA"])
+    axes[1].set_xlim(lo - 12, 101)
+    axes[1].set_ylim(retrain[1] - 12, max(retrain[1], run["original"]["TA"]) + 3)
+    axes[1].set_title("zoom around Retrain")
+    axes[0].set_title(f"{results['scenario']['name']}: unlearning trajectories (seed {run['seed']}, check subsets)")
+    axes[0].legend(fontsize=7, ncol=2)
     _save_fig(fig, path)
 
 
