@@ -56,10 +56,10 @@ def run(model: nn.Module, data: Data, config: Config, ctx: Context) -> nn.Module
     fraction = mask_fraction(config.mask)
     if config.repair_steps < 0:
         raise InputError("--repair-steps must be >= 0")
+    params, _ = invwnn.rewindable(model)
     repair = None
     if config.repair_steps:
         retain = data.need("retain", NAME)
-        params, _ = invwnn.rewindable(model)
         opt_ = make_optimizer(config.optimizer, params, config.repair_lr)
         sample = Sampler(retain, config.repair_batch_size, ctx.generator(2), ctx.device)
 
@@ -72,7 +72,6 @@ def run(model: nn.Module, data: Data, config: Config, ctx: Context) -> nn.Module
 
     mask = None
     if fraction is not None:
-        params, _ = invwnn.rewindable(model)
-        mask = torch.cat([m.reshape(-1) for m in
-                          saliency_masks(model, data.forget, params, fraction, ctx.device)])
+        masks = saliency_masks(model, data.forget, params, fraction, ctx.device)
+        mask = torch.cat([m.reshape(-1) for m in masks])
     return invwnn.rewind_loop(model, data, config, ctx, name=NAME, mask=mask, repair=repair)
