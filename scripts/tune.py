@@ -7,6 +7,7 @@ faster one. The result is written to invwnn/bench/tuned.json, which `invwnn benc
 default, with every trial, the command and the versions.
 
     python scripts/tune.py [--scenario random10] [--seed 100] [--width 16] [--quick]
+    python scripts/tune.py --try 'invwnn+-linear={"horizon": 2}' ...   # evaluate, print, write nothing
 """
 from __future__ import annotations
 
@@ -41,6 +42,22 @@ FIXED: dict[str, dict] = {}
 assert all(len(g) == GRID_SIZE for g in GRIDS.values()), "every tuned method gets the same budget"
 
 
+def trial(name: str, overrides: dict, prep: runner.Prepared, ref: dict, seed: int) -> dict:
+    """Run bench method ``name`` with ``overrides`` once; its gap to Retrain (``ref``) at equal UA
+    and at its budget, and its time."""
+    bench = runner.BenchConfig(methods=(name,), seeds=(seed,), progress=False, method_overrides={name: overrides})
+    r = runner.run_method(name, prep, ref["UA"], bench, seed)
+    row = {"method": name, "overrides": overrides}
+    if "error" in r:
+        row["error"] = r["error"]
+    else:
+        e = r["equal"]
+        row.update(gap=gap(e, ref), reached=e["reached"], seconds=e["seconds"],
+                   time_ratio=e["seconds"] / prep.meta["retrain"]["seconds"], budget_gap=gap(r["budget"], ref),
+                   **{k: e[k] for k in ("RA", "UA", "TA", "MIA")})
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scenario", default="random10")
@@ -49,32 +66,27 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--methods", default=",".join(GRIDS))
     ap.add_argument("--out", default=str(Path(runner.__file__).with_name("tuned.json")))
+    ap.add_argument("--try", dest="tries", action="append", default=[], metavar="NAME=JSON",
+                    help="evaluate bench method NAME with these overrides instead of tuning (repeatable)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     config = scenarios.scenario_config(args.scenario, args.quick, width=args.width)
     scn = scenarios.build(config, args.seed, datasets.load(config.dataset))
     prep = runner.prepare(scn, "data/bench-cache", progress=True)
     ref = measure(prep.retrain, scn.forget_split, scn.retain_split, scn.test, "cpu", args.seed, scn.extras)
+    if args.tries:
+        for spec in args.tries:
+            name, _, overrides = spec.partition("=")
+            print(json.dumps(trial(name, json.loads(overrides or "{}"), prep, ref, args.seed)), flush=True)
+        return
     trials, chosen = [], {}
     for method in args.methods.split(","):
-        best = None
+        rows = []
         for overrides in GRIDS[method]:
-            overrides = {**FIXED.get(method, {}), **overrides}
-            bench = runner.BenchConfig(methods=(method,), seeds=(args.seed,), progress=False,
-                                       method_overrides={method: overrides})
-            r = runner.run_method(method, prep, ref["UA"], bench, args.seed)
-            row = {"method": method, "overrides": overrides}
-            if "error" in r:
-                row["error"] = r["error"]
-            else:
-                e = r["equal"]
-                row.update(gap=gap(e, ref), reached=e["reached"], seconds=e["seconds"],
-                           time_ratio=e["seconds"] / prep.meta["retrain"]["seconds"],
-                           budget_gap=gap(r["budget"], ref))
-                if best is None or (row["gap"], row["seconds"]) < (best["gap"], best["seconds"]):
-                    best = row
-            trials.append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
+            rows.append(trial(method, {**FIXED.get(method, {}), **overrides}, prep, ref, args.seed))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        trials += rows
+        best = min((r for r in rows if "error" not in r), key=lambda r: (r["gap"], r["seconds"]))
         chosen[method] = best["overrides"]
     result = {"command": "python scripts/tune.py " + " ".join(sys.argv[1:]), "scenario": config.to_dict(),
               "seed": args.seed, "criterion": "smallest gap to Retrain at equal UA, then least time",
