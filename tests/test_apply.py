@@ -36,6 +36,17 @@ def test_invwnn_lowers_forget_accuracy_toward_test_accuracy(tmp_path_factory, re
     assert rows[-1]["distance"] > rows[0]["distance"] > 0
 
 
+def test_invwnn_plus_forgets_with_its_shipped_predictor_and_keeps_retain_accuracy(tmp_path_factory):
+    root = tiny_original(tmp_path_factory.getbasetemp())
+    inputs = Inputs(str(root / "model.pt"), str(root / "forget"), str(root / "retain"), str(root / "test"))
+    report = unlearn(inputs, "invwnn+", {"target_forget_acc": 85.0}, out=str(root / "plus.pt"))
+    assert report["rewinder"]["predictor"].endswith("default_predictor_k5.pt") and report["rewinder"]["k"] == 5
+    before, after = report["before"], report["after"]
+    assert (100 - after["UA"]) - before["TA"] < 0.6 * ((100 - before["UA"]) - before["TA"])
+    assert after["RA"] > before["RA"] - 10 and after["TA"] > before["TA"] - 10  # the repair keeps the model
+    assert len(report["iterations"]) <= report["config"]["iterations"]
+
+
 def test_prepare_then_apply_verbatim(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = ["--out", ".", "--quiet", "--train-size", "600", "--test-size", "200", "--width", "4",
