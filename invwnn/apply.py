@@ -18,10 +18,13 @@ import torch
 from invwnn import forget as forget_io
 from invwnn import metrics, models
 from invwnn.methods import REGISTRY, Context, Data
-from invwnn.methods.invwnn import LinearRewinder, NoRewinder, load_rewinder
+from invwnn.methods.invwnn import LinearRewinder, NoRewinder, ResetRewinder, load_rewinder
 from invwnn.models import InputError, LoadedModel, Preprocess
 
-REWINDERS = ("learned", "linear", "none")
+# learned: the trained predictor; linear: a least-squares line extrapolated --horizon snapshots back;
+# reset: back to each window's first value (undoes the forget fine-tuning; "repair only" control);
+# none: keep the fine-tuned weights (no rewind, plus forget-set training)
+REWINDERS = ("learned", "linear", "reset", "none")
 
 
 def make_config(method: str, overrides: dict[str, Any]):
@@ -32,7 +35,7 @@ def make_config(method: str, overrides: dict[str, Any]):
 
 
 def make_rewinder(kind: str, predictor: str | None, config, device: str = "cpu"):
-    """The rewinder ``kind`` (learned, linear, none) for an invwnn ``config``; the learned one's
+    """The rewinder ``kind`` (learned, linear, reset, none) for an invwnn ``config``; the learned one's
     window K must equal the snapshots the loop records."""
     if kind not in REWINDERS:
         raise InputError(f"unknown rewinder {kind!r}; valid: {', '.join(REWINDERS)}")
@@ -40,6 +43,8 @@ def make_rewinder(kind: str, predictor: str | None, config, device: str = "cpu")
         return LinearRewinder(config.horizon)
     if kind == "none":
         return NoRewinder()
+    if kind == "reset":
+        return ResetRewinder()
     rewinder = load_rewinder(predictor, device, config.snapshots)
     if rewinder.k != config.snapshots:
         raise InputError(f"--snapshots {config.snapshots} does not match the predictor's window "

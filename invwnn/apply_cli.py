@@ -74,7 +74,10 @@ def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="JSON report [default: the output's name with .json].")
 @click.option("--predictor", type=click.Path(dir_okay=False), help="InvWNN predictor checkpoint [default: the shipped one].")
 @click.option("--rewinder", default="learned", show_default=True, type=click.Choice(REWINDERS),
-              help="invwnn, invwnn+: learned predictor, least-squares line (no checkpoint needed), or none (fine-tune only, a control).")
+              help="invwnn, invwnn+: learned (the predictor); linear (least-squares line extrapolated --horizon "
+                   "snapshots back, no checkpoint); reset (controls: write back each window's first value, "
+                   "undoing the forget fine-tuning, so only invwnn+'s repair steps act); none (keep the "
+                   "fine-tuned weights: no rewind, plus forget-set training).")
 @click.option("--trust-pickle", is_flag=True, help="Allow loading a pickled nn.Module (runs code from the file).")
 @click.option("--classes", help="Comma-separated class names, for model files that record none.")
 @click.option("--size", help="HxW input size (e.g. 28x28), for model files that record no preprocessing.")

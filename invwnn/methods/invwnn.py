@@ -36,9 +36,10 @@ class Rewinder(Protocol):
 @dataclass(frozen=True)
 class LinearRewinder:
     """Least-squares line through the window, extrapolated ``horizon`` snapshot intervals before its
-    first point: an analytic baseline that needs no training."""
+    first point: an analytic baseline that needs no training. ``horizon`` is a real number, so a
+    "damped" line (horizon below the predictor's U) is tuned like any other hyperparameter."""
 
-    horizon: int = 3
+    horizon: float = 3.0
 
     def rewind(self, windows: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
         k = windows.shape[1]
@@ -52,15 +53,28 @@ class LinearRewinder:
 
 @dataclass(frozen=True)
 class NoRewinder:
-    """The ablation "fine-tune only": keeps each window's newest value, i.e. the weights the
-    fine-tuning reached. Fine-tuning on the forget set alone reinforces it, so this control shows
-    how much of InvWNN's effect comes from the rewind step."""
+    """The control "no rewind": keeps each window's newest value, i.e. the weights the forget
+    fine-tuning reached. This removes the rewind *and adds* forget-set training; compare with
+    :class:`ResetRewinder` for the effect of the rewind alone."""
 
     def rewind(self, windows: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
         return windows[:, -1].clone()
 
     def describe(self) -> dict:
         return {"rewinder": "none"}
+
+
+@dataclass(frozen=True)
+class ResetRewinder:
+    """The control "repair only": writes back each window's first value, undoing the iteration's
+    forget fine-tuning, so whatever the loop still changes comes from the rest of it (invwnn+'s
+    retain repair steps). A rewinder that forgets must beat this."""
+
+    def rewind(self, windows: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+        return windows[:, 0].clone()
+
+    def describe(self) -> dict:
+        return {"rewinder": "reset"}
 
 
 @dataclass(frozen=True)
@@ -103,7 +117,7 @@ class Config(MethodConfig):
     snapshots: int = opt(15, "snapshots K recorded per iteration (the predictor's window)")
     every: int = opt(1, "optimizer steps between snapshots")
     warmup: int = opt(0, "unrecorded fine-tuning steps before each window")
-    horizon: int = opt(3, "snapshots U to rewind before the window (linear rewinder)")
+    horizon: float = opt(3.0, "snapshots U to rewind before the window (linear rewinder; a real number)")
     optimizer: str = opt("adam", "sgd or adam")
     lr: float = opt(1e-4, "learning rate")
     batch_size: int = opt(128, "minibatch size")
@@ -212,5 +226,5 @@ def _split(flat: torch.Tensor, params: list[nn.Parameter]) -> list[torch.Tensor]
     return out
 
 
-__all__ = ["Rewinder", "LinearRewinder", "NoRewinder", "LearnedRewinder", "load_rewinder", "Config", "run",
+__all__ = ["Rewinder", "LinearRewinder", "NoRewinder", "ResetRewinder", "LearnedRewinder", "load_rewinder", "Config", "run",
            "rewind_loop", "rewindable"]
