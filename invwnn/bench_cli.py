@@ -11,9 +11,9 @@ from invwnn.models import InputError
 from trajgen.cli_errors import user_errors
 
 
-def _command(ctx: click.Context) -> str:
+def _command(ctx: click.Context, name: str = "bench") -> str:
     """The command line that reproduces this run: every option given on it."""
-    parts = ["invwnn", "bench"]
+    parts = ["invwnn", name]
     for p in ctx.command.params:
         v = ctx.params[p.name]
         if ctx.get_parameter_source(p.name) is click.core.ParameterSource.DEFAULT or v is None:
@@ -40,35 +40,70 @@ def _command(ctx: click.Context) -> str:
 @click.option("--train-size", type=click.IntRange(1), default=None, help="training images")
 @click.option("--test-size", type=click.IntRange(1), default=None, help="test images")
 @click.option("--epochs", type=click.FloatRange(0, min_open=True), default=None, help="original/retrain epochs")
-@click.option("--tuned", default=None, help="scripts/tune.py result whose chosen hyperparameters to use "
-              "[the packaged invwnn/bench/tuned.json]; 'none': every method's library defaults")
+@click.option("--tuned", default=None, help="tuning record (`invwnn tune` output) or a folder of "
+              "<scenario>.json records whose choices to use [the packaged invwnn/bench/tuned/]; "
+              "'none': every method's library defaults")
 @click.option("--cache-dir", default="data/bench-cache", show_default=True, help="originals and retrained models")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
               help="torch threads; 1 is fastest on a shared 2-core machine")
+@click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
+              help="worker processes (one method on one seed each, one torch thread each)")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors(InputError, ValueError)
 def bench(scenario, methods, seeds, out, quick, dataset, data_root, arch, width, train_size, test_size,
-          epochs, tuned, cache_dir, device, threads, progress):
+          epochs, tuned, cache_dir, device, threads, jobs, progress):
     """Build SCENARIO, train and cache the original and Retrain, run every method at equal
     forgetting and at its default budget, and write table.md, results.csv, results.json and plots."""
     import torch
-    from invwnn.bench import report, runner, scenarios
+    from invwnn.bench import report, runner, scenarios, search
 
     torch.set_num_threads(threads)
     config = scenarios.scenario_config(scenario, quick, dataset=dataset, data_root=data_root, arch=arch,
                                        width=width, train_size=train_size, test_size=test_size, epochs=epochs)
     n_seeds = seeds or (1 if quick else 3)
+    overrides, record = ({}, None) if tuned == "none" else search.load(scenario, tuned)
     bench_config = runner.BenchConfig(methods=tuple(runner.method_names(methods)), seeds=tuple(range(n_seeds)),
                                       cache_dir=cache_dir, device=device, progress=progress,
-                                      method_overrides=runner.tuned_overrides(
-                                          runner.TUNED if tuned is None else None if tuned == "none" else tuned))
+                                      method_overrides=overrides, jobs=jobs)
     out = out or f"results/{scenario}"
     t0 = time.time()
     from tqdm.auto import tqdm
-    results = runner.run(config, bench_config, log=lambda s: tqdm.write(s, file=sys.stderr))
+    results = runner.run(config, bench_config, record, log=lambda s: tqdm.write(s, file=sys.stderr))
     results["command"] = _command(click.get_current_context())
     results["wall_seconds"] = time.time() - t0
     results["threads"] = threads
     files = report.write(results, out)
     click.echo(f"{scenario}: {len(files)} files in {out} ({results['wall_seconds']:.0f} s)")
+
+
+@click.command("tune")
+@click.option("--scenario", required=True, help="random10, random50, class, label-noise, overfit or backdoor")
+@click.option("--methods", default="all", show_default=True, help="'all' or a comma-separated list")
+@click.option("--trials", type=click.IntRange(1), default=None, help="configurations per method [10]")
+@click.option("--seed", type=int, default=None, help="tuning seed, never a reported one [100]")
+@click.option("--out", default=None, help="record file [invwnn/bench/tuned/SCENARIO.json]")
+@click.option("--quick", is_flag=True, help="the bench's --quick sizes")
+@click.option("--width", type=click.IntRange(1), default=None, help="network width")
+@click.option("--data-root", default=None, help="folder holding the dataset files")
+@click.option("--cache-dir", default="data/bench-cache", show_default=True, help="originals and retrained models")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--jobs", type=click.IntRange(1), default=1, show_default=True, help="worker processes")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@user_errors(InputError, ValueError)
+def tune(scenario, methods, trials, seed, out, quick, width, data_root, cache_dir, device, jobs, progress):
+    """Search every method's hyperparameters on SCENARIO's validation split (the same number of
+    trials for each method, ablation and control) and write the record `invwnn bench` applies."""
+    import torch
+    from invwnn.bench import runner, scenarios, search
+
+    torch.set_num_threads(1)
+    config = scenarios.scenario_config(scenario, quick, width=width, data_root=data_root)
+    from tqdm.auto import tqdm
+    record = search.tune(config, tuple(runner.method_names(methods)), trials or search.TRIALS,
+                         search.TUNING_SEED if seed is None else seed, cache_dir, device, jobs, progress,
+                         log=lambda s: tqdm.write(s, file=sys.stderr))
+    record["command"] = _command(click.get_current_context(), "tune")
+    path = search.write(record, out or search.tuned_path(scenario))
+    click.echo(f"{scenario}: tuned {len(record['methods'])} methods x {record['trials_per_method']} trials "
+               f"in {record['wall_seconds']:.0f} s -> {path}")

@@ -57,36 +57,52 @@ def summarise(results: dict) -> list[dict]:
             continue
         for proto in PROTOCOLS:
             per_seed = [{**m[proto], **_extras(scenario, m[proto], r["original"])} for m, r in zip(results_m, runs)]
+            if proto == "equal":  # at equal forgetting: only the seeds where the method got there
+                per_seed = [p for p in per_seed if p.get("reached")]
             row = _row(name, proto, per_seed, len(runs))
-            row["reached"] = sum(bool(p.get("reached")) for p in per_seed) if proto == "equal" else None
+            row["reached"] = len(per_seed) if proto == "equal" else None
             row["stop_mode"] = results_m[0]["stop_mode"]
             rows.append(row)
     return rows
 
 
-def _row(name: str, protocol: str, per_seed: list[dict], n: int) -> dict:
-    row = {"name": name, "protocol": protocol, "seeds": n}
+def _row(name: str, protocol: str, per_seed: list[dict], seeds: int) -> dict:
+    """Mean and std of every metric over ``per_seed`` (``n`` of them) out of ``seeds`` seeds."""
+    row = {"name": name, "protocol": protocol, "seeds": seeds, "n": len(per_seed)}
     for k in (*METRICS, "TA_recovered", "ASR"):
         if any(k in p for p in per_seed):
             row[k], row[f"{k}_std"] = _stats([p.get(k) for p in per_seed])
     return row
 
 
+def best_row(rows: list[dict]) -> dict | None:
+    """The row with the smallest gap among those complete over every seed (at equal forgetting:
+    reached Retrain's UA in every seed); None if there is none."""
+    full = [r for r in rows if r.get("n") == r["seeds"] and "gap" in r and not math.isnan(r["gap"])]
+    return min(full, key=lambda r: r["gap"], default=None)
+
+
 def _fmt(row: dict, k: str, digits: int = 2) -> str:
     if k not in row or math.isnan(row[k]):
         return "-"
-    return f"{row[k]:.{digits}f} ± {row[f'{k}_std']:.{digits}f}" if row["seeds"] > 1 else f"{row[k]:.{digits}f}"
+    return f"{row[k]:.{digits}f} ± {row[f'{k}_std']:.{digits}f}" if row["n"] > 1 else f"{row[k]:.{digits}f}"
 
 
 def markdown(results: dict, rows: list[dict]) -> str:
-    """Two tables (equal forgetting, default budget), rows Original, Retrain, each method."""
+    """Two tables (equal forgetting, default budget), rows Original, Retrain, each method. At equal
+    forgetting a row's figures are over the seeds where it reached Retrain's UA (count shown); a
+    row that reached it in no seed shows no figures; bold marks the best row that reached it in
+    every seed."""
     scenario = results["scenario"]["name"]
     extra = [k for k in ("TA_recovered", "ASR") if any(k in r for r in rows)]
     head = ["method", "RA", "UA", "TA", "MIA", "gap to Retrain", "time (s)", "time / Retrain", *extra]
     out = [f"# {scenario}: {len(results['runs'])} seed(s) {', '.join(str(r['seed']) for r in results['runs'])}", "",
            f"Command: `{results.get('command', '')}`", "",
            "All figures in percent (mean ± std over seeds); gap = mean |metric - Retrain's| over RA, UA, "
-           "TA, MIA; lower is better. " + ("TA_recovered = TA - Original's TA. " if "TA_recovered" in extra else "")
+           "TA, MIA; lower is better. Stopped at Retrain's UA: mean over the seeds where the method reached "
+           "Retrain's UA (count in the last column); rows that never reached it show none; bold = smallest gap "
+           "among the rows that reached it in every seed. "
+           + ("TA_recovered = TA - Original's TA. " if "TA_recovered" in extra else "")
            + ("ASR = attack success rate on triggered test images of other classes. " if "ASR" in extra else ""),
            ""]
     refs = [r for r in rows if r["protocol"] == "-" and "error" not in r]
@@ -95,11 +111,14 @@ def markdown(results: dict, rows: list[dict]) -> str:
         out += [f"## {title}", "", "| " + " | ".join(head + (["reached UA_r"] if proto == "equal" else [])) + " |",
                 "|" + "---|" * (len(head) + (proto == "equal")) ]
         methods = [r for r in rows if r["protocol"] == proto]
-        best = min((r["gap"] for r in methods), default=None)
+        best = best_row(methods)
         for r in refs + methods:
             cells = [r["name"] + (f" ({r['stop_mode']})" if r.get("stop_mode") and proto == "equal" else "")]
-            cells += [_fmt(r, k) for k in ("RA", "UA", "TA", "MIA", "gap", "seconds", "time_ratio", *extra)]
-            if r in methods and r["gap"] == best:  # the smallest gap of the protocol, in bold
+            if r.get("n") == 0:
+                cells += ["not reached in any seed"] + [""] * (6 + len(extra))
+            else:
+                cells += [_fmt(r, k) for k in ("RA", "UA", "TA", "MIA", "gap", "seconds", "time_ratio", *extra)]
+            if r is best:
                 cells[0], cells[5] = f"**{cells[0]}**", f"**{cells[5]}**"
             if proto == "equal":
                 cells.append("-" if r.get("reached") is None else f"{r['reached']}/{r['seeds']}")
@@ -111,7 +130,7 @@ def markdown(results: dict, rows: list[dict]) -> str:
 
 
 def csv_text(results: dict, rows: list[dict]) -> str:
-    cols = ["scenario", "name", "protocol", "seeds", "stop_mode", "reached", "error"]
+    cols = ["scenario", "name", "protocol", "seeds", "n", "stop_mode", "reached", "error"]
     for k in (*METRICS, "TA_recovered", "ASR"):
         cols += [k, f"{k}_std"]
     buf = io.StringIO()
@@ -172,7 +191,8 @@ def plot_trajectories(results: dict, path: Path) -> None:
 
 
 def plot_gap(rows: list[dict], scenario: str, path: Path) -> None:
-    """Bar chart of the gap to Retrain per method, both protocols, std as error bars."""
+    """Bar chart of the gap to Retrain per method, both protocols, std as error bars (equal
+    forgetting: over the seeds that reached it; no bar where none did)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -183,8 +203,8 @@ def plot_gap(rows: list[dict], scenario: str, path: Path) -> None:
     xs = np.arange(len(names))
     for i, proto in enumerate(PROTOCOLS):
         by = {r["name"]: r for r in rows if r["protocol"] == proto}
-        ax.bar(xs + (i - 0.5) * 0.4, [by[n]["gap"] for n in names], 0.4,
-               yerr=[by[n]["gap_std"] for n in names], label=PROTOCOLS[proto], capsize=2)
+        ax.bar(xs + (i - 0.5) * 0.4, [by[n].get("gap", np.nan) for n in names], 0.4,
+               yerr=[by[n].get("gap_std", 0.0) for n in names], label=PROTOCOLS[proto], capsize=2)
     ax.axhline(orig["gap"], color="k", ls="--", lw=1, label="Original (no unlearning)")
     ax.set_xticks(xs, names, rotation=40, ha="right")
     ax.set_ylabel("gap to Retrain (points, lower is better)")

@@ -1,23 +1,23 @@
 """Run a benchmark: per seed, build the scenario, train (or load from the cache) the original and
-the retrained model, then run every method twice over in one pass:
+the retrained model, then run every method (in worker processes with ``jobs > 1``) twice over in
+one pass:
 
 - at its own default budget (the method's config defaults), and
 - stopped when its unlearning accuracy first reaches Retrain's (the paper's equal-forgetting
   protocol): a :class:`Tracker` watches the run and keeps a copy of the weights the first time the
   forget accuracy on a fixed subset drops to Retrain's level. Fine-tuning-style methods are checked
-  after optimizer steps (4 checks per doubling of the step count), InvWNN after each rewind
+  after optimizer steps (4 checks per doubling of the step count, and once more at their end),
+  InvWNN after each rewind
   (its fine-tuning steps move *away* from forgetting), task vector over its negation scale alpha;
   one-shot methods (UNSIR, mnemonic, Fisher) have no stopping point and report one result.
 
-Check time is excluded from the methods' run times. Originals and retrained models are cached as
-``<cache>/<content hash>.pt``, the hash covering the scenario config, the seed, the training
-recipe and CACHE_VERSION (bump it when training code changes).
+Check time is excluded from the methods' run times. Originals and retrained models come from
+:mod:`invwnn.bench.prepare` (cached on disk); hyperparameters from :mod:`invwnn.bench.search`.
 """
 from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,33 +25,29 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
-from tqdm.auto import tqdm
 
-from invwnn import original as original_mod
 from invwnn.bench import scenarios
 from invwnn.bench.measure import gap, measure
+from invwnn.bench.pool import map_units
+from invwnn.bench.prepare import CACHE_VERSION, Prepared, new_model, prepare_all, prepare_cached
 from invwnn.forget import Split
 from invwnn.methods import REGISTRY, Context, Data
-from invwnn.methods.loop import Sampler, make_optimizer, run_steps
-from invwnn.models import InputError, Normalized, Preprocess, atomic_write, is_finite
-from trajgen import data as datasets
-from trajgen import nets
-from trajgen.spec import ArchSpec
+from invwnn.models import InputError, is_finite
 
-CACHE_VERSION = 1
 
-# bench name -> (registry name, rewinder kind for the rewinding methods). The -linear and -none rows
-# are the ablations: analytic back-extrapolation instead of the predictor, and no rewind at all.
+# bench name -> (registry name, rewinder kind for the rewinding methods). The suffixed rows are the
+# rewinder ablations and controls: -linear (a least-squares line, its horizon tuned), -reset (each
+# window's first value written back: the forget fine-tuning undone, only invwnn+'s repair steps
+# remain) and -none (the fine-tuned weights kept: no rewind, plus forget-set training).
 REWINDING = ("invwnn", "invwnn+")
+REWINDER_ROWS = (("", "learned"), ("-linear", "linear"), ("-reset", "reset"), ("-none", "none"))
 BENCH_METHODS: dict[str, tuple[str, str | None]] = {
     **{name: (name, None) for name in REGISTRY if name not in ("retrain", *REWINDING)},
-    **{f"{name}{suffix}": (name, kind) for name in REWINDING
-       for suffix, kind in (("", "learned"), ("-linear", "linear"), ("-none", "none"))},
+    **{f"{name}{suffix}": (name, kind) for name in REWINDING for suffix, kind in REWINDER_ROWS},
 }
-ORDER = ("invwnn+", "invwnn+-linear", "invwnn+-none", "invwnn", "invwnn-linear", "invwnn-none",
+ORDER = (*(f"invwnn+{s}" for s, _ in REWINDER_ROWS), *(f"invwnn{s}" for s, _ in REWINDER_ROWS),
          "finetune", "neggrad", "neggrad+", "random-label", "salun", "boundary-shrink", "task-vector",
          "scrub", "fisher", "unsir", "mnemonic")
 STOP_MODE = {"invwnn": "iteration", "invwnn+": "iteration", "task-vector": "alpha", "unsir": "none",
@@ -69,39 +65,21 @@ def method_names(spec: str) -> list[str]:
     return names
 
 
-TUNED = Path(__file__).with_name("tuned.json")
-
-
-def tuned_overrides(path: str | Path | None = TUNED) -> dict[str, dict[str, Any]]:
-    """Bench method name -> the hyperparameters ``scripts/tune.py`` chose (``path``: its output;
-    None or a missing packaged file: no overrides). The invwnn+ choice also applies to its rewinder
-    ablations, so that those rows differ in the rewinder alone."""
-    if path is None or (Path(path) == TUNED and not TUNED.is_file()):
-        return {}
-    try:
-        chosen = json.loads(Path(path).read_text())["chosen"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise InputError(f"--tuned {path}: not a scripts/tune.py result ({type(err).__name__})") from None
-    out = dict(chosen)
-    for name, (reg, _) in BENCH_METHODS.items():
-        if reg in chosen and name not in chosen:
-            out[name] = chosen[reg]
-    return out
-
-
 @dataclass(frozen=True)
 class BenchConfig:
-    """How to run. ``method_overrides``: bench method name -> config field overrides;
-    ``check_forget`` / ``check_test``: sizes of the fixed subsets the stopping checks measure."""
+    """How to run. ``method_overrides``: bench method name -> config field overrides (the tuning
+    record's choices; see :mod:`invwnn.bench.search`); ``check_forget`` / ``check_test``: sizes of
+    the fixed subsets the stopping checks measure; ``jobs``: worker processes."""
 
     methods: tuple[str, ...] = ORDER
     seeds: tuple[int, ...] = (0, 1, 2)
     cache_dir: str = "data/bench-cache"
     device: str = "cpu"
-    method_overrides: dict[str, dict[str, Any]] = field(default_factory=tuned_overrides)
+    method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     check_forget: int = 512
     check_test: int = 256
     progress: bool = True
+    jobs: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -116,110 +94,6 @@ def make_rewinder(kind: str, config, device: str) -> Any:
     if "predictor" in desc:
         desc["sha256"] = hashlib.sha256(Path(desc["predictor"]).read_bytes()).hexdigest()
     return rewinder, desc
-
-
-# ------------------------------------------------------------------------------------------------
-# originals and retrained models, cached
-
-
-@dataclass
-class Prepared:
-    """One seed's scenario with its original and retrained model (CPU copies) and their scores."""
-
-    scenario: scenarios.Scenario
-    original: Normalized
-    retrain: Normalized
-    codes: torch.Tensor | None
-    meta: dict  # original/retrain: metrics, seconds, cache key, cache hit
-
-
-def new_model(config: scenarios.ScenarioConfig, x: torch.Tensor, n_classes: int) -> Normalized:
-    pre = Preprocess(tuple(x.shape[2:]), x.shape[1], tuple(x.mean((0, 2, 3)).tolist()),
-                     tuple(x.std((0, 2, 3)).tolist()))
-    arch = ArchSpec(config.arch, config.width, config.depth, config.activation)
-    return Normalized(nets.build(arch, pre.shape, n_classes), pre)
-
-
-def _prepare_config(config: scenarios.ScenarioConfig, seed: int) -> original_mod.PrepareConfig:
-    return original_mod.PrepareConfig(dataset=config.dataset, epochs=config.epochs, lr=config.lr,
-                                      batch_size=config.batch_size, mnemonic_mix=config.mnemonic_mix,
-                                      seed=seed)
-
-
-def _retrain_config(config: scenarios.ScenarioConfig):
-    return REGISTRY["retrain"].config(epochs=config.epochs, optimizer="adam", lr=config.lr,
-                                      batch_size=config.batch_size)
-
-
-def _cached(path: Path, model: nn.Module, build: Callable[[], dict]) -> tuple[dict, bool]:
-    """Load ``model``'s weights from ``path`` or run ``build()`` (which trains ``model`` in place
-    and returns metadata) and store the result. Returns (metadata, cache hit)."""
-    if path.is_file():
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            model.load_state_dict(blob["state_dict"])
-            return json.loads(blob["meta"]), True
-        except Exception:  # a damaged cache entry is rebuilt, never trusted
-            pass
-    meta = build()
-    blob = {"state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-            "meta": json.dumps(meta)}
-    atomic_write(path, lambda tmp: torch.save(blob, tmp))
-    return meta, False
-
-
-def prepare(scn: scenarios.Scenario, cache_dir: str | Path, device: str = "cpu",
-            progress: bool = False) -> Prepared:
-    """Train (or load) the original on ``scn.x, scn.y`` and Retrain on the retain part."""
-    cfg, seed = scn.config, scn.seed
-    cache = Path(cache_dir)
-    pcfg = _prepare_config(cfg, seed)
-    g = torch.Generator().manual_seed(seed + 7919)
-    codes = torch.rand((len(scn.classes), *scn.x.shape[1:]), generator=g) if cfg.mnemonic_mix > 0 else None
-    torch.manual_seed(seed)
-    orig = new_model(cfg, scn.x, len(scn.classes))
-
-    def train_original() -> dict:
-        t0 = time.perf_counter()
-        orig.to(device)
-        original_mod.train(orig, scn.x, scn.y, pcfg, codes, device, progress)
-        if cfg.overfit_steps:  # the overfit scenario: excessive iterations on the forget part alone
-            fs = scn.forget_split
-            sample = Sampler(fs, min(cfg.batch_size, len(fs)), torch.Generator().manual_seed(seed), device)
-            run_steps(orig, lambda _: _ce(orig, sample), make_optimizer("adam", orig.parameters(), cfg.lr),
-                      cfg.overfit_steps, freeze_norms=False, progress=progress, desc="overfit")
-        orig.cpu()
-        return {"seconds": time.perf_counter() - t0}
-
-    key_o = cfg.key(seed, "original", pcfg.to_dict(), CACHE_VERSION)
-    meta_o, hit_o = _cached(cache / f"original-{key_o}.pt", orig, train_original)
-    if codes is not None:
-        meta_o["mnemonic_codes_seed"] = seed + 7919
-
-    retrained = new_model(cfg, scn.x, len(scn.classes))
-    rcfg = _retrain_config(cfg)
-
-    def train_retrain() -> dict:
-        t0 = time.perf_counter()
-        ctx = Context(device=device, seed=seed, progress=progress,
-                      rebuild=lambda: new_model(cfg, scn.x, len(scn.classes)))
-        data = Data(scn.forget_split, scn.classes, scn.retain_split)
-        fresh = REGISTRY["retrain"].run(copy.deepcopy(orig).to(device), data, rcfg, ctx)
-        retrained.load_state_dict(fresh.cpu().state_dict())
-        return {"seconds": time.perf_counter() - t0}
-
-    key_r = cfg.key(seed, "retrain", rcfg.to_dict(), CACHE_VERSION)
-    meta_r, hit_r = _cached(cache / f"retrain-{key_r}.pt", retrained, train_retrain)
-    recipe = {k: pcfg.to_dict()[k] for k in ("epochs", "lr", "batch_size", "mnemonic_mix")}
-    recipe.update(optimizer="adam", overfit_steps=cfg.overfit_steps)
-    meta = {"original": {**meta_o, "cache_key": key_o, "cache_hit": hit_o, "config": recipe},
-            "retrain": {**meta_r, "cache_key": key_r, "cache_hit": hit_r, "config": rcfg.to_dict()}}
-    return Prepared(scn, orig, retrained, codes, meta)
-
-
-def _ce(model: nn.Module, sample: Sampler) -> torch.Tensor:
-    x, y = sample()
-    return F.cross_entropy(model(x), y)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -328,6 +202,9 @@ def run_method(name: str, prep: Prepared, target_ua: float, bench: BenchConfig, 
         model.load_state_dict(result.state_dict())
     if not is_finite(model):
         return {"error": "non-finite weights"}
+    if mode == "step" and tracker.hit is None and tracker.steps and \
+            (not tracker.trajectory or tracker.trajectory[-1].get("step") != tracker.steps):
+        tracker.check(step=tracker.steps, final=True)  # the state the method ended in counts too
     if mode == "alpha":
         _alpha_sweep(model, prep.original, config.alpha, tracker)
     out = {"config": config.to_dict(), "stop_mode": mode,
@@ -372,42 +249,39 @@ def prep_device(model: nn.Module) -> str:
 # the whole bench
 
 
-def run(config: scenarios.ScenarioConfig, bench: BenchConfig,
+def _method_unit(args: tuple) -> dict:
+    config, bench, seed, name, target_ua = args
+    return run_method(name, prepare_cached(config, seed, bench.cache_dir), target_ua, bench, seed)
+
+
+def run(config: scenarios.ScenarioConfig, bench: BenchConfig, tuning: dict | None = None,
         log: Callable[[str], None] = lambda s: None) -> dict:
-    """Every seed and method of one scenario. Returns the raw results (report.py aggregates)."""
-    try:
-        ds = datasets.load(config.dataset, root=config.data_root)
-    except (FileNotFoundError, ValueError) as err:
-        raise InputError(str(err).splitlines()[0]) from None
-    runs = []
-    bar = tqdm(total=len(bench.seeds) * (len(bench.methods) + 1), desc=f"bench {config.name}",
-               disable=not bench.progress)
+    """Every seed and method of one scenario (``bench.jobs`` worker processes). ``tuning``: the
+    search record whose choices ``bench.method_overrides`` holds, copied into the results.
+    Returns the raw results (report.py aggregates)."""
+    prepare_all(config, bench.seeds, bench.cache_dir, bench.device, bench.jobs, bench.progress)
+    runs, units = [], []
     for seed in bench.seeds:
-        bar.set_postfix_str(f"seed {seed}: original + retrain")
-        scn = scenarios.build(config, seed, ds)
-        prep = prepare(scn, bench.cache_dir, bench.device)
-        bar.update(1)
-        ref = {}
-        for which, model in (("original", prep.original), ("retrain", prep.retrain)):
-            model.to(bench.device)
-            ref[which] = measure(model, scn.forget_split, scn.retain_split, scn.test, bench.device, seed, scn.extras)
-            model.cpu()
-        seed_run = {"seed": seed, "sizes": scn.sizes(), "original": {**ref["original"], **prep.meta["original"]},
+        prep = prepare_cached(config, seed, bench.cache_dir)
+        scn = prep.scenario
+        ref = {which: measure(model, scn.forget_split, scn.retain_split, scn.test, "cpu", seed, scn.extras)
+               for which, model in (("original", prep.original), ("retrain", prep.retrain))}
+        seed_run = {"seed": seed, "sizes": scn.sizes(), "data": scn.fingerprint(),
+                    "original": {**ref["original"], **prep.meta["original"]},
                     "retrain": {**ref["retrain"], **prep.meta["retrain"]}, "methods": {}}
-        ref_r = ref["retrain"]
-        seed_run["original"]["gap"] = gap(ref["original"], ref_r)
-        for name in bench.methods:
-            bar.set_postfix_str(f"seed {seed}: {name}")
-            r = run_method(name, prep, ref_r["UA"], bench, seed)
-            for proto in ("budget", "equal"):
-                if proto in r:
-                    r[proto]["gap"] = gap(r[proto], ref_r)
-                    r[proto]["time_ratio"] = r[proto]["seconds"] / max(prep.meta["retrain"]["seconds"], 1e-9)
-            seed_run["methods"][name] = r
-            log(f"seed {seed} {name}: " + (r["error"] if "error" in r else
-                f"gap {r['budget']['gap']:.2f} (budget), {r['equal']['gap']:.2f} (equal UA)"))
-            bar.update(1)
-        runs.append(seed_run)
-    bar.close()
-    return {"scenario": config.to_dict(), "bench": bench.to_dict(), "runs": runs,
-            "cache_version": CACHE_VERSION}
+        seed_run["original"]["gap"] = gap(ref["original"], ref["retrain"])
+        runs.append((seed_run, ref["retrain"], prep.meta["retrain"]["seconds"]))
+        units += [(config, bench, seed, name, ref["retrain"]["UA"]) for name in bench.methods]
+    results = map_units(_method_unit, units, bench.jobs, f"bench {config.name}", bench.progress)
+    by_seed = {seed_run["seed"]: (seed_run, ref_r, secs) for seed_run, ref_r, secs in runs}
+    for (_, _, seed, name, _), r in zip(units, results):
+        seed_run, ref_r, retrain_seconds = by_seed[seed]
+        for proto in ("budget", "equal"):
+            if proto in r:
+                r[proto]["gap"] = gap(r[proto], ref_r)
+                r[proto]["time_ratio"] = r[proto]["seconds"] / max(retrain_seconds, 1e-9)
+        seed_run["methods"][name] = r
+        log(f"seed {seed} {name}: " + (r["error"] if "error" in r else
+            f"gap {r['budget']['gap']:.2f} (budget), {r['equal']['gap']:.2f} (equal UA, reached {r['equal']['reached']})"))
+    return {"scenario": config.to_dict(), "bench": bench.to_dict(), "tuning": tuning,
+            "runs": [seed_run for seed_run, _, _ in runs], "cache_version": CACHE_VERSION}

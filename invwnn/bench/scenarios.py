@@ -11,6 +11,11 @@ are float32 ``(N, C, H, W)`` in [0, 1]; labels int64 ``(N,)``.
 - ``backdoor``: BadNet. 20% of the training subset carry a checkerboard trigger in the bottom-right
   corner and the target label; forget them. Extra eval set: the test images of other classes with
   the trigger, labelled with the target (accuracy on it = attack success rate).
+
+Every scenario also holds a **validation split** of ``val_size`` images drawn from the dataset's
+*training* pool outside the scenario's training subset: hyperparameter search measures TA and MIA
+on it (:meth:`Scenario.for_tuning`), so no choice ever sees a test image. ``Scenario.index``
+records which pool images each role used; :meth:`Scenario.fingerprint` hashes them for reports.
 """
 from __future__ import annotations
 
@@ -44,6 +49,7 @@ class ScenarioConfig:
     activation: str = "relu"
     train_size: int = 10000
     test_size: int = 2000
+    val_size: int = 2000
     epochs: float = 20.0
     lr: float = 1e-3
     batch_size: int = 128
@@ -78,6 +84,8 @@ class Scenario:
     classes: tuple[str, ...]
     extras: dict[str, Split] = field(default_factory=dict)
     clean_y: torch.Tensor | None = None
+    val: Split | None = None
+    index: dict[str, tuple[str, torch.Tensor]] = field(default_factory=dict)
 
     @property
     def forget_split(self) -> Split:
@@ -90,17 +98,53 @@ class Scenario:
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.y), "forget": int(self.forget.sum()),
                 "retain": int((~self.forget).sum()), "test": len(self.test),
+                "val": len(self.val) if self.val is not None else 0,
                 **{k: len(v) for k, v in self.extras.items()}}
 
+    def for_tuning(self) -> "Scenario":
+        """This scenario with the validation split in the test split's place and no test-built
+        extras: what hyperparameter search measures, so that it never sees a test image."""
+        if self.val is None or len(self.val) == 0:
+            raise InputError("this scenario has no validation split (val_size 0)")
+        index = {k: v for k, v in self.index.items() if k != "test"}
+        return dataclasses.replace(self, test=self.val, extras={}, index=index)
 
-def _subsets(config: ScenarioConfig, seed: int, ds) -> tuple[torch.Generator, torch.Tensor, torch.Tensor, Split]:
-    if not 0 < config.train_size <= len(ds.y_train) or not 0 < config.test_size <= len(ds.y_test):
-        raise InputError(f"--train-size must be in [1, {len(ds.y_train)}], test size in [1, {len(ds.y_test)}]")
+    def fingerprint(self) -> dict[str, dict]:
+        """Role -> pool, image count and sha256 of the sorted pool indices: which images each
+        role used, in a form a report can hold (the forget set's is over training indices)."""
+        roles = dict(self.index)
+        if "train" in roles:
+            pool, idx = roles["train"]
+            roles["forget"] = (pool, idx[self.forget])
+        return {role: {"pool": pool, "n": len(idx),
+                       "sha256": hashlib.sha256(idx.to(torch.int64).numpy().tobytes()).hexdigest()}
+                for role, (pool, idx) in sorted(roles.items())}
+
+
+VAL_SEED_OFFSET = 104729  # the validation draw has its own generator: train/test/forget draws stay as before
+
+
+def _subsets(config: ScenarioConfig, seed: int, ds):
+    """(generator for the scenario's own draws, training images uint8, labels, test split,
+    validation split, role -> (pool, indices))."""
+    n_train, n_test = len(ds.y_train), len(ds.y_test)
+    if not 0 < config.train_size <= n_train or not 0 < config.test_size <= n_test:
+        raise InputError(f"--train-size must be in [1, {n_train}], test size in [1, {n_test}]")
+    if not 0 <= config.val_size <= n_train - config.train_size:
+        raise InputError(f"validation size must be in [0, {n_train - config.train_size}] "
+                         "(training-pool images outside the training subset)")
     g = torch.Generator().manual_seed(seed)
-    train_idx = torch.randperm(len(ds.y_train), generator=g)[: config.train_size].sort().values
-    test_idx = torch.randperm(len(ds.y_test), generator=g)[: config.test_size].sort().values
+    train_idx = torch.randperm(n_train, generator=g)[: config.train_size].sort().values
+    test_idx = torch.randperm(n_test, generator=g)[: config.test_size].sort().values
     test = Split(datasets.to_float(ds.x_test[test_idx]), ds.y_test[test_idx].clone(), "test")
-    return g, ds.x_train[train_idx].clone(), ds.y_train[train_idx].clone(), test
+    outside = torch.ones(n_train, dtype=torch.bool)
+    outside[train_idx] = False
+    pool = outside.nonzero().squeeze(1)
+    gv = torch.Generator().manual_seed(seed + VAL_SEED_OFFSET)
+    val_idx = pool[torch.randperm(len(pool), generator=gv)[: config.val_size]].sort().values
+    val = Split(datasets.to_float(ds.x_train[val_idx]), ds.y_train[val_idx].clone(), "val")
+    index = {"train": ("train", train_idx), "test": ("test", test_idx), "val": ("train", val_idx)}
+    return g, ds.x_train[train_idx].clone(), ds.y_train[train_idx].clone(), test, val, index
 
 
 def _random_mask(n: int, fraction: float, g: torch.Generator) -> torch.Tensor:
@@ -141,7 +185,7 @@ def has_trigger(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _build(config: ScenarioConfig, seed: int, ds, kind: str) -> Scenario:
-    g, x_u8, y, test = _subsets(config, seed, ds)
+    g, x_u8, y, test, val, index = _subsets(config, seed, ds)
     n_classes = len(ds.classes)
     extras, clean_y = {}, None
     if kind == "random":
@@ -166,7 +210,8 @@ def _build(config: ScenarioConfig, seed: int, ds, kind: str) -> Scenario:
                                          torch.full((int(keep.sum()),), config.target_label), "triggered test")
     else:
         raise AssertionError(kind)
-    return Scenario(config, seed, datasets.to_float(x_u8), y, forget, test, tuple(ds.classes), extras, clean_y)
+    return Scenario(config, seed, datasets.to_float(x_u8), y, forget, test, tuple(ds.classes), extras, clean_y,
+                    val, index)
 
 
 # name -> (builder, scenario-specific defaults)
@@ -181,7 +226,7 @@ SCENARIOS: dict[str, tuple[Callable, dict]] = {
     "backdoor": (lambda c, s, d: _build(c, s, d, "backdoor"), {"forget_fraction": 0.2}),
 }
 
-QUICK = {"train_size": 2000, "test_size": 1000, "epochs": 8.0}
+QUICK = {"train_size": 2000, "test_size": 1000, "val_size": 1000, "epochs": 8.0}
 
 
 def scenario_config(name: str, quick: bool = False, **overrides) -> ScenarioConfig:

@@ -1,0 +1,170 @@
+"""Originals and retrained models for a bench: one seed's scenario, its original (trained on the
+whole training subset) and Retrain (trained on the retain part only), cached on disk as
+``<cache>/<kind>-<content hash>.pt``, the hash covering the scenario config, the seed, the training
+recipe and CACHE_VERSION (bump it when training code changes)."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from invwnn import original as original_mod
+from invwnn.bench import scenarios
+from invwnn.bench.pool import map_units
+from invwnn.methods import REGISTRY, Context, Data
+from invwnn.methods.loop import Sampler, make_optimizer, run_steps
+from invwnn.models import InputError, Normalized, Preprocess, atomic_write
+from trajgen import data as datasets
+from trajgen import nets
+from trajgen.spec import ArchSpec
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class Prepared:
+    """One seed's scenario with its original and retrained model (CPU copies) and their scores."""
+
+    scenario: scenarios.Scenario
+    original: Normalized
+    retrain: Normalized
+    codes: torch.Tensor | None
+    meta: dict  # original/retrain: metrics, seconds, cache key, cache hit
+
+
+def new_model(config: scenarios.ScenarioConfig, x: torch.Tensor, n_classes: int) -> Normalized:
+    pre = Preprocess(tuple(x.shape[2:]), x.shape[1], tuple(x.mean((0, 2, 3)).tolist()),
+                     tuple(x.std((0, 2, 3)).tolist()))
+    arch = ArchSpec(config.arch, config.width, config.depth, config.activation)
+    return Normalized(nets.build(arch, pre.shape, n_classes), pre)
+
+
+def _prepare_config(config: scenarios.ScenarioConfig, seed: int) -> original_mod.PrepareConfig:
+    return original_mod.PrepareConfig(dataset=config.dataset, epochs=config.epochs, lr=config.lr,
+                                      batch_size=config.batch_size, mnemonic_mix=config.mnemonic_mix,
+                                      seed=seed)
+
+
+def _retrain_config(config: scenarios.ScenarioConfig):
+    return REGISTRY["retrain"].config(epochs=config.epochs, optimizer="adam", lr=config.lr,
+                                      batch_size=config.batch_size)
+
+
+def _cached(path: Path, model: nn.Module, build: Callable[[], dict]) -> tuple[dict, bool]:
+    """Load ``model``'s weights from ``path`` or run ``build()`` (which trains ``model`` in place
+    and returns metadata) and store the result. Returns (metadata, cache hit)."""
+    if path.is_file():
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(blob["state_dict"])
+            return json.loads(blob["meta"]), True
+        except Exception:  # a damaged cache entry is rebuilt, never trusted
+            pass
+    meta = build()
+    blob = {"state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            "meta": json.dumps(meta)}
+    atomic_write(path, lambda tmp: torch.save(blob, tmp))
+    return meta, False
+
+
+def prepare(scn: scenarios.Scenario, cache_dir: str | Path, device: str = "cpu",
+            progress: bool = False) -> Prepared:
+    """Train (or load) the original on ``scn.x, scn.y`` and Retrain on the retain part."""
+    cfg, seed = scn.config, scn.seed
+    cache = Path(cache_dir)
+    pcfg = _prepare_config(cfg, seed)
+    g = torch.Generator().manual_seed(seed + 7919)
+    codes = torch.rand((len(scn.classes), *scn.x.shape[1:]), generator=g) if cfg.mnemonic_mix > 0 else None
+    torch.manual_seed(seed)
+    orig = new_model(cfg, scn.x, len(scn.classes))
+
+    def train_original() -> dict:
+        t0 = time.perf_counter()
+        orig.to(device)
+        original_mod.train(orig, scn.x, scn.y, pcfg, codes, device, progress)
+        if cfg.overfit_steps:  # the overfit scenario: excessive iterations on the forget part alone
+            fs = scn.forget_split
+            sample = Sampler(fs, min(cfg.batch_size, len(fs)), torch.Generator().manual_seed(seed), device)
+            run_steps(orig, lambda _: _ce(orig, sample), make_optimizer("adam", orig.parameters(), cfg.lr),
+                      cfg.overfit_steps, freeze_norms=False, progress=progress, desc="overfit")
+        orig.cpu()
+        return {"seconds": time.perf_counter() - t0}
+
+    key_o = cfg.key(seed, "original", pcfg.to_dict(), CACHE_VERSION)
+    meta_o, hit_o = _cached(cache / f"original-{key_o}.pt", orig, train_original)
+    if codes is not None:
+        meta_o["mnemonic_codes_seed"] = seed + 7919
+
+    retrained = new_model(cfg, scn.x, len(scn.classes))
+    rcfg = _retrain_config(cfg)
+
+    def train_retrain() -> dict:
+        t0 = time.perf_counter()
+        ctx = Context(device=device, seed=seed, progress=progress,
+                      rebuild=lambda: new_model(cfg, scn.x, len(scn.classes)))
+        data = Data(scn.forget_split, scn.classes, scn.retain_split)
+        fresh = REGISTRY["retrain"].run(copy.deepcopy(orig).to(device), data, rcfg, ctx)
+        retrained.load_state_dict(fresh.cpu().state_dict())
+        return {"seconds": time.perf_counter() - t0}
+
+    key_r = cfg.key(seed, "retrain", rcfg.to_dict(), CACHE_VERSION)
+    meta_r, hit_r = _cached(cache / f"retrain-{key_r}.pt", retrained, train_retrain)
+    recipe = {k: pcfg.to_dict()[k] for k in ("epochs", "lr", "batch_size", "mnemonic_mix")}
+    recipe.update(optimizer="adam", overfit_steps=cfg.overfit_steps)
+    meta = {"original": {**meta_o, "cache_key": key_o, "cache_hit": hit_o, "config": recipe},
+            "retrain": {**meta_r, "cache_key": key_r, "cache_hit": hit_r, "config": rcfg.to_dict()}}
+    return Prepared(scn, orig, retrained, codes, meta)
+
+
+def _ce(model: nn.Module, sample: Sampler) -> torch.Tensor:
+    x, y = sample()
+    return F.cross_entropy(model(x), y)
+
+
+@functools.lru_cache(maxsize=2)
+def _dataset(name: str, root: str | None):
+    try:
+        return datasets.load(name, root=root)
+    except (FileNotFoundError, ValueError) as err:
+        raise InputError(str(err).splitlines()[0]) from None
+
+
+_PREPARED: dict[tuple, Prepared] = {}
+
+
+def prepare_cached(config: scenarios.ScenarioConfig, seed: int, cache_dir: str | Path, device: str = "cpu",
+                   tuning: bool = False) -> Prepared:
+    """:func:`prepare` for ``config`` and ``seed``, memoised in this process (CPU models). With
+    ``tuning`` the scenario is its :meth:`~scenarios.Scenario.for_tuning` view: validation images
+    in the test split's place."""
+    key = (config, seed, str(cache_dir), tuning)
+    if key not in _PREPARED:
+        scn = scenarios.build(config, seed, _dataset(config.dataset, config.data_root))
+        prep = prepare(scn, cache_dir, device)
+        if tuning:
+            prep = dataclasses.replace(prep, scenario=scn.for_tuning())
+        if len(_PREPARED) >= 8:
+            _PREPARED.clear()
+        _PREPARED[key] = prep
+    return _PREPARED[key]
+
+
+def _prepare_unit(args: tuple) -> dict:
+    config, seed, cache_dir, device = args
+    return prepare_cached(config, seed, cache_dir, device).meta
+
+
+def prepare_all(config: scenarios.ScenarioConfig, seeds: tuple[int, ...], cache_dir: str | Path,
+                device: str = "cpu", jobs: int = 1, progress: bool = False) -> list[dict]:
+    """Train (or find in the cache) every seed's original and Retrain, ``jobs`` seeds at a time."""
+    units = [(config, seed, str(cache_dir), device) for seed in seeds]
+    return map_units(_prepare_unit, units, jobs, f"{config.name}: originals + Retrain", progress)
