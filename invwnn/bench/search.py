@@ -25,6 +25,7 @@ from invwnn.bench import prepare as prep_mod
 from invwnn.bench import runner, scenarios
 from invwnn.bench.measure import gap, measure
 from invwnn.bench.pool import map_units
+from invwnn.methods import REGISTRY
 from invwnn.models import InputError, atomic_write, versions
 
 TRIALS = 10  # configurations per method, the same for every method, ablation and control
@@ -74,11 +75,14 @@ def _draw(param: Param, rng: random.Random) -> Any:
 
 def candidates(name: str, trials: int = TRIALS, seed: int = 0) -> list[dict]:
     """The ``trials`` configurations (config field overrides) bench method ``name`` is tried with:
-    ``{}`` (its library defaults) first, then random draws seeded by ``(seed, name)``."""
+    its library defaults first (written out, so a record stays true if a default changes later),
+    then random draws seeded by ``(seed, name)``."""
     if name not in SPACES:
         raise InputError(f"no search space for {name!r}")
+    defaults = REGISTRY[runner.BENCH_METHODS[name][0]].config()
     rng = random.Random(int(hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()[:12], 16))
-    return [{}] + [{k: _draw(p, rng) for k, p in SPACES[name].items()} for _ in range(trials - 1)]
+    return [{k: getattr(defaults, k) for k in SPACES[name]}] + \
+        [{k: _draw(p, rng) for k, p in SPACES[name].items()} for _ in range(trials - 1)]
 
 
 def choose(rows: list[dict]) -> dict | None:
@@ -132,7 +136,7 @@ def tune(config: scenarios.ScenarioConfig, methods: tuple[str, ...] = runner.ORD
             "chosen_trial": mine.index(best) if best else None,
             "seconds": sum(r.get("seconds", 0.0) for r in mine if "error" not in r),
             "rows": [{k: v for k, v in r.items() if k != "method"} for r in mine]}
-        log(f"{name}: " + (f"chose {best['overrides'] or 'defaults'} (gap {best['gap']:.2f}, "
+        log(f"{name}: " + (f"chose {best['overrides']} (gap {best['gap']:.2f}, "
                            f"reached {best['reached']})" if best else "every trial failed"))
     record.update(wall_seconds=time.time() - t0, versions=versions(), date=time.strftime("%Y-%m-%d"))
     return record
