@@ -12,6 +12,7 @@ from trajgen.nets import KINDS
 from trajgen.spec import ARCHS, SpecError, parse_choices
 from trajgen.store import StoreError, probe_writable
 from invwnn import fit
+from invwnn.evaluate import evaluate_checkpoint
 from invwnn.apply_cli import apply, prepare
 from invwnn.bench_cli import bench, tune
 from invwnn.predictor import CheckpointError, describe, read_checkpoint
@@ -86,6 +87,21 @@ def inspect(checkpoint, as_json):
         click.echo(json.dumps(p, indent=2))
     else:
         click.echo(describe(checkpoint))
+
+
+@main.command()
+@click.argument("checkpoint")
+@click.option("--store", default="data/traj.zarr", show_default=True,
+              help="trajgen store holding the checkpoint's held-out and horizon-fit runs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+@click.option("--write", is_flag=True, help="Replace CHECKPOINT's evaluation record (atomically; weights untouched).")
+@input_errors
+def evaluate(checkpoint, store, as_json, write):
+    """Recompute CHECKPOINT's held-out evaluation from STORE's runs and print it."""
+    record = evaluate_checkpoint(checkpoint, store, write=write)
+    click.echo(json.dumps(record, indent=2) if as_json else fit.format_evaluation(record))
+    if write and not as_json:
+        click.echo(f"{checkpoint}: evaluation record rewritten")
 
 
 main.add_command(prepare)

@@ -3,6 +3,12 @@
 Held-out data is always whole runs (a random, architecture-balanced share, or every run of the
 ``val_archs``); evaluation uses a fixed seeded sample of their windows, stratified by kind so that
 rare kinds (biases, norms) get as many windows as the plentiful ones.
+
+The model is compared with two analytic baselines: "no rewind" (the window's first value) and the
+"damped line" (the least-squares line through the window continued h snapshot intervals back),
+whose horizon h is fitted on a sample of *training* windows. Which of the two is the headline's
+baseline is also decided on that training sample: nothing about the comparison is chosen by
+looking at held-out data.
 """
 from __future__ import annotations
 
@@ -21,11 +27,13 @@ from importlib.metadata import version
 from trajgen.nets import KINDS
 from trajgen.store import complete_runs, index, open_store, versions
 from invwnn.predictor import ModelConfig, Predictor, predict_past, save_checkpoint
-from invwnn.windows import (LINEAR_FITS, WindowError, WindowStream, check_windows, kind_codes,
+from invwnn.windows import (WindowError, WindowStream, check_windows, fit_horizon, kind_codes,
                             linear_backextrapolation, no_rewind, normalise, normalise_target)
 
 
 TRANSFER = 8
+EVALUATION_FORMAT = 2  # 1 (no "format" key): linear baseline chosen on the held-out sample
+BASELINES = ("no_rewind", "damped_line")
 
 
 @dataclass(frozen=True)
@@ -46,7 +54,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     val_fraction: float = 0.1
     val_archs: tuple[str, ...] = ()
-    eval_per_kind: int = 2000  # windows per kind per held-out run
+    eval_per_kind: int = 2000  # windows per kind per held-out run (and per horizon-fit run)
+    fit_runs: int = 9  # training runs whose windows fit the damped line's horizon
     eval_every: int = 250
     per_coord: int = 8  # windows cut per coordinate each time its block is read
     buffer: int = 1 << 18
@@ -74,25 +83,42 @@ class TrainConfig:
                            kind_dim=self.kind_dim, clip=self.clip)
 
 
+def balanced_order(runs: list[str], arch: dict[str, str], rng: np.random.Generator) -> list[str]:
+    """``runs`` shuffled within each architecture, then taken in turn from each architecture
+    (sorted by name), so any prefix of the result is balanced across architectures."""
+    groups = [list(rng.permutation([r for r in runs if arch[r] == a])) for a in sorted({arch[r] for r in runs})]
+    return [str(g[i]) for i in range(max(map(len, groups), default=0)) for g in groups if i < len(g)]
+
+
+def run_archs(store: str) -> dict[str, str]:
+    """Run name -> architecture family, from the store's index."""
+    return {name: s["arch"] for name, s in index(open_store(store)).items()}
+
+
 def split_runs(store: str, runs: list[str], val_fraction: float, val_archs: tuple[str, ...],
                seed: int) -> tuple[list[str], list[str]]:
     """(training runs, held-out runs), disjoint. With ``val_archs`` every run of those
-    architectures is held out; otherwise ``ceil(val_fraction * n)`` runs, taken in turn from each
-    architecture's seeded shuffle so each architecture is represented."""
-    arch = {name: s["arch"] for name, s in index(open_store(store)).items()}
+    architectures is held out; otherwise the first ``ceil(val_fraction * n)`` runs of
+    :func:`balanced_order` (seed ``seed``), so each architecture is represented."""
+    arch = run_archs(store)
     if val_archs:
         val = [r for r in runs if arch[r] in val_archs]
         if not val:
             raise WindowError(f"{store} has no complete runs of architecture {', '.join(val_archs)}")
     else:
-        rng = np.random.default_rng(seed)
-        groups = [list(rng.permutation([r for r in runs if arch[r] == a])) for a in sorted(set(arch[r] for r in runs))]
-        order = [g[i] for i in range(max(map(len, groups))) for g in groups if i < len(g)]
-        val = order[:max(1, math.ceil(val_fraction * len(runs)))]
+        val = balanced_order(runs, arch, np.random.default_rng(seed))[:max(1, math.ceil(val_fraction * len(runs)))]
     train = [r for r in runs if r not in set(val)]
     if not train:
         raise WindowError(f"holding out {len(val)} of {len(runs)} runs leaves none to train on")
     return sorted(train), sorted(val)
+
+
+def horizon_fit_runs(store: str, train_runs: list[str], n: int, seed: int) -> list[str]:
+    """The ``n`` training runs whose windows fit the damped line's horizon: the first ``n`` of
+    :func:`balanced_order` of ``train_runs`` (seed ``[seed, 1]``), sorted. A pure function of the
+    run names and their architectures, so a store holding only these runs (and the held-out ones)
+    gives the same choice as the whole collection when they are the first ``n``."""
+    return sorted(balanced_order(train_runs, run_archs(store), np.random.default_rng([seed, 1]))[:n])
 
 
 def eval_sample(store: str, runs: list[str], k: int, u: int, kinds: tuple[str, ...],
@@ -123,43 +149,104 @@ def eval_sample(store: str, runs: list[str], k: int, u: int, kinds: tuple[str, .
     return {key: torch.from_numpy(np.concatenate(v)) for key, v in out.items()}
 
 
-@torch.no_grad()
-def evaluate(model: Predictor, sample: dict[str, torch.Tensor], u: int) -> dict[str, Any]:
-    """Per kind: mean absolute error of the past weight (weight units) for the model, "no rewind"
-    and each linear fit; the best linear fit is chosen per kind on this same sample (an optimistic
-    baseline, labelled so). ``all`` pools every sampled window."""
+def fit_horizons(fit: dict[str, torch.Tensor], u: int) -> dict[str, float]:
+    """Damped-line horizons (snapshot intervals, in ``[0, u]``) fitted on the training sample
+    ``fit`` (as :func:`eval_sample` returns): one per kind present in it, and ``"all"`` pooled over
+    every window (the single horizon ``invwnn apply --rewinder linear --horizon`` would take)."""
+    w, target, kind = fit["w"], fit["target"], fit["kind"]
+    out = {KINDS[c]: fit_horizon(w[kind == c], target[kind == c], u) for c in sorted(set(kind.tolist()))}
+    out["all"] = fit_horizon(w, target, u)
+    return out
+
+
+def damped_line(w: torch.Tensor, kind: torch.Tensor, horizons: dict[str, float]) -> torch.Tensor:
+    """The damped line of each window (n, K) with its kind's horizon (the pooled ``"all"`` horizon
+    for a kind the training sample lacked): (n,) weight units."""
+    h = torch.tensor([horizons.get(name, horizons["all"]) for name in KINDS]).to(w)[kind]
+    first = linear_backextrapolation(w, 0.0, 0)  # the line at the first snapshot
+    return first - h * (first - linear_backextrapolation(w, 1.0, 0))  # minus h slopes
+
+
+def _baseline_errors(sample: dict[str, torch.Tensor], horizons: dict[str, float]
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(kind codes (n,), absolute error (n,) of each baseline on ``sample``, weight units)."""
     w, target, kind = sample["w"], sample["target"], sample["kind"]
-    pred = predict_past(model, w, kind)
-    fits = {str(fit or w.shape[1]): linear_backextrapolation(w, u, fit)
-            for fit in LINEAR_FITS if fit <= w.shape[1]}  # a short window (K < 5) has fewer fits
+    return kind, {"no_rewind": (no_rewind(w) - target).abs(),
+                  "damped_line": (damped_line(w, kind, horizons) - target).abs()}
+
+
+def _groups(kind: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    return [(KINDS[c], kind == c) for c in sorted(set(kind.tolist()))] + [("all", torch.ones_like(kind, dtype=torch.bool))]
+
+
+@torch.no_grad()
+def model_mae(model: Predictor, sample: dict[str, torch.Tensor]) -> float:
+    """Mean absolute error (weight units) of the model's past weight over every window of ``sample``."""
+    return float((predict_past(model, sample["w"], sample["kind"]) - sample["target"]).abs().mean())
+
+
+@torch.no_grad()
+def evaluate(model: Predictor, val: dict[str, torch.Tensor], fit: dict[str, torch.Tensor],
+             horizons: dict[str, float]) -> dict[str, Any]:
+    """Held-out comparison of the model with the two baselines, per kind and pooled (``all``).
+
+    ``val``: held-out windows, ``fit``: training windows (both as :func:`eval_sample` returns);
+    ``horizons``: the damped line's, :func:`fit_horizons` of ``fit`` (``all`` rewinds each window
+    with its kind's). The baseline of each row is the one with the smaller error on ``fit``, so
+    nothing is chosen on held-out data. Each row: ``n`` held-out windows; ``model``,
+    ``no_rewind``, ``damped_line``: held-out MAE (weight units); ``horizon`` (snapshot intervals;
+    None in ``all``); ``train_no_rewind``, ``train_damped_line``: MAE on ``fit``; ``baseline``: the
+    chosen one; ``ratio_no_rewind``, ``ratio_damped_line`` and the headline ``ratio`` = model /
+    chosen baseline (below 1: the model wins).
+    """
+    pred_err = (predict_past(model, val["w"], val["kind"]) - val["target"]).abs()
+    kind, err = _baseline_errors(val, horizons)
+    fit_kind, fit_err = _baseline_errors(fit, horizons)
     res: dict[str, Any] = {}
-    groups = [(KINDS[c], kind == c) for c in sorted(set(kind.tolist()))] + [("all", torch.ones_like(kind, dtype=torch.bool))]
-    for name, m in groups:
-        err = lambda p: float((p[m] - target[m]).abs().mean())  # noqa: E731
-        lin = {fit: err(p) for fit, p in fits.items()}
-        best = min(lin, key=lin.get)
-        model_mae, base0 = err(pred), err(no_rewind(w))
-        res[name] = {"n": int(m.sum()), "model": model_mae, "no_rewind": base0, "linear": lin[best],
-                     "linear_fit": int(best), "linear_all_fits": lin,
-                     "ratio_no_rewind": model_mae / base0 if base0 else float("nan"),
-                     "ratio_linear": model_mae / lin[best] if lin[best] else float("nan")}
+    for name, m in _groups(kind):
+        fm = fit_kind == KINDS.index(name) if name != "all" else torch.ones_like(fit_kind, dtype=torch.bool)
+        if not fm.any():  # a kind no training run has (e.g. a held-out architecture's): pooled choice
+            fm = torch.ones_like(fit_kind, dtype=torch.bool)
+        row = {"n": int(m.sum()), "model": float(pred_err[m].mean())}
+        row |= {b: float(err[b][m].mean()) for b in BASELINES}
+        row["horizon"] = None if name == "all" else horizons.get(name, horizons["all"])
+        row |= {f"train_{b}": float(fit_err[b][fm].mean()) for b in BASELINES}
+        row["baseline"] = min(BASELINES, key=lambda b: row[f"train_{b}"])
+        row |= {f"ratio_{b}": row["model"] / row[b] if row[b] else float("nan") for b in BASELINES}
+        row["ratio"] = row[f"ratio_{row['baseline']}"]
+        res[name] = row
     return res
 
 
+def evaluation_record(model: Predictor, val: dict[str, torch.Tensor], fit: dict[str, torch.Tensor],
+                      u: int, val_runs: list[str], fit_runs: list[str], desc: str, store: str) -> dict[str, Any]:
+    """The checkpoint's evaluation record (format :data:`EVALUATION_FORMAT`), without the curve:
+    the :func:`evaluate` table of ``val`` (held out, from ``val_runs``) against ``fit`` (training
+    windows, from ``fit_runs``) and how the damped line's horizons were fitted."""
+    horizons = fit_horizons(fit, u)
+    return {"format": EVALUATION_FORMAT, "held_out": evaluate(model, val, fit, horizons), "held_out_runs_desc": desc,
+            "held_out_runs": val_runs, "store": str(Path(store).resolve()),
+            "horizon_fit": {"runs": fit_runs, "windows": len(fit["target"]), "horizons": horizons,
+                            "method": "exact minimiser of the training-sample MAE: the |slope|-weighted median "
+                                      "of each window's own best horizon, clamped to [0, U]"}}
+
+
 def format_evaluation(ev: dict[str, Any]) -> str:
-    """The evaluation as a table (one line per kind)."""
-    lines = []
-    for split, table in ev.items():
-        if not isinstance(table, dict) or "all" not in table:
-            continue
-        runs = ev.get(f"{split}_runs_desc", "")
-        lines.append(f"{split}: held-out MAE of the past weight (weight units){runs}")
-        lines.append(f"  {'kind':<10} {'windows':>8} {'model':>10} {'no rewind':>10} {'linear':>10} "
-                     f"{'fit m':>5} {'vs none':>8} {'vs lin':>7}")
-        for kind, r in table.items():
-            lines.append(f"  {kind:<10} {r['n']:>8} {r['model']:>10.3e} {r['no_rewind']:>10.3e} "
-                         f"{r['linear']:>10.3e} {r['linear_fit']:>5} {r['ratio_no_rewind']:>8.3f} "
-                         f"{r['ratio_linear']:>7.3f}")
+    """The evaluation record as a table (one line per kind); a one-line note for an old record."""
+    if ev.get("format") != EVALUATION_FORMAT:
+        return ("evaluation: an older record (its linear baseline was chosen on the held-out sample); "
+                "recompute it with `invwnn evaluate CHECKPOINT --store STORE --write`")
+    fit_runs = ev["horizon_fit"]["runs"]
+    lines = [f"held_out: MAE of the past weight (weight units){ev['held_out_runs_desc']}; the damped line's "
+             f"horizon h and each row's baseline fitted on {ev['horizon_fit']['windows']} windows of "
+             f"{len(fit_runs)} training runs",
+             f"  {'kind':<10} {'windows':>8} {'model':>10} {'no rewind':>10} {'damped':>10} {'h':>6} "
+             f"{'vs none':>8} {'vs damped':>9}  {'headline':>8} (baseline)"]
+    for kind, r in ev["held_out"].items():
+        h = "kind's" if r["horizon"] is None else f"{r['horizon']:.3f}"
+        lines.append(f"  {kind:<10} {r['n']:>8} {r['model']:>10.3e} {r['no_rewind']:>10.3e} "
+                     f"{r['damped_line']:>10.3e} {h:>6} {r['ratio_no_rewind']:>8.3f} "
+                     f"{r['ratio_damped_line']:>9.3f}  {r['ratio']:>8.3f} ({r['baseline'].replace('_', ' ')})")
     return "\n".join(lines)
 
 
@@ -180,6 +267,7 @@ def _train(config: TrainConfig, progress: bool) -> dict[str, Any]:
     check_windows(config.store, runs, config.k, config.u)
     train_runs, val_runs = split_runs(config.store, runs, config.val_fraction, config.val_archs, config.seed)
     val = eval_sample(config.store, val_runs, config.k, config.u, config.kinds, config.eval_per_kind, config.seed)
+    fit_runs = horizon_fit_runs(config.store, train_runs, config.fit_runs, config.seed)
     # workers hand over TRANSFER batches at once: per-item IPC costs as much as cutting 4k windows
     stream = WindowStream(config.store, train_runs, config.k, config.u, config.batch_size * TRANSFER,
                           config.kinds, config.per_coord, config.buffer, config.seed)
@@ -208,16 +296,16 @@ def _train(config: TrainConfig, progress: bool) -> dict[str, Any]:
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
-            mae = evaluate(model, val, config.u)["all"]["model"]
-            curve.append({"step": step + 1, "windows": seen, "seconds": time.perf_counter() - t0, "val_mae": mae})
+            curve.append({"step": step + 1, "windows": seen, "seconds": time.perf_counter() - t0,
+                          "val_mae": model_mae(model, val)})
             model.train()
     bar.close()
     seconds = time.perf_counter() - t0
     if seen == 0:
         raise WindowError(f"{config.store}: the training runs yielded no windows of the kinds {', '.join(config.kinds)}")
-    evaluation = {"held_out": evaluate(model, val, config.u),
-                  "held_out_runs_desc": f" - {len(val_runs)} runs" + (f" of {', '.join(config.val_archs)}" if config.val_archs else ""),
-                  "curve": curve}
+    fit = eval_sample(config.store, fit_runs, config.k, config.u, config.kinds, config.eval_per_kind, config.seed)
+    desc = f" - {len(val_runs)} runs" + (f" of {', '.join(config.val_archs)}" if config.val_archs else "")
+    evaluation = {**evaluation_record(model, val, fit, config.u, val_runs, fit_runs, desc, config.store), "curve": curve}
     final = curve[-1]["val_mae"]
     # the first validation point within 1% of the final error: when training had effectively converged
     reached = next(c for c in curve if c["val_mae"] <= final * 1.01)

@@ -135,7 +135,6 @@ def predict_past(model: Predictor, windows: torch.Tensor, kinds: torch.Tensor,
 def save_checkpoint(path: str | Path, model: Predictor, train_config: dict[str, Any],
                     evaluation: dict[str, Any], provenance: dict[str, Any]) -> Path:
     """Write the checkpoint atomically: a temporary file beside ``path``, then ``os.replace``."""
-    path = Path(path)
     payload = {
         "kind": CHECKPOINT_KIND,
         "format_version": FORMAT_VERSION,
@@ -146,6 +145,20 @@ def save_checkpoint(path: str | Path, model: Predictor, train_config: dict[str, 
         "evaluation": json.dumps(evaluation),
         "provenance": json.dumps(provenance),
     }
+    return _write_atomic(Path(path), payload)
+
+
+def rewrite_evaluation(path: str | Path, evaluation: dict[str, Any]) -> Path:
+    """Replace the evaluation record of the checkpoint at ``path``, atomically; every other entry
+    (weights, configs, provenance) is written back exactly as read."""
+    read_checkpoint(path)  # refuse anything but a valid checkpoint of this format
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload["evaluation"] = json.dumps(evaluation)
+    return _write_atomic(Path(path), payload)
+
+
+def _write_atomic(path: Path, payload: dict[str, Any]) -> Path:
+    """torch.save ``payload`` to a temporary file beside ``path``, then ``os.replace`` it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

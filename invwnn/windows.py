@@ -24,7 +24,6 @@ from trajgen.nets import KINDS
 from trajgen.store import StoreError, open_run, open_store
 
 EPS = 1e-6  # relative to the window's largest |weight|: below float32 resolution, still scale-free
-LINEAR_FITS = (2, 3, 5, 0)  # baseline line fits over the first m snapshots; 0 means all K
 
 
 class WindowError(ValueError):
@@ -72,19 +71,43 @@ def no_rewind(w: torch.Tensor) -> torch.Tensor:
     return w[:, 0]
 
 
-def linear_coefficients(m: int, u: int) -> np.ndarray:
+def linear_coefficients(m: int, u: float) -> np.ndarray:
     """Weights c (m,) such that ``w[:, :m] @ c`` is the least-squares line through snapshots
-    0..m-1 evaluated at time -u (u snapshots before the first)."""
+    0..m-1 evaluated at time -u (u snapshot intervals before the first; u may be any real)."""
     t = np.arange(m, dtype=np.float64)
     tc = t - t.mean()
     return (1.0 / m + (-u - t.mean()) * tc / (tc ** 2).sum()).astype(np.float32)
 
 
-def linear_backextrapolation(w: torch.Tensor, u: int, m: int) -> torch.Tensor:
-    """Continue the line fitted to the first ``m`` snapshots (0: all) backwards ``u`` snapshots:
-    (n, K) -> (n,)."""
+def linear_backextrapolation(w: torch.Tensor, u: float, m: int) -> torch.Tensor:
+    """Continue the line fitted to the first ``m`` snapshots (0: all) backwards ``u`` snapshot
+    intervals (a real number): (n, K) -> (n,). With ``m = 0`` this is the "damped line" of
+    ``LinearRewinder(horizon=u)``: ``mean + slope * (-u - (K-1)/2)``, t centred."""
     m = m or w.shape[1]
     return w[:, :m] @ torch.from_numpy(linear_coefficients(m, u)).to(w)
+
+
+def fit_horizon(w: torch.Tensor, target: torch.Tensor, upper: float) -> float:
+    """The horizon h in ``[0, upper]`` (snapshot intervals) whose damped line
+    ``linear_backextrapolation(w, h, 0)`` has the least mean absolute error against ``target``.
+
+    ``w`` (n, K) windows and ``target`` (n,) past weights, weight units. The line's value is
+    ``a - s * h`` (``a``: the line at the first snapshot, ``s``: its slope per interval), so the error
+    is ``sum |s| * |(a - target) / s - h|``: convex in h and minimised exactly by the
+    ``|s|``-weighted median of ``(a - target) / s``, clamped to the interval. No search, no grid.
+    Windows with zero slope do not depend on h and are ignored; with none left h is 0.
+    """
+    w, target = w.double(), target.double()
+    a = linear_backextrapolation(w, 0.0, 0)
+    s = a - linear_backextrapolation(w, 1.0, 0)
+    moving = s != 0
+    if not moving.any():
+        return 0.0
+    ratio, weight = ((a - target)[moving] / s[moving]), s[moving].abs()
+    order = torch.argsort(ratio)
+    cum = torch.cumsum(weight[order], 0)
+    median = ratio[order][torch.searchsorted(cum, cum[-1] / 2)]
+    return float(median.clamp(0.0, upper))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from trajgen.nets import KINDS
+from trajgen.store import complete_runs
 from invwnn import predictor as P
+from invwnn.fit import EVALUATION_FORMAT, eval_sample, evaluate, fit_horizons
 from invwnn.predictor import (CheckpointError, ModelConfig, Predictor, default_checkpoint, load_predictor,
-                              predict_past, read_checkpoint, save_checkpoint)
+                              predict_past, read_checkpoint, rewrite_evaluation, save_checkpoint)
 
 
 def windows(n=300, seed=0):
@@ -88,15 +90,58 @@ def test_corrupted_foreign_and_future_checkpoints_are_refused(tmp_path):
 
 
 @pytest.mark.parametrize("k", [15, 5])
-def test_shipped_checkpoints_load_and_beat_baselines(k):
+def test_shipped_checkpoints_beat_both_baselines_on_runs_they_never_saw(k, small_store):
+    """The shipped predictors, scored from scratch on the ``small_store`` collection (other run
+    lengths and snapshot interval than their training data): a broken load, normalisation or kind
+    lookup would lose to the baselines. The damped line's horizons come from 3 of its runs, the
+    score from the other 6."""
     path = default_checkpoint(k)
     assert path.stat().st_size < 5 * 2**20
-    ckpt = read_checkpoint(path)
     model = load_predictor(path)
     assert model.config.k == k and model.config.u == 3 and set(model.config.kinds) == set(KINDS)
-    held = ckpt["evaluation"]["held_out"]["all"]
-    assert held["ratio_no_rewind"] < 1 and held["ratio_linear"] < 1
-    assert ckpt["provenance"]["runs"] >= 2 and ckpt["provenance"]["windows_seen"] > 0
+    runs = complete_runs(small_store)
+    val, fit = (eval_sample(small_store, names, k, 3, model.config.kinds, 300, seed=1) for names in (runs[3:], runs[:3]))
+    table = evaluate(model, val, fit, fit_horizons(fit, 3))
+    for kind, row in table.items():
+        assert row["model"] < row["no_rewind"] and row["model"] < row["damped_line"], kind
+    assert table["all"]["ratio"] < 0.95
+
+
+@pytest.mark.parametrize("k", [15, 5])
+def test_shipped_records_are_current_and_self_consistent(k):
+    ckpt = read_checkpoint(default_checkpoint(k))
+    ev, prov = ckpt["evaluation"], ckpt["provenance"]
+    assert ev["format"] == EVALUATION_FORMAT and ev["held_out_runs"] == prov["val_runs"]
+    assert not set(ev["horizon_fit"]["runs"]) & set(prov["val_runs"])
+    assert len(prov["val_runs"]) + prov["train_runs"] == prov["runs"] and prov["windows_seen"] > 0
+    for kind, row in ev["held_out"].items():
+        chosen = min(("no_rewind", "damped_line"), key=lambda b: row[f"train_{b}"])
+        assert row["baseline"] == chosen and row["ratio"] == pytest.approx(row["model"] / row[chosen])
+        assert kind == "all" or 0 <= row["horizon"] <= ckpt["model_config"].u
+
+
+def test_rewrite_evaluation_keeps_everything_else_bit_for_bit(tmp_path, monkeypatch):
+    torch.manual_seed(2)
+    model = Predictor(ModelConfig(width=8))
+    path = save_checkpoint(tmp_path / "p.pt", model, {"steps": 1}, {"old": 1}, {"store": "x"})
+    before = torch.load(path, weights_only=True)
+    rewrite_evaluation(path, {"new": 2})
+    after = torch.load(path, weights_only=True)
+    assert read_checkpoint(path)["evaluation"] == {"new": 2}
+    assert all(torch.equal(after["state_dict"][n], v) for n, v in before["state_dict"].items())
+    assert {k: v for k, v in after.items() if k not in ("state_dict", "evaluation")} == \
+        {k: v for k, v in before.items() if k not in ("state_dict", "evaluation")}
+    kept = path.read_bytes()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+    monkeypatch.setattr(P.torch, "save", boom)
+    with pytest.raises(OSError):
+        rewrite_evaluation(path, {"newer": 3})
+    assert path.read_bytes() == kept and os.listdir(tmp_path) == ["p.pt"]
+    (tmp_path / "foreign.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        rewrite_evaluation(tmp_path / "foreign.pt", {})
 
 
 def test_no_shipped_checkpoint_for_other_windows():

@@ -1,0 +1,60 @@
+"""Recompute a checkpoint's held-out evaluation from a store (``invwnn evaluate``).
+
+The checkpoint records everything the evaluation depends on: the held-out runs, the sampling seed
+and windows per kind, and (format 2) the training runs whose windows fitted the damped line. A
+store holding those runs, made by the same ``trajgen collect`` flags, reproduces the record; the
+store may hold only them (runs are a pure function of the collection seed and their index).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trajgen.store import complete_runs
+from invwnn.fit import TrainConfig, eval_sample, evaluation_record, horizon_fit_runs
+from invwnn.predictor import load_predictor, read_checkpoint, rewrite_evaluation
+from invwnn.windows import WindowError, check_windows
+
+
+def recompute(checkpoint: str | Path, store: str) -> dict[str, Any]:
+    """The evaluation record of ``checkpoint`` recomputed on ``store`` (the training curve kept
+    from the checkpoint). Held-out runs come from the checkpoint's provenance. The horizon-fit runs
+    come from its record; an older record has none, and they are chosen as training would choose
+    them (:func:`invwnn.fit.horizon_fit_runs`) among the store's complete runs that were not held
+    out. Raises :class:`WindowError` (one line) when the store lacks a run the evaluation needs."""
+    ckpt = read_checkpoint(checkpoint)
+    config = TrainConfig.from_dict(ckpt["train_config"])
+    old = ckpt["evaluation"]
+    val_runs = ckpt["provenance"]["val_runs"]
+    runs = complete_runs(store)
+    fit_runs = old["horizon_fit"]["runs"] if "horizon_fit" in old else horizon_fit_runs(
+        store, [r for r in runs if r not in set(val_runs)], config.fit_runs, config.seed)
+    missing = [r for r in [*val_runs, *fit_runs] if r not in set(runs)]
+    if missing:
+        raise WindowError(f"{store} lacks {len(missing)} run(s) the evaluation of {checkpoint} needs "
+                          f"(first: {missing[0]}); collect them with the flags that made the training store")
+    if not fit_runs:
+        raise WindowError(f"{store} holds no training run of {checkpoint} to fit the damped line on")
+    check_windows(store, [*val_runs, *fit_runs], config.k, config.u)
+    model = load_predictor(checkpoint)
+    sample = lambda names: eval_sample(store, names, config.k, config.u, config.kinds,  # noqa: E731
+                                       config.eval_per_kind, config.seed)
+    desc = f" - {len(val_runs)} runs" + (f" of {', '.join(config.val_archs)}" if config.val_archs else "")
+    record = evaluation_record(model, sample(val_runs), sample(fit_runs), config.u, val_runs, fit_runs, desc, store)
+    return {**record, "curve": old.get("curve", [])}
+
+
+def evaluate_checkpoint(checkpoint: str | Path, store: str, write: bool = False) -> dict[str, Any]:
+    """:func:`recompute` on one torch thread; with ``write`` the record replaces the checkpoint's
+    (atomically, weights untouched). Returns the record."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        record = recompute(checkpoint, store)
+    finally:
+        torch.set_num_threads(threads)
+    if write:
+        rewrite_evaluation(checkpoint, record)
+    return record
