@@ -5,8 +5,11 @@
 # Reproduce from scratch (2-core CPU; the collection takes the longest):
 #   .venv/bin/trajgen collect --runs 100 --store data/traj.zarr      # seed 0, 512 steps, every 4
 #   scripts/train_default_predictor.sh data/traj.zarr
-# Seeded (--seed 0): the run split, the window sample and the initialisation are fixed; the
-# window order depends on how the loader workers interleave, so the last digits can differ.
+# Seeded (--seed 0): the run split, the window samples (held-out runs, and the training runs that
+# fit the damped line's horizon) and the initialisation are fixed; the window order depends on how
+# the loader workers interleave, so the last digits can differ.
+# Each checkpoint records its held-out evaluation; `invwnn evaluate CKPT --store STORE --write`
+# recomputes it later, and scripts/predictor_doc.py rebuilds docs/predictor.md's figures from it.
 set -euo pipefail
 STORE="${1:-data/traj.zarr}"
 BIN="${BIN:-.venv/bin}"
@@ -22,3 +25,4 @@ OUT_K5="${OUT_K5:-invwnn/default_predictor_k5.pt}"
     --val-archs vit --seed 0 --workers 1 --quiet
 "$BIN/invwnn" inspect "$OUT"
 "$BIN/invwnn" inspect "$OUT_K5"
+"$BIN/python" scripts/predictor_doc.py

@@ -1,7 +1,9 @@
 """The predictor network, predict_past and the checkpoint file."""
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -147,3 +149,16 @@ def test_rewrite_evaluation_keeps_everything_else_bit_for_bit(tmp_path, monkeypa
 def test_no_shipped_checkpoint_for_other_windows():
     with pytest.raises(CheckpointError, match="invwnn train --window 7"):
         default_checkpoint(7)
+
+
+def test_predictor_doc_shows_the_shipped_records():
+    """docs/predictor.md's generated section is exactly what scripts/predictor_doc.py makes of the
+    shipped checkpoints' records."""
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("predictor_doc", root / "scripts" / "predictor_doc.py")
+    doc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(doc)
+    text = (root / "docs" / "predictor.md").read_text()
+    assert doc.render(text) == text, "docs/predictor.md is stale: run scripts/predictor_doc.py"
+    with pytest.raises(ValueError, match="GENERATED markers"):
+        doc.render(text.replace(doc.END, ""))
