@@ -21,7 +21,7 @@ import torch
 import zarr
 
 from trajgen.nets import KINDS
-from trajgen.store import StoreError, open_run, open_store
+from trajgen.store import open_store
 
 EPS = 1e-6  # relative to the window's largest |weight|: below float32 resolution, still scale-free
 
