@@ -19,13 +19,17 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def map_units(fn: Callable, units: Sequence[tuple], jobs: int = 1, desc: str = "", progress: bool = True) -> list:
-    """``[fn(u) for u in units]``, over ``jobs`` processes when ``jobs > 1``."""
+def map_units(fn: Callable, units: Sequence[tuple], jobs: int = 1, desc: str = "", progress: bool = True,
+              on_result: Callable[[int, object], None] | None = None) -> list:
+    """``[fn(u) for u in units]``, over ``jobs`` processes when ``jobs > 1``; ``on_result(i,
+    result)`` is called in this process as each unit finishes (to save progress)."""
     bar = tqdm(total=len(units), desc=desc, disable=not progress)
     if jobs <= 1 or len(units) <= 1:
         out = []
-        for u in units:
+        for i, u in enumerate(units):
             out.append(fn(u))
+            if on_result is not None:
+                on_result(i, out[-1])
             bar.update(1)
         bar.close()
         return out
@@ -34,7 +38,10 @@ def map_units(fn: Callable, units: Sequence[tuple], jobs: int = 1, desc: str = "
     with ProcessPoolExecutor(max_workers=min(jobs, len(units)), mp_context=ctx, initializer=_init_worker) as ex:
         futures = {ex.submit(fn, u): i for i, u in enumerate(units)}
         for f in as_completed(futures):
-            results[futures[f]] = f.result()
+            i = futures[f]
+            results[i] = f.result()
+            if on_result is not None:
+                on_result(i, results[i])
             bar.update(1)
     bar.close()
     return results

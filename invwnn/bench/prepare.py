@@ -158,6 +158,18 @@ def prepare_cached(config: scenarios.ScenarioConfig, seed: int, cache_dir: str |
     return _PREPARED[key]
 
 
+def time_retrain(config: scenarios.ScenarioConfig, seed: int, cache_dir: str | Path, device: str = "cpu") -> float:
+    """Seconds to retrain ``seed``'s model once more, exactly as :func:`prepare` does (the result
+    is discarded): Retrain's time under whatever load the caller runs it in."""
+    prep = prepare_cached(config, seed, cache_dir)
+    scn = prep.scenario
+    ctx = Context(device=device, seed=seed, rebuild=lambda: new_model(config, scn.x, len(scn.classes)))
+    t0 = time.perf_counter()
+    REGISTRY["retrain"].run(copy.deepcopy(prep.original).to(device),
+                            Data(scn.forget_split, scn.classes, scn.retain_split), _retrain_config(config), ctx)
+    return time.perf_counter() - t0
+
+
 def _prepare_unit(args: tuple) -> dict:
     config, seed, cache_dir, device = args
     return prepare_cached(config, seed, cache_dir, device).meta

@@ -31,7 +31,8 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from invwnn.bench import scenarios
 from invwnn.bench.measure import gap, measure
 from invwnn.bench.pool import map_units
-from invwnn.bench.prepare import CACHE_VERSION, Prepared, new_model, prepare_all, prepare_cached
+from invwnn.bench.prepare import (CACHE_VERSION, Prepared, new_model, prepare_all, prepare_cached,
+                                   time_retrain)
 from invwnn.forget import Split
 from invwnn.methods import REGISTRY, Context, Data
 from invwnn.models import InputError, is_finite
@@ -249,18 +250,19 @@ def prep_device(model: nn.Module) -> str:
 # the whole bench
 
 
-def _method_unit(args: tuple) -> dict:
+def _unit(args: tuple) -> dict:
+    """One pool unit: bench method ``name`` on ``seed``, or with ``name`` None, Retrain timed under
+    the same load as the methods (the denominator of their time ratios when ``jobs > 1``)."""
     config, bench, seed, name, target_ua = args
+    if name is None:
+        return {"seconds": time_retrain(config, seed, bench.cache_dir, bench.device)}
     return run_method(name, prepare_cached(config, seed, bench.cache_dir), target_ua, bench, seed)
 
 
-def run(config: scenarios.ScenarioConfig, bench: BenchConfig, tuning: dict | None = None,
-        log: Callable[[str], None] = lambda s: None) -> dict:
-    """Every seed and method of one scenario (``bench.jobs`` worker processes). ``tuning``: the
-    search record whose choices ``bench.method_overrides`` holds, copied into the results.
-    Returns the raw results (report.py aggregates)."""
-    prepare_all(config, bench.seeds, bench.cache_dir, bench.device, bench.jobs, bench.progress)
-    runs, units = [], []
+def plan(config: scenarios.ScenarioConfig, bench: BenchConfig) -> tuple[list[dict], list[tuple]]:
+    """Every seed's reference results (Original, Retrain; their models must be prepared) and the
+    pool units that run the methods."""
+    seed_runs, units = [], []
     for seed in bench.seeds:
         prep = prepare_cached(config, seed, bench.cache_dir)
         scn = prep.scenario
@@ -270,18 +272,42 @@ def run(config: scenarios.ScenarioConfig, bench: BenchConfig, tuning: dict | Non
                     "original": {**ref["original"], **prep.meta["original"]},
                     "retrain": {**ref["retrain"], **prep.meta["retrain"]}, "methods": {}}
         seed_run["original"]["gap"] = gap(ref["original"], ref["retrain"])
-        runs.append((seed_run, ref["retrain"], prep.meta["retrain"]["seconds"]))
+        seed_runs.append(seed_run)
         units += [(config, bench, seed, name, ref["retrain"]["UA"]) for name in bench.methods]
-    results = map_units(_method_unit, units, bench.jobs, f"bench {config.name}", bench.progress)
-    by_seed = {seed_run["seed"]: (seed_run, ref_r, secs) for seed_run, ref_r, secs in runs}
+        if bench.jobs > 1:
+            units.append((config, bench, seed, None, None))
+    return seed_runs, units
+
+
+def assemble(config: scenarios.ScenarioConfig, bench: BenchConfig, tuning: dict | None, seed_runs: list[dict],
+             units: list[tuple], results: list[dict], log: Callable[[str], None] = lambda s: None) -> dict:
+    """The raw results of one scenario from :func:`plan`'s output and its units' results."""
+    by_seed = {r["seed"]: r for r in seed_runs}
     for (_, _, seed, name, _), r in zip(units, results):
-        seed_run, ref_r, retrain_seconds = by_seed[seed]
+        if name is None:
+            by_seed[seed]["retrain"].update(seconds_prepare=by_seed[seed]["retrain"]["seconds"],
+                                            seconds=r["seconds"], timing="pool")
+    for (_, _, seed, name, _), r in zip(units, results):
+        if name is None:
+            continue
+        ref_r = by_seed[seed]["retrain"]
         for proto in ("budget", "equal"):
             if proto in r:
                 r[proto]["gap"] = gap(r[proto], ref_r)
-                r[proto]["time_ratio"] = r[proto]["seconds"] / max(retrain_seconds, 1e-9)
-        seed_run["methods"][name] = r
+                r[proto]["time_ratio"] = r[proto]["seconds"] / max(ref_r["seconds"], 1e-9)
+        by_seed[seed]["methods"][name] = r
         log(f"seed {seed} {name}: " + (r["error"] if "error" in r else
             f"gap {r['budget']['gap']:.2f} (budget), {r['equal']['gap']:.2f} (equal UA, reached {r['equal']['reached']})"))
-    return {"scenario": config.to_dict(), "bench": bench.to_dict(), "tuning": tuning,
-            "runs": [seed_run for seed_run, _, _ in runs], "cache_version": CACHE_VERSION}
+    return {"scenario": config.to_dict(), "bench": bench.to_dict(), "tuning": tuning, "runs": seed_runs,
+            "cache_version": CACHE_VERSION}
+
+
+def run(config: scenarios.ScenarioConfig, bench: BenchConfig, tuning: dict | None = None,
+        log: Callable[[str], None] = lambda s: None) -> dict:
+    """Every seed and method of one scenario (``bench.jobs`` worker processes). ``tuning``: the
+    search record whose choices ``bench.method_overrides`` holds, copied into the results.
+    Returns the raw results (report.py aggregates)."""
+    prepare_all(config, bench.seeds, bench.cache_dir, bench.device, bench.jobs, bench.progress)
+    seed_runs, units = plan(config, bench)
+    results = map_units(_unit, units, bench.jobs, f"bench {config.name}", bench.progress)
+    return assemble(config, bench, tuning, seed_runs, units, results, log)

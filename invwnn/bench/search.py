@@ -114,20 +114,22 @@ def _reference(prep: prep_mod.Prepared, seed: int) -> dict:
     return measure(prep.retrain, scn.forget_split, scn.retain_split, scn.test, "cpu", seed, scn.extras)
 
 
-def tune(config: scenarios.ScenarioConfig, methods: tuple[str, ...] = runner.ORDER, trials: int = TRIALS,
-         seed: int = TUNING_SEED, cache_dir: str = "data/bench-cache", device: str = "cpu", jobs: int = 1,
-         progress: bool = True, log: Callable[[str], None] = lambda s: None) -> dict:
-    """Search every method of ``methods`` on ``config``'s tuning seed; returns the record."""
-    t0 = time.time()
-    prep_mod.prepare_all(config, (seed,), cache_dir, device, jobs=1, progress=progress)
-    prep = prep_mod.prepare_cached(config, seed, cache_dir, "cpu", tuning=True)
-    units = [(config, cache_dir, device, seed, name, o) for name in methods for o in candidates(name, trials, seed)]
-    rows = map_units(_trial, units, jobs, f"tune {config.name}", progress)
+def trial_units(config: scenarios.ScenarioConfig, methods: tuple[str, ...], trials: int, seed: int,
+                cache_dir: str, device: str) -> list[tuple]:
+    """The pool units of a search: every candidate of every method (see :func:`candidates`)."""
+    return [(config, cache_dir, device, seed, name, o) for name in methods for o in candidates(name, trials, seed)]
+
+
+def make_record(config: scenarios.ScenarioConfig, methods: tuple[str, ...], trials: int, seed: int,
+                rows: list[dict], cache_dir: str) -> dict:
+    """The search record from every trial's row (:func:`_trial`), with each method's choice."""
+    prep = prep_mod.prepare_cached(config, seed, cache_dir, tuning=True)
     record = {"scenario": config.to_dict(), "seed": seed, "trials_per_method": trials,
               "sampler": f"library defaults, then seeded random draws (random.Random(sha256('{seed}:NAME')))",
               "objective": "on the validation split: reached Retrain's UA first, then smallest gap, then time",
               "data": prep.scenario.fingerprint(), "retrain_seconds": prep.meta["retrain"]["seconds"],
-              "spaces": {n: SPACES[n] for n in methods}, "methods": {}}
+              "spaces": {n: SPACES[n] for n in methods}, "methods": {},
+              "versions": versions(), "date": time.strftime("%Y-%m-%d")}
     for name in methods:
         mine = [r for r in rows if r["method"] == name]
         best = choose(mine)
@@ -136,9 +138,23 @@ def tune(config: scenarios.ScenarioConfig, methods: tuple[str, ...] = runner.ORD
             "chosen_trial": mine.index(best) if best else None,
             "seconds": sum(r.get("seconds", 0.0) for r in mine if "error" not in r),
             "rows": [{k: v for k, v in r.items() if k != "method"} for r in mine]}
-        log(f"{name}: " + (f"chose {best['overrides']} (gap {best['gap']:.2f}, "
-                           f"reached {best['reached']})" if best else "every trial failed"))
-    record.update(wall_seconds=time.time() - t0, versions=versions(), date=time.strftime("%Y-%m-%d"))
+    return record
+
+
+def tune(config: scenarios.ScenarioConfig, methods: tuple[str, ...] = runner.ORDER, trials: int = TRIALS,
+         seed: int = TUNING_SEED, cache_dir: str = "data/bench-cache", device: str = "cpu", jobs: int = 1,
+         progress: bool = True, log: Callable[[str], None] = lambda s: None) -> dict:
+    """Search every method of ``methods`` on ``config``'s tuning seed; returns the record."""
+    t0 = time.time()
+    prep_mod.prepare_all(config, (seed,), cache_dir, device, jobs=1, progress=progress)
+    units = trial_units(config, methods, trials, seed, cache_dir, device)
+    rows = map_units(_trial, units, jobs, f"tune {config.name}", progress)
+    record = make_record(config, methods, trials, seed, rows, cache_dir)
+    for name, m in record["methods"].items():
+        best = m["rows"][m["chosen_trial"]] if m["chosen_trial"] is not None else None
+        log(f"{name}: " + (f"chose {best['overrides']} (gap {best['gap']:.2f}, reached {best['reached']})"
+                           if best else "every trial failed"))
+    record["wall_seconds"] = time.time() - t0
     return record
 
 

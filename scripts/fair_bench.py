@@ -1,0 +1,114 @@
+"""The protocol behind docs/results.md, for every scenario at once on one pool of workers:
+
+1. train (or find in the cache) each scenario's original and Retrain for the tuning seed and the
+   reported seeds;
+2. search every method's hyperparameters on the tuning seed's validation split (`invwnn tune`'s
+   units: the same trials for every method, ablation and control) and write
+   invwnn/bench/tuned/<scenario>.json;
+3. bench every method with those choices on the reported seeds (`invwnn bench`'s units, with
+   Retrain re-timed in the same pool) and write results/<scenario>/.
+
+Equivalent to `invwnn tune` then `invwnn bench` per scenario, but one pool keeps every worker busy
+across scenarios. Every finished unit is appended to ``STATE/*.jsonl``, so a killed run resumes
+where it stopped (same arguments).
+
+    python scripts/fair_bench.py --jobs 16 --device cuda [--scenarios random10,class] [--trials 4]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from invwnn.bench import prepare, report, runner, scenarios, search
+from invwnn.bench.pool import map_units
+
+
+def _done(path: Path) -> dict[str, object]:
+    out = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:  # a line cut by a kill
+                continue
+            out[entry["key"]] = entry["result"]
+    return out
+
+
+def _pool(fn, keyed_units: list[tuple[str, tuple]], state: Path, jobs: int, desc: str) -> dict[str, object]:
+    """Run the units not yet in ``state``; returns key -> result for all of them."""
+    done = _done(state)
+    todo = [(k, u) for k, u in keyed_units if k not in done]
+    print(f"{desc}: {len(keyed_units) - len(todo)} done, {len(todo)} to run", file=sys.stderr, flush=True)
+    with state.open("a") as log:
+        def save(i: int, result) -> None:
+            done[todo[i][0]] = result
+            log.write(json.dumps({"key": todo[i][0], "result": result}) + "\n")
+            log.flush()
+        map_units(fn, [u for _, u in todo], jobs, desc, progress=True, on_result=save)
+    return done
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scenarios", default=",".join(scenarios.SCENARIOS))
+    ap.add_argument("--trials", type=int, default=search.TRIALS)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--cache-dir", default="data/bench-cache")
+    ap.add_argument("--state", type=Path, default=Path("data/fair-bench"))
+    ap.add_argument("--tuned-dir", type=Path, default=search.TUNED_DIR)
+    ap.add_argument("--results", type=Path, default=Path("results"))
+    ap.add_argument("--methods", default="all")
+    ap.add_argument("--phase", choices=("all", "tune"), default="all")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    args.state.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    configs = {s: scenarios.scenario_config(s, args.quick) for s in args.scenarios.split(",")}
+    seeds = tuple(range(args.seeds))
+    prep_units = [(c, seed, args.cache_dir, args.device) for c in configs.values()
+                  for seed in (search.TUNING_SEED, *seeds)]
+    map_units(prepare._prepare_unit, prep_units, args.jobs, "originals + Retrain")
+
+    methods = tuple(runner.method_names(args.methods))
+    tune_units = [(f"{name}/{c[4]}/{i}", c) for name, config in configs.items()
+                  for i, c in enumerate(search.trial_units(config, methods, args.trials, search.TUNING_SEED,
+                                                           args.cache_dir, args.device))]
+    rows = _pool(search._trial, tune_units, args.state / "tune.jsonl", args.jobs, "tune")
+    records = {}
+    for name, config in configs.items():
+        mine = [rows[k] for k, _ in tune_units if k.startswith(f"{name}/")]
+        records[name] = search.make_record(config, methods, args.trials, search.TUNING_SEED, mine, args.cache_dir)
+        records[name]["command"] = "python scripts/fair_bench.py " + " ".join(sys.argv[1:])
+        search.write(records[name], args.tuned_dir / f"{name}.json")
+    if args.phase == "tune":
+        return
+
+    plans, bench_units = {}, []
+    for name, config in configs.items():
+        overrides, record = search.load(name, args.tuned_dir)
+        bench = runner.BenchConfig(methods=methods, seeds=seeds, cache_dir=args.cache_dir, device=args.device,
+                                   method_overrides=overrides, progress=False, jobs=args.jobs)
+        seed_runs, units = runner.plan(config, bench)
+        plans[name] = (bench, record, seed_runs, units)
+        bench_units += [(f"{name}/{u[2]}/{u[3]}", u) for u in units]
+    results = _pool(runner._unit, bench_units, args.state / "bench.jsonl", args.jobs, "bench")
+    for name, (bench, record, seed_runs, units) in plans.items():
+        res = runner.assemble(configs[name], bench, record, seed_runs, units,
+                              [results[f"{name}/{u[2]}/{u[3]}"] for u in units])
+        res["command"] = "python scripts/fair_bench.py " + " ".join(sys.argv[1:])
+        res["wall_seconds"] = time.time() - t0
+        report.write(res, args.results / name)
+        print(f"{name}: results in {args.results / name}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
