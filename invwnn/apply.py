@@ -1,8 +1,15 @@
 """Apply an unlearning method to a model file and describe what happened in a report dict.
 
 ``unlearn(...)`` is the whole command as a library call: read and validate every input first, run
-the method, check the result, then write the model and the JSON report atomically. Any bad input
-raises :class:`invwnn.models.InputError` before anything is written.
+the method under the :class:`Guard`, then write the model and the JSON report atomically. Any bad
+input raises :class:`invwnn.models.InputError` before anything is written.
+
+The guard stops a method that is destroying the model: it watches accuracy on a fixed subset of the
+retain set (else of the test set) and stops the run once it falls more than ``max_drop`` points
+below its value before unlearning, keeping the weights of the last check that was within the bound;
+it also stops a run whose weights turn non-finite. Every report says why the method stopped
+(``stop_reason``): ``budget`` (ran its configured length), ``target`` (invwnn's
+``--target-forget-acc``), ``guard`` or ``non-finite``.
 """
 from __future__ import annotations
 
@@ -14,17 +21,31 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from invwnn import forget as forget_io
 from invwnn import metrics, models
 from invwnn.methods import REGISTRY, Context, Data
 from invwnn.methods.invwnn import LinearRewinder, NoRewinder, ResetRewinder, load_rewinder
+from invwnn.forget import Split
 from invwnn.models import InputError, LoadedModel, Preprocess
 
 # learned: the trained predictor; linear: a least-squares line extrapolated --horizon snapshots back;
 # reset: back to each window's first value (undoes the forget fine-tuning; "repair only" control);
 # none: keep the fine-tuned weights (no rewind, plus forget-set training)
 REWINDERS = ("learned", "linear", "reset", "none")
+
+DEFAULT_MAX_DROP = 5.0  # percentage points of watched accuracy a method may lose (docs/applier.md)
+GUARD_IMAGES = 512  # images of the watched split the guard measures (a seeded subset)
+GUARD_EVERY = 8  # optimizer steps between checks of step-based methods (plus steps 1, 2 and 4)
+# When the guard checks each method (default "step": after optimizer steps of optimizers that train
+# the model). "iteration": after each rewind (the fine-tuning steps inside an iteration move *away*
+# from forgetting, so their weights are no result). "end": only the result, for one-shot methods and
+# those whose intermediate weights are no result either (task-vector's forget fine-tuning before the
+# negation, UNSIR's deliberate impair epoch, retrain's fresh network).
+GUARD_MODE = {"invwnn": "iteration", "invwnn+": "iteration", "task-vector": "end", "unsir": "end",
+              "fisher": "end", "mnemonic": "end", "retrain": "end"}
 
 
 def make_config(method: str, overrides: dict[str, Any]):
@@ -56,14 +77,130 @@ def _distance(model, reference: list[torch.Tensor]) -> float:
     return math.sqrt(sum((p.detach() - r).pow(2).sum().item() for p, r in zip(model.parameters(), reference)))
 
 
-def apply(loaded: LoadedModel, data: Data, method: str, config, ctx: Context) -> dict:
-    """Run ``method`` on ``loaded`` (modified in place) and return the report: metrics before and
-    after (percent; UA always, RA/TA with retain/test, MIA with both), per-iteration log for
-    iterative methods (forget/retain/test accuracy, L2 distance from the original weights, seconds
-    since start), total seconds."""
+class GuardStop(Exception):
+    """Raised inside a method's run by a :class:`Guard` check; :func:`apply` catches it."""
+
+
+PROBE_IMAGES = 64  # forget images whose outputs must stay finite (weights can be finite and still overflow)
+
+
+def _finite(model: nn.Module, probe: torch.Tensor, device: str) -> bool:
+    """Every floating parameter and buffer (norm statistics included) finite, and so are the
+    model's output probabilities on the ``probe`` images."""
+    return all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()) \
+        and bool(torch.isfinite(metrics.predict(model, probe, device)).all())
+
+
+def watch_subset(split: Split, seed: int) -> Split:
+    """The images the guard measures: a seeded random :data:`GUARD_IMAGES` of ``split`` (all of a
+    smaller one), in their original order."""
+    idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:GUARD_IMAGES]
+    return split.subset(idx.sort().values)
+
+
+class Guard:
+    """Watches one method run on ``model``. At each check: the weights and the outputs on the
+    ``probe`` images must be finite and, when a
+    ``split`` is watched, top-1 accuracy (percent) on its :func:`watch_subset` must stay at least ``reference - max_drop``, ``reference`` being that accuracy before
+    unlearning. A check that passes keeps a copy of the weights (state dict); one that fails raises
+    :class:`GuardStop`. :meth:`finish` checks the result and, after a stop, restores the kept
+    weights (the original's when no check passed). ``seconds`` is the time spent checking."""
+
+    def __init__(self, model: nn.Module, probe: torch.Tensor, split: Split | None, split_name: str | None,
+                 max_drop: float | None, mode: str, device: str, seed: int):
+        self.model, self.probe, self.max_drop, self.mode, self.device = model, probe, max_drop, mode, device
+        self.watched = split_name if split is not None and max_drop is not None else None
+        self.subset = None
+        self.reference = None
+        if self.watched is not None:
+            self.subset = watch_subset(split, seed)
+            self.reference = self._accuracy()
+        self.params = {id(p) for p in model.parameters()}
+        self.steps, self.checks, self.seconds = 0, 0, 0.0
+        self.kept, self.kept_at = self._state(), "original"
+        self.stop: dict | None = None
+
+    def _accuracy(self) -> float:
+        return metrics.accuracy(self.model, self.subset.x, self.subset.y, self.device)
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def on_step(self, optimizer, args, kwargs) -> None:
+        """Optimizer step post-hook: every optimizer in the process fires it; count only those
+        that train this model, check at steps 1, 2, 4 and every :data:`GUARD_EVERY`."""
+        if not any(id(p) in self.params for g in optimizer.param_groups for p in g["params"]):
+            return
+        self.steps += 1
+        if self.steps in (1, 2, 4) or self.steps % GUARD_EVERY == 0:
+            self.check({"step": self.steps})
+
+    def on_iteration(self, i: int, model: nn.Module) -> None:
+        self.check({"iteration": i + 1})
+
+    def check(self, at: dict) -> None:
+        """Check the current weights (``at``: where in the run, for the report)."""
+        start = time.perf_counter()
+        try:
+            self.checks += 1
+            if not _finite(self.model, self.probe, self.device):
+                self.stop = {"reason": "non-finite", "at": at}
+                raise GuardStop
+            if self.watched is not None:
+                acc = self._accuracy()
+                if acc < self.reference - self.max_drop:
+                    self.stop = {"reason": "guard", "at": at, "accuracy": acc}
+                    raise GuardStop
+            self.kept, self.kept_at = self._state(), at
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def finish(self) -> None:
+        """Check the method's result (unless a check already stopped it); after a stop, put the
+        kept weights back."""
+        if self.stop is None:
+            try:
+                self.check({"end": True})
+            except GuardStop:
+                pass
+        if self.stop is not None:
+            self.model.load_state_dict(self.kept)
+
+    def describe(self) -> dict:
+        """The report's ``guard`` entry."""
+        out = {"max_drop": self.max_drop, "watched": self.watched, "mode": self.mode, "checks": self.checks,
+               "stopped": self.stop is not None}
+        if self.watched is not None:
+            out.update(images=len(self.subset), reference_acc=self.reference)
+        elif self.max_drop is None:
+            out["note"] = "disabled (--max-drop off): only non-finite weights stop the method"
+        else:
+            out["note"] = "no --retain or --test to watch: only non-finite weights stop the method"
+        if self.mode == "step":
+            out["every"] = GUARD_EVERY
+        if self.stop is not None:
+            out.update(stopped_at=self.stop["at"], kept=self.kept_at)
+            if "accuracy" in self.stop:
+                out["acc_at_stop"] = self.stop["accuracy"]
+        return out
+
+
+def apply(loaded: LoadedModel, data: Data, method: str, config, ctx: Context,
+          max_drop: float | None = DEFAULT_MAX_DROP) -> dict:
+    """Run ``method`` on ``loaded`` (modified in place) under a :class:`Guard` that watches the
+    retain set (else the test set) with bound ``max_drop`` (percentage points; None: only
+    non-finite weights stop the method) and return the report: metrics before and after (percent;
+    UA always, RA/TA with retain/test, MIA with both), per-iteration log for iterative methods
+    (forget/retain/test accuracy, L2 distance from the original weights, seconds since start), total
+    seconds (checks excluded), ``stop_reason`` (budget, target, guard, non-finite) and the guard's
+    record."""
     model = loaded.model.to(ctx.device)
     reference = [p.detach().clone() for p in model.parameters()]
     before = metrics.evaluate(model, data.forget, data.retain, data.test, ctx.device, ctx.seed)
+    watched = "retain" if data.retain is not None else "test" if data.test is not None else None
+    mode = GUARD_MODE.get(method, "step")
+    guard = Guard(model, data.forget.x[:PROBE_IMAGES], getattr(data, watched) if watched else None,
+                  watched, max_drop, mode, ctx.device, ctx.seed)
     log: list[dict] = []
     t0 = time.time()
     measuring = 0.0  # time spent in this hook's own evaluation, kept out of the method's time
@@ -79,21 +216,68 @@ def apply(loaded: LoadedModel, data: Data, method: str, config, ctx: Context) ->
                 row[f"{name}_acc"] = metrics.accuracy(m, split.x, split.y, ctx.device)
         row["distance"] = _distance(m, reference)
         measuring += time.time() - start
-        row["seconds"] = time.time() - t0 - measuring
+        row["seconds"] = time.time() - t0 - measuring - guard.seconds
         log.append(row)
+        if mode == "iteration":
+            guard.on_iteration(i, m)
 
     ctx.on_iteration = on_iteration
-    result = REGISTRY[method].run(model, data, config, ctx)
-    seconds = time.time() - t0 - measuring
+    handle = register_optimizer_step_post_hook(guard.on_step) if mode == "step" else None
+    try:
+        result = REGISTRY[method].run(model, data, config, ctx)
+    except GuardStop:
+        result = model
+    finally:
+        if handle is not None:
+            handle.remove()
+    seconds = time.time() - t0 - measuring - guard.seconds
     if result is not model:  # retrain builds a fresh network: copy it into the loaded one
         model.load_state_dict(result.state_dict())
-    if not models.is_finite(model):
-        raise InputError(f"method {method} produced non-finite weights; nothing written "
-                         "(try a smaller --lr)")
+    guard.finish()
     after = metrics.evaluate(model, data.forget, data.retain, data.test, ctx.device, ctx.seed)
+    stop_reason = guard.stop["reason"] if guard.stop else ctx.stop_reason or "budget"
     return {"method": method, "config": config.to_dict(), "seed": ctx.seed, "device": str(ctx.device),
             "before": before, "after": after, "iterations": log, "seconds": seconds,
+            "stop_reason": stop_reason, "guard": guard.describe(),
             "distance": _distance(model, reference)}
+
+
+METRIC_NAMES = {"RA": "RA  retain accuracy", "UA": "UA  100 - forget accuracy",
+                "TA": "TA  test accuracy", "MIA": "MIA membership-inference efficacy"}
+
+
+def _where(at: dict | str) -> str:
+    """A guard position (``{"step": 8}``, ``{"iteration": 3}``, ``{"end": True}``, "original") in words."""
+    if at == "original":
+        return "the original weights"
+    if "end" in at:
+        return "the method's result"
+    return " ".join(f"{k} {v}" for k, v in at.items())
+
+
+def format_report(report: dict) -> str:
+    """The report as a before / after table of RA, UA, TA and MIA (percent, change in points) and
+    a line each on how the method stopped and what the guard watched."""
+    b, a = report["before"], report["after"]
+    rows = [f"{'metric':<36}{'before':>8}{'after':>8}{'change':>8}"]
+    for k, label in METRIC_NAMES.items():
+        if k in a:
+            rows.append(f"{label:<36}{b[k]:>8.1f}{a[k]:>8.1f}{a[k] - b[k]:>+8.1f}")
+    lines = ["\n".join(rows), f"{report['method']} in {report['seconds']:.1f} s; stopped: {report['stop_reason']}"]
+    g = report.get("guard", {})
+    if g.get("watched"):
+        text = (f"guard: {g['watched']} accuracy on {g['images']} images, {g['reference_acc']:.1f} before, "
+                f"may fall {g['max_drop']:g} points")
+        if g["stopped"] and "acc_at_stop" in g:
+            text += (f"; fell to {g['acc_at_stop']:.1f} at {_where(g['stopped_at'])}, "
+                     f"kept {_where(g['kept'])}")
+        lines.append(text)
+    elif g:
+        lines.append(f"guard: {g['note']}")
+    if report["stop_reason"] == "non-finite":
+        lines.append(f"weights turned non-finite at {_where(g['stopped_at'])}; kept {_where(g['kept'])} "
+                     "(try a smaller --lr)")
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -137,9 +321,12 @@ def load_inputs(inputs: Inputs) -> tuple[LoadedModel, Data]:
 def unlearn(inputs: Inputs, method: str = "invwnn", overrides: dict | None = None, *,
             out: str | None = None, report_path: str | None = None, rewinder: str = "learned",
             predictor: str | None = None, seed: int = 0, device: str = "cpu",
-            progress: bool = False) -> dict:
+            progress: bool = False, max_drop: float | None = DEFAULT_MAX_DROP) -> dict:
     """The ``invwnn apply`` command as a function. Returns the report, also written to
-    ``report_path`` (default: the output model's name with ``.json``)."""
+    ``report_path`` (default: the output model's name with ``.json``). ``max_drop``: the guard's
+    bound in percentage points of retain (else test) accuracy; None turns the bound off."""
+    if max_drop is not None and not (math.isfinite(max_drop) and max_drop >= 0):
+        raise InputError(f"--max-drop takes a number of points >= 0 or off, got {max_drop}")
     config = make_config(method, overrides or {})
     out_path = Path(out) if out else models.default_output(inputs.model)
     report_path = Path(report_path) if report_path else out_path.with_suffix(".json")
@@ -150,7 +337,7 @@ def unlearn(inputs: Inputs, method: str = "invwnn", overrides: dict | None = Non
     torch.manual_seed(seed)
     ctx = Context(device=device, seed=seed, progress=progress, rewinder=rew,
                   rebuild=loaded.rebuild if loaded.arch is not None or loaded.source == "pickle" else None)
-    report = apply(loaded, data, method, config, ctx)
+    report = apply(loaded, data, method, config, ctx, max_drop)
     report.update({
         "rewinder": rew.describe() if rew else None,
         "model": {"path": str(inputs.model), "source": loaded.source, "classes": list(loaded.classes),

@@ -1,15 +1,18 @@
-"""``invwnn apply`` and ``invwnn prepare``: parse flags, call the library, turn bad input into one
-line and exit code 2. Method flags are generated from the methods' config dataclasses, so each
+"""``invwnn apply``, ``invwnn report`` and ``invwnn prepare``: parse flags, call the library, turn
+bad input into one line and exit code 2. Method flags are generated from the methods' config dataclasses, so each
 method's defaults are documented in ``--help`` and live in one place."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import types
 import typing
+from pathlib import Path
 
 import click
 
-from invwnn.apply import REWINDERS, Inputs, unlearn
+from invwnn.apply import DEFAULT_MAX_DROP, REWINDERS, Inputs, format_report, unlearn
 from invwnn.methods import REGISTRY
 from invwnn.models import InputError
 from invwnn.original import PrepareConfig, prepare as prepare_original
@@ -61,6 +64,19 @@ def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
         raise UserError(f"{flag} takes comma-separated numbers, got {text!r}") from None
 
 
+def _max_drop(text: str) -> float | None:
+    """``--max-drop``: points >= 0, or off / none (no bound)."""
+    if text.strip().lower() in ("off", "none"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and value >= 0):
+        raise UserError(f"--max-drop takes a number of points >= 0 or off, got {text!r}")
+    return value
+
+
 @click.command("apply")
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
               help="Model file: the project's format, a torch.export .pt2, TorchScript, or (with "
@@ -86,11 +102,16 @@ def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
 @click.option("--std", help="Per-channel std(s), comma-separated.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of every random choice; recorded in the report.")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--max-drop", default=f"{DEFAULT_MAX_DROP:g}", show_default=True,
+              help="Guard: stop the method once accuracy on 512 retain images (test images without "
+                   "--retain) falls more than this many points below its value before unlearning, and "
+                   "keep the last weights within the bound; off: no bound (non-finite weights still stop it).")
+@click.option("--quiet", is_flag=True, help="No progress bars; one summary line instead of the table.")
 @_with_method_flags
 @input_errors
 def apply(model_path, forget_path, retain_path, test_path, method, out, report_path, predictor,
-          rewinder, trust_pickle, classes, size, channels, mean, std, seed, device, quiet, **method_opts):
+          rewinder, trust_pickle, classes, size, channels, mean, std, seed, device, max_drop, quiet,
+          **method_opts):
     """Remove the influence of the FORGET images from MODEL; write the unlearned model and a JSON
     report (metrics before/after, per-iteration log, config, seed, versions)."""
     given = {k: v for k, v in method_opts.items() if v is not None}
@@ -109,11 +130,30 @@ def apply(model_path, forget_path, retain_path, test_path, method, out, report_p
     inputs = Inputs(model_path, forget_path, retain_path, test_path, trust_pickle,
                     tuple(c.strip() for c in classes.split(",")) if classes else None, hw, channels,
                     _floats(mean, "--mean"), _floats(std, "--std"))
+    bound = _max_drop(max_drop)
     report = unlearn(inputs, method, given, out=out, report_path=report_path, rewinder=rewinder,
-                     predictor=predictor, seed=seed, device=device, progress=not quiet)
+                     predictor=predictor, seed=seed, device=device, progress=not quiet, max_drop=bound)
+    if not quiet:
+        click.echo(format_report(report))
     b, a = report["before"], report["after"]
     shown = " ".join(f"{k} {b[k]:.1f}->{a[k]:.1f}" for k in ("UA", "RA", "TA", "MIA") if k in a)
-    click.echo(f"{report['output']}: {method} in {report['seconds']:.1f} s; {shown}")
+    click.echo(f"{report['output']}: {method} in {report['seconds']:.1f} s, stopped: "
+               f"{report['stop_reason']}; {shown}")
+
+
+@click.command("report")
+@click.argument("path", type=click.Path(dir_okay=False))
+@input_errors
+def report(path):
+    """Print the before / after table of an ``invwnn apply`` report (the JSON file at PATH)."""
+    try:
+        data = json.loads(Path(path).read_text())
+        text = format_report(data)
+    except FileNotFoundError:
+        raise UserError(f"report {path} does not exist") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise UserError(f"{path} is not an invwnn apply report ({type(err).__name__}: {err})") from None
+    click.echo(text)
 
 
 @click.command("prepare")

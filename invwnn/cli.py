@@ -13,7 +13,7 @@ from trajgen.spec import ARCHS, SpecError, parse_choices
 from trajgen.store import StoreError, probe_writable
 from invwnn import fit
 from invwnn.evaluate import evaluate_checkpoint
-from invwnn.apply_cli import apply, prepare
+from invwnn.apply_cli import apply, prepare, report
 from invwnn.bench_cli import bench, tune
 from invwnn.predictor import CheckpointError, describe, read_checkpoint
 from invwnn.windows import WindowError
@@ -106,6 +106,7 @@ def evaluate(checkpoint, store, as_json, write):
 
 main.add_command(prepare)
 main.add_command(apply)
+main.add_command(report)
 main.add_command(bench)
 main.add_command(tune)
 

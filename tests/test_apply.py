@@ -16,21 +16,26 @@ from invwnn.predictor import FORMAT_VERSION, default_checkpoint
 
 @pytest.mark.parametrize("rewinder", ["learned", "linear"])
 def test_invwnn_lowers_forget_accuracy_toward_test_accuracy(tmp_path_factory, rewinder):
-    """Default config with the shipped predictor (and the linear ablation), stopped by a target."""
+    """Default config with the shipped predictor (and the linear ablation), stopped by a target.
+    The budget (30 iterations) leaves room: where the target is met varies from machine to machine
+    (the linear rewinder met it at the 10th on one, the 6th on another); that the target stopped the
+    run, neither the budget nor the guard, is read from the report's stop reason."""
     root = tiny_original(tmp_path_factory.getbasetemp())
     report = unlearn(Inputs(str(root / "model.pt"), str(root / "forget"), test=str(root / "test")),
-                     "invwnn", {"iterations": 10, "target_forget_acc": 85.0},
-                     out=str(root / f"inv-{rewinder}.pt"), rewinder=rewinder)
+                     "invwnn", {"iterations": 30, "target_forget_acc": 85.0},
+                     out=str(root / f"inv-{rewinder}.pt"), rewinder=rewinder, max_drop=10.0)
     before, after = report["before"], report["after"]
     assert 80 < before["TA"] < 85  # the target above is the original's test accuracy + ~2 points
     gap_before = (100 - before["UA"]) - before["TA"]
     gap_after = (100 - after["UA"]) - before["TA"]
     assert gap_before > 5  # the original memorised its forget set
     assert gap_after < 0.6 * gap_before  # forget accuracy moved most of the way to the original's test accuracy
-    # stated bound on this tiny model: test accuracy within 10 points of the original's
+    # stated bound on this tiny model: test accuracy within 10 points of the original's (the guard
+    # watches 512 test images with that bound; the run must not need it)
     assert after["TA"] > before["TA"] - 10
     rows = report["iterations"]
-    assert 100 - after["UA"] <= 85.0 and len(rows) < 10  # stopped by the target, not the budget
+    assert report["stop_reason"] == "target" and not report["guard"]["stopped"]
+    assert 100 - after["UA"] <= 85.0 and len(rows) < 30
     assert [r["iteration"] for r in rows] == list(range(1, len(rows) + 1))
     assert all({"forget_acc", "test_acc", "distance", "seconds"} <= set(r) for r in rows)
     assert rows[-1]["distance"] > rows[0]["distance"] > 0

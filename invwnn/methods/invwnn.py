@@ -213,6 +213,7 @@ def rewind_loop(model: nn.Module, data: Data, config: Config, ctx: Context, *, n
             ctx.on_iteration(it, model)
         if config.target_forget_acc is not None and \
                 accuracy(model, data.forget.x, data.forget.y, ctx.device) <= config.target_forget_acc:
+            ctx.stop_reason = "target"
             break
     return model
 

@@ -73,7 +73,8 @@ class Data:
 class Context:
     """How to run: ``device``, ``seed`` (recorded in the report), progress bars, the rewinder for
     InvWNN, a fresh-model factory for retraining, and a per-iteration hook ``on_iteration(i, model)``
-    for iterative methods."""
+    for iterative methods. A method that stops itself before its budget sets ``stop_reason`` (invwnn:
+    ``"target"``)."""
 
     device: str = "cpu"
     seed: int = 0
@@ -81,6 +82,7 @@ class Context:
     rewinder: Any = None
     rebuild: Callable[[], nn.Module] | None = None
     on_iteration: Callable[[int, nn.Module], None] | None = None
+    stop_reason: str | None = None
 
     def generator(self, salt: int = 0) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed * 1000003 + salt)

@@ -38,10 +38,8 @@ def kl(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Tensor:
 
 def run(model: nn.Module, data: Data, config: Config, ctx: Context) -> nn.Module:
     retain = data.need("retain", NAME)
-    teacher = copy.deepcopy(model)
-    set_mode(teacher, False)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    teacher = copy.deepcopy(model)  # only ever run under no_grad (a deep-copied TorchScript
+    set_mode(teacher, False)        # module's parameters are no leaves: requires_grad_ would fail)
     optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr, config.momentum,
                                config.weight_decay)
     fs = Sampler(data.forget, config.batch_size, ctx.generator(12), ctx.device)
