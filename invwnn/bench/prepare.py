@@ -152,7 +152,7 @@ def prepare_cached(config: scenarios.ScenarioConfig, seed: int, cache_dir: str |
         prep = prepare(scn, cache_dir, device)
         if tuning:
             prep = dataclasses.replace(prep, scenario=scn.for_tuning())
-        if len(_PREPARED) >= 8:
+        if len(_PREPARED) >= 32:  # a fair_bench worker meets 6 scenarios x 4 seeds
             _PREPARED.clear()
         _PREPARED[key] = prep
     return _PREPARED[key]

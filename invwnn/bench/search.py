@@ -96,7 +96,7 @@ def _trial(args: tuple) -> dict:
     """One configuration of one method on the tuning view of the tuning seed (pool worker)."""
     config, cache_dir, device, seed, name, overrides = args
     prep = prep_mod.prepare_cached(config, seed, cache_dir, device, tuning=True)
-    ref = _reference(prep, seed)
+    ref = _reference(config, seed, cache_dir)
     bench = runner.BenchConfig(methods=(name,), seeds=(seed,), cache_dir=cache_dir, device=device,
                                progress=False, method_overrides={name: overrides})
     r = runner.run_method(name, prep, ref["UA"], bench, seed)
@@ -109,9 +109,17 @@ def _trial(args: tuple) -> dict:
             **{k: e[k] for k in ("RA", "UA", "TA", "MIA")}}
 
 
-def _reference(prep: prep_mod.Prepared, seed: int) -> dict:
-    scn = prep.scenario
-    return measure(prep.retrain, scn.forget_split, scn.retain_split, scn.test, "cpu", seed, scn.extras)
+_REFERENCES: dict[tuple, dict] = {}
+
+
+def _reference(config: scenarios.ScenarioConfig, seed: int, cache_dir: str) -> dict:
+    """Retrain's metrics on the tuning view of ``config``'s ``seed`` (memoised in this process)."""
+    key = (config, seed, str(cache_dir))
+    if key not in _REFERENCES:
+        scn = prep_mod.prepare_cached(config, seed, cache_dir, tuning=True).scenario
+        retrain = prep_mod.prepare_cached(config, seed, cache_dir, tuning=True).retrain
+        _REFERENCES[key] = measure(retrain, scn.forget_split, scn.retain_split, scn.test, "cpu", seed, scn.extras)
+    return _REFERENCES[key]
 
 
 def trial_units(config: scenarios.ScenarioConfig, methods: tuple[str, ...], trials: int, seed: int,
