@@ -99,12 +99,13 @@ def watch_subset(split: Split, seed: int) -> Split:
 
 
 class Guard:
-    """Watches one method run on ``model``. At each check: the weights and the outputs on the
-    ``probe`` images must be finite and, when a
-    ``split`` is watched, top-1 accuracy (percent) on its :func:`watch_subset` must stay at least ``reference - max_drop``, ``reference`` being that accuracy before
-    unlearning. A check that passes keeps a copy of the weights (state dict); one that fails raises
-    :class:`GuardStop`. :meth:`finish` checks the result and, after a stop, restores the kept
-    weights (the original's when no check passed). ``seconds`` is the time spent checking."""
+    """Watches one method run on ``model``. At each check the weights and the outputs on the
+    ``probe`` images must be finite and, when a ``split`` is watched (``max_drop`` points, not None),
+    top-1 accuracy (percent) on its :func:`watch_subset` must stay at least ``reference - max_drop``,
+    ``reference`` being that accuracy before unlearning. A check that passes keeps a copy of the
+    weights (state dict); one that fails raises :class:`GuardStop`. :meth:`finish` checks the result
+    and, after a stop, restores the kept weights (the original's when no check passed). ``mode``
+    (step, iteration, end) is recorded; ``seconds`` is the time spent checking."""
 
     def __init__(self, model: nn.Module, probe: torch.Tensor, split: Split | None, split_name: str | None,
                  max_drop: float | None, mode: str, device: str, seed: int):
@@ -173,9 +174,9 @@ class Guard:
         if self.watched is not None:
             out.update(images=len(self.subset), reference_acc=self.reference)
         elif self.max_drop is None:
-            out["note"] = "disabled (--max-drop off): only non-finite weights stop the method"
+            out["note"] = "disabled (--max-drop off): only non-finite weights or outputs stop the method"
         else:
-            out["note"] = "no --retain or --test to watch: only non-finite weights stop the method"
+            out["note"] = "no --retain or --test to watch: only non-finite weights or outputs stop the method"
         if self.mode == "step":
             out["every"] = GUARD_EVERY
         if self.stop is not None:
