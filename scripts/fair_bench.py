@@ -17,6 +17,7 @@ where it stopped (same arguments).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -54,6 +55,13 @@ def _pool(fn, keyed_units: list[tuple[str, tuple]], state: Path, jobs: int, desc
     return done
 
 
+def _bench_key(scenario: str, unit: tuple) -> str:
+    """scenario/seed/method/hash of its hyperparameters: a new choice is a new unit."""
+    _, bench, seed, name, _ = unit
+    chosen = json.dumps(bench.method_overrides.get(name, {}), sort_keys=True)
+    return f"{scenario}/{seed}/{name}/{hashlib.sha256(chosen.encode()).hexdigest()[:10]}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scenarios", default=",".join(scenarios.SCENARIOS))
@@ -79,9 +87,10 @@ def main() -> None:
     map_units(prepare._prepare_unit, prep_units, args.jobs, "originals + Retrain")
 
     methods = tuple(runner.method_names(args.methods))
-    tune_units = [(f"{name}/{c[4]}/{i}", c) for name, config in configs.items()
-                  for i, c in enumerate(search.trial_units(config, methods, args.trials, search.TUNING_SEED,
-                                                           args.cache_dir, args.device))]
+    tune_units = []  # key: scenario/method/trial number (candidates share their prefix across --trials)
+    for name, config in configs.items():
+        units = search.trial_units(config, methods, args.trials, search.TUNING_SEED, args.cache_dir, args.device)
+        tune_units += [(f"{name}/{u[4]}/{i % args.trials}", u) for i, u in enumerate(units)]
     rows = _pool(search._trial, tune_units, args.state / "tune.jsonl", args.jobs, "tune")
     records = {}
     for name, config in configs.items():
@@ -99,11 +108,11 @@ def main() -> None:
                                    method_overrides=overrides, progress=False, jobs=args.jobs)
         seed_runs, units = runner.plan(config, bench)
         plans[name] = (bench, record, seed_runs, units)
-        bench_units += [(f"{name}/{u[2]}/{u[3]}", u) for u in units]
+        bench_units += [(_bench_key(name, u), u) for u in units]
     results = _pool(runner._unit, bench_units, args.state / "bench.jsonl", args.jobs, "bench")
     for name, (bench, record, seed_runs, units) in plans.items():
         res = runner.assemble(configs[name], bench, record, seed_runs, units,
-                              [results[f"{name}/{u[2]}/{u[3]}"] for u in units])
+                              [results[_bench_key(name, u)] for u in units])
         res["command"] = "python scripts/fair_bench.py " + " ".join(sys.argv[1:])
         res["wall_seconds"] = time.time() - t0
         report.write(res, args.results / name)

@@ -188,6 +188,7 @@ def run_method(name: str, prep: Prepared, target_ua: float, bench: BenchConfig, 
                   rebuild=lambda: new_model(scn.config, scn.x, len(scn.classes)),
                   on_iteration=tracker.on_iteration if mode == "iteration" else None)
     data = Data(fs, scn.classes, rs, None, prep.codes)
+    _warm_up(model, fs, device)
     handle = register_optimizer_step_post_hook(tracker.on_step) if mode == "step" else None
     torch.manual_seed(seed)
     tracker.start()
@@ -222,6 +223,19 @@ def run_method(name: str, prep: Prepared, target_ua: float, bench: BenchConfig, 
         out["equal"] = {**_score(model, prep, seed, seconds if mode == "alpha" else row["seconds"]),
                         "reached": True, "stopped_at": row}
     return out
+
+
+_WARM: set[str] = set()
+
+
+def _warm_up(model: nn.Module, forget: Split, device: str) -> None:
+    """On an accelerator, one forward and backward pass on a copy before the first timed run in
+    this process, so that the first method's time does not include kernel loading."""
+    if device == "cpu" or device in _WARM:
+        return
+    twin = copy.deepcopy(model)
+    twin(forget.x[:128].to(device)).sum().backward()
+    _WARM.add(device)
 
 
 @torch.no_grad()
