@@ -28,7 +28,7 @@ from invwnn.bench.pool import map_units
 from invwnn.methods import REGISTRY
 from invwnn.models import InputError, atomic_write, versions
 
-TRIALS = 10  # configurations per method, the same for every method, ablation and control
+TRIALS = 16  # configurations per method, the same for every method, ablation and control
 TUNING_SEED = 100  # reported seeds are 0, 1, 2, ...
 TUNED_DIR = Path(__file__).with_name("tuned")
 
