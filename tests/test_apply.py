@@ -18,7 +18,7 @@ from invwnn.predictor import FORMAT_VERSION, default_checkpoint
 def test_invwnn_lowers_forget_accuracy_toward_test_accuracy(tmp_path_factory, rewinder):
     """Default config with the shipped predictor (and the linear ablation), stopped by a target.
     The budget (30 iterations) leaves room: where the target is met varies from machine to machine
-    (the linear rewinder met it at the 10th on one, the 6th on another); that the target stopped the
+    (the linear rewinder met it only at its 10th iteration on one); that the target stopped the
     run, neither the budget nor the guard, is read from the report's stop reason."""
     root = tiny_original(tmp_path_factory.getbasetemp())
     report = unlearn(Inputs(str(root / "model.pt"), str(root / "forget"), test=str(root / "test")),
