@@ -276,8 +276,10 @@ def format_report(report: dict) -> str:
     elif g:
         lines.append(f"guard: {g['note']}")
     if report["stop_reason"] == "non-finite":
-        lines.append(f"weights turned non-finite at {_where(g['stopped_at'])}; kept {_where(g['kept'])} "
-                     "(try a smaller --lr)")
+        lines.append(f"weights or outputs turned non-finite at {_where(g['stopped_at'])}; kept "
+                     f"{_where(g['kept'])} (try a smaller --lr)")
+    if g.get("stopped") and g.get("kept") == "original":
+        lines.append("the written model is the original: nothing was unlearned")
     return "\n".join(lines)
 
 

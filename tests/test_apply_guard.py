@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from _apply_fixtures import unseen_lenet
 from invwnn import forget as forget_io
 from invwnn import metrics, models
-from invwnn.apply import DEFAULT_MAX_DROP, GUARD_EVERY, Inputs, unlearn, watch_subset
+from invwnn.apply import DEFAULT_MAX_DROP, GUARD_EVERY, Inputs, format_report, unlearn, watch_subset
 from invwnn.apply_cli import apply, report
 from invwnn.methods import REGISTRY
 
@@ -102,6 +102,9 @@ def test_non_finite_weights_stop_the_run_with_the_last_finite_ones(lenet, tmp_pa
     assert r["guard"]["kept"] == "original" or r["guard"]["kept"]["step"] < r["guard"]["stopped_at"]["step"]
     loaded = models.load(tmp_path / "m.pt")
     assert all(torch.isfinite(t).all() for t in loaded.model.state_dict().values() if t.is_floating_point())
+    text = format_report(r)
+    assert "stopped: non-finite" in text and "turned non-finite at step" in text
+    assert ("nothing was unlearned" in text) == (r["guard"]["kept"] == "original")
 
 
 def test_without_retain_the_guard_watches_test_and_without_either_says_it_cannot(lenet, tmp_path):
