@@ -1,6 +1,6 @@
 """``invwnn apply``, ``invwnn report`` and ``invwnn prepare``: parse flags, call the library, turn
-bad input into one line and exit code 2. Method flags are generated from the methods' config dataclasses, so each
-method's defaults are documented in ``--help`` and live in one place."""
+bad input into one line and exit code 2. Method flags are generated from the methods' config
+dataclasses, so each method's defaults are documented in ``--help`` and live in one place."""
 from __future__ import annotations
 
 import dataclasses
