@@ -9,7 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from invwnn.bench import runner, scenarios
+from invwnn.bench import prepare, report, runner, scenarios, search
 from invwnn.bench_cli import _command, bench
 from invwnn.methods import REGISTRY
 from trajgen import data as datasets
@@ -77,14 +77,14 @@ def test_check_schedule_is_dense_early_and_sparse_late():
 def test_original_and_retrain_are_cached(ds, tmp_path):
     cfg = scenarios.scenario_config("random10", quick=True, train_size=300, test_size=100, epochs=1.0, width=4)
     s = scenarios.build(cfg, 0, ds)
-    a = runner.prepare(s, tmp_path)
-    b = runner.prepare(s, tmp_path)
+    a = prepare.prepare(s, tmp_path)
+    b = prepare.prepare(s, tmp_path)
     assert not a.meta["original"]["cache_hit"] and b.meta["original"]["cache_hit"] and b.meta["retrain"]["cache_hit"]
     for m1, m2 in ((a.original, b.original), (a.retrain, b.retrain)):
         for (k, v1), v2 in zip(m1.state_dict().items(), m2.state_dict().values()):
             assert torch.equal(v1, v2), k
     # another seed is another key; the retrained model never saw the forget set, so it differs
-    assert runner.prepare(scenarios.build(cfg, 1, ds), tmp_path).meta["original"]["cache_key"] != a.meta["original"]["cache_key"]
+    assert prepare.prepare(scenarios.build(cfg, 1, ds), tmp_path).meta["original"]["cache_key"] != a.meta["original"]["cache_key"]
     assert not torch.equal(a.original.net[0].weight, a.retrain.net[0].weight)
 
 
@@ -117,20 +117,45 @@ def test_quick_bench_end_to_end(tmp_path):
         want = sum(abs(m["budget"][k] - ref[k]) for k in ("RA", "UA", "TA", "MIA")) / 4
         assert m["budget"]["gap"] == pytest.approx(want)
         eq = m["equal"]
-        if eq["reached"] and eq["stopped_at"] is not None:
+        if m["stop_mode"] == "none":  # one-shot: reached iff its one result is at Retrain's UA
+            assert eq["reached"] == (eq["UA"] >= target - 1e-9) and eq["stopped_at"] is None
+            continue
+        assert eq["reached"] == (eq["stopped_at"] is not None)
+        if eq["reached"]:
             # stopped at the first check whose (subset) UA reached Retrain's, no later than budget
             assert 100 - eq["stopped_at"]["forget_acc"] >= target
             assert eq["seconds"] <= m["budget"]["seconds"] + 1e-6
             earlier = m["trajectory"][: m["trajectory"].index(eq["stopped_at"])]
             assert all(100 - t["forget_acc"] < target for t in earlier)
+        else:  # never reached: no check, the final state's included, got there
+            assert all(100 - t["forget_acc"] < target for t in m["trajectory"])
+    # the protocol must have stopped something, so this test cannot pass with every row unreached:
+    # InvWNN's first rewinds on a backdoor take the forget accuracy down at once
+    inv = run["methods"]["invwnn"]
+    assert inv["equal"]["reached"] and inv["equal"]["stopped_at"]["iteration"] < len(inv["trajectory"])
+    # a step method's last check is its final state
+    assert run["methods"]["neggrad"]["trajectory"][-1]["step"] == run["methods"]["neggrad"]["optimizer_steps"]
+    # and a step method that gets there is stopped at the first check that does, before its end
+    config = scenarios.scenario_config("backdoor", quick=True, train_size=400, test_size=200, epochs=2.0, width=8)
+    prep = prepare.prepare_cached(config, 0, cache)
+    fast = runner.BenchConfig(methods=("neggrad",), seeds=(0,), cache_dir=str(cache), progress=False,
+                              method_overrides={"neggrad": {"lr": 0.05, "epochs": 10.0}})
+    m = runner.run_method("neggrad", prep, target, fast, 0)
+    stop = m["equal"]["stopped_at"]
+    assert m["equal"]["reached"] and stop["step"] < m["optimizer_steps"] and 100 - stop["forget_acc"] >= target
+    assert all(100 - t["forget_acc"] < target for t in m["trajectory"][: m["trajectory"].index(stop)])
     assert "error" in run["methods"]["mnemonic"]  # backdoor's original has no mnemonic codes
-    iterations = REGISTRY["invwnn"].config().iterations
+    iterations = run["methods"]["invwnn"]["config"]["iterations"]  # the tuned value for backdoor
     assert len(run["methods"]["invwnn"]["trajectory"]) == iterations  # one check per rewind
+    assert res["tuning"]["scenario"]["name"] == "backdoor"  # the packaged record, copied in
+    assert run["methods"]["neggrad"]["config"]["lr"] == res["tuning"]["methods"]["neggrad"]["chosen"]["lr"]
+    assert run["data"]["test"]["pool"] == "test" and run["data"]["val"]["pool"] == "train"
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [r["name"] for r in rows[:2]] == ["Original", "Retrain"] and "ASR" in rows[0]
     table = (out / "table.md").read_text()
     assert "| Retrain |" in table and "ASR" in table and "mnemonic" in table
-    # a rerun takes the original and the retrained model from the cache
+    # a rerun (a new process: nothing memoised) takes the original and the retrained model from the cache
+    prepare._PREPARED.clear()
     r2 = CliRunner().invoke(bench, base + ["--methods", "neggrad"], catch_exceptions=False)
     assert r2.exit_code == 0, r2.output
     res2 = json.loads((out / "results.json").read_text())
@@ -138,18 +163,120 @@ def test_quick_bench_end_to_end(tmp_path):
     assert res2["runs"][0]["retrain"]["UA"] == pytest.approx(target)
 
 
-def test_tuned_overrides_apply_to_every_rewinder_ablation(tmp_path):
-    tuned = tmp_path / "tuned.json"
-    tuned.write_text(json.dumps({"chosen": {"invwnn+": {"lr": 0.002}, "salun": {"sparsity": 0.8}}}))
-    got = runner.tuned_overrides(tuned)
-    assert got["invwnn+"] == got["invwnn+-linear"] == got["invwnn+-none"] == {"lr": 0.002}
-    assert got["salun"] == {"sparsity": 0.8} and "invwnn" not in got and "neggrad+" not in got
-    assert runner.tuned_overrides(None) == {}
+def test_every_method_gets_the_same_search():
+    runs = {name: search.candidates(name) for name in runner.ORDER}
+    assert {len(c) for c in runs.values()} == {search.TRIALS}
+    for name, cands in runs.items():
+        defaults = runner.REGISTRY[runner.BENCH_METHODS[name][0]].config()
+        assert cands[0] == {k: getattr(defaults, k) for k in search.SPACES[name]}  # defaults first
+        assert search.candidates(name) == cands  # seeded
+        for c in cands[1:]:
+            for k, (kind, *args) in search.SPACES[name].items():
+                if kind == "choice":
+                    assert c[k] in args[0]
+                else:
+                    assert args[0] * 0.999 <= c[k] <= args[1] * 1.001, (name, k, c[k])
+        assert len({json.dumps(c, sort_keys=True) for c in cands}) > len(cands) // 2  # really random
+    # the line's horizon is searched; the controls keep the learned row's space without it
+    assert "horizon" in search.SPACES["invwnn+-linear"] and "horizon" not in search.SPACES["invwnn+-reset"]
+    assert search.candidates("invwnn+", 3)[:2] == search.candidates("invwnn+", 5)[:2]  # prefix-stable
+
+
+def test_choice_prefers_reaching_then_gap():
+    rows = [{"reached": False, "gap": 0.5, "seconds": 1.0, "overrides": {"a": 0}},
+            {"reached": True, "gap": 3.0, "seconds": 9.0, "overrides": {"a": 1}},
+            {"reached": True, "gap": 2.0, "seconds": 5.0, "overrides": {"a": 2}},
+            {"error": "boom", "overrides": {"a": 3}}]
+    assert search.choose(rows)["overrides"] == {"a": 2}
+    assert search.choose(rows[:1])["overrides"] == {"a": 0}
+    assert search.choose(rows[3:]) is None
+
+
+def test_tuning_records_load_and_refuse_the_wrong_scenario(tmp_path):
+    record = {"scenario": {"name": "class"}, "methods": {"salun": {"chosen": {"sparsity": 0.8}}}}
+    (tmp_path / "class.json").write_text(json.dumps(record))
+    chosen, rec = search.load("class", tmp_path)
+    assert chosen == {"salun": {"sparsity": 0.8}} and rec["sha256"] and rec["path"].endswith("class.json")
+    with pytest.raises(Exception, match="tuned on class, not random10"):
+        search.load("random10", tmp_path / "class.json")
     (tmp_path / "bad.json").write_text("{}")
     r = CliRunner().invoke(bench, ["--scenario", "random10", "--tuned", str(tmp_path / "bad.json"),
                                    "--out", str(tmp_path / "o")])
-    assert r.exit_code == 2 and "not a scripts/tune.py result" in r.output
+    assert r.exit_code == 2 and "not a tuning record" in r.output
     assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+    # every scenario has a packaged record with the same number of trials for every method
+    for name in scenarios.SCENARIOS:
+        chosen, rec = search.load(name)
+        assert rec is not None and set(chosen) == set(runner.ORDER), name
+        assert {m["trials"] for m in rec["methods"].values()} == {rec["trials_per_method"]}, name
+        assert rec["data"]["val"]["pool"] == "train" and "test" not in rec["data"], name
+
+
+@pytest.mark.parametrize("name", list(scenarios.SCENARIOS))
+def test_validation_never_shares_an_image_with_test_or_training(ds, name):
+    """For the reported seeds and the tuning seed, at full size: validation images come from the
+    training pool outside the training subset, so they are disjoint from every test image (another
+    pool) and from what the original trained on; the tuning view measures on them."""
+    config = scenarios.scenario_config(name)
+    for seed in (0, 1, 2, search.TUNING_SEED):
+        s = scenarios.build(config, seed, ds)
+        (vp, val), (tp, train), (sp, test) = s.index["val"], s.index["train"], s.index["test"]
+        assert vp == tp == "train" and sp == "test"
+        assert len(val) == config.val_size and not set(val.tolist()) & set(train.tolist())
+        assert torch.equal(s.val.x, datasets.to_float(ds.x_train[val]))  # the split holds what the index says
+        assert torch.equal(s.test.x[:, :, :-4, :-4], datasets.to_float(ds.x_test[test])[:, :, :-4, :-4])
+        view = s.for_tuning()
+        assert view.test is s.val and not view.extras and "test" not in view.index
+        assert view.fingerprint()["val"] == s.fingerprint()["val"] and "test" not in view.fingerprint()
+
+
+def test_tuning_measures_validation_images_only(ds, tmp_path, monkeypatch):
+    """Every split the search measures (its metrics and its stopping checks) is forget, retain or
+    validation: the test split never reaches a measurement."""
+    seen = []
+    real_measure, real_subset = search.measure, runner._subset
+
+    def spy_measure(model, forget, retain, test, *a, **k):
+        seen.extend([forget.source, retain.source, test.source])
+        return real_measure(model, forget, retain, test, *a, **k)
+
+    def spy_subset(split, n, seed):
+        seen.append(split.source)
+        return real_subset(split, n, seed)
+
+    monkeypatch.setattr(search, "measure", spy_measure)
+    monkeypatch.setattr(runner, "measure", spy_measure)
+    monkeypatch.setattr(runner, "_subset", spy_subset)
+    config = scenarios.scenario_config("random10", quick=True, train_size=300, val_size=100, test_size=100,
+                                       epochs=1.0, width=4)
+    record = search.tune(config, ("neggrad", "invwnn+-reset"), trials=2, cache_dir=str(tmp_path), progress=False)
+    assert set(seen) == {"forget", "retain", "val"}
+    assert {m["trials"] for m in record["methods"].values()} == {2}
+    assert record["data"]["val"]["n"] == 100 and "test" not in record["data"]
+
+
+def test_equal_forgetting_table_is_over_reaching_seeds_only():
+    def result(ua, reached, g):
+        m = {"RA": 90.0, "UA": ua, "TA": 80.0, "MIA": 10.0, "gap": g, "seconds": 1.0, "time_ratio": 0.1}
+        return {"stop_mode": "step", "budget": dict(m), "equal": {**m, "reached": reached}}
+
+    ref = {"RA": 90.0, "UA": 10.0, "TA": 80.0, "MIA": 10.0, "gap": 0.0, "seconds": 9.0}
+    gaps = {"a": [(True, 1.0), (True, 3.0), (False, 0.1)],   # 2/3, mean 2.0 over the two
+            "b": [(True, 2.5), (True, 2.5), (True, 2.5)],    # 3/3: the only row that may be bold
+            "c": [(False, 0.0), (False, 0.0), (False, 0.0)]}  # never: no figures at all
+    runs = [{"seed": i, "original": dict(ref), "retrain": dict(ref),
+             "methods": {n: result(10.0, *gaps[n][i]) for n in gaps}} for i in range(3)]
+    results = {"scenario": {"name": "random10"}, "bench": {"methods": list(gaps)}, "runs": runs}
+    rows = {(r["name"], r["protocol"]): r for r in report.summarise(results)}
+    assert rows[("a", "equal")]["gap"] == pytest.approx(2.0) and rows[("a", "equal")]["reached"] == 2
+    assert rows[("a", "budget")]["gap"] == pytest.approx((1.0 + 3.0 + 0.1) / 3)  # budget: every seed
+    assert rows[("c", "equal")]["reached"] == 0 and "gap" not in rows[("c", "equal")]
+    table = report.markdown(results, report.summarise(results))
+    equal = table.split("## default budget")[0]
+    assert "| **b (step)** |" in equal and "**a" not in equal
+    line_c = next(line for line in equal.splitlines() if line.startswith("| c (step)"))
+    assert "not reached in any seed" in line_c and "0/3" in line_c and "0.00" not in line_c
+    assert next(line for line in equal.splitlines() if line.startswith("| a (step)")).endswith("| 2/3 |")
 
 
 def test_recorded_command_is_the_one_given():
