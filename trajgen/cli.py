@@ -7,6 +7,7 @@ import sys
 import click
 
 from trajgen import collect as collecting
+from trajgen import episodes as episoding
 from trajgen import info as store_info
 from trajgen import verify as verifying
 from trajgen.cli_errors import OneLineGroup, UserError, user_errors
@@ -52,6 +53,33 @@ def collect(store, archs, optimizers, runs, seed, steps, every, dataset, data_ro
         threads_per_worker=threads_per_worker, scheduler=scheduler, progress=not quiet)
     result = collecting.collect(config)
     click.echo(f"{result['store']}: trained {result['trained']} runs, skipped {result['skipped']} "
+               f"already complete, in {result['seconds']:.1f} s")
+
+
+@main.command()
+@click.option("--store", default="data/episodes.zarr", show_default=True, help="Zarr store to create or resume.")
+@click.option("--runs", default=100, show_default=True, type=click.IntRange(min=1), help="Episodes in the collection.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Global seed; episode i's spec depends on (seed, i) only.")
+@click.option("--per-parent", default=4, show_default=True, type=click.IntRange(min=1),
+              help="Episodes fine-tuned from each trained parent.")
+@click.option("--parent-steps", default=episoding.PARENT_STEPS, show_default=True, type=click.IntRange(min=1),
+              help="Training steps of each parent.")
+@click.option("--dataset", default="fashion-mnist", show_default=True, type=click.Choice(DATASETS))
+@click.option("--data-root", default=None, type=click.Path(), help="Folder with the dataset's IDX files.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=0),
+              help="Local dask worker processes (0: train in this process).")
+@click.option("--threads-per-worker", default=1, show_default=True, type=click.IntRange(min=1),
+              help="torch threads per worker.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@input_errors
+def episodes(store, runs, seed, per_parent, parent_steps, dataset, data_root, workers, threads_per_worker, quiet):
+    """Fine-tune trained parents on small subsets, recording every weight every step, into STORE
+    (runs of kind "episode"); rerun to resume."""
+    config = episoding.EpisodeConfig(store=store, runs=runs, seed=seed, per_parent=per_parent,
+                                     parent_steps=parent_steps, dataset=dataset, data_root=data_root,
+                                     workers=workers, threads_per_worker=threads_per_worker, progress=not quiet)
+    result = episoding.collect_episodes(config)
+    click.echo(f"{result['store']}: wrote {result['trained']} episodes, skipped {result['skipped']} "
                f"already complete, in {result['seconds']:.1f} s")
 
 

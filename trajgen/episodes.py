@@ -1,0 +1,383 @@
+"""Fine-tuning episodes: the kind of trajectory an unlearning rewinder sees.
+
+An *episode* starts from a trained *parent* model and fine-tunes it on a small subset of the data
+the parent was trained on, recording every weight after every optimizer step (spacing 1), with the
+optimizers and learning rates the applier (invwnn+) uses. Three subset rules mimic the forgetting
+scenarios: ``random`` (random examples of the parent's training pool), ``class`` (examples of one
+class) and ``mislabelled`` (examples whose label was wrong when the parent learned them; their
+parent was trained with a share of its pool relabelled).
+
+Everything random is drawn once into a frozen :class:`EpisodeSpec` from (collection seed, episode
+index), as :func:`trajgen.spec.draw_run` draws runs. Parents are trajgen runs trained with
+trajgen's own code (:func:`trajgen.train.snapshots`) on a seeded pool of training images; episodes
+``i`` with the same ``i // per_parent`` share a parent, which a process trains once and caches.
+
+Storage: an episode is a run group ``runs/episode-<index>`` of an ordinary trajgen store, written
+with :class:`trajgen.store.RunWriter`. Its ``spec`` attribute is the :class:`RunSpec` of the
+fine-tuning (the parent's architecture, the episode's optimizer, lr, batch size, steps, ``every=1``),
+so every reader of runs (``invwnn train``, ``trajgen info``, ``trajgen verify``) reads it unchanged;
+its extra attributes are ``kind = "episode"`` and ``episode`` (the :class:`EpisodeSpec` as a dict:
+parent, subset rule, optimizer, lr, spacing). During fine-tuning, norm layers are frozen (affine
+parameters and running statistics) as in the applier's loop, so their coordinates stay constant.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from trajgen import data as datasets
+from trajgen import store
+from trajgen.nets import NORM_TYPES, flat_weights, layer_table
+from trajgen.spec import OptimSpec, RunSpec, SpecError, draw_run
+from trajgen.train import Snapshot, accuracy, batches, build_model, snapshots
+
+EPISODE_KIND = "episode"
+RULES = ("random", "class", "mislabelled")
+EPISODE_OPTIMIZERS = ("adam", "sgd")
+# Log-uniform fine-tuning lr per optimizer: Adam around invwnn+'s range (its default 1.6e-3).
+EPISODE_LR = {"adam": (3e-4, 5e-3), "sgd": (3e-3, 1e-1)}
+PARENT_ARCHS = ("cnn", "vit")
+PARENT_OPTIMIZERS = ("adam", "adamw", "momentum")  # the optimizers whose runs rarely diverge
+PARENT_STEPS = 600
+PARENT_POOL = 6000  # training images a parent learns (several epochs in PARENT_STEPS steps)
+MISLABELLED_SHARE = 0.2  # share of a mislabelled-rule parent's pool trained with a wrong label
+SUBSET_SIZES = (128, 256, 512)
+EPISODE_STEPS = (96, 128, 192)
+EPISODE_BATCH_SIZES = (32, 64, 128)
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """One fine-tuning episode.
+
+    ``parent`` (trained ``parent.steps`` steps on ``parent_pool`` images of the training set drawn
+    with ``parent.seed``; ``parent_noise``: share of that pool relabelled) is fine-tuned with
+    ``optimizer`` at constant ``lr`` for ``steps`` steps of ``batch_size`` examples of the subset,
+    a snapshot every ``every`` steps (step 0 included). The subset: ``subset_size`` examples of the
+    pool (``random``), of the pool's class ``target_class`` (``class``) or of its relabelled
+    examples, with their wrong labels (``mislabelled``); fewer when the rule has fewer.
+    """
+
+    index: int
+    seed: int
+    parent_index: int
+    parent: RunSpec
+    parent_pool: int
+    parent_noise: float
+    rule: str
+    target_class: int
+    subset_size: int
+    optimizer: str
+    lr: float
+    batch_size: int
+    steps: int
+    every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise SpecError(f"unknown subset rule {self.rule!r}; valid: {', '.join(RULES)}")
+        if self.optimizer not in EPISODE_OPTIMIZERS:
+            raise SpecError(f"unknown episode optimizer {self.optimizer!r}; valid: {', '.join(EPISODE_OPTIMIZERS)}")
+        if self.steps < 1 or self.every < 1 or self.every > self.steps:
+            raise SpecError(f"need 1 <= every <= steps, got every={self.every}, steps={self.steps}")
+        if (self.rule == "mislabelled") != (self.parent_noise > 0):
+            raise SpecError("a mislabelled episode needs a parent trained with relabelled examples, and only it")
+
+    @property
+    def name(self) -> str:
+        return f"episode-{self.index:06d}"
+
+    @property
+    def parent_name(self) -> str:
+        return f"parent-{self.parent_index:06d}"
+
+    def run_spec(self) -> "EpisodeRun":
+        """The fine-tuning as a trajgen run spec (what the store's ``spec`` attribute holds)."""
+        p = self.parent
+        return EpisodeRun(index=self.index, seed=self.seed, arch=p.arch,
+                          optim=OptimSpec(self.optimizer, self.lr, 0.0, "constant"),
+                          batch_size=self.batch_size, init=p.init, steps=self.steps, every=self.every,
+                          dataset=p.dataset)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EpisodeSpec":
+        d = dict(d)
+        d["parent"] = RunSpec.from_dict(d["parent"])
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+class EpisodeRun(RunSpec):
+    """An episode's fine-tuning as a :class:`RunSpec`; only its group name differs."""
+
+    @property
+    def name(self) -> str:
+        return f"episode-{self.index:06d}"
+
+
+def draw_episode(seed: int, index: int, per_parent: int = 4, dataset: str = "fashion-mnist",
+                 archs: tuple[str, ...] = PARENT_ARCHS, parent_steps: int = PARENT_STEPS) -> EpisodeSpec:
+    """The spec of episode ``index`` of a collection with global ``seed``: a pure function of its
+    arguments. Parent ``p = index // per_parent`` is run ``p`` of ``draw_run(seed, ...)`` (cnn and
+    vit in turn, small widths); its subset rule cycles random, class, mislabelled with ``p``."""
+    if per_parent < 1:
+        raise SpecError(f"episodes per parent must be at least 1, got {per_parent}")
+    p = index // per_parent
+    parent = draw_run(seed, p, archs, PARENT_OPTIMIZERS, parent_steps, parent_steps, dataset)
+    rule = RULES[p % len(RULES)]
+    rng = np.random.default_rng([seed, index, 2])
+    optimizer = "adam" if rng.random() < 0.75 else "sgd"
+    lo, hi = EPISODE_LR[optimizer]
+    return EpisodeSpec(index=index, seed=int(rng.integers(0, 2**31 - 1)), parent_index=p, parent=parent,
+                       parent_pool=PARENT_POOL, parent_noise=MISLABELLED_SHARE if rule == "mislabelled" else 0.0,
+                       rule=rule, target_class=int(rng.integers(0, 10)) if rule == "class" else -1,
+                       subset_size=int(rng.choice(SUBSET_SIZES)), optimizer=optimizer,
+                       lr=float(math.exp(rng.uniform(math.log(lo), math.log(hi)))),
+                       batch_size=int(rng.choice(EPISODE_BATCH_SIZES)), steps=int(rng.choice(EPISODE_STEPS)))
+
+
+# ---------------------------------------------------------------------------------------------
+# data of a parent and of an episode
+
+
+def parent_data(parent: RunSpec, pool_size: int, noise: float,
+                data: datasets.Dataset) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
+    """A parent's training pool: (pool indices into the training set (P,), labels the parent
+    learned for the whole training set (N,) int64, indices of the relabelled pool examples (R,),
+    ``round(noise * P)`` of them). A function of the parent's seed, so its episodes agree."""
+    rng = np.random.default_rng([parent.seed, 7])
+    pool = np.sort(rng.permutation(len(data.y_train))[:pool_size])
+    labels = data.y_train.clone()
+    noisy = np.sort(rng.permutation(pool)[:round(noise * len(pool))])
+    shift = torch.from_numpy(rng.integers(1, len(data.classes), size=len(noisy)))
+    labels[noisy] = (labels[noisy] + shift) % len(data.classes)  # always a wrong class
+    return pool, labels, noisy
+
+
+def subset_indices(spec: EpisodeSpec, data: datasets.Dataset) -> tuple[np.ndarray, torch.Tensor]:
+    """The episode's fine-tuning subset: (indices into the training set (S,), sorted, and the
+    labels to train them with (S,) int64: the parent's, wrong ones for ``mislabelled``)."""
+    pool, labels, noisy = parent_data(spec.parent, spec.parent_pool, spec.parent_noise, data)
+    candidates = {"random": pool, "class": pool[data.y_train[pool].numpy() == spec.target_class],
+                  "mislabelled": noisy}[spec.rule]
+    rng = np.random.default_rng([spec.seed, 3])
+    chosen = np.sort(rng.permutation(candidates)[:spec.subset_size])
+    if len(chosen) < 2:
+        raise SpecError(f"{spec.name}: its subset rule leaves {len(chosen)} examples")
+    return chosen, labels[chosen]
+
+
+@functools.lru_cache(maxsize=2)
+def _parent_state(parent_json: str, pool_size: int, noise: float, data_root: str | None) -> dict[str, torch.Tensor]:
+    """The trained parent's state dict: ``trajgen.train.snapshots`` on its pool, with its labels.
+    Cached per process because episodes share parents."""
+    parent = RunSpec.from_json(parent_json)
+    data = load_data(parent.dataset, data_root)
+    pool, labels, _ = parent_data(parent, pool_size, noise, data)
+    pool_data = dataclasses.replace(data, x_train=data.x_train[pool], y_train=labels[pool])
+    model = build_model(parent, pool_data)
+    for _ in snapshots(parent, model, pool_data):  # trajgen's training loop; snapshots unused
+        pass
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def parent_model(spec: EpisodeSpec, data_root: str | None = None) -> nn.Module:
+    """A fresh copy of the episode's trained parent model."""
+    data = load_data(spec.parent.dataset, data_root)
+    model = build_model(spec.parent, data)
+    model.load_state_dict(_parent_state(spec.parent.to_json(), spec.parent_pool, spec.parent_noise, data_root))
+    return model
+
+
+@functools.lru_cache(maxsize=2)
+def load_data(name: str, root: str | None) -> datasets.Dataset:
+    """The dataset, decompressed once per process."""
+    return datasets.load(name, root)
+
+
+# ---------------------------------------------------------------------------------------------
+# fine-tuning
+
+
+def episode_batches(spec: EpisodeSpec, subset: np.ndarray) -> Iterator[np.ndarray]:
+    """Endless minibatches of training-set indices, all from ``subset`` (S,): reshuffled every
+    pass, ``min(batch_size, S)`` per batch."""
+    for idx in batches(len(subset), min(spec.batch_size, len(subset)), spec.seed):
+        yield subset[idx.numpy()]
+
+
+def _freeze_norms(model: nn.Module) -> list[nn.Parameter]:
+    """Put norm layers in eval mode and return the other parameters (the ones fine-tuned)."""
+    model.train()
+    frozen = set()
+    for module in model.modules():
+        if isinstance(module, NORM_TYPES):
+            module.eval()
+            frozen |= {id(p) for p in module.parameters()}
+    return [p for p in model.parameters() if id(p) not in frozen]
+
+
+def finetune(spec: EpisodeSpec, model: nn.Module, data: datasets.Dataset,
+             order: Iterator[np.ndarray] | None = None) -> Iterator[Snapshot]:
+    """Fine-tune ``model`` in place on the episode's subset, yielding a :class:`Snapshot` (all
+    weights, flat ``(n_coords,)``) at step 0 and every ``spec.every`` steps. ``order`` (default
+    :func:`episode_batches`) gives each step's training-set indices. Stops early, without
+    yielding, once the loss or the weights stop being finite (a diverged episode)."""
+    subset, labels = subset_indices(spec, data)
+    label_of = dict(zip(subset.tolist(), labels.tolist()))
+    order = episode_batches(spec, subset) if order is None else order
+    table = layer_table(model)
+    params = _freeze_norms(model)
+    opt = (torch.optim.Adam(params, lr=spec.lr) if spec.optimizer == "adam"
+           else torch.optim.SGD(params, lr=spec.lr))
+    yield Snapshot(0, flat_weights(model, table).numpy(), float("nan"), float("nan"))
+    loss_sum, correct, seen = 0.0, 0, 0
+    for step in range(1, spec.steps + 1):
+        idx = next(order)
+        x = datasets.to_float(data.x_train[torch.from_numpy(idx)])
+        y = torch.tensor([label_of[i] for i in idx.tolist()])
+        out = model(x)
+        loss = F.cross_entropy(out, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_sum += loss.item()
+        correct += int((out.detach().argmax(1) == y).sum())
+        seen += len(y)
+        if step % spec.every == 0:
+            weights = flat_weights(model, table)
+            mean_loss = loss_sum / spec.every
+            if not (math.isfinite(mean_loss) and torch.isfinite(weights).all()):
+                return
+            yield Snapshot(step, weights.numpy(), mean_loss, correct / seen)
+            loss_sum, correct, seen = 0.0, 0, 0
+
+
+def write_episode(store_path: str, spec: EpisodeSpec, data_root: str | None = None) -> tuple[str, dict[str, Any]]:
+    """Fine-tune one episode and stream it into ``runs/<spec.name>`` of the store at
+    ``store_path`` (which must exist). Returns (name, index summary)."""
+    data = load_data(spec.parent.dataset, data_root)
+    model = parent_model(spec, data_root)
+    run = spec.run_spec()
+    writer = store.RunWriter(store_path, run, layer_table(model))
+    with store.writing(f"episode {spec.name} to {store_path}"):
+        writer.group.attrs.update({"kind": EPISODE_KIND, "episode": spec.to_dict()})
+    for snap in finetune(spec, model, data):
+        writer.append(snap.step, snap.weights, snap.loss, snap.acc)
+    diverged = writer.n_written + writer.n_buffered < run.n_snapshots
+    test_acc = float("nan") if diverged else accuracy(model, data.x_test, data.y_test)
+    return spec.name, writer.close(test_acc, diverged)
+
+
+def _write_group(store_path: str, spec_dicts: list[dict], data_root: str | None,
+                 threads: int) -> list[tuple[str, dict[str, Any]]]:
+    """Write episodes (of one parent, so it is trained once) on a worker; their index entries."""
+    torch.set_num_threads(threads)
+    return [write_episode(store_path, EpisodeSpec.from_dict(d), data_root) for d in spec_dicts]
+
+
+# ---------------------------------------------------------------------------------------------
+# collection
+
+
+@dataclass(frozen=True)
+class EpisodeConfig:
+    """What ``trajgen episodes`` does. ``workers=0`` trains in this process (no cluster)."""
+
+    store: str = "data/episodes.zarr"
+    runs: int = 100
+    seed: int = 0
+    per_parent: int = 4
+    parent_steps: int = PARENT_STEPS
+    dataset: str = "fashion-mnist"
+    data_root: str | None = None
+    workers: int = 1
+    threads_per_worker: int = 1
+    progress: bool = field(default=True, compare=False)
+
+
+def plan(config: EpisodeConfig) -> list[EpisodeSpec]:
+    """The specs of episodes 0 .. runs-1: a pure function of the config."""
+    if config.runs < 1:
+        raise SpecError(f"--runs must be at least 1, got {config.runs}")
+    return [draw_episode(config.seed, i, config.per_parent, config.dataset, parent_steps=config.parent_steps)
+            for i in range(config.runs)]
+
+
+def _resume_state(root, specs: list[EpisodeSpec]) -> tuple[list[EpisodeSpec], dict[str, dict]]:
+    """(episodes still to write, complete episodes missing from the index). A complete group of
+    the same name that is not this episode means the flags changed: refuse."""
+    indexed = store.index(root)
+    todo, unindexed = [], {}
+    for spec in specs:
+        if not store.is_complete(root, spec.name):
+            todo.append(spec)
+            continue
+        group = root["runs"][spec.name]
+        if group.attrs.get("kind") != EPISODE_KIND or group.attrs.get("episode") != json.loads(spec.to_json()):
+            raise SpecError(f"the store already holds {spec.name} with a different spec; resume with "
+                            "the flags that made it, or collect into another --store")
+        if spec.name not in indexed:
+            unindexed[spec.name] = store.run_summary(group)
+    return todo, unindexed
+
+
+def collect_episodes(config: EpisodeConfig) -> dict[str, Any]:
+    """Make ``config.runs`` episodes complete in ``config.store``; returns what was done. Rerun
+    after a kill to resume: complete episodes are kept, incomplete ones are rewritten."""
+    specs = plan(config)
+    load_data(config.dataset, config.data_root)  # a missing dataset fails before any write
+    path = str(Path(config.store))
+    root = store.create_store(path)
+    todo, unindexed = _resume_state(root, specs)
+    if unindexed:
+        store.add_to_index(root, unindexed)
+    groups: dict[int, list[dict]] = {}
+    for spec in todo:
+        groups.setdefault(spec.parent_index, []).append(spec.to_dict())
+    started = time.perf_counter()
+    bar = tqdm(total=len(specs), initial=len(specs) - len(todo), unit="episode", desc="episodes",
+               disable=not config.progress)
+
+    def done(entries: list[tuple[str, dict]]) -> None:
+        store.add_to_index(root, dict(entries))
+        bar.update(len(entries))
+
+    if config.workers == 0:
+        threads = torch.get_num_threads()
+        try:
+            for group in groups.values():
+                done(_write_group(path, group, config.data_root, config.threads_per_worker))
+        finally:
+            torch.set_num_threads(threads)
+    elif groups:
+        from distributed import Client, LocalCluster, as_completed
+
+        with LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True,
+                          dashboard_address=":0", silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+            futures = [client.submit(_write_group, path, group, config.data_root, config.threads_per_worker,
+                                     key=f"trajgen-parent-{p:06d}-{len(group)}", retries=2)
+                       for p, group in groups.items()]
+            for future in as_completed(futures):
+                done(future.result())
+    bar.close()
+    return {"store": path, "planned": len(specs), "trained": len(todo),
+            "skipped": len(specs) - len(todo), "seconds": time.perf_counter() - started}
