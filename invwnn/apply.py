@@ -57,7 +57,8 @@ def make_config(method: str, overrides: dict[str, Any]):
 
 def make_rewinder(kind: str, predictor: str | None, config, device: str = "cpu"):
     """The rewinder ``kind`` (learned, linear, reset, none) for an invwnn ``config``; the learned one's
-    window K must equal the snapshots the loop records."""
+    window K must equal the snapshots the loop records, and its recorded snapshot spacing (if any)
+    the loop's ``every``."""
     if kind not in REWINDERS:
         raise InputError(f"unknown rewinder {kind!r}; valid: {', '.join(REWINDERS)}")
     if kind == "linear":
@@ -66,7 +67,7 @@ def make_rewinder(kind: str, predictor: str | None, config, device: str = "cpu")
         return NoRewinder()
     if kind == "reset":
         return ResetRewinder()
-    rewinder = load_rewinder(predictor, device, config.snapshots)
+    rewinder = load_rewinder(predictor, device, config.snapshots, config.every)
     if rewinder.k != config.snapshots:
         raise InputError(f"--snapshots {config.snapshots} does not match the predictor's window "
                          f"K = {rewinder.k}")

@@ -95,10 +95,14 @@ def inspect(checkpoint, as_json):
               help="trajgen store holding the checkpoint's held-out and horizon-fit runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
 @click.option("--write", is_flag=True, help="Replace CHECKPOINT's evaluation record (atomically; weights untouched).")
+@click.option("--split-from", default=None,
+              help="Evaluate on the held-out and horizon-fit runs (and windows) of this other checkpoint.")
 @input_errors
-def evaluate(checkpoint, store, as_json, write):
+def evaluate(checkpoint, store, as_json, write, split_from):
     """Recompute CHECKPOINT's held-out evaluation from STORE's runs and print it."""
-    record = evaluate_checkpoint(checkpoint, store, write=write)
+    if write and split_from:
+        raise UserError("--write keeps a checkpoint's own evaluation; it cannot be combined with --split-from")
+    record = evaluate_checkpoint(checkpoint, store, write=write, split_from=split_from)
     click.echo(json.dumps(record, indent=2) if as_json else fit.format_evaluation(record))
     if write and not as_json:
         click.echo(f"{checkpoint}: evaluation record rewritten")

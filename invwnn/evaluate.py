@@ -18,16 +18,25 @@ from invwnn.predictor import load_predictor, read_checkpoint, rewrite_evaluation
 from invwnn.windows import WindowError, check_windows
 
 
-def recompute(checkpoint: str | Path, store: str) -> dict[str, Any]:
+def recompute(checkpoint: str | Path, store: str, split_from: str | Path | None = None) -> dict[str, Any]:
     """The evaluation record of ``checkpoint`` recomputed on ``store`` (the training curve kept
     from the checkpoint). Held-out runs come from the checkpoint's provenance. The horizon-fit runs
     come from its record; an older record has none, and they are chosen as training would choose
     them (:func:`invwnn.fit.horizon_fit_runs`) among the store's complete runs that were not held
-    out. Raises :class:`WindowError` (one line) when the store lacks a run the evaluation needs."""
+    out. With ``split_from`` (another checkpoint, trained on ``store``), its held-out runs,
+    horizon-fit runs and window sampling are used instead, so two predictors (say, one trained on
+    other data) are compared on the same windows; the record then has no curve. Raises
+    :class:`WindowError` (one line) when the store lacks a run the evaluation needs or the
+    predictor's window K or horizon U differ from the split's."""
     ckpt = read_checkpoint(checkpoint)
-    config = TrainConfig.from_dict(ckpt["train_config"])
-    old = ckpt["evaluation"]
-    val_runs = ckpt["provenance"]["val_runs"]
+    split = ckpt if split_from is None else read_checkpoint(split_from)
+    config = TrainConfig.from_dict(split["train_config"])
+    own = ckpt["model_config"]
+    if (own.k, own.u) != (config.k, config.u):
+        raise WindowError(f"{checkpoint} predicts U={own.u} back from K={own.k} snapshots; the windows of "
+                          f"{split_from} are K={config.k}, U={config.u}")
+    old = split["evaluation"]
+    val_runs = split["provenance"]["val_runs"]
     runs = complete_runs(store)
     fit_runs = old["horizon_fit"]["runs"] if "horizon_fit" in old else horizon_fit_runs(
         store, [r for r in runs if r not in set(val_runs)], config.fit_runs, config.seed)
@@ -42,17 +51,20 @@ def recompute(checkpoint: str | Path, store: str) -> dict[str, Any]:
     sample = lambda names: eval_sample(store, names, config.k, config.u, config.kinds,  # noqa: E731
                                        config.eval_per_kind, config.seed)
     desc = f" - {len(val_runs)} runs" + (f" of {', '.join(config.val_archs)}" if config.val_archs else "")
+    if split_from is not None:
+        desc += f" held out by {Path(split_from).name}"
     record = evaluation_record(model, sample(val_runs), sample(fit_runs), config.u, val_runs, fit_runs, desc, store)
-    return {**record, "curve": old.get("curve", [])}
+    return {**record, "curve": old.get("curve", []) if split_from is None else []}
 
 
-def evaluate_checkpoint(checkpoint: str | Path, store: str, write: bool = False) -> dict[str, Any]:
+def evaluate_checkpoint(checkpoint: str | Path, store: str, write: bool = False,
+                        split_from: str | Path | None = None) -> dict[str, Any]:
     """:func:`recompute` on one torch thread; with ``write`` the record replaces the checkpoint's
     (atomically, weights untouched). Returns the record."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        record = recompute(checkpoint, store)
+        record = recompute(checkpoint, store, split_from)
     finally:
         torch.set_num_threads(threads)
     if write:

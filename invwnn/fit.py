@@ -1,7 +1,7 @@
 """Train the predictor on a trajgen store and evaluate it on held-out runs.
 
 Held-out data is always whole runs (a random, architecture-balanced share, or every run of the
-``val_archs``); evaluation uses a fixed seeded sample of their windows, stratified by kind so that
+``val_archs``; fine-tuning episodes are held out with every other episode of their parent); evaluation uses a fixed seeded sample of their windows, stratified by kind so that
 rare kinds (biases, norms) get as many windows as the plentiful ones.
 
 The model is compared with two analytic baselines: "no rewind" (the window's first value) and the
@@ -95,18 +95,49 @@ def run_archs(store: str) -> dict[str, str]:
     return {name: s["arch"] for name, s in index(open_store(store)).items()}
 
 
+def data_description(store: str, runs: list[str]) -> dict[str, Any]:
+    """What kind of trajectories ``runs`` are: ``data_kind`` ("runs": from-scratch training,
+    "episodes": fine-tuning episodes of ``trajgen episodes``, or "mixed") and ``snapshot_spacing``,
+    the optimizer steps between snapshots (an int, or the sorted list when runs differ)."""
+    groups = open_store(store)["runs"]
+    kinds, spacings = set(), set()
+    for name in runs:
+        attrs = groups[name].attrs
+        kinds.add("episodes" if attrs.get("kind") == "episode" else "runs")
+        spacings.add(int(attrs["spec"]["every"]))
+    spacing = sorted(spacings)
+    return {"data_kind": kinds.pop() if len(kinds) == 1 else "mixed",
+            "snapshot_spacing": spacing[0] if len(spacing) == 1 else spacing}
+
+
+def held_out_units(store: str, runs: list[str]) -> dict[str, str]:
+    """Run -> the unit held out as a whole: an episode's parent (its episodes share the parent's
+    weights, so they are held out together), any other run itself."""
+    groups = open_store(store)["runs"]
+    out = {}
+    for name in runs:
+        episode = groups[name].attrs.get("episode") if groups[name].attrs.get("kind") == "episode" else None
+        out[name] = f"parent-{episode['parent_index']:06d}" if episode else name
+    return out
+
+
 def split_runs(store: str, runs: list[str], val_fraction: float, val_archs: tuple[str, ...],
                seed: int) -> tuple[list[str], list[str]]:
     """(training runs, held-out runs), disjoint. With ``val_archs`` every run of those
-    architectures is held out; otherwise the first ``ceil(val_fraction * n)`` runs of
-    :func:`balanced_order` (seed ``seed``), so each architecture is represented."""
+    architectures is held out; otherwise every run of the first ``ceil(val_fraction * n)`` of the
+    n :func:`held_out_units` in :func:`balanced_order` (seed ``seed``), so each architecture is
+    represented (for a store of training runs the units are the runs)."""
     arch = run_archs(store)
     if val_archs:
         val = [r for r in runs if arch[r] in val_archs]
         if not val:
             raise WindowError(f"{store} has no complete runs of architecture {', '.join(val_archs)}")
     else:
-        val = balanced_order(runs, arch, np.random.default_rng(seed))[:max(1, math.ceil(val_fraction * len(runs)))]
+        unit = held_out_units(store, runs)
+        units = list(dict.fromkeys(unit[r] for r in runs))
+        unit_arch = {unit[r]: arch[r] for r in runs}
+        chosen = set(balanced_order(units, unit_arch, np.random.default_rng(seed))[:max(1, math.ceil(val_fraction * len(units)))])
+        val = [r for r in runs if unit[r] in chosen]
     train = [r for r in runs if r not in set(val)]
     if not train:
         raise WindowError(f"holding out {len(val)} of {len(runs)} runs leaves none to train on")
@@ -309,7 +340,8 @@ def _train(config: TrainConfig, progress: bool) -> dict[str, Any]:
     final = curve[-1]["val_mae"]
     # the first validation point within 1% of the final error: when training had effectively converged
     reached = next(c for c in curve if c["val_mae"] <= final * 1.01)
-    provenance = {"store": str(Path(config.store).resolve()), "runs": len(runs), "train_runs": len(train_runs),
+    provenance = {"store": str(Path(config.store).resolve()), **data_description(config.store, train_runs),
+                  "runs": len(runs), "train_runs": len(train_runs),
                   "val_runs": val_runs, "windows_seen": seen, "train_seconds": round(seconds, 1),
                   "seconds_to_final_val": round(reached["seconds"], 1), "versions": {**versions(), "invwnn": version("invwnn")}}
     save_checkpoint(config.out, model, config.to_dict(), evaluation, provenance)

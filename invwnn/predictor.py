@@ -221,6 +221,26 @@ def default_checkpoint(k: int = 15) -> Path:
     return Path(__file__).with_name(SHIPPED[k])
 
 
+def recorded_spacing(payload: dict[str, Any]) -> list[int] | None:
+    """The snapshot spacings (optimizer steps between snapshots) a checkpoint was trained on, as
+    :func:`read_checkpoint` returns it; None for a checkpoint older than the record (unknown)."""
+    spacing = payload["provenance"].get("snapshot_spacing")
+    if spacing is None:
+        return None
+    return [int(s) for s in spacing] if isinstance(spacing, list) else [int(spacing)]
+
+
+def check_spacing(path: str | Path, every: int) -> None:
+    """Refuse, with one line, the predictor at ``path`` when the loop records a snapshot every
+    ``every`` optimizer steps and it was trained on another spacing. Accepts checkpoints that do
+    not record their spacing (trained before it was recorded)."""
+    spacing = recorded_spacing(read_checkpoint(path))
+    if spacing is not None and every not in spacing:
+        raise CheckpointError(f"{path} was trained on snapshots {'/'.join(map(str, spacing))} step(s) apart, "
+                              f"but the loop records one every {every} (--every); use --every "
+                              f"{spacing[0]} or a predictor trained on that spacing")
+
+
 def describe(path: str | Path) -> str:
     """What ``invwnn inspect`` prints: config, evaluation table, provenance."""
     p = read_checkpoint(path)
@@ -228,6 +248,10 @@ def describe(path: str | Path) -> str:
     lines = [f"checkpoint    {path} (format {p['format_version']}, {n_params:,} weights)",
              f"model         {json.dumps(p['model_config'].to_dict())}",
              f"training      {json.dumps(p['train_config'])}"]
+    spacing = recorded_spacing(p)
+    lines.append(f"data          {p['provenance'].get('data_kind', 'unknown kind')}, snapshots "
+                 + ("unknown step(s) apart (an older checkpoint)" if spacing is None
+                    else f"{'/'.join(map(str, spacing))} step(s) apart"))
     from invwnn.fit import format_evaluation  # late: fit imports this module
     lines.append(format_evaluation(p["evaluation"]))
     for key, value in p["provenance"].items():

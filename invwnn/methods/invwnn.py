@@ -19,7 +19,8 @@ from invwnn.methods.loop import (Context, Data, MethodConfig, Sampler, make_opti
                                  run_steps)
 from invwnn.metrics import accuracy
 from invwnn.models import InputError, param_kinds
-from invwnn.predictor import CheckpointError, Predictor, default_checkpoint, load_predictor, predict_past
+from invwnn.predictor import (CheckpointError, Predictor, check_spacing, default_checkpoint, load_predictor,
+                              predict_past)
 from trajgen.nets import KINDS
 
 NAME = "invwnn"
@@ -96,12 +97,16 @@ class LearnedRewinder:
         return {"rewinder": "learned", "predictor": self.path, "k": self.k, "horizon": self.model.config.u}
 
 
-def load_rewinder(path: str | None, device: str | torch.device = "cpu", k: int = 15) -> LearnedRewinder:
+def load_rewinder(path: str | None, device: str | torch.device = "cpu", k: int = 15,
+                  every: int | None = None) -> LearnedRewinder:
     """The learned rewinder from the checkpoint ``path`` (None: the predictor shipped in the
-    package for window ``k``). Raises :class:`InputError` with a one-line reason when it cannot be
-    loaded."""
+    package for window ``k``). ``every``: the loop's optimizer steps between snapshots, which must
+    be a spacing the checkpoint records having been trained on (None, or no record: not checked).
+    Raises :class:`InputError` with a one-line reason when it cannot be loaded or used."""
     try:
         path = str(path) if path is not None else str(default_checkpoint(k))
+        if every is not None:
+            check_spacing(path, every)
         return LearnedRewinder(load_predictor(path, device), path)
     except CheckpointError as err:
         raise InputError(f"--predictor: {err}") from None
