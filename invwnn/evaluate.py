@@ -25,7 +25,8 @@ def recompute(checkpoint: str | Path, store: str, split_from: str | Path | None 
     them (:func:`invwnn.fit.horizon_fit_runs`) among the store's complete runs that were not held
     out. With ``split_from`` (another checkpoint, trained on ``store``), its held-out runs,
     horizon-fit runs and window sampling are used instead, so two predictors (say, one trained on
-    other data) are compared on the same windows; the record then has no curve. Raises
+    other data) are compared on the same windows (of the parameter kinds both know); the record
+    then has no curve. Raises
     :class:`WindowError` (one line) when the store lacks a run the evaluation needs or the
     predictor's window K or horizon U differ from the split's."""
     ckpt = read_checkpoint(checkpoint)
@@ -48,11 +49,15 @@ def recompute(checkpoint: str | Path, store: str, split_from: str | Path | None 
         raise WindowError(f"{store} holds no training run of {checkpoint} to fit the damped line on")
     check_windows(store, [*val_runs, *fit_runs], config.k, config.u)
     model = load_predictor(checkpoint)
-    sample = lambda names: eval_sample(store, names, config.k, config.u, config.kinds,  # noqa: E731
+    kinds = tuple(kind for kind in config.kinds if kind in own.kinds)  # all of them without split_from
+    if not kinds:
+        raise WindowError(f"{checkpoint} knows none of the parameter kinds {', '.join(config.kinds)} of {split_from}")
+    sample = lambda names: eval_sample(store, names, config.k, config.u, kinds,  # noqa: E731
                                        config.eval_per_kind, config.seed)
     desc = f" - {len(val_runs)} runs" + (f" of {', '.join(config.val_archs)}" if config.val_archs else "")
     if split_from is not None:
-        desc += f" held out by {Path(split_from).name}"
+        desc += f" held out by {Path(split_from).name}" + (
+            f", kinds {', '.join(kinds)} only" if kinds != config.kinds else "")
     record = evaluation_record(model, sample(val_runs), sample(fit_runs), config.u, val_runs, fit_runs, desc, store)
     return {**record, "curve": old.get("curve", []) if split_from is None else []}
 
