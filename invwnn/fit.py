@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from importlib.metadata import version
 from trajgen.nets import KINDS
-from trajgen.store import complete_runs, index, open_store, versions
+from trajgen.store import complete_runs, index, open_store, run_array, versions
 from invwnn.predictor import ModelConfig, Predictor, predict_past, save_checkpoint
 from invwnn.windows import (WindowError, WindowStream, check_windows, fit_horizon, kind_codes,
                             linear_backextrapolation, no_rewind, normalise, normalise_target)
@@ -161,10 +161,9 @@ def eval_sample(store: str, runs: list[str], k: int, u: int, kinds: tuple[str, .
     out = defaultdict(list)
     for i, name in enumerate(runs):
         rng = np.random.default_rng([seed, i])
-        g = root["runs"][name]
-        codes = g["kind"][:]
+        codes = run_array(root, name, "kind")[:]
         rows = np.sort(np.concatenate([rng.permutation(np.flatnonzero(codes == c))[:per_kind] for c in keep]))
-        h = g["history"]
+        h = run_array(root, name, "history")  # a damaged chunk: trajgen's one-line StoreError
         step = h.chunks[0]
         for c0 in range(0, h.shape[0], step):  # chunk-aligned slabs, keep only the sampled rows
             sel = rows[(rows >= c0) & (rows < c0 + step)]

@@ -21,7 +21,7 @@ import torch
 import zarr
 
 from trajgen.nets import KINDS
-from trajgen.store import open_store
+from trajgen.store import open_store, run_array
 
 EPS = 1e-6  # relative to the window's largest |weight|: below float32 resolution, still scale-free
 
@@ -158,9 +158,10 @@ def kind_codes(names: tuple[str, ...] | list[str]) -> np.ndarray:
 
 
 def read_block(root: zarr.Group, block: Block) -> tuple[np.ndarray, np.ndarray]:
-    """(history (n, T) float32, kind codes (n,) uint8) of one block: a chunk-aligned read."""
-    g = root["runs"][block.run]
-    return g["history"][block.c0:block.c1, :], g["kind"][block.c0:block.c1]
+    """(history (n, T) float32, kind codes (n,) uint8) of one block: a chunk-aligned read. A
+    damaged chunk raises trajgen's one-line StoreError naming the run."""
+    rows = slice(block.c0, block.c1)
+    return run_array(root, block.run, "history")[rows, :], run_array(root, block.run, "kind")[rows]
 
 
 def cut_windows(history: np.ndarray, codes: np.ndarray, k: int, u: int, per_coord: int,

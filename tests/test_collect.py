@@ -63,7 +63,7 @@ def test_rerun_skips_complete_runs_and_indexes_orphans(tmp_path, reference):
     path = str(tmp_path / "s.zarr")
     collect(CollectConfig(store=path, workers=0, **{**SMALL, "runs": 2}))
     root = store.open_store(path, "a")
-    root.attrs["index"] = {}  # as if killed after the runs completed but before they were indexed
+    store.set_index(root, {})  # as if killed after the runs completed but before they were indexed
     result = collect(CollectConfig(store=path, workers=0, **SMALL))
     assert (result["trained"], result["skipped"]) == (1, 2)
     assert content(path) == reference
@@ -91,6 +91,37 @@ def test_resume_after_a_kill_gives_the_uninterrupted_store(tmp_path, reference):
     assert store.run_names(store.open_store(path))[-1] == "run-000001"  # a half-written run exists
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert content(path) == reference
+
+
+KILL_AT_INDEX_COMMIT = """
+import os, signal, sys
+import zarr.storage._local as local
+from trajgen.cli import main
+
+real = local._put
+
+def put(path, value, exclusive=False):  # SIGKILL when the count committing run-000001 is written
+    if str(path).endswith("index/zarr.json") and b'"count": 2' in bytes(value.as_buffer_like()):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(path, value, exclusive)
+
+local._put = put
+sys.argv = ["trajgen", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_kill_during_the_index_update_leaves_a_readable_index_and_resumes(tmp_path, reference):
+    path = str(tmp_path / "killed-index.zarr")
+    cmd = collect_cmd(path, workers=0)
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_INDEX_COMMIT, *cmd[3:]], capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    root = store.open_store(path)
+    assert len(root["index"]["p000000"].attrs["entries"]) == 2  # the page was written, not committed
+    assert store.complete_runs(path) == ["run-000000"] and store.is_complete(root, "run-000001")
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert content(path) == reference
+    assert sorted(store.index(store.open_store(path))) == sorted(reference)
 
 
 def test_plan_is_deterministic_and_sized():

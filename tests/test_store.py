@@ -62,7 +62,11 @@ def test_store_reopens_with_plain_zarr(empty_store, fmnist):
     assert group["history"].dtype == np.float32
     assert json.loads(json.dumps(dict(group.attrs)))["spec"]["index"] == 2
     assert root.attrs["schema_version"] == store.SCHEMA_VERSION
-    assert list(root.attrs["index"]) == [spec.name]
+    page = root["index"]["p000000"].attrs["entries"]
+    assert root["index"].attrs["count"] == 1 and [e["run"] for e in page] == [spec.name]
+    codecs = [type(c).__name__ for c in group["history"].metadata.codecs]
+    assert codecs == ["PCodec", "Crc32cCodec"]  # lossless, then every chunk checksummed
+    assert all(type(group[k].metadata.codecs[-1]).__name__ == "Crc32cCodec" for k in store.ARRAY_DTYPES)
 
 
 def test_incomplete_runs_are_invisible_to_readers(empty_store, fmnist):
@@ -70,8 +74,9 @@ def test_incomplete_runs_are_invisible_to_readers(empty_store, fmnist):
     writer = store.RunWriter(empty_store, spec, nets.layer_table(build_model(spec, fmnist)))
     writer.append(0, np.zeros(writer.history.shape[0], np.float32), 1.0, 0.1)
     root = store.open_store(empty_store, "a")
-    store.add_to_index(root, {spec.name: {"arch": "mlp", "optimizer": "sgd", "n_coords": writer.history.shape[0],
-                                          "n_snapshots": 3, "final_test_acc": 0.5, "diverged": False}})
+    with pytest.raises(store.StoreError, match="run-000000 is not complete"):  # the index refuses it
+        store.add_to_index(root, {spec.name: {"arch": "mlp", "optimizer": "sgd", "n_coords": writer.history.shape[0],
+                                              "n_snapshots": 3, "final_test_acc": 0.5, "diverged": False}})
     assert store.run_names(root) == [spec.name]
     assert not store.is_complete(root, spec.name)
     assert store.complete_runs(empty_store) == []

@@ -74,9 +74,13 @@ def test_a_full_disk_mid_run_is_one_line_and_the_store_verifies(tmp_path, monkey
     assert invoke("verify", path).exit_code == 0
 
 
-def test_a_full_disk_at_the_index_write_loses_no_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", ["index page", "index count"])
+def test_a_full_disk_at_the_index_write_loses_no_run(tmp_path, monkeypatch, where):
     path = tmp_path / "s.zarr"
-    fill_disk_when(monkeypatch, lambda p, d: p.endswith("s.zarr/zarr.json") and b"run-000001" in d)
+    if where == "index page":
+        fill_disk_when(monkeypatch, lambda p, d: p.endswith("index/p000000/zarr.json") and b"run-000001" in d)
+    else:  # the page is written, the count that commits it is not
+        fill_disk_when(monkeypatch, lambda p, d: p.endswith("index/zarr.json") and b'"count": 2' in d)
     one_line_error(invoke("collect", "--store", path, *ARGS), "cannot write the store's index",
                    "No space left on device")
     monkeypatch.undo()

@@ -62,7 +62,7 @@ def test_wrong_shape_missing_attribute_and_wrong_dtype_are_found(two_runs):
 
 def test_repair_fixes_the_index_and_never_deletes_a_complete_run(two_runs):
     root = store.open_store(two_runs, "a")
-    root.attrs["index"] = {"run-000001": store.index(root)["run-000001"]}  # run-000000 never indexed
+    store.drop_from_index(root, ["run-000000"])  # run-000000 never indexed
     root["runs"]["run-000001"].attrs["complete"] = False  # ... and run-000001 as if killed mid-write
     report = verify(two_runs)
     assert set(report.problems) == {"run-000001: in the index but not complete",
@@ -122,9 +122,18 @@ def test_wrong_shapes_contents_and_missing_parts_are_found(two_runs, damage, pro
             store.open_run(two_runs, "run-000000")
 
 
-@pytest.mark.parametrize("index", [["run-000000"], {"run-000000": 5}, {"run-000000": {"arch": "mlp"}}])
-def test_a_malformed_index_is_one_line_for_readers_and_rebuilt_by_repair(two_runs, index):
-    store.open_store(two_runs, "a").attrs["index"] = index
+@pytest.mark.parametrize("damage", ["count", "page", "entry", "summary"])
+def test_a_malformed_index_is_one_line_for_readers_and_rebuilt_by_repair(two_runs, damage):
+    group = store.open_store(two_runs, "a")["index"]
+    page = group["p000000"]
+    if damage == "count":
+        group.attrs["count"] = "two"
+    elif damage == "page":
+        page.attrs["entries"] = {"run-000000": 5}
+    elif damage == "entry":
+        page.attrs["entries"] = [5, 6]
+    else:
+        page.attrs["entries"] = [{"run": "run-000000", "arch": "mlp"}] * 2
     r = CliRunner().invoke(main, ["info", two_runs])
     assert r.exit_code == 2 and r.output.count("\n") == 1 and "index is not a mapping" in r.output, r.output
     assert verify(two_runs).problems[0].startswith("the store's index is not a mapping")

@@ -9,6 +9,7 @@ import click
 from trajgen import collect as collecting
 from trajgen import episodes as episoding
 from trajgen import info as store_info
+from trajgen import migrate as migrating
 from trajgen import verify as verifying
 from trajgen.cli_errors import OneLineGroup, UserError, user_errors
 from trajgen.data import DATASETS, DatasetError
@@ -95,11 +96,12 @@ def info(store, as_json):
 
 @main.command()
 @click.argument("store")
-@click.option("--repair", is_flag=True, help="Make the index list exactly the valid complete runs.")
+@click.option("--repair", is_flag=True, help="Mark damaged runs incomplete; make the index list the valid complete runs.")
 @input_errors
 def verify(store, repair):
-    """Check every run of STORE against the schema; exit 1 if anything was wrong (--repair fixes
-    the index; it never deletes a run)."""
+    """Check every run of STORE against the schema, reading every chunk; exit 1 if anything was
+    wrong. --repair marks runs with problems incomplete (rerun the same collect command to retrain
+    them) and fixes the index; it never deletes a run."""
     report = verifying.verify(store, repair=repair)
     for line in report.problems:
         click.echo(f"problem: {line}")
@@ -108,6 +110,18 @@ def verify(store, repair):
     click.echo(f"{store}: {report.runs_checked} complete runs checked, {len(report.problems)} problems")
     if not report.ok:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("old")
+@click.argument("new")
+@input_errors
+def migrate(old, new):
+    """Copy the complete runs of store OLD (schema 1 or 2) into a schema-2 store NEW, values bit for
+    bit; OLD is only read. Rerun the same command to resume."""
+    r = migrating.migrate(old, new)
+    click.echo(f"{r['new']}: copied {r['copied']} runs from {r['old']} (schema {r['old_version']}), "
+               f"skipped {r['skipped']} already there")
 
 
 if __name__ == "__main__":

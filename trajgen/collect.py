@@ -71,14 +71,18 @@ def train_to_store(store_path: str, spec_dict: dict, data_root: str | None,
     return spec.name, writer.close(test_acc, diverged)
 
 
-def _resume_state(root, specs: list[RunSpec]) -> tuple[list[RunSpec], dict[str, dict]]:
-    """Split the plan into runs still to train and complete runs missing from the index. A complete
-    run whose recorded spec differs from the plan means the flags changed: refuse."""
+def _resume_state(root, specs: list[RunSpec]) -> tuple[list[RunSpec], dict[str, dict], list[str]]:
+    """Split the plan into runs still to train, complete runs missing from the index, and index
+    entries of runs no longer complete (``trajgen verify --repair`` found them damaged), which
+    must leave the index before their runs are retrained. A complete run whose recorded spec
+    differs from the plan means the flags changed: refuse."""
     indexed = store.index(root)
-    todo, unindexed = [], {}
+    todo, unindexed, stale = [], {}, []
     for spec in specs:
         if not store.is_complete(root, spec.name):
             todo.append(spec)
+            if spec.name in indexed:
+                stale.append(spec.name)
             continue
         group = root["runs"][spec.name]
         if RunSpec.from_dict(group.attrs["spec"]) != spec:
@@ -86,7 +90,7 @@ def _resume_state(root, specs: list[RunSpec]) -> tuple[list[RunSpec], dict[str, 
                             "the flags that made it, or collect into another --store")
         if spec.name not in indexed:
             unindexed[spec.name] = store.run_summary(group)
-    return todo, unindexed
+    return todo, unindexed, stale
 
 
 @contextlib.contextmanager
@@ -111,7 +115,9 @@ def collect(config: CollectConfig) -> dict[str, Any]:
     datasets.load(config.dataset, config.data_root)  # a missing dataset fails before any write
     path = str(Path(config.store))
     root = store.create_store(path)
-    todo, unindexed = _resume_state(root, specs)
+    todo, unindexed, stale = _resume_state(root, specs)
+    if stale:
+        store.drop_from_index(root, stale)
     if unindexed:
         store.add_to_index(root, unindexed)
     started = time.perf_counter()

@@ -16,24 +16,27 @@ def disk_bytes(path: Path) -> int:
 
 def describe(path: str | Path) -> dict[str, Any]:
     """Runs by architecture and optimizer, sizes, compression and final test accuracy spread of
-    the complete runs in the store at ``path``."""
+    the complete runs in the store at ``path``. Reads the index and one listing of ``runs/``;
+    the bytes on disk are the runs' recorded sizes (a version-1 store's files are walked)."""
     path = Path(path)
     root = store.open_store(path)
     idx = store.index(root)
     present = store.run_names(root)
-    entries = [s for name, s in idx.items() if store.is_complete(root, name)]
+    complete = set(store.complete_in(root, idx, include_diverged=True))
+    entries = [s for name, s in idx.items() if name in complete]
     good = [s for s in entries if not s["diverged"]]
     accs = np.array([s["final_test_acc"] for s in good], dtype=float)
     raw = sum(4 * s["n_coords"] * s["n_snapshots"] for s in entries)
-    on_disk = disk_bytes(path)
+    recorded = [s.get("bytes_stored") for s in entries]
+    on_disk = sum(recorded) if None not in recorded else disk_bytes(path)
     spread = ({"min": float(accs.min()), "median": float(np.median(accs)), "max": float(accs.max())}
               if len(accs) else None)
     return {
         "store": str(path),
-        "schema_version": store.SCHEMA_VERSION,
+        "schema_version": store.schema_version(root),
         "runs": len(entries),
         "diverged": len(entries) - len(good),
-        "incomplete": len([n for n in present if n not in idx]),
+        "incomplete": len([n for n in present if n not in complete]),
         "by_arch": dict(sorted(Counter(s["arch"] for s in entries).items())),
         "by_optimizer": dict(sorted(Counter(s["optimizer"] for s in entries).items())),
         "coordinates": int(sum(s["n_coords"] for s in entries)),

@@ -1,10 +1,12 @@
 """The trajectory store's schema, in one place.
 
-Layout (Zarr v3, one directory)::
+Layout (Zarr v3, one directory; schema version 2)::
 
-    traj.zarr/                      attrs: schema_version, kind, index {run name: summary}
+    traj.zarr/                      attrs: kind="trajgen-store", schema_version=2
+      index/                        attrs: count (committed entries), page_size
+        p000000/                    attrs: entries (log entries page_size * k ... page_size * (k + 1) - 1)
       runs/<run-000042>/            attrs: spec, layers, versions, complete, diverged, final_test_acc
-        history  (n_coords, n_snapshots) float32, chunks (COORD_CHUNK, TIME_CHUNK), Blosc zstd
+        history  (n_coords, n_snapshots) float32, chunks (COORD_CHUNK, TIME_CHUNK)
         kind     (n_coords,)  uint8   code of the parameter kind (trajgen.nets.KINDS)
         layer    (n_coords,)  uint16  row of the layer table the coordinate belongs to
         pos      (n_coords,)  int32   flat position inside that layer's tensor
@@ -12,35 +14,58 @@ Layout (Zarr v3, one directory)::
         loss     (n_snapshots,) float32  mean training loss since the previous snapshot
         acc      (n_snapshots,) float32  mean training accuracy since the previous snapshot
 
+Every chunk of every array ends in a CRC32C checksum (zarr's ``crc32c`` codec, last in the chain):
+``history`` is PCodec level 8 (lossless; chosen with ``scripts/bench_compression.py``), the other
+arrays Blosc zstd. A damaged chunk fails its checksum when read; readers turn that into a
+one-line :class:`StoreError` naming the run.
+
+The index is an append-only log of entries ``{"run": name, <summary>}`` (a complete run) or
+``{"run": name, "dropped": true}``, in pages of ``INDEX_PAGE`` entries. Appending rewrites the last
+page (at most ``INDEX_PAGE`` entries) and then the index group's ``count``, which commits: readers
+take the first ``count`` entries, so a kill between the two leaves the old index. Adding a run
+writes a bounded number of bytes whatever the store holds; listing reads ``count / INDEX_PAGE``
+small files.
+
 A run group is written only by the task that trains it, and marked ``complete`` only after its last
-write; the root index is written only by the collecting client. Readers trust the ``complete`` flag,
-never the mere existence of a group. Zarr's local store replaces files by rename, so a kill leaves
-every file either old or new.
+write; the index is written only by the collecting client, which indexes a run only once it is
+complete and drops an entry before its run is retrained. Zarr's local store replaces files by
+rename, so a kill leaves every file either old or new. Version-1 stores (Blosc without checksums,
+the whole index in one root attribute) are read as before and never written to: ``trajgen migrate``
+copies one into a version-2 store.
 """
 from __future__ import annotations
 
 import contextlib
 import platform
 import tempfile
+import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
+from zarr.codecs.numcodecs import PCodec
+from zarr.core.sync import collect_aiterator
 
 from trajgen.nets import KINDS, Layer
 from trajgen.spec import RunSpec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 STORE_KIND = "trajgen-store"
 TIME_CHUNK = 64
 COORD_CHUNK = 16384
+INDEX_PAGE = 128
 # The arrays of a run group and their dtypes (the schema above); history is 2-D, the others 1-D.
 ARRAY_DTYPES = {"history": np.float32, "kind": np.uint8, "layer": np.uint16, "pos": np.int32,
                 "step": np.int64, "loss": np.float32, "acc": np.float32}
 SUMMARY_KEYS = ("arch", "optimizer", "n_coords", "n_snapshots", "final_test_acc", "diverged")
+# zarr warns, on every read of an array's metadata, that numcodecs' PCodec is not in the Zarr v3
+# specification; the store says so above, once, and readers need not repeat it.
+warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3")
 
 
 class StoreError(RuntimeError):
@@ -49,29 +74,45 @@ class StoreError(RuntimeError):
 
 def versions() -> dict[str, str]:
     import numcodecs
+    import pcodec
     import torch
 
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "zarr": zarr.__version__, "numcodecs": numcodecs.__version__, "numpy": np.__version__}
+    return {"python": platform.python_version(), "torch": torch.__version__, "zarr": zarr.__version__,
+            "numcodecs": numcodecs.__version__, "pcodec": pcodec.__version__, "numpy": np.__version__}
 
 
-def compressor() -> BloscCodec:
-    return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+def history_codecs() -> dict[str, Any]:
+    """``create_array`` keywords of ``history``: PCodec level 8 in classic mode (1.75x on a real
+    collection, against 1.54x for schema 1's Blosc; README), then the chunk's CRC32C."""
+    return {"serializer": PCodec(level=8, mode_spec="classic"), "compressors": [Crc32cCodec()]}
 
 
-def _check_root(root: zarr.Group, path: Path) -> zarr.Group:
+def small_codecs() -> dict[str, Any]:
+    """``create_array`` keywords of every other array: Blosc zstd-3 with bit-shuffle, then CRC32C."""
+    return {"compressors": [BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"), Crc32cCodec()]}
+
+
+def schema_version(root: zarr.Group) -> int:
+    return root.attrs["schema_version"]
+
+
+def _check_root(root: zarr.Group, path: Path, mode: str) -> zarr.Group:
     kind = root.attrs.get("kind")
     if kind != STORE_KIND:
         raise StoreError(f"{path} is a Zarr group but not a trajgen store")
     version = root.attrs.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise StoreError(f"{path} has schema version {version}; this trajgen reads version "
-                         f"{SCHEMA_VERSION} only (collect into a new --store)")
+    if version not in READABLE_VERSIONS:
+        raise StoreError(f"{path} has schema version {version}; this trajgen reads versions "
+                         f"{', '.join(map(str, READABLE_VERSIONS))} (collect into a new --store)")
+    if mode != "r" and version != SCHEMA_VERSION:
+        raise StoreError(f"{path} has schema version {version}, which this trajgen reads but does not "
+                         f"write; `trajgen migrate {path} NEW` copies it into a version-{SCHEMA_VERSION} store")
     return root
 
 
 def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
-    """Open an existing store for reading (``mode='r'``) or appending (``'a'``)."""
+    """Open an existing store for reading (``mode='r'``, versions 1 and 2) or appending (``'a'``,
+    version 2 only)."""
     path = Path(path)
     if not (path / "zarr.json").is_file():
         raise StoreError(f"{path} is not a trajgen store (no zarr.json)")
@@ -79,7 +120,7 @@ def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
         root = zarr.open_group(str(path), mode=mode)
     except Exception as err:  # zarr raises several types for unreadable metadata
         raise StoreError(f"cannot open {path}: {err}") from err
-    return _check_root(root, path)
+    return _check_root(root, path, mode)
 
 
 @contextlib.contextmanager
@@ -121,26 +162,33 @@ def create_store(path: str | Path) -> zarr.Group:
     check_writable(path)
     if (path / "zarr.json").is_file():
         root = open_store(path, mode="a")
-        if "runs" not in root:  # killed between writing the root and its runs group
-            with writing(f"the runs group of {path}"):
-                root.create_group("runs")
-        return root
-    if path.exists() and any(path.iterdir()):
+    elif path.exists() and any(path.iterdir()):
         raise StoreError(f"{path} exists, is not empty and is not a trajgen store")
-    with writing(f"a store at {path}"):
-        # the root's metadata is written whole, attributes included, so a kill leaves no root
-        # that is neither absent nor a trajgen store
-        root = zarr.open_group(str(path), mode="w", attributes={
-            "kind": STORE_KIND, "schema_version": SCHEMA_VERSION, "index": {}})
-        root.create_group("runs")
+    else:
+        with writing(f"a store at {path}"):
+            # the root's metadata is written whole, attributes included, so a kill leaves no root
+            # that is neither absent nor a trajgen store
+            root = zarr.open_group(str(path), mode="w", attributes={
+                "kind": STORE_KIND, "schema_version": SCHEMA_VERSION})
+    with writing(f"the groups of {path}"):  # absent if a kill cut the creation short
+        if "runs" not in root:
+            root.create_group("runs")
+        if "index" not in root:
+            root.create_group("index", attributes={"count": 0, "page_size": INDEX_PAGE})
     return root
 
 
+def _child_names(group: zarr.Group) -> list[str]:
+    """Names of the members of ``group``, from one listing (no member's metadata is read)."""
+    prefix = f"{group.path}/" if group.path else ""
+    return [n for n in collect_aiterator(group.store.list_dir(prefix.rstrip("/"))) if n != "zarr.json"]
+
+
 def run_names(root: zarr.Group) -> list[str]:
-    """Names of all run groups present, complete or not, sorted."""
+    """Names of all run groups present, complete or not, sorted (one listing of ``runs/``)."""
     if "runs" not in root:  # a store whose creation was cut short holds no runs yet
         return []
-    return sorted(name for name, _ in root["runs"].groups())
+    return sorted(_child_names(root["runs"]))
 
 
 def is_complete(root: zarr.Group, name: str) -> bool:
@@ -150,43 +198,133 @@ def is_complete(root: zarr.Group, name: str) -> bool:
         return False  # a group whose metadata a kill tore or never wrote
 
 
+def _valid_summary(s: Any) -> bool:
+    return isinstance(s, dict) and set(SUMMARY_KEYS) <= set(s)
+
+
+def _malformed() -> StoreError:
+    return StoreError("the store's index is not a mapping of run summaries; "
+                      "`trajgen verify --repair` rebuilds it from the runs")
+
+
+def _index_log(root: zarr.Group) -> tuple[zarr.Group | None, list[dict[str, Any]]]:
+    """(index group, its committed entries in order) of a version-2 store."""
+    if "index" not in root:
+        return None, []
+    group = root["index"]
+    count, size = group.attrs.get("count"), group.attrs.get("page_size")
+    if not (isinstance(count, int) and isinstance(size, int) and count >= 0 and size > 0):
+        raise _malformed()
+    entries: list = []
+    try:
+        for k in range(-(-count // size)):
+            page = group[f"p{k:06d}"].attrs.get("entries")
+            if not isinstance(page, list):
+                raise _malformed()
+            entries += page
+    except KeyError:
+        raise _malformed() from None
+    if len(entries) < count:
+        raise _malformed()
+    return group, entries[:count]
+
+
 def index(root: zarr.Group) -> dict[str, dict[str, Any]]:
-    """The root index: summary of every complete run the collector has registered. Raises if it
-    is not a mapping of run names to summaries (``trajgen verify --repair`` rebuilds it)."""
-    entries = root.attrs.get("index", {})
-    if not (isinstance(entries, dict)
-            and all(isinstance(s, dict) and set(SUMMARY_KEYS) <= set(s) for s in entries.values())):
-        raise StoreError("the store's index is not a mapping of run summaries; "
-                         "`trajgen verify --repair` rebuilds it from the runs")
-    return dict(entries)
+    """The index: summary of every complete run the collector has registered, by run name,
+    sorted. Raises if it is malformed (``trajgen verify --repair`` rebuilds it)."""
+    if schema_version(root) == 1:
+        entries = root.attrs.get("index", {})
+        if not (isinstance(entries, dict) and all(map(_valid_summary, entries.values()))):
+            raise _malformed()
+        return dict(sorted(entries.items()))
+    out: dict[str, dict[str, Any]] = {}
+    for entry in _index_log(root)[1]:
+        if not (isinstance(entry, dict) and isinstance(entry.get("run"), str)):
+            raise _malformed()
+        if entry.get("dropped"):
+            out.pop(entry["run"], None)
+        elif _valid_summary(entry):
+            out[entry["run"]] = {k: v for k, v in entry.items() if k != "run"}
+        else:
+            raise _malformed()
+    return dict(sorted(out.items()))
 
 
-def set_index(root: zarr.Group, summaries: dict[str, dict[str, Any]]) -> None:
-    """Replace the root index by ``summaries`` (run name -> summary), in one atomic file write."""
-    with writing("the store's index", "; the runs are kept, rerun the same command to index them"):
-        root.attrs["index"] = dict(sorted(summaries.items()))
+def _append_index(root: zarr.Group, entries: list[dict[str, Any]]) -> None:
+    """Append ``entries`` to the index log: the pages they fall in, then the count (the commit)."""
+    if not entries:
+        return
+    hint = "; the runs are kept, rerun the same command to index them"
+    try:
+        group, log = _index_log(root)
+    except StoreError:
+        raise StoreError("the store's index is malformed; `trajgen verify --repair` rebuilds it "
+                         "before anything is added") from None
+    with writing("the store's index", hint):
+        if group is None:
+            group = root.create_group("index", attributes={"count": 0, "page_size": INDEX_PAGE})
+        size, count = group.attrs["page_size"], len(log)
+        new = log + entries
+        for k in range(count // size, -(-len(new) // size)):
+            page = new[k * size: (k + 1) * size]
+            name = f"p{k:06d}"
+            if name in group:
+                group[name].attrs["entries"] = page
+            else:
+                group.create_group(name, attributes={"entries": page})
+        group.attrs["count"] = len(new)
 
 
 def add_to_index(root: zarr.Group, summaries: dict[str, dict[str, Any]]) -> None:
-    """Register complete runs in the root index (single writer: the collecting client)."""
-    set_index(root, {**index(root), **summaries})
+    """Register complete runs (name -> summary) in the index (single writer: the collecting
+    client). Refuses a run whose group is not complete: the index never lists one."""
+    for name in summaries:
+        if not is_complete(root, name):
+            raise StoreError(f"run {name} is not complete; the index lists complete runs only")
+    _append_index(root, [{"run": name, **s} for name, s in summaries.items()])
+
+
+def drop_from_index(root: zarr.Group, names: list[str]) -> None:
+    """Remove runs from the index (before they are retrained, or when they are found damaged)."""
+    _append_index(root, [{"run": name, "dropped": True} for name in names])
+
+
+def set_index(root: zarr.Group, summaries: dict[str, dict[str, Any]]) -> None:
+    """Make the index hold exactly ``summaries`` (run name -> summary): drop the other entries and
+    append the new or changed ones, as one commit. A malformed index is started afresh."""
+    try:
+        current = index(root)
+    except StoreError:
+        with writing("the store's index"):
+            del root["index"]
+        current = {}
+    entries = [{"run": n, "dropped": True} for n in sorted(set(current) - set(summaries))]
+    entries += [{"run": n, **s} for n, s in sorted(summaries.items()) if current.get(n) != s]
+    _append_index(root, entries)
 
 
 def complete_runs(path: str | Path, include_diverged: bool = False) -> list[str]:
-    """Runs a reader may use: in the index and flagged complete, skipping diverged runs unless
-    asked. Safe to call while a collection is writing to the store."""
+    """Runs a reader may use: in the index, skipping diverged runs unless asked. Safe to call
+    while a collection is writing to the store; see :func:`complete_in`."""
     root = open_store(path)
-    return [name for name, summary in index(root).items()
-            if (include_diverged or not summary.get("diverged")) and is_complete(root, name)]
+    return complete_in(root, index(root), include_diverged)
+
+
+def complete_in(root: zarr.Group, summaries: dict[str, dict[str, Any]], include_diverged: bool = False) -> list[str]:
+    """The runs of ``summaries`` (the index of ``root``) a reader may use. A version-2 index lists
+    complete runs only, so this reads nothing; in a version-1 store each run's flag is read."""
+    runs = [name for name, s in summaries.items() if include_diverged or not s.get("diverged")]
+    return runs if schema_version(root) > 1 else [n for n in runs if is_complete(root, n)]
 
 
 def run_summary(group: zarr.Group) -> dict[str, Any]:
-    """The index entry of a complete run group."""
+    """The index entry of a complete run group; ``bytes_stored`` is the run's size on disk."""
     a = group.attrs
     spec = a["spec"]
     return {"arch": spec["arch"]["family"], "optimizer": spec["optim"]["name"],
             "n_coords": int(group["history"].shape[0]), "n_snapshots": int(group["history"].shape[1]),
-            "final_test_acc": a.get("final_test_acc"), "diverged": bool(a.get("diverged", False))}
+            "final_test_acc": a.get("final_test_acc"), "diverged": bool(a.get("diverged", False)),
+            "bytes_stored": int(sum(group[k].nbytes_stored() for k in ARRAY_DTYPES if k in group))}
 
 
 def coordinate_arrays(layers: list[Layer]) -> dict[str, np.ndarray]:
@@ -198,29 +336,44 @@ def coordinate_arrays(layers: list[Layer]) -> dict[str, np.ndarray]:
     return {"kind": np.concatenate(kind), "layer": np.concatenate(row), "pos": np.concatenate(pos)}
 
 
-def _create_run_group(runs: zarr.Group, spec: RunSpec, layers: list[Layer], time_chunk: int,
-                      coord_chunk: int) -> zarr.Group:
-    """An empty, incomplete group for ``spec`` in ``runs``: history ``(n_coords, n_snapshots)``
-    filled with NaN, the per-coordinate arrays, and the attributes known before training."""
-    if spec.name in runs:
-        del runs[spec.name]
+def create_run_group(runs: zarr.Group, name: str, spec: RunSpec, layers: list[Layer], n_snapshots: int,
+                     time_chunk: int = TIME_CHUNK, coord_chunk: int = COORD_CHUNK) -> zarr.Group:
+    """An empty, incomplete group ``name`` for ``spec`` in ``runs`` (replacing any group of that name):
+    history ``(n_coords, n_snapshots)`` filled with NaN, the per-coordinate arrays, and the
+    attributes known before training."""
+    if name in runs:
+        del runs[name]
     n_coords = sum(layer.numel for layer in layers)
-    group = runs.create_group(spec.name)
-    group.create_array("history", shape=(n_coords, spec.n_snapshots), dtype=ARRAY_DTYPES["history"],
-                       fill_value=np.nan, chunks=(min(coord_chunk, n_coords), min(time_chunk, spec.n_snapshots)),
-                       compressors=[compressor()])
-    for name, values in coordinate_arrays(layers).items():
-        group.create_array(name, data=values, chunks=(min(coord_chunk, n_coords),), compressors=[compressor()])
+    group = runs.create_group(name)
+    group.create_array("history", shape=(n_coords, n_snapshots), dtype=ARRAY_DTYPES["history"],
+                       fill_value=np.nan, chunks=(min(coord_chunk, n_coords), min(time_chunk, n_snapshots)),
+                       **history_codecs())
+    for key, values in coordinate_arrays(layers).items():
+        group.create_array(key, data=values, chunks=(min(coord_chunk, n_coords),), **small_codecs())
     group.attrs.update({"spec": spec.to_dict(), "layers": [layer.to_dict() for layer in layers],
                         "versions": versions(), "complete": False})
     return group
 
 
-class RunWriter:
-    """Streams one run into ``runs/<spec.name>``, holding at most one time chunk in memory.
+def finish_run_group(group: zarr.Group, step: np.ndarray, loss: np.ndarray, acc: np.ndarray,
+                     final_test_acc: float, diverged: bool) -> dict[str, Any]:
+    """Write the per-snapshot arrays (each ``(n_snapshots,)``), the results, then mark the run
+    complete; returns its summary. ``history`` must be written already."""
+    for name, values in (("step", step), ("loss", loss), ("acc", acc)):
+        group.create_array(name, data=np.asarray(values, ARRAY_DTYPES[name]),
+                           chunks=(max(1, len(values)),), **small_codecs())
+    group.attrs.update({"final_test_acc": float(final_test_acc), "diverged": bool(diverged), "complete": True})
+    return run_summary(group)
 
-    Any previous, incomplete group of the same name is replaced. Call :meth:`append` once per
-    snapshot and :meth:`close` at the end; only ``close`` marks the run complete.
+
+class RunWriter:
+    """Streams one run into ``runs/<spec.name>``; the training loop never waits for the disk.
+
+    Snapshots are copied into one of two preallocated ``(time_chunk, n_coords)`` float32 buffers;
+    a full buffer is compressed and written by a background thread while the other fills, so at
+    most two time chunks are held, whatever the run's length. Any previous, incomplete group of
+    the same name is replaced. Call :meth:`append` once per snapshot and :meth:`close` at the end;
+    only ``close`` marks the run complete.
     """
 
     def __init__(self, path: str | Path, spec: RunSpec, layers: list[Layer],
@@ -228,51 +381,102 @@ class RunWriter:
         root = open_store(path, mode="a")
         self.where = f"run {spec.name} to {path}"
         with self._writing():
-            self.group = _create_run_group(root["runs"], spec, layers, time_chunk, coord_chunk)
+            self.group = create_run_group(root["runs"], spec.name, spec, layers, spec.n_snapshots, time_chunk, coord_chunk)
         self.history = self.group["history"]
         self.time_chunk = self.history.chunks[1]
-        # snapshot-major, flushed transposed
-        self.buffer = np.empty((self.time_chunk, self.history.shape[0]), ARRAY_DTYPES["history"])
+        # snapshot-major, written transposed; one fills while the thread writes the other
+        self.buffers = [np.empty((self.time_chunk, self.history.shape[0]), ARRAY_DTYPES["history"])
+                        for _ in range(2)]
         self.n_buffered = 0
-        self.n_written = 0
-        self.step: list[int] = []
-        self.loss: list[float] = []
-        self.acc: list[float] = []
+        self.n_written = 0  # snapshots handed to the writer thread
+        self.step = np.empty(spec.n_snapshots, ARRAY_DTYPES["step"])
+        self.loss = np.empty(spec.n_snapshots, ARRAY_DTYPES["loss"])
+        self.acc = np.empty(spec.n_snapshots, ARRAY_DTYPES["acc"])
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"write-{spec.name}")
+        self._pending: Future | None = None
 
     def _writing(self):
         return writing(self.where, "; complete runs are kept: make room (or fix the location), "
                                    "then rerun the same command to resume")
 
     def append(self, step: int, weights: np.ndarray, loss: float, acc: float) -> None:
-        """Record one snapshot: ``weights`` is the flat ``(n_coords,)`` float32 vector."""
-        self.buffer[self.n_buffered] = weights
+        """Record one snapshot: ``weights`` is the flat ``(n_coords,)`` float32 vector (copied)."""
+        i = self.n_written + self.n_buffered
+        self.buffers[0][self.n_buffered] = weights
+        self.step[i], self.loss[i], self.acc[i] = step, loss, acc
         self.n_buffered += 1
-        self.step.append(step)
-        self.loss.append(loss)
-        self.acc.append(acc)
         if self.n_buffered == self.time_chunk:
             self._flush()
 
+    def _write(self, buffer: np.ndarray, t0: int, n: int) -> None:
+        # C order: zarr's PCodec wrapper encodes a whole-chunk Fortran-ordered array in memory
+        # order, scrambling it (zarr 3.1.6, numcodecs 0.16.6)
+        with self._writing():
+            self.history[:, t0: t0 + n] = np.ascontiguousarray(buffer[:n].T)
+
+    def _wait(self) -> None:
+        """Wait for the write in flight; its error, if any, is raised here."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
     def _flush(self) -> None:
         if self.n_buffered:
-            t0 = self.n_written
-            with self._writing():
-                self.history[:, t0: t0 + self.n_buffered] = self.buffer[: self.n_buffered].T
+            self._wait()  # the other buffer is free again
+            self._pending = self._thread.submit(self._write, self.buffers[0], self.n_written, self.n_buffered)
+            self.buffers.reverse()
             self.n_written += self.n_buffered
             self.n_buffered = 0
 
     def close(self, final_test_acc: float, diverged: bool = False) -> dict[str, Any]:
         """Write the rest, trim unused snapshots (a diverged run stops early), mark complete."""
-        self._flush()
+        try:
+            self._flush()
+            self._wait()
+        finally:
+            self._thread.shutdown()
+        n = self.n_written
         with self._writing():
-            if self.n_written < self.history.shape[1]:
-                self.history.resize((self.history.shape[0], self.n_written))
-            for name, values in (("step", self.step), ("loss", self.loss), ("acc", self.acc)):
-                self.group.create_array(name, data=np.asarray(values, ARRAY_DTYPES[name]),
-                                        chunks=(max(1, len(values)),))
-            self.group.attrs.update({"final_test_acc": float(final_test_acc), "diverged": bool(diverged),
-                                     "complete": True})
-        return run_summary(self.group)
+            if n < self.history.shape[1]:
+                self.history.resize((self.history.shape[0], n))
+            return finish_run_group(self.group, self.step[:n], self.loss[:n], self.acc[:n],
+                                    final_test_acc, diverged)
+
+
+def read_error(err: BaseException) -> str:
+    """A damaged chunk's error in a few words."""
+    text = str(err)
+    if "checksum" in text.lower():
+        return "checksum mismatch"
+    return f"{type(err).__name__}: {text.splitlines()[0][:80] if text else ''}".rstrip(": ")
+
+
+class RunArray:
+    """A run's array, read lazily; a chunk that cannot be read (checksum mismatch, garbage, a
+    missing file) raises a one-line :class:`StoreError` naming the run instead of a codec error."""
+
+    def __init__(self, run: str, key: str, array: zarr.Array):
+        self.run, self.key, self.array = run, key, array
+        self.shape, self.chunks, self.dtype, self.ndim = array.shape, array.chunks, array.dtype, array.ndim
+
+    def __getitem__(self, selection) -> np.ndarray:
+        try:
+            return self.array[selection]
+        except Exception as err:  # any codec or file error of a damaged chunk
+            raise StoreError(f"run {self.run}: {self.key} cannot be read ({read_error(err)}); `trajgen verify "
+                             "--repair` marks it for retraining by the same collect command") from None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
+def run_array(root: zarr.Group, name: str, key: str) -> RunArray:
+    """Array ``key`` of run ``name``, for reading (see :class:`RunArray`)."""
+    try:
+        return RunArray(name, key, root["runs"][name][key])
+    except (KeyError, ValueError, TypeError) as err:
+        raise StoreError(f"run {name} is malformed ({type(err).__name__}: {err}); "
+                         "`trajgen verify` lists what is wrong") from None
 
 
 @dataclass
@@ -282,7 +486,7 @@ class RunRecord:
     name: str
     spec: RunSpec
     layers: list[Layer]
-    history: zarr.Array
+    history: RunArray
     kind: np.ndarray
     layer: np.ndarray
     pos: np.ndarray
@@ -294,17 +498,18 @@ class RunRecord:
 
 
 def open_run(path_or_root: str | Path | zarr.Group, name: str) -> RunRecord:
+    """Run ``name`` for reading. Raises :class:`StoreError` if it is missing, incomplete,
+    malformed or one of its small arrays is damaged (``history`` is checked when sliced)."""
     root = path_or_root if isinstance(path_or_root, zarr.Group) else open_store(path_or_root)
     if not is_complete(root, name):
         raise StoreError(f"run {name} is missing or incomplete")
-    g = root["runs"][name]
-    a = g.attrs
+    a = root["runs"][name].attrs
     try:
-        return RunRecord(name=name, spec=RunSpec.from_dict(a["spec"]),
-                         layers=[Layer.from_dict(d) for d in a["layers"]], history=g["history"],
-                         kind=g["kind"][:], layer=g["layer"][:], pos=g["pos"][:], step=g["step"][:],
-                         loss=g["loss"][:], acc=g["acc"][:], final_test_acc=float(a["final_test_acc"]),
-                         diverged=bool(a["diverged"]))
-    except (KeyError, TypeError, ValueError) as err:  # a missing array or attribute, a bad spec
+        spec, layers = RunSpec.from_dict(a["spec"]), [Layer.from_dict(d) for d in a["layers"]]
+        final_test_acc, diverged = float(a["final_test_acc"]), bool(a["diverged"])
+    except (KeyError, TypeError, ValueError) as err:  # a missing attribute, a bad spec
         raise StoreError(f"run {name} is malformed ({type(err).__name__}: {err}); "
                          "`trajgen verify` lists what is wrong") from None
+    small = {k: run_array(root, name, k)[:] for k in ("kind", "layer", "pos", "step", "loss", "acc")}
+    return RunRecord(name=name, spec=spec, layers=layers, history=run_array(root, name, "history"),
+                     final_test_acc=final_test_acc, diverged=diverged, **small)

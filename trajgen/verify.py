@@ -1,11 +1,15 @@
-"""``trajgen verify``: check a store against its schema, run by run, and optionally repair its index.
+"""``trajgen verify``: check a store against its schema, run by run and chunk by chunk, and
+optionally repair it.
 
-Repair only ever edits the root index: it drops entries whose run is missing, incomplete or broken
-(so readers stop using them) and adds valid complete runs the index lacks. It never deletes a run
-group.
+Every chunk of every array of every complete run is read (its CRC32C checked, in a version-2
+store) and decoded; a run with damaged chunks is one problem line naming them. Repair marks each
+complete run that has a problem incomplete, so that the same ``trajgen collect`` command retrains
+it, and makes the index list exactly the valid complete runs. It never deletes a run group and
+never touches a run without a problem.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import dataclass, field
@@ -16,6 +20,9 @@ import numpy as np
 from trajgen import store
 from trajgen.nets import Layer
 from trajgen.spec import RunSpec
+
+# damaged chunks named in a run's problem line; the count covers the rest
+NAMED_CHUNKS = 4
 
 
 @dataclass
@@ -31,10 +38,11 @@ class Report:
         return not self.problems
 
 
-def check_run(group, name: str, block: int = store.COORD_CHUNK) -> list[str]:
+def check_run(group, name: str) -> list[str]:
     """Problems of one complete run group: its attributes, every array's dtype and shape against
-    the layer table and the spec, kind/layer/pos against the layer table, finite history values
-    (read one coordinate block at a time, so memory stays bounded)."""
+    the layer table and the spec, every chunk readable (one line naming the damaged ones),
+    kind/layer/pos against the layer table, finite history values. Memory: one chunk of history
+    at a time, plus the ``(n_coords,)`` coordinate arrays."""
     try:
         attrs = group.attrs
         spec = RunSpec.from_dict(attrs["spec"])
@@ -48,15 +56,39 @@ def check_run(group, name: str, block: int = store.COORD_CHUNK) -> list[str]:
     problems = _layout_problems(name, spec, layers, arrays, diverged)
     if problems:
         return problems
-    for key, values in expected.items():
-        if not np.array_equal(arrays[key][:], values):
+    damaged, values, first_bad = _scan(arrays)
+    if damaged:
+        more = f" and {len(damaged) - NAMED_CHUNKS} more" if len(damaged) > NAMED_CHUNKS else ""
+        return [f"{name}: {len(damaged)} damaged chunk(s): {', '.join(damaged[:NAMED_CHUNKS])}{more}"]
+    for key, want in expected.items():
+        if not np.array_equal(values[key], want):
             problems.append(f"{name}: {key} does not match the layer table")
-    history = arrays["history"]
-    for start in range(0, history.shape[0], block):
-        if not np.isfinite(history[start: start + block]).all():
-            problems.append(f"{name}: NaN or Inf in history (coordinates from {start}) of a run not marked diverged")
-            break
+    if first_bad is not None:
+        problems.append(f"{name}: NaN or Inf in history (coordinates from {first_bad}) of a run not marked diverged")
     return problems
+
+
+def _scan(arrays: dict) -> tuple[list[str], dict[str, np.ndarray], int | None]:
+    """Read every chunk of every array once: (damaged chunks as ``key/c/i/j (reason)``, the
+    values of kind/layer/pos, first coordinate of the first history chunk holding NaN or Inf)."""
+    damaged, values, first_bad = [], {}, None
+    for key, a in arrays.items():
+        out = np.empty(a.shape, a.dtype) if key in ("kind", "layer", "pos") else None
+        grid = [range(-(-s // c)) for s, c in zip(a.shape, a.chunks)]
+        for idx in itertools.product(*grid):
+            sel = tuple(slice(i * c, (i + 1) * c) for i, c in zip(idx, a.chunks))
+            try:
+                chunk = a[sel]
+            except Exception as err:  # any codec or file error of a damaged chunk
+                damaged.append(f"{key}/c/{'/'.join(map(str, idx))} ({store.read_error(err)})")
+                continue
+            if out is not None:
+                out[sel] = chunk
+            if key == "history" and first_bad is None and not np.isfinite(chunk).all():
+                first_bad = sel[0].start
+        if out is not None:
+            values[key] = out
+    return damaged, values, first_bad
 
 
 def _layout_problems(name: str, spec: RunSpec, layers: list[Layer], arrays: dict, diverged: bool) -> list[str]:
@@ -89,39 +121,56 @@ def _same(a, b) -> bool:
 
 
 def verify(path: str | Path, repair: bool = False) -> Report:
-    """Check every run of the store at ``path``; with ``repair``, make the index list exactly the
-    valid complete runs, with their summaries."""
+    """Check every run of the store at ``path``; with ``repair``, mark the complete runs that have
+    a problem incomplete (the same collect command retrains them), then make the index list
+    exactly the valid complete runs, with their summaries."""
     root = store.open_store(path, mode="a" if repair else "r")
     report = Report()
     try:
         idx = store.index(root)
     except store.StoreError as err:
         report.problems.append(str(err))
-        idx = {}
-    complete = {}
+        idx = None
+    indexed = idx or {}
+    complete, broken = {}, []
     for name in store.run_names(root):
         if not store.is_complete(root, name):
-            if name in idx:
+            if name in indexed:
                 report.problems.append(f"{name}: in the index but not complete")
             continue
         report.runs_checked += 1
         problems = check_run(root["runs"][name], name)
         report.problems += problems
-        if not problems:
-            complete[name] = store.run_summary(root["runs"][name])
-    for name in idx:
+        if problems:
+            broken.append(name)
+        else:
+            complete[name] = _summary(root, name)
+    for name in indexed:
         if name not in complete and not any(p.startswith(f"{name}:") for p in report.problems):
             report.problems.append(f"{name}: in the index but its group is missing")
     for name, summary in complete.items():
-        if name not in idx:
+        if name not in indexed:
             report.problems.append(f"{name}: complete but not in the index")
-        elif not _same(idx[name], summary):
+        elif not _same(indexed[name], summary):
             report.problems.append(f"{name}: its index entry differs from the run")
-    if repair and not _same(root.attrs.get("index"), dict(sorted(complete.items()))):
-        store.set_index(root, complete)
-        report.repaired = ([f"dropped {n} from the index" for n in sorted(set(idx) - set(complete))]
-                           + [f"added {n} to the index" for n in sorted(set(complete) - set(idx))]
-                           + [f"rewrote the index entry of {n}" for n in sorted(set(idx) & set(complete))
-                              if not _same(idx[n], complete[n])]
-                           or ["rebuilt the index"])
+    if repair:
+        for name in broken:  # first the flag: a kill before the index is fixed leaves a stale entry
+            with store.writing(f"the complete flag of {name}"):  # that collect's resume drops
+                root["runs"][name].attrs["complete"] = False
+            report.repaired.append(f"marked {name} incomplete: the same collect command retrains it")
+        if idx is None or not _same(idx, dict(sorted(complete.items()))):
+            store.set_index(root, complete)
+            report.repaired += ([f"dropped {n} from the index" for n in sorted(set(indexed) - set(complete))]
+                                + [f"added {n} to the index" for n in sorted(set(complete) - set(indexed))]
+                                + [f"rewrote the index entry of {n}" for n in sorted(set(indexed) & set(complete))
+                                   if not _same(indexed[n], complete[n])]
+                                or ["rebuilt the index"])
     return report
+
+
+def _summary(root, name: str) -> dict:
+    """The index entry run ``name`` should have (a version-1 index records no sizes)."""
+    summary = store.run_summary(root["runs"][name])
+    if store.schema_version(root) == 1:
+        del summary["bytes_stored"]
+    return summary
