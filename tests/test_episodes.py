@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import zarr
 
 from trajgen import episodes, store
 from trajgen.nets import flat_weights, layer_table
@@ -41,8 +40,8 @@ def spec(index: int, per_parent: int = 1) -> episodes.EpisodeSpec:
 def snapshot_of(path) -> dict:
     """Everything a store holds that a rerun must reproduce: index, each episode's attributes
     (library versions aside) and arrays."""
-    root = zarr.open_group(str(path), mode="r")
-    out = {"index": json.dumps(root.attrs["index"], sort_keys=True)}
+    root = store.open_store(path)
+    out = {"index": json.dumps(store.index(root), sort_keys=True)}
     for name, group in root["runs"].groups():
         attrs = {k: v for k, v in group.attrs.items() if k != "versions"}
         out[name] = (json.dumps(attrs, sort_keys=True), {k: a[:] for k, a in group.arrays()})
