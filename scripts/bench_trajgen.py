@@ -1,20 +1,27 @@
 """Benchmark of trajgen on this machine: recording overhead, worker scaling, compression, memory.
 
-    .venv/bin/python scripts/bench_trajgen.py [--runs 8] [--steps 256]
+    .venv/bin/python scripts/bench_trajgen.py [--pairs 7] [--steps 256] [--runs 16] [--no-scaling]
 
-Prints a Markdown table for the README. Each figure comes from the same specs (global seed 0).
+Recording overhead is measured with interleaved pairs: for each of one mlp, one cnn and one vit
+spec (global seed 0), a bare run (the same training steps, one snapshot at each end, nothing
+written) and a recorded run (every ``--every`` steps into a store, the run group's creation and
+completion included) alternate, A B A B ..., ``--pairs`` times, so drift of a shared machine
+falls on both sides of each pair. Reported per architecture: the median of the per-pair ratios
+recorded / bare minus 1, with the smallest and largest; the share of the recorded run's wall time
+the training thread spent in the store writer's calls (append, close, creation). Then ``--runs``
+runs collected with 1 and 2 dask workers (cluster start included), the compression of that
+store, and the peak memory of a 256- and a 2,048-step collection. Prints JSON and a Markdown table.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 
 from trajgen import data as datasets
@@ -26,16 +33,15 @@ from trajgen.train import build_model, snapshots
 
 
 def train_seconds(spec: RunSpec, data, record_to: str | None) -> tuple[float, float]:
-    """(total seconds, seconds spent in the store writer) of one run of ``spec``, recording every
-    snapshot to ``record_to``, or, when it is None, the bare loop: the same steps with a single
-    snapshot at each end."""
+    """(wall seconds, seconds the training thread spent in store writer calls) of one run of
+    ``spec``, recording every snapshot to ``record_to``, or, when it is None, the bare loop: the
+    same steps with a single snapshot at each end."""
     if record_to is None:
         spec = RunSpec.from_dict({**spec.to_dict(), "every": spec.steps})
     model = build_model(spec, data)
     t = time.perf_counter()
-    writing = 0.0
     writer = store.RunWriter(record_to, spec, layer_table(model)) if record_to else None
-    writing += time.perf_counter() - t
+    writing = time.perf_counter() - t
     for snap in snapshots(spec, model, data):
         if writer:
             w = time.perf_counter()
@@ -48,16 +54,22 @@ def train_seconds(spec: RunSpec, data, record_to: str | None) -> tuple[float, fl
     return time.perf_counter() - t, writing
 
 
-def recording_cost(specs: list[RunSpec], data, path: str, repeats: int = 3) -> dict[str, float]:
-    """Bare and recorded runs alternate ``repeats`` times; the fastest of each is kept, since a
-    shared machine only ever adds time."""
-    bare = [min(train_seconds(s, data, None)[0] for _ in range(repeats)) for s in specs]
-    recorded = [min(train_seconds(s, data, path) for _ in range(repeats)) for s in specs]
-    steps = sum(s.steps for s in specs)
-    total_rec = sum(r[0] for r in recorded)
-    return {"steps_per_s_bare": steps / sum(bare), "steps_per_s_recording": steps / total_rec,
-            "recording_overhead_pct": 100 * (total_rec / sum(bare) - 1),
-            "store_writer_share_pct": 100 * sum(r[1] for r in recorded) / total_rec}
+def recording_cost(spec: RunSpec, data, path: str, pairs: int) -> dict[str, float]:
+    """Interleaved bare / recorded runs of ``spec``: per-pair overhead (recorded / bare - 1, in %)
+    as median, min and max, the writer's share of the recorded time (median, %), and the median
+    seconds of each side."""
+    ratios, shares, bare_s, rec_s = [], [], [], []
+    for _ in range(pairs):
+        bare = train_seconds(spec, data, None)[0]
+        recorded, writing = train_seconds(spec, data, path)
+        ratios.append(100 * (recorded / bare - 1))
+        shares.append(100 * writing / recorded)
+        bare_s.append(bare)
+        rec_s.append(recorded)
+    return {"overhead_pct_median": statistics.median(ratios), "overhead_pct_min": min(ratios),
+            "overhead_pct_max": max(ratios), "writer_share_pct_median": statistics.median(shares),
+            "bare_s_median": statistics.median(bare_s), "recorded_s_median": statistics.median(rec_s),
+            "steps_per_s_bare": spec.steps / statistics.median(bare_s)}
 
 
 def peak_rss_mib(steps: int) -> float:
@@ -71,61 +83,46 @@ def peak_rss_mib(steps: int) -> float:
                                 text=True).stdout.strip().splitlines()[-1])
 
 
-def codec_figures(path: str) -> dict[str, dict[str, float]]:
-    """Compression ratio and encode speed of one run's history (coordinates x snapshots)."""
-    import numcodecs
-
-    root = store.open_store(path)
-    name = store.complete_runs(path)[0]
-    history = np.ascontiguousarray(root["runs"][name]["history"][:])
-    codecs = {"blosc-zstd3-bitshuffle": numcodecs.Blosc("zstd", 3, numcodecs.Blosc.BITSHUFFLE)}
-    try:
-        codecs["pcodec-8"] = numcodecs.PCodec(level=8)
-    except AttributeError:
-        pass
-    out = {}
-    for label, codec in codecs.items():
-        t = time.perf_counter()
-        encoded = codec.encode(history)
-        dt = time.perf_counter() - t
-        assert np.array_equal(np.frombuffer(codec.decode(encoded), np.float32).reshape(history.shape), history)
-        out[label] = {"ratio": history.nbytes / len(encoded), "MB_per_s": history.nbytes / dt / 1e6}
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=8)
+    parser.add_argument("--pairs", type=int, default=7)
     parser.add_argument("--steps", type=int, default=256)
+    parser.add_argument("--every", type=int, default=4)
+    parser.add_argument("--runs", type=int, default=16, help="runs of the 1- and 2-worker collections")
+    parser.add_argument("--no-scaling", action="store_true", help="skip the collections and memory figures")
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = datasets.load("fashion-mnist")
-    config = CollectConfig(runs=args.runs, steps=args.steps, every=4, progress=False)
-    specs = plan(config)[:3]  # one each of mlp, cnn, vit
+    specs = plan(CollectConfig(runs=3, steps=args.steps, every=args.every))  # mlp, cnn, vit
     results: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp:
         rec = f"{tmp}/rec.zarr"
         store.create_store(rec)
-        train_seconds(specs[0], data, None)  # warm-up
-        results.update(recording_cost(specs, data, rec))
-        for workers in (1, 2):
-            path = f"{tmp}/w{workers}.zarr"
-            t = time.perf_counter()
-            collect(CollectConfig(store=path, runs=args.runs, steps=args.steps, every=4,
-                                  workers=workers, progress=False))
-            results[f"runs_per_hour_{workers}_workers"] = args.runs * 3600 / (time.perf_counter() - t)
-        results["worker_speedup"] = results["runs_per_hour_2_workers"] / results["runs_per_hour_1_workers"]
-        results["compression_ratio"] = info.describe(f"{tmp}/w2.zarr")["compression_ratio"]
-        results["codecs"] = codec_figures(f"{tmp}/w2.zarr")
-    results["peak_rss_mib_256_steps"] = peak_rss_mib(256)
-    results["peak_rss_mib_2048_steps"] = peak_rss_mib(2048)
+        train_seconds(specs[0], data, rec)  # warm-up
+        for spec in specs:
+            results[f"recording_{spec.arch.family}"] = recording_cost(spec, data, rec, args.pairs)
+        if not args.no_scaling:
+            for workers in (1, 2):
+                path = f"{tmp}/w{workers}.zarr"
+                t = time.perf_counter()
+                collect(CollectConfig(store=path, runs=args.runs, steps=args.steps, every=args.every,
+                                      workers=workers, progress=False))
+                results[f"runs_per_hour_{workers}_workers"] = args.runs * 3600 / (time.perf_counter() - t)
+            results["worker_speedup"] = results["runs_per_hour_2_workers"] / results["runs_per_hour_1_workers"]
+            results["compression_ratio"] = info.describe(f"{tmp}/w2.zarr")["compression_ratio"]
+    if not args.no_scaling:
+        results["peak_rss_mib_256_steps"] = peak_rss_mib(256)
+        results["peak_rss_mib_2048_steps"] = peak_rss_mib(2048)
     print(json.dumps(results, indent=2))
     print("\n| figure | value |\n|---|---|")
     for key, value in results.items():
-        if isinstance(value, float):
+        if isinstance(value, dict):
+            print(f"| recording overhead, {key.split('_')[1]} ({args.pairs} interleaved pairs): median "
+                  f"[min, max] | {value['overhead_pct_median']:+.1f}% [{value['overhead_pct_min']:+.1f}, "
+                  f"{value['overhead_pct_max']:+.1f}]; writer's share {value['writer_share_pct_median']:.1f}%; "
+                  f"bare {value['bare_s_median']:.2f} s |")
+        else:
             print(f"| {key} | {value:.2f} |")
-    for label, d in results["codecs"].items():
-        print(f"| codec {label} | {d['ratio']:.2f}x at {d['MB_per_s']:.0f} MB/s |")
 
 
 if __name__ == "__main__":

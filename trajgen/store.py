@@ -250,29 +250,44 @@ def index(root: zarr.Group) -> dict[str, dict[str, Any]]:
     return dict(sorted(out.items()))
 
 
+def _index_head(root: zarr.Group) -> tuple[zarr.Group, int, int, list]:
+    """(index group, committed count, page size, committed entries of the last page): what an
+    append needs, read from two small files whatever the index holds."""
+    group = root["index"]
+    count, size = group.attrs.get("count"), group.attrs.get("page_size")
+    if not (isinstance(count, int) and isinstance(size, int) and count >= 0 and size > 0):
+        raise _malformed()
+    last = f"p{count // size:06d}"
+    page = group[last].attrs.get("entries") if count % size else []
+    if not isinstance(page, list) or len(page) < count % size:
+        raise _malformed()
+    return group, count, size, page[: count % size]
+
+
 def _append_index(root: zarr.Group, entries: list[dict[str, Any]]) -> None:
-    """Append ``entries`` to the index log: the pages they fall in, then the count (the commit)."""
+    """Append ``entries`` to the index log: the pages they fall in (the last one, and new ones
+    when it fills), then the count, which commits them. Reads and writes O(len(entries) +
+    INDEX_PAGE) entries, whatever the index holds."""
     if not entries:
         return
     hint = "; the runs are kept, rerun the same command to index them"
-    try:
-        group, log = _index_log(root)
-    except StoreError:
-        raise StoreError("the store's index is malformed; `trajgen verify --repair` rebuilds it "
-                         "before anything is added") from None
     with writing("the store's index", hint):
-        if group is None:
-            group = root.create_group("index", attributes={"count": 0, "page_size": INDEX_PAGE})
-        size, count = group.attrs["page_size"], len(log)
-        new = log + entries
-        for k in range(count // size, -(-len(new) // size)):
-            page = new[k * size: (k + 1) * size]
-            name = f"p{k:06d}"
+        if "index" not in root:
+            root.create_group("index", attributes={"count": 0, "page_size": INDEX_PAGE})
+        try:
+            group, count, size, tail = _index_head(root)
+        except (StoreError, KeyError):
+            raise StoreError("the store's index is malformed; `trajgen verify --repair` rebuilds it "
+                             "before anything is added") from None
+        first = count // size
+        new = tail + entries
+        for k in range(-(-len(new) // size)):
+            page, name = new[k * size: (k + 1) * size], f"p{first + k:06d}"
             if name in group:
                 group[name].attrs["entries"] = page
             else:
                 group.create_group(name, attributes={"entries": page})
-        group.attrs["count"] = len(new)
+        group.attrs["count"] = count + len(entries)
 
 
 def add_to_index(root: zarr.Group, summaries: dict[str, dict[str, Any]]) -> None:
