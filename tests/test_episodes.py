@@ -160,3 +160,29 @@ def test_applier_refuses_a_predictor_of_another_spacing(tmp_path):
     assert "\n" not in str(err.value) and "4 step(s) apart" in str(err.value) and "--every" in str(err.value)
     assert make_rewinder("learned", paths["four"], make_config("invwnn+", {"snapshots": 5, "every": 4})).k == 5
     assert make_rewinder("learned", paths["old"], every_step).k == 5  # unknown spacing: accepted
+
+
+def test_a_predictor_trained_on_episodes_records_them(tmp_path):
+    """invwnn train on an episode store: the checkpoint records kind and spacing, inspect shows
+    them, and evaluate --split-from scores another predictor on its held-out episodes."""
+    from click.testing import CliRunner
+    from invwnn.cli import main
+
+    path = tmp_path / "e.zarr"
+    episodes.collect_episodes(config(path, 4))
+    out = tmp_path / "p.pt"
+    small = ["--window", "5", "--back", "3", "--steps", "3", "--batch-size", "256", "--eval-per-kind", "50",
+             "--val-fraction", "0.5", "--workers", "0", "--quiet"]
+    runner = CliRunner()
+    result = runner.invoke(main, ["train", "--store", str(path), "--out", str(out), *small])
+    assert result.exit_code == 0, result.output
+    inspect = runner.invoke(main, ["inspect", str(out)])
+    assert "data          episodes, snapshots 1 step(s) apart" in inspect.output
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, Predictor(ModelConfig(k=5, u=3)), {}, {}, {"val_runs": []})
+    result = runner.invoke(main, ["evaluate", str(other), "--store", str(path), "--split-from", str(out)])
+    assert result.exit_code == 0 and "held out by p.pt" in result.output, result.output
+    for extra, message in ((["--write"], "--split-from"), ([], "K=4")):
+        save_checkpoint(other, Predictor(ModelConfig(k=4, u=3)), {}, {}, {"val_runs": []})
+        result = runner.invoke(main, ["evaluate", str(other), "--store", str(path), "--split-from", str(out), *extra])
+        assert result.exit_code != 0 and message in result.output and result.output.count("\n") == 1, result.output
