@@ -44,11 +44,15 @@ from invwnn.models import InputError, is_finite
 # remain) and -none (the fine-tuned weights kept: no rewind, plus forget-set training).
 REWINDING = ("invwnn", "invwnn+")
 REWINDER_ROWS = (("", "learned"), ("-linear", "linear"), ("-reset", "reset"), ("-none", "none"))
+# invwnn+-episodes: invwnn+ with the K = 5 predictor trained on fine-tuning episodes (issue 15)
+# instead of whole training runs
+EPISODE_PREDICTOR = Path(__file__).parents[1] / "episode_predictor_k5.pt"
 BENCH_METHODS: dict[str, tuple[str, str | None]] = {
     **{name: (name, None) for name in REGISTRY if name not in ("retrain", *REWINDING)},
     **{f"{name}{suffix}": (name, kind) for name in REWINDING for suffix, kind in REWINDER_ROWS},
+    "invwnn+-episodes": ("invwnn+", "episodes"),
 }
-ORDER = (*(f"invwnn+{s}" for s, _ in REWINDER_ROWS), *(f"invwnn{s}" for s, _ in REWINDER_ROWS),
+ORDER = (*(f"invwnn+{s}" for s, _ in REWINDER_ROWS), "invwnn+-episodes", *(f"invwnn{s}" for s, _ in REWINDER_ROWS),
          "finetune", "neggrad", "neggrad+", "random-label", "salun", "boundary-shrink", "task-vector",
          "scrub", "fisher", "unsir", "mnemonic")
 STOP_MODE = {"invwnn": "iteration", "invwnn+": "iteration", "task-vector": "alpha", "unsir": "none",
@@ -87,10 +91,14 @@ class BenchConfig:
 
 
 def make_rewinder(kind: str, config, device: str) -> Any:
-    """The InvWNN rewinder ``kind`` (learned: the shipped predictor) with its description; the
+    """The InvWNN rewinder ``kind`` (learned: the shipped predictor; episodes: the one trained on
+    fine-tuning episodes) with its description; the
     learned one's description carries the checkpoint's sha256, as the checkpoint may change."""
     from invwnn.apply import make_rewinder as apply_rewinder
-    rewinder = apply_rewinder(kind, None, config, device)
+    if kind == "episodes":
+        rewinder = apply_rewinder("learned", str(EPISODE_PREDICTOR), config, device)
+    else:
+        rewinder = apply_rewinder(kind, None, config, device)
     desc = dict(rewinder.describe()) if hasattr(rewinder, "describe") else {"rewinder": kind}
     if "predictor" in desc:
         desc["sha256"] = hashlib.sha256(Path(desc["predictor"]).read_bytes()).hexdigest()
