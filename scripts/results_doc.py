@@ -40,7 +40,9 @@ def tuning(results: Path) -> str:
              f"(sampler: {first['sampler']}), each run once on tuning seed {first['seed']} (never reported) with "
              "TA and MIA measured on the validation split: "
              f"{first['data']['val']['n']} images of the training pool outside the training subset, so no test "
-             f"image. Objective: {first['objective']}. The search spaces and every trial are in "
+             f"image. Objective: {first['objective']}. Trial 0 of every row is the library defaults written "
+             "out (for the four invwnn+ rows searched first, the defaults of that day: lr 2e-3, repair_lr 1e-3, "
+             "before invwnn+'s defaults became these searches' medians). The search spaces and every trial are in "
              "`invwnn/bench/tuned/<scenario>.json` and in each `results.json` (`tuning`).\n",
              "Gap to Retrain of the chosen configuration on the validation split (✓: it reached Retrain's UA; "
              "trials; summed method seconds of the search):\n",
