@@ -25,9 +25,17 @@ END = "<!-- END GENERATED -->"
 
 
 def shown(path: str) -> str:
-    """A recorded absolute path, relative to the repository when it lies inside it."""
+    """A path as the document shows it whatever checkout renders it: relative to this repository
+    when inside it; else (a path recorded on another checkout) from its last ``data/`` folder,
+    where the project keeps stores, or its file name."""
     p = Path(path)
-    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+    if p.is_relative_to(ROOT):
+        return str(p.relative_to(ROOT))
+    parts = p.parts
+    if "data" in parts:
+        i = len(parts) - 1 - parts[::-1].index("data")
+        return str(Path(*parts[i:]))
+    return p.name
 
 
 def checkpoint_section(k: int) -> str:
