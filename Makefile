@@ -30,12 +30,13 @@ dataset:
 test: venv dataset
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-# The whole pipeline on small settings: collect, train a predictor, train an original with splits,
+# The whole pipeline on small settings: collect (a snapshot every step, the spacing the applier
+# records), train a predictor, train an original with splits,
 # unlearn with the predictor just trained (stopping once forget accuracy is down to the original's
 # test accuracy, 86%, or when the guard sees retain accuracy fall more than 5 points), print the
 # before / after table of RA, UA, TA and MIA.
 demo: venv dataset
-	$(BIN)/trajgen collect --archs mlp,cnn,vit --runs 6 --steps 128 --every 4 --workers 2 --store data/demo.zarr
+	$(BIN)/trajgen collect --archs mlp,cnn,vit --runs 6 --steps 128 --every 1 --workers 2 --store data/demo.zarr
 	$(BIN)/trajgen info data/demo.zarr
 	$(BIN)/invwnn train --store data/demo.zarr --out data/demo-predictor.pt --steps 300 --quiet
 	$(BIN)/invwnn prepare --out data/demo --quiet
