@@ -28,6 +28,7 @@ from invwnn import forget as forget_io
 from invwnn import metrics, models
 from invwnn.methods import REGISTRY, Context, Data
 from invwnn.methods.invwnn import LinearRewinder, NoRewinder, ResetRewinder, load_rewinder
+from invwnn.methods.loop import trains
 from invwnn.forget import Split
 from invwnn.models import InputError, LoadedModel, Preprocess
 
@@ -129,9 +130,9 @@ class Guard:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def on_step(self, optimizer, args, kwargs) -> None:
-        """Optimizer step post-hook: every optimizer in the process fires it; count only those
-        that train this model, check at steps 1, 2, 4 and every :data:`GUARD_EVERY`."""
-        if not any(id(p) in self.params for g in optimizer.param_groups for p in g["params"]):
+        """Optimizer step post-hook: count the steps of the optimizers that train this model, check
+        at steps 1, 2, 4 and every :data:`GUARD_EVERY`."""
+        if not trains(optimizer, self.params):
             return
         self.steps += 1
         if self.steps in (1, 2, 4) or self.steps % GUARD_EVERY == 0:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from trajgen.store import complete_runs
-from invwnn.fit import TrainConfig, eval_sample, evaluation_record, horizon_fit_runs
+from invwnn.fit import TrainConfig, eval_sample, evaluation_record, held_out_desc, horizon_fit_runs
 from invwnn.predictor import load_predictor, read_checkpoint, rewrite_evaluation
 from invwnn.windows import WindowError, check_windows
 
@@ -54,7 +54,7 @@ def recompute(checkpoint: str | Path, store: str, split_from: str | Path | None 
         raise WindowError(f"{checkpoint} knows none of the parameter kinds {', '.join(config.kinds)} of {split_from}")
     sample = lambda names: eval_sample(store, names, config.k, config.u, kinds,  # noqa: E731
                                        config.eval_per_kind, config.seed)
-    desc = f" - {len(val_runs)} runs" + (f" of {', '.join(config.val_archs)}" if config.val_archs else "")
+    desc = held_out_desc(len(val_runs), config.val_archs)
     if split_from is not None:
         desc += f" held out by {Path(split_from).name}" + (
             f", kinds {', '.join(kinds)} only" if kinds != config.kinds else "")

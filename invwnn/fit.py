@@ -144,6 +144,11 @@ def split_runs(store: str, runs: list[str], val_fraction: float, val_archs: tupl
     return sorted(train), sorted(val)
 
 
+def held_out_desc(n_runs: int, val_archs: tuple[str, ...]) -> str:
+    """How the held-out runs were chosen, as the evaluation table's title says it."""
+    return f" - {n_runs} runs" + (f" of {', '.join(val_archs)}" if val_archs else "")
+
+
 def horizon_fit_runs(store: str, train_runs: list[str], n: int, seed: int) -> list[str]:
     """The ``n`` training runs whose windows fit the damped line's horizon: the first ``n`` of
     :func:`balanced_order` of ``train_runs`` (seed ``[seed, 1]``), sorted. A pure function of the
@@ -334,7 +339,7 @@ def _train(config: TrainConfig, progress: bool) -> dict[str, Any]:
     if seen == 0:
         raise WindowError(f"{config.store}: the training runs yielded no windows of the kinds {', '.join(config.kinds)}")
     fit = eval_sample(config.store, fit_runs, config.k, config.u, config.kinds, config.eval_per_kind, config.seed)
-    desc = f" - {len(val_runs)} runs" + (f" of {', '.join(config.val_archs)}" if config.val_archs else "")
+    desc = held_out_desc(len(val_runs), config.val_archs)
     evaluation = {**evaluation_record(model, val, fit, config.u, val_runs, fit_runs, desc, config.store), "curve": curve}
     final = curve[-1]["val_mae"]
     # the first validation point within 1% of the final error: when training had effectively converged

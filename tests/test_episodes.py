@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from trajgen import data as datasets
 from trajgen import episodes, store
 from trajgen.nets import flat_weights, layer_table
 from invwnn.apply import make_config, make_rewinder
@@ -67,7 +68,7 @@ def test_stored_weights_equal_the_models_at_every_step(tmp_path):
     assert history.shape[1] == s.steps + 1 == summary["n_snapshots"]
     np.testing.assert_array_equal(g["step"][:], np.arange(s.steps + 1))
 
-    data = episodes.load_data("synthetic", None)
+    data = datasets.load_cached("synthetic", None)
     model = episodes.parent_model(s)
     table = layer_table(model)
     subset, labels = episodes.subset_indices(s, data)
@@ -94,7 +95,7 @@ def test_stored_weights_equal_the_models_at_every_step(tmp_path):
 @pytest.mark.parametrize("index", [0, 1, 2])
 def test_finetuning_batches_hold_only_the_subset(index, monkeypatch):
     s = spec(index)
-    data = episodes.load_data("synthetic", None)
+    data = datasets.load_cached("synthetic", None)
     subset, labels = episodes.subset_indices(s, data)
     pool, parent_labels, noisy = episodes.parent_data(s.parent, s.parent_pool, s.parent_noise, data)
     assert set(subset) <= set(pool)

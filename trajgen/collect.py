@@ -3,7 +3,6 @@ register finished runs in the root index. The client process is the index's only
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -50,18 +49,12 @@ def plan(config: CollectConfig) -> list[RunSpec]:
                      config.dataset) for i in range(config.runs)]
 
 
-@functools.lru_cache(maxsize=2)
-def _load_once(name: str, root: str | None) -> datasets.Dataset:
-    """A worker trains many runs on the same data: decompress it once per process."""
-    return datasets.load(name, root)
-
-
 def train_to_store(store_path: str, spec_dict: dict, data_root: str | None,
                    threads: int) -> tuple[str, dict[str, Any]]:
     """Train one run and stream it into its own group. Runs on a worker; returns the index entry."""
     torch.set_num_threads(threads)  # dask pins OMP threads to 1; say what we want explicitly
     spec = RunSpec.from_dict(spec_dict)
-    data = _load_once(spec.dataset, data_root)
+    data = datasets.load_cached(spec.dataset, data_root)
     model = build_model(spec, data)
     writer = store.RunWriter(store_path, spec, layer_table(model))
     for snap in snapshots(spec, model, data):

@@ -8,6 +8,7 @@ Debian package's folder, then torchvision's download into ``download_root`` if a
 """
 from __future__ import annotations
 
+import functools
 import gzip
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,3 +145,10 @@ def load(name: str = "fashion-mnist", root: str | Path | None = None, download: 
             return found
     searched = ", ".join(str(f) for f in _idx_folders(name, root))
     raise DatasetError(f"{name} not found (searched {searched}); {HOW_TO_GET[name]}")
+
+
+@functools.lru_cache(maxsize=2)
+def load_cached(name: str, root: str | None = None) -> Dataset:
+    """:func:`load`, decompressed once per process: a worker that trains many runs, episodes or
+    bench units on the same data reads it once (callers must not modify the tensors)."""
+    return load(name, root)

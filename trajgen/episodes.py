@@ -190,7 +190,7 @@ def _parent_state(parent_json: str, pool_size: int, noise: float, data_root: str
     """The trained parent's state dict: ``trajgen.train.snapshots`` on its pool, with its labels.
     Cached per process because episodes share parents."""
     parent = RunSpec.from_json(parent_json)
-    data = load_data(parent.dataset, data_root)
+    data = datasets.load_cached(parent.dataset, data_root)
     pool, labels, _ = parent_data(parent, pool_size, noise, data)
     pool_data = dataclasses.replace(data, x_train=data.x_train[pool], y_train=labels[pool])
     model = build_model(parent, pool_data)
@@ -201,16 +201,10 @@ def _parent_state(parent_json: str, pool_size: int, noise: float, data_root: str
 
 def parent_model(spec: EpisodeSpec, data_root: str | None = None) -> nn.Module:
     """A fresh copy of the episode's trained parent model."""
-    data = load_data(spec.parent.dataset, data_root)
+    data = datasets.load_cached(spec.parent.dataset, data_root)
     model = build_model(spec.parent, data)
     model.load_state_dict(_parent_state(spec.parent.to_json(), spec.parent_pool, spec.parent_noise, data_root))
     return model
-
-
-@functools.lru_cache(maxsize=2)
-def load_data(name: str, root: str | None) -> datasets.Dataset:
-    """The dataset, decompressed once per process."""
-    return datasets.load(name, root)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,7 +268,7 @@ def finetune(spec: EpisodeSpec, model: nn.Module, data: datasets.Dataset,
 def write_episode(store_path: str, spec: EpisodeSpec, data_root: str | None = None) -> tuple[str, dict[str, Any]]:
     """Fine-tune one episode and stream it into ``runs/<spec.name>`` of the store at
     ``store_path`` (which must exist). Returns (name, index summary)."""
-    data = load_data(spec.parent.dataset, data_root)
+    data = datasets.load_cached(spec.parent.dataset, data_root)
     model = parent_model(spec, data_root)
     run = spec.run_spec()
     writer = store.RunWriter(store_path, run, layer_table(model))
@@ -344,7 +338,7 @@ def collect_episodes(config: EpisodeConfig) -> dict[str, Any]:
     """Make ``config.runs`` episodes complete in ``config.store``; returns what was done. Rerun
     after a kill to resume: complete episodes are kept, incomplete ones are rewritten."""
     specs = plan(config)
-    load_data(config.dataset, config.data_root)  # a missing dataset fails before any write
+    datasets.load_cached(config.dataset, config.data_root)  # a missing dataset fails before any write
     path = str(Path(config.store))
     root = store.create_store(path)
     todo, unindexed = _resume_state(root, specs)

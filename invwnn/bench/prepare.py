@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import json
 import time
 from dataclasses import dataclass
@@ -130,10 +129,9 @@ def _ce(model: nn.Module, sample: Sampler) -> torch.Tensor:
     return F.cross_entropy(model(x), y)
 
 
-@functools.lru_cache(maxsize=2)
 def _dataset(name: str, root: str | None):
     try:
-        return datasets.load(name, root=root)
+        return datasets.load_cached(name, root)
     except (FileNotFoundError, ValueError) as err:
         raise InputError(str(err).splitlines()[0]) from None
 

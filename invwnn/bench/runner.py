@@ -35,6 +35,7 @@ from invwnn.bench.prepare import (CACHE_VERSION, Prepared, new_model, prepare_al
                                    time_retrain)
 from invwnn.forget import Split
 from invwnn.methods import REGISTRY, Context, Data
+from invwnn.methods.loop import trains
 from invwnn.models import InputError, is_finite
 
 
@@ -136,8 +137,7 @@ class Tracker:
         return time.perf_counter() - self.t0 - self.check_seconds
 
     def on_step(self, optimizer, args, kwargs) -> None:
-        # every optimizer in the process fires this hook: count only those training this model
-        if not any(id(p) in self.params for g in optimizer.param_groups for p in g["params"]):
+        if not trains(optimizer, self.params):
             return
         self.steps += 1
         if due(self.steps):

@@ -17,6 +17,13 @@ from invwnn.metrics import set_mode
 from invwnn.models import InputError, param_kinds
 
 
+def trains(optimizer: torch.optim.Optimizer, params: set[int]) -> bool:
+    """Does ``optimizer`` step any parameter whose ``id`` is in ``params``? An optimizer-step
+    post-hook fires for every optimizer in the process (a method's inner optimizers, a teacher's),
+    so watchers of one model count only the steps of the optimizers that train it."""
+    return any(id(p) in params for g in optimizer.param_groups for p in g["params"])
+
+
 @dataclass(frozen=True)
 class MethodConfig:
     """Base of every method's frozen config. Field metadata ``help`` documents the CLI flag."""
