@@ -57,31 +57,57 @@ def collect(store, archs, optimizers, runs, seed, steps, every, dataset, data_ro
                f"already complete, in {result['seconds']:.1f} s")
 
 
+def _episode_options(default_store: str, default_runs: int):
+    """The options ``episodes`` and ``twins`` share."""
+    options = [
+        click.option("--store", default=default_store, show_default=True, help="Zarr store to create or resume."),
+        click.option("--runs", default=default_runs, show_default=True, type=click.IntRange(min=1),
+                     help="Episodes in the collection."),
+        click.option("--seed", default=0, show_default=True, type=int,
+                     help="Global seed; episode i's spec depends on (seed, i) only."),
+        click.option("--per-parent", default=4, show_default=True, type=click.IntRange(min=1),
+                     help="Episodes fine-tuned from each trained parent."),
+        click.option("--parent-steps", default=episoding.PARENT_STEPS, show_default=True,
+                     type=click.IntRange(min=1), help="Training steps of each parent."),
+        click.option("--dataset", default="fashion-mnist", show_default=True, type=click.Choice(DATASETS)),
+        click.option("--data-root", default=None, type=click.Path(), help="Folder with the dataset's IDX files."),
+        click.option("--workers", default=1, show_default=True, type=click.IntRange(min=0),
+                     help="Local dask worker processes (0: train in this process)."),
+        click.option("--threads-per-worker", default=1, show_default=True, type=click.IntRange(min=1),
+                     help="torch threads per worker."),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+        input_errors,
+    ]
+
+    def decorate(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+    return decorate
+
+
+def _collect_episodes(twins: bool, quiet: bool, **flags) -> None:
+    config = episoding.EpisodeConfig(**flags, twins=twins, progress=not quiet)
+    result = episoding.collect_episodes(config)
+    click.echo(f"{result['store']}: wrote {result['trained']} {'twins' if twins else 'episodes'}, "
+               f"skipped {result['skipped']} already complete, in {result['seconds']:.1f} s")
+
+
 @main.command()
-@click.option("--store", default="data/episodes.zarr", show_default=True, help="Zarr store to create or resume.")
-@click.option("--runs", default=100, show_default=True, type=click.IntRange(min=1), help="Episodes in the collection.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Global seed; episode i's spec depends on (seed, i) only.")
-@click.option("--per-parent", default=4, show_default=True, type=click.IntRange(min=1),
-              help="Episodes fine-tuned from each trained parent.")
-@click.option("--parent-steps", default=episoding.PARENT_STEPS, show_default=True, type=click.IntRange(min=1),
-              help="Training steps of each parent.")
-@click.option("--dataset", default="fashion-mnist", show_default=True, type=click.Choice(DATASETS))
-@click.option("--data-root", default=None, type=click.Path(), help="Folder with the dataset's IDX files.")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=0),
-              help="Local dask worker processes (0: train in this process).")
-@click.option("--threads-per-worker", default=1, show_default=True, type=click.IntRange(min=1),
-              help="torch threads per worker.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-@input_errors
-def episodes(store, runs, seed, per_parent, parent_steps, dataset, data_root, workers, threads_per_worker, quiet):
+@_episode_options("data/episodes.zarr", 100)
+def episodes(**flags):
     """Fine-tune trained parents on small subsets, recording every weight every step, into STORE
     (runs of kind "episode"); rerun to resume."""
-    config = episoding.EpisodeConfig(store=store, runs=runs, seed=seed, per_parent=per_parent,
-                                     parent_steps=parent_steps, dataset=dataset, data_root=data_root,
-                                     workers=workers, threads_per_worker=threads_per_worker, progress=not quiet)
-    result = episoding.collect_episodes(config)
-    click.echo(f"{result['store']}: wrote {result['trained']} episodes, skipped {result['skipped']} "
-               f"already complete, in {result['seconds']:.1f} s")
+    _collect_episodes(False, **flags)
+
+
+@main.command()
+@_episode_options("data/twins.zarr", 48)
+def twins(**flags):
+    """Counterfactual twins: for each episode, also train its parent's twin from the same initial
+    weights and batch order minus the episode's subset S, and store the twin's final weights beside
+    the original's fine-tuning on S (runs of kind "twin"); rerun to resume."""
+    _collect_episodes(True, **flags)
 
 
 @main.command()

@@ -45,6 +45,7 @@ from trajgen.spec import OptimSpec, RunSpec, SpecError, draw_run
 from trajgen.train import Snapshot, accuracy, batches, build_model, snapshots
 
 EPISODE_KIND = "episode"
+TWIN_KIND = "twin"
 RULES = ("random", "class", "mislabelled")
 EPISODE_OPTIMIZERS = ("adam", "sgd")
 # Log-uniform fine-tuning lr per optimizer: Adam around invwnn+'s range (its default 1.6e-3).
@@ -57,6 +58,8 @@ MISLABELLED_SHARE = 0.2  # share of a mislabelled-rule parent's pool trained wit
 SUBSET_SIZES = (128, 256, 512)
 EPISODE_STEPS = (96, 128, 192)
 EPISODE_BATCH_SIZES = (32, 64, 128)
+# A twin's episode only needs the first windows (where the applier's loop starts from the original).
+TWIN_STEPS = 32
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,7 @@ class EpisodeSpec:
     batch_size: int
     steps: int
     every: int = 1
+    twin: bool = False
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -98,7 +102,7 @@ class EpisodeSpec:
 
     @property
     def name(self) -> str:
-        return f"episode-{self.index:06d}"
+        return f"{TWIN_KIND if self.twin else EPISODE_KIND}-{self.index:06d}"
 
     @property
     def parent_name(self) -> str:
@@ -107,13 +111,16 @@ class EpisodeSpec:
     def run_spec(self) -> "EpisodeRun":
         """The fine-tuning as a trajgen run spec (what the store's ``spec`` attribute holds)."""
         p = self.parent
-        return EpisodeRun(index=self.index, seed=self.seed, arch=p.arch,
+        return (TwinRun if self.twin else EpisodeRun)(index=self.index, seed=self.seed, arch=p.arch,
                           optim=OptimSpec(self.optimizer, self.lr, 0.0, "constant"),
                           batch_size=self.batch_size, init=p.init, steps=self.steps, every=self.every,
                           dataset=p.dataset)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not self.twin:
+            del d["twin"]  # an episode's record stays what it was before twins existed
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EpisodeSpec":
@@ -130,14 +137,24 @@ class EpisodeRun(RunSpec):
 
     @property
     def name(self) -> str:
-        return f"episode-{self.index:06d}"
+        return f"{EPISODE_KIND}-{self.index:06d}"
+
+
+class TwinRun(RunSpec):
+    """A twin episode's fine-tuning as a :class:`RunSpec` (see :mod:`trajgen.twins`)."""
+
+    @property
+    def name(self) -> str:
+        return f"{TWIN_KIND}-{self.index:06d}"
 
 
 def draw_episode(seed: int, index: int, per_parent: int = 4, dataset: str = "fashion-mnist",
-                 archs: tuple[str, ...] = PARENT_ARCHS, parent_steps: int = PARENT_STEPS) -> EpisodeSpec:
+                 archs: tuple[str, ...] = PARENT_ARCHS, parent_steps: int = PARENT_STEPS,
+                 twin: bool = False) -> EpisodeSpec:
     """The spec of episode ``index`` of a collection with global ``seed``: a pure function of its
     arguments. Parent ``p = index // per_parent`` is run ``p`` of ``draw_run(seed, ...)`` (cnn and
-    vit in turn, small widths); its subset rule cycles random, class, mislabelled with ``p``."""
+    vit in turn, small widths); its subset rule cycles random, class, mislabelled with ``p``. A
+    ``twin`` episode (:mod:`trajgen.twins`) is the same draw fine-tuned for ``TWIN_STEPS`` steps."""
     if per_parent < 1:
         raise SpecError(f"episodes per parent must be at least 1, got {per_parent}")
     p = index // per_parent
@@ -151,7 +168,8 @@ def draw_episode(seed: int, index: int, per_parent: int = 4, dataset: str = "fas
                        rule=rule, target_class=int(rng.integers(0, 10)) if rule == "class" else -1,
                        subset_size=int(rng.choice(SUBSET_SIZES)), optimizer=optimizer,
                        lr=float(math.exp(rng.uniform(math.log(lo), math.log(hi)))),
-                       batch_size=int(rng.choice(EPISODE_BATCH_SIZES)), steps=int(rng.choice(EPISODE_STEPS)))
+                       batch_size=int(rng.choice(EPISODE_BATCH_SIZES)),
+                       steps=TWIN_STEPS if twin else int(rng.choice(EPISODE_STEPS)), twin=twin)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,7 +291,10 @@ def write_episode(store_path: str, spec: EpisodeSpec, data_root: str | None = No
     run = spec.run_spec()
     writer = store.RunWriter(store_path, run, layer_table(model))
     with store.writing(f"episode {spec.name} to {store_path}"):
-        writer.group.attrs.update({"kind": EPISODE_KIND, "episode": spec.to_dict()})
+        writer.group.attrs.update({"kind": TWIN_KIND if spec.twin else EPISODE_KIND, "episode": spec.to_dict()})
+        if spec.twin:  # before the fine-tuning moves the original's weights
+            from trajgen.twins import write_counterfactual  # late: twins builds on this module
+            write_counterfactual(writer.group, spec, model, data, data_root)
     for snap in finetune(spec, model, data):
         writer.append(snap.step, snap.weights, snap.loss, snap.acc)
     diverged = writer.n_written + writer.n_buffered < run.n_snapshots
@@ -294,7 +315,8 @@ def _write_group(store_path: str, spec_dicts: list[dict], data_root: str | None,
 
 @dataclass(frozen=True)
 class EpisodeConfig:
-    """What ``trajgen episodes`` does. ``workers=0`` trains in this process (no cluster)."""
+    """What ``trajgen episodes`` (``twins``: ``trajgen twins``) does. ``workers=0`` trains in this
+    process (no cluster)."""
 
     store: str = "data/episodes.zarr"
     runs: int = 100
@@ -305,6 +327,7 @@ class EpisodeConfig:
     data_root: str | None = None
     workers: int = 1
     threads_per_worker: int = 1
+    twins: bool = False
     progress: bool = field(default=True, compare=False)
 
 
@@ -312,8 +335,8 @@ def plan(config: EpisodeConfig) -> list[EpisodeSpec]:
     """The specs of episodes 0 .. runs-1: a pure function of the config."""
     if config.runs < 1:
         raise SpecError(f"--runs must be at least 1, got {config.runs}")
-    return [draw_episode(config.seed, i, config.per_parent, config.dataset, parent_steps=config.parent_steps)
-            for i in range(config.runs)]
+    return [draw_episode(config.seed, i, config.per_parent, config.dataset, parent_steps=config.parent_steps,
+                         twin=config.twins) for i in range(config.runs)]
 
 
 def _resume_state(root, specs: list[EpisodeSpec]) -> tuple[list[EpisodeSpec], dict[str, dict]]:
@@ -326,7 +349,7 @@ def _resume_state(root, specs: list[EpisodeSpec]) -> tuple[list[EpisodeSpec], di
             todo.append(spec)
             continue
         group = root["runs"][spec.name]
-        if group.attrs.get("kind") != EPISODE_KIND or group.attrs.get("episode") != json.loads(spec.to_json()):
+        if group.attrs.get("kind") != (TWIN_KIND if spec.twin else EPISODE_KIND) or group.attrs.get("episode") != json.loads(spec.to_json()):
             raise SpecError(f"the store already holds {spec.name} with a different spec; resume with "
                             "the flags that made it, or collect into another --store")
         if spec.name not in indexed:

@@ -62,6 +62,8 @@ INDEX_PAGE = 128
 # The arrays of a run group and their dtypes (the schema above); history is 2-D, the others 1-D.
 ARRAY_DTYPES = {"history": np.float32, "kind": np.uint8, "layer": np.uint16, "pos": np.int32,
                 "step": np.int64, "loss": np.float32, "acc": np.float32}
+# Arrays only some runs hold: a twin episode's counterfactual weights (n_coords,) (trajgen.twins).
+OPTIONAL_DTYPES = {"counterfactual": np.float32}
 SUMMARY_KEYS = ("arch", "optimizer", "n_coords", "n_snapshots", "final_test_acc", "diverged")
 # zarr warns, on every read of an array's metadata, that numcodecs' PCodec is not in the Zarr v3
 # specification; the store says so above, once, and readers need not repeat it.

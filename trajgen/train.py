@@ -69,16 +69,18 @@ def batches(n: int, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
             yield perm[i: i + batch_size]
 
 
-def snapshots(spec: RunSpec, model: nn.Module, data: Dataset) -> Iterator[Snapshot]:
+def snapshots(spec: RunSpec, model: nn.Module, data: Dataset,
+              order: Iterator[torch.Tensor] | None = None) -> Iterator[Snapshot]:
     """Train ``model`` for ``spec.steps`` steps, yielding a snapshot every ``spec.every`` steps
-    (step 0 first). Stops early, without yielding, if the loss or the weights stop being finite:
-    the caller sees fewer snapshots than ``spec.n_snapshots`` and should record the run as
-    diverged."""
+    (step 0 first). ``order`` gives each step's indices into ``data``'s training set (default:
+    :func:`batches` seeded by the spec; counterfactual twins pass that order minus some examples).
+    Stops early, without yielding, if the loss or the weights stop being finite: the caller sees
+    fewer snapshots than ``spec.n_snapshots`` and should record the run as diverged."""
     table = nets.layer_table(model)
     opt = make_optimizer(spec.optim, model.parameters())
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(spec.optim.schedule, s, spec.steps))
-    order = batches(len(data.y_train), spec.batch_size, spec.seed)
+    order = batches(len(data.y_train), spec.batch_size, spec.seed) if order is None else order
     model.train()
 
     idx = next(order)

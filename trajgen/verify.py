@@ -49,6 +49,9 @@ def check_run(group, name: str) -> list[str]:
         layers = [Layer.from_dict(d) for d in attrs["layers"]]
         expected = store.coordinate_arrays(layers)
         arrays = {k: group[k] for k in store.ARRAY_DTYPES}
+        arrays.update({k: group[k] for k in store.OPTIONAL_DTYPES if k in group})
+        if attrs.get("kind") == "twin" and "counterfactual" not in arrays:
+            return [f"{name}: a twin run without its counterfactual weights"]
         diverged = bool(attrs["diverged"])
         float(attrs["final_test_acc"])
     except Exception as err:  # a missing attribute or array, of any zarr error type
@@ -94,10 +97,11 @@ def _scan(arrays: dict) -> tuple[list[str], dict[str, np.ndarray], int | None]:
 def _layout_problems(name: str, spec: RunSpec, layers: list[Layer], arrays: dict, diverged: bool) -> list[str]:
     """Dtypes and dimensions of every array, then shapes: history ``(n_coords, n_snapshots)``
     with n_coords from a self-consistent layer table, per-coordinate and per-snapshot arrays."""
+    dtypes = {**store.ARRAY_DTYPES, **store.OPTIONAL_DTYPES}
     problems = [f"{name}: {key} is {a.dtype} with {a.ndim} dims, expected {1 + (key == 'history')}-D "
-                f"{np.dtype(store.ARRAY_DTYPES[key])}"
+                f"{np.dtype(dtypes[key])}"
                 for key, a in arrays.items()
-                if a.dtype != store.ARRAY_DTYPES[key] or a.ndim != 1 + (key == "history")]
+                if a.dtype != dtypes[key] or a.ndim != 1 + (key == "history")]
     if problems:
         return problems
     offsets = np.cumsum([0] + [layer.numel for layer in layers])
@@ -109,8 +113,8 @@ def _layout_problems(name: str, spec: RunSpec, layers: list[Layer], arrays: dict
     if not diverged and n_snap != spec.n_snapshots:
         problems.append(f"{name}: {n_snap} snapshots, spec says {spec.n_snapshots}")
     for key, n in (("kind", n_coords), ("layer", n_coords), ("pos", n_coords), ("step", n_snap),
-                   ("loss", n_snap), ("acc", n_snap)):
-        if arrays[key].shape != (n,):
+                   ("loss", n_snap), ("acc", n_snap), ("counterfactual", n_coords)):
+        if key in arrays and arrays[key].shape != (n,):
             problems.append(f"{name}: {key} has shape {arrays[key].shape}, expected ({n},)")
     return problems
 

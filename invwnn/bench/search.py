@@ -38,11 +38,13 @@ _INVWNN = {"lr": ("log", 1e-5, 1e-3), "iterations": ("choice", [3, 5, 10, 20]), 
 _INVWNN_PLUS = {"lr": ("log", 3e-4, 5e-3), "iterations": ("choice", [6, 12, 24]),
                 "repair_steps": ("choice", [2, 4, 8, 16]), "repair_lr": ("log", 3e-4, 3e-3),
                 "batch_size": ("choice", [64, 128])}
-_HORIZON = {"horizon": ("uniform", 0.5, 4.0)}  # the linear line's horizon, in snapshot intervals
+# The rewind's length in snapshot intervals: the linear line's horizon, and the learned rewinder's
+# stretch (horizon / its trained U), so invwnn+'s learned and linear rows get the same one knob.
+_HORIZON = {"horizon": ("uniform", 0.5, 4.0)}
 
 SPACES: dict[str, dict[str, Param]] = {
-    "invwnn+": _INVWNN_PLUS, "invwnn+-linear": {**_INVWNN_PLUS, **_HORIZON},
-    "invwnn+-reset": _INVWNN_PLUS, "invwnn+-none": _INVWNN_PLUS, "invwnn+-episodes": _INVWNN_PLUS,
+    "invwnn+": {**_INVWNN_PLUS, **_HORIZON}, "invwnn+-linear": {**_INVWNN_PLUS, **_HORIZON},
+    "invwnn+-reset": _INVWNN_PLUS, "invwnn+-none": _INVWNN_PLUS, "invwnn+-episodes": {**_INVWNN_PLUS, **_HORIZON},
     "invwnn": _INVWNN, "invwnn-linear": {**_INVWNN, **_HORIZON}, "invwnn-reset": _INVWNN, "invwnn-none": _INVWNN,
     "finetune": {"lr": ("log", 1e-3, 1e-1), "epochs": ("choice", [2.0, 5.0, 10.0])},
     "neggrad": {"lr": ("log", 1e-4, 1e-2), "epochs": ("choice", [1.0, 2.0, 5.0])},

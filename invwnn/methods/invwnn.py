@@ -80,34 +80,51 @@ class ResetRewinder:
 
 @dataclass(frozen=True)
 class LearnedRewinder:
-    """The trained past-weight predictor (``invwnn train``); its own K and U are fixed by its
-    checkpoint, so the unlearning loop must record exactly ``k`` snapshots."""
+    """The trained past-weight predictor (``invwnn train``); its K is fixed by its checkpoint, so
+    the unlearning loop must record exactly ``k`` snapshots.
+
+    ``horizon`` stretches the predicted rewind: each coordinate goes to ``w0 + (past - w0) *
+    horizon / U`` (``w0``: the window's first value, ``U``: the predictor's trained horizon), so the
+    learned rewinder has the same one length knob as :class:`LinearRewinder` and the two compare at
+    equal tuning; None or ``U`` is the prediction itself. The *direction and relative size* of each
+    coordinate's rewind stay the predictor's."""
 
     model: Predictor
     path: str
+    horizon: float | None = None
 
     @property
     def k(self) -> int:
         return self.model.config.k
 
+    @property
+    def stretch(self) -> float:
+        return 1.0 if self.horizon is None else self.horizon / self.model.config.u
+
     def rewind(self, windows: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
-        return predict_past(self.model, windows, kinds)
+        past = predict_past(self.model, windows, kinds)
+        if self.stretch == 1.0:
+            return past
+        first = windows[:, 0]
+        return first + (past - first) * self.stretch
 
     def describe(self) -> dict:
-        return {"rewinder": "learned", "predictor": self.path, "k": self.k, "horizon": self.model.config.u}
+        return {"rewinder": "learned", "predictor": self.path, "k": self.k, "trained_horizon": self.model.config.u,
+                "horizon": self.model.config.u if self.horizon is None else self.horizon}
 
 
 def load_rewinder(path: str | None, device: str | torch.device = "cpu", k: int = 15,
-                  every: int | None = None) -> LearnedRewinder:
+                  every: int | None = None, horizon: float | None = None) -> LearnedRewinder:
     """The learned rewinder from the checkpoint ``path`` (None: the predictor shipped in the
-    package for window ``k``). ``every``: the loop's optimizer steps between snapshots, which must
-    be a spacing the checkpoint records having been trained on (None, or no record: not checked).
-    Raises :class:`InputError` with a one-line reason when it cannot be loaded or used."""
+    package for window ``k``), its rewind stretched to ``horizon`` (see :class:`LearnedRewinder`).
+    ``every``: the loop's optimizer steps between snapshots, which must be a spacing the checkpoint
+    records having been trained on (None, or no record: not checked). Raises :class:`InputError`
+    with a one-line reason when it cannot be loaded or used."""
     try:
         path = str(path) if path is not None else str(default_checkpoint(k))
         if every is not None:
             check_spacing(path, every)
-        return LearnedRewinder(load_predictor(path, device), path)
+        return LearnedRewinder(load_predictor(path, device), path, horizon)
     except CheckpointError as err:
         raise InputError(f"--predictor: {err}") from None
 
@@ -122,7 +139,8 @@ class Config(MethodConfig):
     snapshots: int = opt(15, "snapshots K recorded per iteration (the predictor's window)")
     every: int = opt(1, "optimizer steps between snapshots")
     warmup: int = opt(0, "unrecorded fine-tuning steps before each window")
-    horizon: float = opt(3.0, "snapshots U to rewind before the window (linear rewinder; a real number)")
+    horizon: float = opt(3.0, "snapshots U to rewind before the window, a real number (linear: the line's "
+                              "extrapolation; learned: stretches the predicted rewind by horizon/U)")
     optimizer: str = opt("adam", "sgd or adam")
     lr: float = opt(1e-4, "learning rate")
     batch_size: int = opt(128, "minibatch size")

@@ -1,0 +1,101 @@
+"""Counterfactual twins (trajgen twins): the twin never sees S, its stored weights are a training
+without S from the parent's start, and the twin store verifies, resumes and reads like any other."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from trajgen import data as datasets
+from trajgen import episodes, store, twins, verify
+from trajgen.nets import flat_weights, layer_table
+from trajgen.train import batches, build_model, snapshots
+
+PARENT_STEPS = 12
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    monkeypatch.setattr(episodes, "TWIN_STEPS", 6)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def spec(index: int) -> episodes.EpisodeSpec:
+    """Index 0, 1, 2 follow the rules random, class, mislabelled (one episode per parent)."""
+    return episodes.draw_episode(0, index, 1, "synthetic", parent_steps=PARENT_STEPS, twin=True)
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_a_twins_batches_are_the_parents_minus_s(index):
+    s = spec(index)
+    data = datasets.load_cached("synthetic", None)
+    subset, _ = episodes.subset_indices(s, data)
+    pool, _, _ = episodes.parent_data(s.parent, s.parent_pool, s.parent_noise, data)
+    parent = batches(len(pool), s.parent.batch_size, s.parent.seed)
+    twin = twins.twin_order(s, data)
+    dropped, seen_s = 0, 0
+    for _ in range(3 * PARENT_STEPS):
+        full = pool[next(parent).numpy()]
+        kept = full[~np.isin(full, subset)]
+        seen_s += np.isin(full, subset).sum()
+        if len(kept) == 0:
+            dropped += 1
+            continue
+        got = twins.training_indices(s, data, next(twin))
+        assert not np.isin(got, subset).any(), "the twin saw an example of S"
+        np.testing.assert_array_equal(got, kept)  # same order, S removed
+    assert seen_s > 0, "the parent's batches must hold S, or the test shows nothing"
+    assert s.name == f"twin-{index:06d}" and s.steps == 6
+
+
+def test_stored_counterfactual_is_a_training_without_s(tmp_path):
+    """Replay: the stored twin weights equal trajgen's training loop run on the pool without S (same
+    start, same order minus S), they differ from the original's, and the episode starts at the
+    original's weights."""
+    path = str(tmp_path / "t.zarr")
+    store.create_store(path)
+    s = spec(0)
+    name, summary = episodes.write_episode(path, s)
+    root = store.open_store(path)
+    g = root["runs"][name]
+    assert g.attrs["kind"] == "twin" and summary["n_snapshots"] == s.steps + 1
+    stored = twins.read_counterfactual(root, name)[:]
+
+    data = datasets.load_cached("synthetic", None)
+    subset, _ = episodes.subset_indices(s, data)
+    pool, labels, _ = episodes.parent_data(s.parent, s.parent_pool, s.parent_noise, data)
+    keep = ~np.isin(pool, subset)
+    # a loop that never sees S: drop S from each of the parent's batches
+    pool_data = dataclasses.replace(data, x_train=data.x_train[pool], y_train=labels[pool])
+    model = build_model(s.parent, pool_data)
+    order = (idx[torch.from_numpy(keep)[idx]] for idx in batches(len(pool), s.parent.batch_size, s.parent.seed))
+    for _ in snapshots(s.parent, model, pool_data, (i for i in order if len(i))):
+        pass
+    np.testing.assert_array_equal(stored, flat_weights(model, layer_table(model)).numpy())
+
+    original = flat_weights(episodes.parent_model(s), layer_table(model)).numpy()
+    np.testing.assert_array_equal(g["history"][:, 0], original)
+    assert not np.array_equal(stored, original)
+    record = g.attrs["twin"]
+    assert record["distance"] == pytest.approx(float(np.linalg.norm(stored - original)), rel=1e-5)
+    assert 0 <= record["twin"]["forget_acc"] <= 1 and record["dropped_batches"] >= 0
+
+
+def test_twin_collection_resumes_verifies_and_flags_a_missing_counterfactual(tmp_path):
+    path = tmp_path / "t.zarr"
+    config = episodes.EpisodeConfig(store=str(path), runs=2, per_parent=2, parent_steps=PARENT_STEPS,
+                                    dataset="synthetic", workers=0, twins=True, progress=False)
+    first = episodes.collect_episodes(config)
+    assert first["trained"] == 2
+    again = episodes.collect_episodes(config)
+    assert again["trained"] == 0 and again["skipped"] == 2
+    assert verify.verify(path).ok
+    root = store.open_store(path, mode="a")
+    del root["runs"]["twin-000001"]["counterfactual"]
+    problems = verify.verify(path).problems
+    assert any("twin-000001" in p and "counterfactual" in p for p in problems)
