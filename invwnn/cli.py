@@ -49,6 +49,11 @@ def main() -> None:
 @click.option("--lr", default=2e-3, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Peak AdamW learning rate (cosine decay).")
 @click.option("--val-fraction", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True), help="Share of runs held out (whole runs).")
 @click.option("--val-archs", default="", help=f"Hold out every run of these architectures ({', '.join(ARCHS)}) instead.")
+@click.option("--target", default="past", show_default=True, type=click.Choice(["past", "counterfactual"]),
+              help="past: the weight U snapshots before the window; counterfactual: a twin store's weights "
+                   "of the model trained without the fine-tuning data (`trajgen twins`).")
+@click.option("--max-start", default=None, type=click.IntRange(min=0),
+              help="Latest window start, in snapshots (the applier's windows start a fine-tuning).")
 @click.option("--eval-per-kind", default=2000, show_default=True, type=click.IntRange(min=1), help="Held-out windows per kind per run.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=0), help="Loader worker processes.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="torch threads for training.")
@@ -57,7 +62,7 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @input_errors
 def train(store, out, k, u, kinds, width, kind_dim, clip, steps, max_windows, batch_size, lr, val_fraction,
-          val_archs, eval_per_kind, workers, threads, seed, device, quiet):
+          val_archs, target, max_start, eval_per_kind, workers, threads, seed, device, quiet):
     """Train the past-weight predictor on STORE's runs; print held-out errors; write --out."""
     check_output(Path(out))
     if max_windows is not None:
@@ -66,7 +71,8 @@ def train(store, out, k, u, kinds, width, kind_dim, clip, steps, max_windows, ba
         store=store, out=out, k=k, u=u, kinds=parse_choices("parameter kind", kinds, KINDS), width=width,
         kind_dim=kind_dim, clip=clip, steps=steps, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
         val_archs=parse_choices("architecture", val_archs, ARCHS) if val_archs else (),
-        eval_per_kind=eval_per_kind, workers=workers, threads=threads, seed=seed, device=device)
+        eval_per_kind=eval_per_kind, workers=workers, threads=threads, seed=seed, device=device,
+        target=target, max_start=max_start)
     result = fit.train(config, progress=not quiet)
     click.echo(fit.format_evaluation(result["evaluation"]))
     p = result["provenance"]

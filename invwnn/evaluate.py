@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from trajgen.store import complete_runs
-from invwnn.fit import TrainConfig, eval_sample, evaluation_record, held_out_desc, horizon_fit_runs
+from invwnn.fit import TrainConfig, eval_sample, evaluation_record, held_out_desc, horizon_bound, horizon_fit_runs
 from invwnn.predictor import load_predictor, read_checkpoint, rewrite_evaluation
 from invwnn.windows import WindowError, check_windows
 
@@ -33,7 +33,7 @@ def recompute(checkpoint: str | Path, store: str, split_from: str | Path | None 
     split = ckpt if split_from is None else read_checkpoint(split_from)
     config = TrainConfig.from_dict(split["train_config"])
     own = ckpt["model_config"]
-    if (own.k, own.u) != (config.k, config.u):
+    if (own.k, own.u, own.target) != (config.k, config.u, config.target):
         raise WindowError(f"{checkpoint} predicts U={own.u} back from K={own.k} snapshots; the windows of "
                           f"{split_from} are K={config.k}, U={config.u}")
     old = split["evaluation"]
@@ -47,18 +47,19 @@ def recompute(checkpoint: str | Path, store: str, split_from: str | Path | None 
                           f"(first: {missing[0]}); collect them with the flags that made the training store")
     if not fit_runs:
         raise WindowError(f"{store} holds no training run of {checkpoint} to fit the damped line on")
-    check_windows(store, [*val_runs, *fit_runs], config.k, config.u)
+    check_windows(store, [*val_runs, *fit_runs], config.k, config.u, config.target)
     model = load_predictor(checkpoint)
     kinds = tuple(kind for kind in config.kinds if kind in own.kinds)  # all of them without split_from
     if not kinds:
         raise WindowError(f"{checkpoint} knows none of the parameter kinds {', '.join(config.kinds)} of {split_from}")
     sample = lambda names: eval_sample(store, names, config.k, config.u, kinds,  # noqa: E731
-                                       config.eval_per_kind, config.seed)
+                                       config.eval_per_kind, config.seed, config.target, config.max_start)
     desc = held_out_desc(len(val_runs), config.val_archs)
     if split_from is not None:
         desc += f" held out by {Path(split_from).name}" + (
             f", kinds {', '.join(kinds)} only" if kinds != config.kinds else "")
-    record = evaluation_record(model, sample(val_runs), sample(fit_runs), config.u, val_runs, fit_runs, desc, store)
+    record = evaluation_record(model, sample(val_runs), sample(fit_runs), horizon_bound(config.u, config.target),
+                               val_runs, fit_runs, desc, store)
     return {**record, "curve": old.get("curve", []) if split_from is None else []}
 
 

@@ -28,7 +28,7 @@ from trajgen.nets import KINDS
 from trajgen.store import complete_runs, index, open_store, run_array, versions
 from invwnn.predictor import ModelConfig, Predictor, predict_past, save_checkpoint
 from invwnn.windows import (WindowError, WindowStream, check_windows, fit_horizon, kind_codes,
-                            linear_backextrapolation, no_rewind, normalise, normalise_target)
+                            linear_backextrapolation, no_rewind, normalise, normalise_target, start_range)
 
 
 TRANSFER = 8
@@ -63,6 +63,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int = 1  # torch threads for training; more than the free cores makes OpenMP spin
+    target: str = "past"  # or "counterfactual": a twin store's counterfactual weights (invwnn.windows)
+    max_start: int | None = None  # latest window start (snapshots); None: anywhere in the run
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -80,7 +82,7 @@ class TrainConfig:
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(k=self.k, u=self.u, kinds=self.kinds, width=self.width,
-                           kind_dim=self.kind_dim, clip=self.clip)
+                           kind_dim=self.kind_dim, clip=self.clip, target=self.target)
 
 
 def balanced_order(runs: list[str], arch: dict[str, str], rng: np.random.Generator) -> list[str]:
@@ -97,13 +99,14 @@ def run_archs(store: str) -> dict[str, str]:
 
 def data_description(store: str, runs: list[str]) -> dict[str, Any]:
     """What kind of trajectories ``runs`` are: ``data_kind`` ("runs": from-scratch training,
-    "episodes": fine-tuning episodes of ``trajgen episodes``, or "mixed") and ``snapshot_spacing``,
+    "episodes": fine-tuning episodes of ``trajgen episodes``, "twins": of ``trajgen twins``, or
+    "mixed") and ``snapshot_spacing``,
     the optimizer steps between snapshots (an int, or the sorted list when runs differ)."""
     groups = open_store(store)["runs"]
     kinds, spacings = set(), set()
     for name in runs:
         attrs = groups[name].attrs
-        kinds.add("episodes" if attrs.get("kind") == "episode" else "runs")
+        kinds.add({"episode": "episodes", "twin": "twins"}.get(attrs.get("kind"), "runs"))
         spacings.add(int(attrs["spec"]["every"]))
     spacing = sorted(spacings)
     return {"data_kind": kinds.pop() if len(kinds) == 1 else "mixed",
@@ -116,7 +119,7 @@ def held_out_units(store: str, runs: list[str]) -> dict[str, str]:
     groups = open_store(store)["runs"]
     out = {}
     for name in runs:
-        episode = groups[name].attrs.get("episode") if groups[name].attrs.get("kind") == "episode" else None
+        episode = groups[name].attrs.get("episode") if groups[name].attrs.get("kind") in ("episode", "twin") else None
         out[name] = f"parent-{episode['parent_index']:06d}" if episode else name
     return out
 
@@ -158,9 +161,10 @@ def horizon_fit_runs(store: str, train_runs: list[str], n: int, seed: int) -> li
 
 
 def eval_sample(store: str, runs: list[str], k: int, u: int, kinds: tuple[str, ...],
-                per_kind: int, seed: int) -> dict[str, torch.Tensor]:
+                per_kind: int, seed: int, target: str = "past", max_start: int | None = None) -> dict[str, torch.Tensor]:
     """A fixed sample of windows from ``runs``: up to ``per_kind`` coordinates of each kind per run,
-    one window each at a random start. Returns ``w`` (n, K), ``target`` (n,), ``kind`` (n,) codes."""
+    one window each at a random start (``target`` and ``max_start`` as
+    :func:`invwnn.windows.cut_windows`). Returns ``w`` (n, K), ``target`` (n,), ``kind`` (n,) codes."""
     root = open_store(store)
     keep = kind_codes(kinds)
     out = defaultdict(list)
@@ -169,6 +173,7 @@ def eval_sample(store: str, runs: list[str], k: int, u: int, kinds: tuple[str, .
         codes = run_array(root, name, "kind")[:]
         rows = np.sort(np.concatenate([rng.permutation(np.flatnonzero(codes == c))[:per_kind] for c in keep]))
         h = run_array(root, name, "history")  # a damaged chunk: trajgen's one-line StoreError
+        cf = run_array(root, name, "counterfactual") if target == "counterfactual" else None
         step = h.chunks[0]
         for c0 in range(0, h.shape[0], step):  # chunk-aligned slabs, keep only the sampled rows
             sel = rows[(rows >= c0) & (rows < c0 + step)]
@@ -176,15 +181,26 @@ def eval_sample(store: str, runs: list[str], k: int, u: int, kinds: tuple[str, .
                 continue
             slab = h[c0:min(c0 + step, h.shape[0]), :][sel - c0]
             ok = np.isfinite(slab).all(1)
+            if cf is not None:
+                goal = cf[c0:min(c0 + step, h.shape[0])][sel - c0]
+                ok &= np.isfinite(goal)
+                goal = goal[ok]
             slab, sel = slab[ok], sel[ok]
-            starts = rng.integers(u, slab.shape[1] - k + 1, size=len(sel))
+            lo, hi = start_range(slab.shape[1], k, u, cf is not None, max_start)
+            starts = rng.integers(lo, hi + 1, size=len(sel))
             out["w"].append(slab[np.arange(len(sel))[:, None], starts[:, None] + np.arange(k)])
-            out["target"].append(slab[np.arange(len(sel)), starts - u])
+            out["target"].append(goal if cf is not None else slab[np.arange(len(sel)), starts - u])
             out["kind"].append(codes[sel].astype(np.int64))
     return {key: torch.from_numpy(np.concatenate(v)) for key, v in out.items()}
 
 
-def fit_horizons(fit: dict[str, torch.Tensor], u: int) -> dict[str, float]:
+def horizon_bound(u: int, target: str) -> float:
+    """Largest damped-line horizon fitted: U for past targets; for counterfactual ones, which need
+    not lie U snapshots back, 10 U."""
+    return float(u if target == "past" else 10 * u)
+
+
+def fit_horizons(fit: dict[str, torch.Tensor], u: float) -> dict[str, float]:
     """Damped-line horizons (snapshot intervals, in ``[0, u]``) fitted on the training sample
     ``fit`` (as :func:`eval_sample` returns): one per kind present in it, and ``"all"`` pooled over
     every window (the single horizon ``invwnn apply --rewinder linear --horizon`` would take)."""
@@ -254,7 +270,7 @@ def evaluate(model: Predictor, val: dict[str, torch.Tensor], fit: dict[str, torc
 
 
 def evaluation_record(model: Predictor, val: dict[str, torch.Tensor], fit: dict[str, torch.Tensor],
-                      u: int, val_runs: list[str], fit_runs: list[str], desc: str, store: str) -> dict[str, Any]:
+                      u: float, val_runs: list[str], fit_runs: list[str], desc: str, store: str) -> dict[str, Any]:
     """The checkpoint's evaluation record (format :data:`EVALUATION_FORMAT`), without the curve:
     the :func:`evaluate` table of ``val`` (held out, from ``val_runs``) against ``fit`` (training
     windows, from ``fit_runs``) and how the damped line's horizons were fitted."""
@@ -263,7 +279,7 @@ def evaluation_record(model: Predictor, val: dict[str, torch.Tensor], fit: dict[
             "held_out_runs": val_runs, "store": str(Path(store).resolve()),
             "horizon_fit": {"runs": fit_runs, "windows": len(fit["target"]), "horizons": horizons,
                             "method": "exact minimiser of the training-sample MAE: the |slope|-weighted median "
-                                      "of each window's own best horizon, clamped to [0, U]"}}
+                                      f"of each window's own best horizon, clamped to [0, {u:g}]"}}
 
 
 def format_evaluation(ev: dict[str, Any]) -> str:
@@ -299,13 +315,16 @@ def _train(config: TrainConfig, progress: bool) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     kind_codes(config.kinds)
     runs = complete_runs(config.store)
-    check_windows(config.store, runs, config.k, config.u)
+    check_windows(config.store, runs, config.k, config.u, config.target)
     train_runs, val_runs = split_runs(config.store, runs, config.val_fraction, config.val_archs, config.seed)
-    val = eval_sample(config.store, val_runs, config.k, config.u, config.kinds, config.eval_per_kind, config.seed)
+    sample = dict(kinds=config.kinds, per_kind=config.eval_per_kind, seed=config.seed, target=config.target,
+                  max_start=config.max_start)
+    val = eval_sample(config.store, val_runs, config.k, config.u, **sample)
     fit_runs = horizon_fit_runs(config.store, train_runs, config.fit_runs, config.seed)
     # workers hand over TRANSFER batches at once: per-item IPC costs as much as cutting 4k windows
     stream = WindowStream(config.store, train_runs, config.k, config.u, config.batch_size * TRANSFER,
-                          config.kinds, config.per_coord, config.buffer, config.seed)
+                          config.kinds, config.per_coord, config.buffer, config.seed,
+                          target=config.target, max_start=config.max_start)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=config.workers,
                                          persistent_workers=False, prefetch_factor=4 if config.workers else None)
     model = Predictor(config.model_config()).to(config.device)
@@ -338,9 +357,10 @@ def _train(config: TrainConfig, progress: bool) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     if seen == 0:
         raise WindowError(f"{config.store}: the training runs yielded no windows of the kinds {', '.join(config.kinds)}")
-    fit = eval_sample(config.store, fit_runs, config.k, config.u, config.kinds, config.eval_per_kind, config.seed)
+    fit = eval_sample(config.store, fit_runs, config.k, config.u, **sample)
     desc = held_out_desc(len(val_runs), config.val_archs)
-    evaluation = {**evaluation_record(model, val, fit, config.u, val_runs, fit_runs, desc, config.store), "curve": curve}
+    evaluation = {**evaluation_record(model, val, fit, horizon_bound(config.u, config.target), val_runs, fit_runs,
+                                      desc, config.store), "curve": curve}
     final = curve[-1]["val_mae"]
     # the first validation point within 1% of the final error: when training had effectively converged
     reached = next(c for c in curve if c["val_mae"] <= final * 1.01)

@@ -35,7 +35,9 @@ class ModelConfig:
     ``k``: snapshots per window; ``u``: snapshots back to predict; ``kinds``: parameter kinds it
     knows, in embedding order; ``width``: hidden units per stream layer; ``kind_dim``: size of the
     kind embedding (0: ignore the kind); ``clip``: bound of the normalised residual; ``eps``:
-    relative epsilon of the window scale.
+    relative epsilon of the window scale; ``target``: what it predicts, "past" (the weight U
+    snapshots before the window) or "counterfactual" (the weight of the model trained without the
+    fine-tuning data, learned from ``trajgen twins``; its rewind counts as U snapshots long).
     """
 
     k: int = 15
@@ -46,6 +48,7 @@ class ModelConfig:
     clip: float = 8.0
     eps: float = EPS
     normalisation: str = "offset=w[0], scale=max-min+eps*max|w|"
+    target: str = "past"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

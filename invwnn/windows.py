@@ -134,14 +134,26 @@ def run_blocks(store: str, runs: list[str]) -> list[Block]:
     return blocks
 
 
-def check_windows(store: str, runs: list[str], k: int, u: int) -> int:
-    """Raise :class:`WindowError` unless every run is long enough for one window and its target;
-    return the shortest run's snapshot count."""
+TARGETS = ("past", "counterfactual")
+
+
+def check_windows(store: str, runs: list[str], k: int, u: int, target: str = "past") -> int:
+    """Raise :class:`WindowError` unless every run is long enough for one window and its target
+    (and, for ``target="counterfactual"``, is a twin run holding one); return the shortest run's
+    snapshot count."""
+    if target not in TARGETS:
+        raise WindowError(f"unknown target {target!r}; valid: {', '.join(TARGETS)}")
     if not runs:
         raise WindowError(f"{store} has no complete runs to read windows from")
     if k < 2 or u < 1:
         raise WindowError(f"need K >= 2 and U >= 1, got K={k}, U={u}")
     root = open_store(store)
+    if target == "counterfactual":
+        plain = [name for name in runs if "counterfactual" not in root["runs"][name]]
+        if plain:
+            raise WindowError(f"run {plain[0]} of {store} has no counterfactual weights: counterfactual "
+                              "targets need a store of twins (`trajgen twins`)")
+        u = 0  # the target is not a snapshot before the window
     shortest = min(root["runs"][name]["history"].shape[1] for name in runs)
     if k + u > shortest:
         raise WindowError(f"a window of K={k} snapshots plus U={u} back needs {k + u} snapshots; "
@@ -157,31 +169,50 @@ def kind_codes(names: tuple[str, ...] | list[str]) -> np.ndarray:
     return np.array([KINDS.index(n) for n in names], np.uint8)
 
 
-def read_block(root: zarr.Group, block: Block) -> tuple[np.ndarray, np.ndarray]:
-    """(history (n, T) float32, kind codes (n,) uint8) of one block: a chunk-aligned read. A
-    damaged chunk raises trajgen's one-line StoreError naming the run."""
+def read_block(root: zarr.Group, block: Block, target: str = "past") -> tuple[np.ndarray, ...]:
+    """(history (n, T) float32, kind codes (n,) uint8[, counterfactual (n,) float32 when ``target``
+    is "counterfactual"]) of one block: a chunk-aligned read. A damaged chunk raises trajgen's
+    one-line StoreError naming the run."""
     rows = slice(block.c0, block.c1)
-    return run_array(root, block.run, "history")[rows, :], run_array(root, block.run, "kind")[rows]
+    out = run_array(root, block.run, "history")[rows, :], run_array(root, block.run, "kind")[rows]
+    return out + (run_array(root, block.run, "counterfactual")[rows],) if target == "counterfactual" else out
+
+
+def start_range(n_t: int, k: int, u: int, counterfactual: bool, max_start: int | None) -> tuple[int, int]:
+    """Window starts ``[lo, hi]`` (snapshots, inclusive) in a run of ``n_t`` snapshots: from ``u``
+    (a past target needs its snapshot; 0 for counterfactual targets) to the last full window, or to
+    ``max_start`` when given (the applier's windows start a fine-tuning: late ones look unlike them)."""
+    lo, hi = (0 if counterfactual else u), n_t - k
+    if max_start is not None:
+        hi = min(hi, max(lo, max_start))
+    return lo, hi
 
 
 def cut_windows(history: np.ndarray, codes: np.ndarray, k: int, u: int, per_coord: int,
-                rng: np.random.Generator, keep: np.ndarray | None = None, return_index: bool = False
+                rng: np.random.Generator, keep: np.ndarray | None = None, return_index: bool = False,
+                counterfactual: np.ndarray | None = None, max_start: int | None = None
                 ) -> tuple[np.ndarray, ...]:
-    """Cut ``per_coord`` windows at uniform random starts from each row of ``history`` (n, T).
+    """Cut ``per_coord`` windows at uniform random starts (:func:`start_range`) from each row of
+    ``history`` (n, T).
 
     Returns windows (m, K) float32, targets (m,) float32, kind codes (m,) uint8, with
-    ``m = per_coord * rows kept``. Rows whose kind is not in ``keep`` or with a non-finite value
-    are dropped. ``return_index`` appends the source rows and start snapshots (m,) of each window.
+    ``m = per_coord * rows kept``. The target is the snapshot ``u`` before the window, or, given
+    ``counterfactual`` (n,) (a twin's weights), that row's value. Rows whose kind is not in ``keep``
+    or with a non-finite value are dropped. ``return_index`` appends the source rows and start
+    snapshots (m,) of each window.
     """
     ok = np.isfinite(history).all(1)
+    if counterfactual is not None:
+        ok &= np.isfinite(counterfactual)
     if keep is not None:
         ok &= np.isin(codes, keep)
     rows = np.flatnonzero(ok)
-    n_t = history.shape[1]
+    lo, hi = start_range(history.shape[1], k, u, counterfactual is not None, max_start)
     rows = np.repeat(rows, per_coord)
-    starts = rng.integers(u, n_t - k + 1, size=rows.size)
+    starts = rng.integers(lo, hi + 1, size=rows.size)
     cols = starts[:, None] + np.arange(k)
-    out = history[rows[:, None], cols], history[rows, starts - u], codes[rows]
+    target = history[rows, starts - u] if counterfactual is None else counterfactual[rows]
+    out = history[rows[:, None], cols], target, codes[rows]
     return out + (rows, starts) if return_index else out
 
 
@@ -191,19 +222,20 @@ class WindowStream(torch.utils.data.IterableDataset):
     Each worker takes every ``num_workers``-th block of a seeded permutation of all chunk-aligned
     (run, coordinate-block) slabs, reads the slab whole (all snapshots), cuts ``per_coord`` windows
     per coordinate and passes them through a shuffle buffer of ``buffer`` windows, so a batch mixes
-    several runs and layers. Yields dicts: ``w`` (B, K) float32, ``target`` (B,), ``kind`` (B,)
+    several runs and layers; ``target`` and ``max_start`` choose targets and starts as
+    :func:`cut_windows` does. Yields dicts: ``w`` (B, K) float32, ``target`` (B,), ``kind`` (B,)
     int64 store codes. Use with ``DataLoader(batch_size=None)``.
     """
 
     def __init__(self, store: str, runs: list[str], k: int, u: int, batch_size: int,
                  kinds: tuple[str, ...] = KINDS, per_coord: int = 8, buffer: int = 1 << 18,
-                 seed: int = 0, epochs: int | None = None):
+                 seed: int = 0, epochs: int | None = None, target: str = "past", max_start: int | None = None):
         super().__init__()
         self.store, self.runs, self.k, self.u = store, list(runs), k, u
         self.batch_size, self.per_coord, self.buffer, self.seed = batch_size, per_coord, buffer, seed
         self.keep = kind_codes(kinds)
-        self.epochs = epochs
-        check_windows(store, self.runs, k, u)
+        self.epochs, self.target, self.max_start = epochs, target, max_start
+        check_windows(store, self.runs, k, u, target)
         self.blocks = run_blocks(store, self.runs)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -217,8 +249,9 @@ class WindowStream(torch.utils.data.IterableDataset):
             order = np.random.default_rng([self.seed, epoch]).permutation(len(self.blocks))
             cut = 0
             for b in order[wid::nw]:
-                h, codes = read_block(root, self.blocks[b])
-                new = cut_windows(h, codes, self.k, self.u, self.per_coord, rng, self.keep)
+                h, codes, *cf = read_block(root, self.blocks[b], self.target)
+                new = cut_windows(h, codes, self.k, self.u, self.per_coord, rng, self.keep,
+                                  counterfactual=cf[0] if cf else None, max_start=self.max_start)
                 pending.append(new)
                 n_pending += len(new[1])
                 cut += len(new[1])

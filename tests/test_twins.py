@@ -99,3 +99,38 @@ def test_twin_collection_resumes_verifies_and_flags_a_missing_counterfactual(tmp
     del root["runs"]["twin-000001"]["counterfactual"]
     problems = verify.verify(path).problems
     assert any("twin-000001" in p and "counterfactual" in p for p in problems)
+
+
+def test_counterfactual_windows_and_a_predictor_trained_on_them(tmp_path):
+    """Windows of a twin store pair the fine-tuning window with the twin's weight of the same
+    coordinate, start no later than max_start, and `invwnn train --target counterfactual` records
+    its target in the checkpoint; a store of plain runs is refused for that target."""
+    from invwnn.fit import TrainConfig, train
+    from invwnn.predictor import read_checkpoint
+    from invwnn.windows import WindowError, check_windows, cut_windows
+
+    path = str(tmp_path / "t.zarr")
+    config = episodes.EpisodeConfig(store=path, runs=4, per_parent=2, parent_steps=PARENT_STEPS,
+                                    dataset="synthetic", workers=0, twins=True, progress=False)
+    episodes.collect_episodes(config)
+    root = store.open_store(path)
+    h = root["runs"]["twin-000000"]["history"][:]
+    cf = twins.read_counterfactual(root, "twin-000000")[:]
+    codes = root["runs"]["twin-000000"]["kind"][:]
+    w, target, _, rows, starts = cut_windows(h, codes, 3, 3, 2, np.random.default_rng(0), return_index=True,
+                                             counterfactual=cf, max_start=1)
+    np.testing.assert_array_equal(target, cf[rows])
+    np.testing.assert_array_equal(w[:, 0], h[rows, starts])
+    assert starts.min() == 0 and starts.max() == 1  # a counterfactual target needs no snapshot before
+
+    out = tmp_path / "p.pt"
+    train(TrainConfig(store=path, out=str(out), k=3, u=3, steps=3, batch_size=256, eval_per_kind=20, eval_every=3,
+                      val_fraction=0.5, fit_runs=1, workers=0, target="counterfactual", max_start=2), progress=False)
+    ckpt = read_checkpoint(out)
+    assert ckpt["model_config"].target == "counterfactual" and ckpt["provenance"]["data_kind"] == "twins"
+    assert set(ckpt["provenance"]["val_runs"]) in ({"twin-000000", "twin-000001"}, {"twin-000002", "twin-000003"})
+
+    plain = str(tmp_path / "e.zarr")
+    episodes.collect_episodes(dataclasses.replace(config, store=plain, twins=False, runs=1))
+    with pytest.raises(WindowError, match="no counterfactual weights"):
+        check_windows(plain, ["episode-000000"], 3, 3, "counterfactual")
