@@ -30,7 +30,7 @@ from invwnn.methods import REGISTRY, Context, Data
 from invwnn.methods.invwnn import LinearRewinder, NoRewinder, ResetRewinder, load_rewinder
 from invwnn.methods.loop import trains
 from invwnn.forget import Split
-from invwnn.models import InputError, LoadedModel, Preprocess
+from invwnn.models import InputError, LoadedModel
 
 # learned: the trained predictor; linear: a least-squares line extrapolated --horizon snapshots back;
 # reset: back to each window's first value (undoes the forget fine-tuning; "repair only" control);
@@ -260,7 +260,8 @@ def _where(at: dict | str) -> str:
 
 def format_report(report: dict) -> str:
     """The report as a before / after table of RA, UA, TA and MIA (percent, change in points) and
-    a line each on how the method stopped and what the guard watched."""
+    a line each on how the method stopped, what the guard watched and (``inexact``) where running
+    the model file differs from running its original module."""
     b, a = report["before"], report["after"]
     rows = [f"{'metric':<36}{'before':>8}{'after':>8}{'change':>8}"]
     for k, label in METRIC_NAMES.items():
@@ -282,6 +283,7 @@ def format_report(report: dict) -> str:
                      f"{_where(g['kept'])} (try a smaller --lr)")
     if g.get("stopped") and g.get("kept") == "original":
         lines.append("the written model is the original: nothing was unlearned")
+    lines += [f"inexact: {note}" for note in report.get("inexact", [])]
     return "\n".join(lines)
 
 
@@ -299,23 +301,17 @@ class Inputs:
     channels: int | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-
-
-def _flag_preprocess(inputs: Inputs) -> Preprocess | None:
-    """Preprocessing from flags, with the data's first image filling size/channels not given."""
-    guess = forget_io.infer_preprocess(inputs.forget)
-    size = inputs.size or (guess.size if guess else None)
-    channels = inputs.channels or (guess.channels if guess else None)
-    if size is None or channels is None:
-        return None
-    return Preprocess(size, channels, inputs.mean or (0.0,), inputs.std or (1.0,))
+    arch: str | None = None  # torchvision:NAME[:k=v,...], the architecture of safetensors weights
 
 
 def load_inputs(inputs: Inputs) -> tuple[LoadedModel, Data]:
-    """Read and check the model and every data split (everything that can fail on bad input)."""
-    pre = models.peek_preprocess(inputs.model) or _flag_preprocess(inputs)
+    """Read and check the model and every data split (everything that can fail on bad input).
+    A model file that records no preprocessing gets it from the flags, then from the model's own
+    input shape, then from the forget data's first image (:class:`invwnn.models.PreprocessHint`)."""
+    hint = models.PreprocessHint(inputs.size, inputs.channels, inputs.mean, inputs.std,
+                                 forget_io.infer_preprocess(inputs.forget))
     loaded = models.load(inputs.model, trust_pickle=inputs.trust_pickle, classes=inputs.classes,
-                         preprocess=pre)
+                         preprocess=hint, arch=inputs.arch)
     splits = {name: forget_io.read(path, loaded.classes, loaded.preprocess, f"--{name}")
               for name, path in (("forget", inputs.forget), ("retain", inputs.retain),
                                  ("test", inputs.test)) if path is not None}
@@ -341,13 +337,15 @@ def unlearn(inputs: Inputs, method: str = "invwnn", overrides: dict | None = Non
     loaded, data = load_inputs(inputs)
     torch.manual_seed(seed)
     ctx = Context(device=device, seed=seed, progress=progress, rewinder=rew,
-                  rebuild=loaded.rebuild if loaded.arch is not None or loaded.source == "pickle" else None)
+                  rebuild=loaded.rebuild if loaded.can_rebuild else None)
     report = apply(loaded, data, method, config, ctx, max_drop)
     report.update({
         "rewinder": rew.describe() if rew else None,
         "model": {"path": str(inputs.model), "source": loaded.source, "classes": list(loaded.classes),
                   "class_names_from": "file or --classes" if loaded.classes_from_file else "output index",
-                  "preprocess": loaded.preprocess.to_dict()},
+                  "preprocess": loaded.preprocess.to_dict(), "torchvision": loaded.torchvision,
+                  "micro_batch": loaded.micro_batch},
+        "inexact": list(loaded.inexact),
         "data": {name: {"path": split.source, "n": len(split), "classes": split.counts(loaded.classes)}
                  for name, split in (("forget", data.forget), ("retain", data.retain), ("test", data.test))
                  if split is not None},

@@ -79,8 +79,11 @@ def _max_drop(text: str) -> float | None:
 
 @click.command("apply")
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
-              help="Model file: the project's format, a torch.export .pt2, TorchScript, or (with "
+              help="Model file: the project's format, a torch.export .pt2 (a fixed batch size runs as "
+                   "micro-batches), TorchScript, safetensors weights (with --arch), or (with "
                    "--trust-pickle) a pickled nn.Module.")
+@click.option("--arch", help="Architecture of safetensors weights: torchvision:NAME[:key=value,...], e.g. "
+                             "torchvision:resnet18:num_classes=10 (values: ints, floats, true/false, strings).")
 @click.option("--forget", "forget_path", required=True, type=click.Path(),
               help="Data to forget: ImageFolder DIR (DIR/<class name>/*.png) or tensor file (x, y).")
 @click.option("--retain", "retain_path", type=click.Path(), help="Retain data (same formats), for methods and the report.")
@@ -109,11 +112,11 @@ def _max_drop(text: str) -> float | None:
 @click.option("--quiet", is_flag=True, help="No progress bars; one summary line instead of the table.")
 @_with_method_flags
 @input_errors
-def apply(model_path, forget_path, retain_path, test_path, method, out, report_path, predictor,
+def apply(model_path, arch, forget_path, retain_path, test_path, method, out, report_path, predictor,
           rewinder, trust_pickle, classes, size, channels, mean, std, seed, device, max_drop, quiet,
           **method_opts):
-    """Remove the influence of the FORGET images from MODEL; write the unlearned model and a JSON
-    report (metrics before/after, per-iteration log, config, seed, versions)."""
+    """Remove the influence of the FORGET images from MODEL; write the unlearned model (in MODEL's
+    format) and a JSON report (metrics before/after, per-iteration log, config, seed, versions)."""
     given = {k: v for k, v in method_opts.items() if v is not None}
     valid = {f.name for f in dataclasses.fields(REGISTRY[method].config)}
     wrong = sorted(set(given) - valid)
@@ -129,7 +132,7 @@ def apply(model_path, forget_path, retain_path, test_path, method, out, report_p
             raise UserError(f"--size takes HxW, e.g. 28x28, got {size!r}") from None
     inputs = Inputs(model_path, forget_path, retain_path, test_path, trust_pickle,
                     tuple(c.strip() for c in classes.split(",")) if classes else None, hw, channels,
-                    _floats(mean, "--mean"), _floats(std, "--std"))
+                    _floats(mean, "--mean"), _floats(std, "--std"), arch)
     bound = _max_drop(max_drop)
     report = unlearn(inputs, method, given, out=out, report_path=report_path, rewinder=rewinder,
                      predictor=predictor, seed=seed, device=device, progress=not quiet, max_drop=bound)
@@ -137,8 +140,9 @@ def apply(model_path, forget_path, retain_path, test_path, method, out, report_p
         click.echo(format_report(report))
     b, a = report["before"], report["after"]
     shown = " ".join(f"{k} {b[k]:.1f}->{a[k]:.1f}" for k in ("UA", "RA", "TA", "MIA") if k in a)
+    inexact = f"; inexact: {len(report['inexact'])} note(s) in the report" if report["inexact"] else ""
     click.echo(f"{report['output']}: {method} in {report['seconds']:.1f} s, stopped: "
-               f"{report['stop_reason']}; {shown}")
+               f"{report['stop_reason']}; {shown}{inexact}")
 
 
 @click.command("report")

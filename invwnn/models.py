@@ -5,7 +5,12 @@ Formats read (detected from the archive's contents, not the file name):
   (architecture spec, state_dict, class names, preprocessing, optional mnemonic codes, training
   config, versions); loaded with ``weights_only=True``;
 - ``torch.export`` archives (.pt2) and TorchScript archives; class names and preprocessing come from
-  an ``invwnn.json`` extra file when present (this project writes one), else from flags/defaults;
+  an ``invwnn.json`` extra file when present (this project writes one), else from flags/defaults.
+  An exported program whose batch dimension is fixed (exported without dynamic shapes) runs any
+  batch as micro-batches of its exported size (:class:`Normalized` ``micro_batch``);
+- safetensors weights of a torchvision architecture named by ``arch="torchvision:NAME[:k=v,...]"``
+  (:func:`parse_arch`), read without unpickling anything; the file's ``invwnn`` metadata (this
+  project writes it) records the architecture, class names and preprocessing;
 - a full pickled ``nn.Module``, only when the caller passes ``trust_pickle=True``.
 
 The unlearned model is written back in the format it came in, atomically (temp file, then
@@ -74,17 +79,36 @@ class Preprocess:
 
 class Normalized(nn.Module):
     """``net`` behind its input normalisation, so every method feeds images in [0, 1]. mean/std are
-    buffers, not parameters: methods and rewinding never touch them."""
+    buffers, not parameters: methods and rewinding never touch them.
 
-    def __init__(self, net: nn.Module, pre: Preprocess):
+    ``micro_batch``: for a net that accepts only batches of exactly that many images (an exported
+    program with a fixed batch size). A batch ``(N, C, H, W)`` then runs as ``ceil(N / micro_batch)``
+    calls; the last one is padded by repeating its own images and the padded rows' outputs are
+    dropped, so the output is ``(N, classes)`` as for any net and a loss over it back-propagates
+    through every call (autograd sums the gradients: with per-image layers the result equals one
+    big batch's up to float rounding). Batch-statistic layers (batch norm in training mode) see
+    each micro-batch, padding included, on its own."""
+
+    def __init__(self, net: nn.Module, pre: Preprocess, micro_batch: int | None = None):
         super().__init__()
         self.net = net
+        self.micro_batch = micro_batch
         c = pre.channels
         self.register_buffer("mean", torch.tensor(pre.mean).expand(c).reshape(1, c, 1, 1).clone())
         self.register_buffer("std", torch.tensor(pre.std).expand(c).reshape(1, c, 1, 1).clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std)
+        x = (x - self.mean) / self.std
+        b = self.micro_batch
+        if b is None or len(x) == b:
+            return self.net(x)
+        outs = []
+        for chunk in x.split(b):
+            n = len(chunk)
+            if n < b:
+                chunk = torch.cat([chunk, chunk[torch.arange(b - n, device=chunk.device) % n]])
+            outs.append(self.net(chunk)[:n])
+        return torch.cat(outs)
 
 
 @dataclass
@@ -103,10 +127,22 @@ class LoadedModel:
     train_config: dict = field(default_factory=dict)
     exported: Any = None  # the ExportedProgram whose state_dict shares storage with model.net
     classes_from_file: bool = True
+    torchvision: str | None = None
+    inexact: tuple[str, ...] = ()
 
     @property
     def net(self) -> nn.Module:
         return self.model.net
+
+    @property
+    def micro_batch(self) -> int | None:
+        """The fixed batch size the net runs at (None: any batch)."""
+        return self.model.micro_batch
+
+    @property
+    def can_rebuild(self) -> bool:
+        """Whether :meth:`rebuild` can make a fresh network (retrain needs one)."""
+        return self.arch is not None or self.torchvision is not None or self.source == "pickle"
 
     def kinds(self) -> dict[str, str]:
         return param_kinds(self.model)
@@ -115,6 +151,8 @@ class LoadedModel:
         """A freshly initialised copy of the architecture (for retraining), wrapped like ``model``."""
         if self.arch is not None:
             net = nets.build(ArchSpec(**self.arch), self.preprocess.shape, len(self.classes))
+        elif self.torchvision is not None:
+            net = build_torchvision(parse_arch(self.torchvision))
         else:
             import copy
             net = copy.deepcopy(self.net)
@@ -180,7 +218,8 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     the complete new one, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # the temporary name keeps the suffix: torch.export.save warns about a file not ending in .pt2
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
@@ -207,18 +246,86 @@ def save_own(path: str | Path, net: nn.Module, arch: ArchSpec | dict, classes: t
     atomic_write(path, lambda tmp: torch.save(blob, tmp))
 
 
+SAFETENSORS_KEY = "invwnn"  # safetensors metadata entry holding the same JSON as EXTRA_FILE
+TORCHVISION_PREFIX = "torchvision:"
+
+
+@dataclass(frozen=True)
+class TorchvisionArch:
+    """A torchvision classification architecture: ``torchvision.models.get_model(name,
+    weights=None, **kwargs)``. ``spec`` is the ``torchvision:NAME[:k=v,...]`` text it came from."""
+
+    name: str
+    kwargs: dict[str, Any]
+    spec: str
+
+
+def _kwarg_value(text: str) -> Any:
+    """``10`` -> int, ``0.25`` / ``1e-3`` -> float, ``true`` / ``false`` -> bool, else the string."""
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return text
+
+
+def parse_arch(spec: str) -> TorchvisionArch:
+    """Parse ``torchvision:NAME[:k=v,k=v,...]`` (e.g. ``torchvision:resnet18:num_classes=10``).
+    NAME must be one of torchvision's classification models; values are ints, floats, bools
+    (true/false) or strings. Raises :class:`InputError` with the reason on one line."""
+    usage = "--arch takes torchvision:NAME[:key=value,...], e.g. torchvision:resnet18:num_classes=10"
+    if not isinstance(spec, str) or not spec.startswith(TORCHVISION_PREFIX):
+        raise InputError(f"{usage}; got {spec!r}")
+    name, _, rest = spec[len(TORCHVISION_PREFIX):].partition(":")
+    import torchvision
+    known = torchvision.models.list_models(module=torchvision.models)
+    if name not in known:
+        import difflib
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise InputError(f"--arch: {name!r} is not a torchvision classification model{hint}; "
+                         "torchvision.models.list_models(module=torchvision.models) lists them")
+    kwargs: dict[str, Any] = {}
+    for item in rest.split(",") if rest else []:
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not key.isidentifier() or not value.strip():
+            raise InputError(f"{usage}; {item!r} is not key=value")
+        if key in kwargs or key == "weights":
+            raise InputError(f"--arch: {key!r} is given twice or may not be set" if key != "weights"
+                             else "--arch: weights come from the model file, not from torchvision")
+        kwargs[key] = _kwarg_value(value.strip())
+    return TorchvisionArch(name, kwargs, spec)
+
+
+def build_torchvision(arch: TorchvisionArch) -> nn.Module:
+    """A freshly initialised ``arch`` (no download: ``weights=None``)."""
+    import torchvision
+    try:
+        return torchvision.models.get_model(arch.name, weights=None, **arch.kwargs)
+    except (TypeError, ValueError, AssertionError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise InputError(f"--arch {arch.spec}: torchvision cannot build it ({first[:160]})") from None
+
+
 def _archive_kind(path: Path) -> str:
     try:
         names = zipfile.ZipFile(path).namelist()
     except (zipfile.BadZipFile, OSError):
         with open(path, "rb") as f:
-            head = f.read(4)
+            head = f.read(9)
         if not head:
             raise InputError(f"model file {path} is empty (zero bytes)") from None
-        if head == b"PK\x03\x04":  # a zip archive whose directory, at its end, is gone
+        if head[:4] == b"PK\x03\x04":  # a zip archive whose directory, at its end, is gone
             raise InputError(f"{path} is a truncated or damaged archive (copy it again)") from None
+        if len(head) == 9 and head[8:9] == b"{":  # safetensors: u64 header length, JSON header
+            return "safetensors"
         if not head.startswith(b"\x80"):  # every pickle since protocol 2 starts with PROTO
-            raise InputError(f"{path} is not a model file (neither a zip archive nor a pickle)") from None
+            raise InputError(f"{path} is not a model file (neither a zip archive nor a pickle, nor "
+                             "safetensors)") from None
         return "pickle"  # legacy (non-zip) torch.save, or a pickle
     if any(n.endswith("/archive_format") for n in names):
         return "export"
@@ -266,43 +373,143 @@ def _own(path: Path, blob: dict) -> LoadedModel:
                        mnemonic=mnemonic, train_config=json.loads(blob.get("train_config", "{}")))
 
 
-def _check_state_dict(path: Path, given: Any, expected: dict[str, torch.Tensor]) -> None:
-    """``given`` must hold exactly the tensors of the recorded architecture's ``expected``
-    state_dict, with their shapes and dtypes. Checked here because ``load_state_dict`` silently
-    casts a float64 or integer tensor, and its own errors do not fit on one line."""
+def _check_state_dict(path: Path, given: Any, expected: dict[str, torch.Tensor],
+                      arch: str = "its recorded architecture") -> None:
+    """``given`` must hold exactly the tensors of the architecture's ``expected`` state_dict, with
+    their shapes and dtypes. Checked here because ``load_state_dict`` silently casts a float64 or
+    integer tensor, and its own errors do not fit on one line."""
     if not isinstance(given, dict):
         raise InputError(f"{path}: state_dict is {'missing' if given is None else type(given).__name__}, "
                          "not a dict of tensors")
     missing = [k for k in expected if k not in given]
     extra = [k for k in given if k not in expected]
     if missing or extra:
-        what = (f"lacks {missing[0]!r}, which its recorded architecture needs" if missing
-                else f"holds {extra[0]!r}, for which its recorded architecture has no place")
-        more = len(missing) + len(extra) - 1
-        raise InputError(f"{path}: state_dict {what}" + (f" ({more} more mismatched names)" if more else ""))
+        what = []
+        if missing:
+            what.append(f"lacks {_names(missing)}, which {arch} needs")
+        if extra:
+            what.append(f"holds {_names(extra)}, for which {arch} has no place")
+        raise InputError(f"{path}: state_dict {'; it '.join(what)}")
     for name, want in expected.items():
         t = given[name]
         if not torch.is_tensor(t):
             raise InputError(f"{path}: state_dict[{name!r}] is a {type(t).__name__}, not a tensor")
         if t.shape != want.shape or t.dtype != want.dtype:
-            raise InputError(f"{path}: {name} is {_describe(t)}; its recorded architecture needs {_describe(want)}")
+            raise InputError(f"{path}: {name} is {_describe(t)}; {arch} needs {_describe(want)}")
+
+
+def _names(names: list[str], shown: int = 3) -> str:
+    """``'a', 'b', 'c' and 4 more``: the first ``shown`` names of a list, and how many others."""
+    text = ", ".join(repr(n) for n in names[:shown])
+    return text + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def _describe(t: torch.Tensor) -> str:
     return f"{str(t.dtype).removeprefix('torch.')} {tuple(t.shape)}"
 
 
+def _safetensors(path: Path, arch_flag: str | None) -> tuple[nn.Module, dict, TorchvisionArch]:
+    """Build the torchvision architecture (``arch_flag``, else the one the file's metadata records)
+    and load the file's tensors into it, strictly. Returns the net, the metadata, the architecture."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get(SAFETENSORS_KEY, "{}"))
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise InputError(f"{path} is not a readable safetensors file ({first[:160]})") from None
+    spec = arch_flag or meta.get("torchvision")
+    if spec is None:
+        raise InputError(f"{path} holds weights only: name their architecture with --arch "
+                         "torchvision:NAME[:key=value,...], e.g. torchvision:resnet18:num_classes=10")
+    arch = parse_arch(spec)
+    net = build_torchvision(arch)
+    _check_state_dict(path, tensors, net.state_dict(), f"--arch {arch.spec}")
+    net.load_state_dict(tensors)
+    return net.eval(), meta, arch
+
+
+def _exported_input(ep) -> torch.Size | None:
+    """Shape of an exported program's one user input as it was exported: ints where fixed,
+    ``SymInt`` where dynamic (None when there is not exactly one tensor input)."""
+    names = list(ep.graph_signature.user_inputs)
+    vals = [n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder" and n.name in names]
+    if len(vals) != 1 or not torch.is_tensor(vals[0]):
+        return None
+    return vals[0].shape
+
+
+def batch_stat_norms(ep) -> int:
+    """How many batch-norm calls of an exported program use batch statistics (the module was in
+    training mode when exported): their output depends on the other images of the batch."""
+    count = 0
+    for n in ep.graph.nodes:
+        if n.op != "call_function" or "batch_norm" not in str(n.target) or "no_training" in str(n.target):
+            continue
+        schema = getattr(n.target, "_schema", None)
+        names = [a.name for a in schema.arguments] if schema is not None else []
+        if "training" in names:
+            i = names.index("training")
+            if (n.args[i] if i < len(n.args) else n.kwargs.get("training", False)) is True:
+                count += 1
+    return count
+
+
+def _expected_input(net: nn.Module, exported) -> tuple[int | None, tuple[int, int] | None]:
+    """What the model itself says of its input: (channels, (H, W)), None where it does not say.
+    An exported program gives its fixed dimensions; a module with real layers the input channels of
+    its first convolution."""
+    if exported is not None:
+        shape = _exported_input(exported)
+        if shape is None or len(shape) != 4:
+            return None, None
+        c, h, w = (d if isinstance(d, int) else None for d in shape[1:])
+        return c, (h, w) if h is not None and w is not None else None
+    first = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
+    return (first.in_channels if first is not None else None), None
+
+
+@dataclass(frozen=True)
+class PreprocessHint:
+    """Preprocessing for a file that records none, from flags: ``size`` and ``channels`` not given
+    come from the model itself (an exported program's fixed input shape, the input channels of a
+    real module's first convolution), else from ``data`` (the forget data's first image); ``mean``
+    and ``std`` default to no normalisation."""
+
+    size: tuple[int, int] | None = None
+    channels: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    data: Preprocess | None = None
+
+    def resolve(self, expected: tuple[int | None, tuple[int, int] | None]) -> Preprocess | None:
+        channels = self.channels or expected[0] or (self.data.channels if self.data else None)
+        size = self.size or expected[1] or (self.data.size if self.data else None)
+        if size is None or channels is None:
+            return None
+        return Preprocess(size, channels, self.mean or (0.0,), self.std or (1.0,))
+
+
 def load(path: str | Path, *, trust_pickle: bool = False, classes: tuple[str, ...] | None = None,
-         preprocess: Preprocess | None = None) -> LoadedModel:
+         preprocess: Preprocess | PreprocessHint | None = None, arch: str | None = None) -> LoadedModel:
     """Read any supported model file. ``classes`` and ``preprocess`` are used only when the file has
-    none; missing both, preprocessing must be given (the caller infers it from the data) and class
-    names default to ``"0"``, ``"1"``, ... (so folders named by index map correctly)."""
+    none; missing preprocessing must be given (a :class:`Preprocess`, or a :class:`PreprocessHint`
+    completed from the model's own input shape) and class names default to ``"0"``, ``"1"``, ...
+    (so folders named by index map correctly). ``arch`` (``torchvision:NAME[:k=v,...]``) names the
+    architecture of safetensors weights, and is refused for every other format."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"model file {path} does not exist")
     kind = _archive_kind(path)
+    if arch is not None and kind != "safetensors":
+        what = {"export": "an exported program", "torchscript": "a TorchScript archive"}.get(kind, "a torch file")
+        raise InputError(f"--arch is for safetensors weights; {path} is {what}, which carries its own "
+                         "architecture")
     meta: dict = {}
     exported = None
+    tv_arch = None
     try:
         if kind == "export":
             extra = {EXTRA_FILE: ""}
@@ -314,6 +521,8 @@ def load(path: str | Path, *, trust_pickle: bool = False, classes: tuple[str, ..
             net = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
             raw = extra[EXTRA_FILE]
             meta = json.loads((raw.decode() if isinstance(raw, bytes) else raw) or "{}")
+        elif kind == "safetensors":
+            net, meta, tv_arch = _safetensors(path, arch)
         else:
             try:
                 blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -335,54 +544,75 @@ def load(path: str | Path, *, trust_pickle: bool = False, classes: tuple[str, ..
     except Exception as err:  # any reader failure means "not a model we can read"
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise InputError(f"{path} is not a readable model file ({first[:160]})") from None
+    expected = _expected_input(net, exported)
     if "preprocess" in meta:
         preprocess = Preprocess.from_dict(meta["preprocess"])
+    elif isinstance(preprocess, PreprocessHint):
+        preprocess = preprocess.resolve(expected)
     if preprocess is None:
         raise InputError(f"{path} records no preprocessing; pass --size and --channels")
+    micro_batch, inexact = None, ()
+    if exported is not None:
+        micro_batch, inexact = _fixed_batch(path, exported, net)
     file_classes = tuple(meta["classes"]) if "classes" in meta else None
+    model = Normalized(net, preprocess, micro_batch)
+    buffers = {k: b.clone() for k, b in model.named_buffers()}  # a training-mode graph updates them
     try:
-        n_out = _n_outputs(net, preprocess)
+        n_out = _n_outputs(model, preprocess)
     except InputError:
         raise
     except Exception as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise InputError(f"{path}: model does not accept {preprocess.shape} inputs ({first[:160]}); "
-                         "check --size/--channels") from None
+        wants = ""
+        if expected[0] is not None and expected[1] is not None:
+            wants = f"; it was exported for {(expected[0], *expected[1])} inputs"
+        raise InputError(f"{path}: model does not accept {preprocess.shape} inputs ({first[:160]})"
+                         f"{wants}; check --size/--channels") from None
+    with torch.no_grad():
+        for k, b in model.named_buffers():
+            b.copy_(buffers[k])
     names = file_classes or classes or tuple(str(i) for i in range(n_out))
     if len(names) != n_out:
         raise InputError(f"model has {n_out} outputs but {len(names)} class names were given")
-    loaded = LoadedModel(Normalized(net, preprocess), tuple(names), preprocess, kind,
-                         exported=exported, classes_from_file=bool(file_classes or classes))
+    loaded = LoadedModel(model, tuple(names), preprocess, kind, exported=exported,
+                         classes_from_file=bool(file_classes or classes),
+                         torchvision=tv_arch.spec if tv_arch else None, inexact=inexact)
     _check_finite(loaded.model, path)
     return loaded
 
 
-def peek_preprocess(path: str | Path) -> Preprocess | None:
-    """The preprocessing recorded in a model file, without building the model (None if absent)."""
-    path = Path(path)
-    kind = _archive_kind(path) if path.is_file() else None
-    try:
-        if kind == "torch.save":
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(blob, dict) and "preprocess" in blob:
-                return Preprocess.from_dict(blob["preprocess"])
-        elif kind in ("export", "torchscript"):
-            with zipfile.ZipFile(path) as z:
-                for n in z.namelist():
-                    if n.endswith(f"extra/{EXTRA_FILE}"):
-                        meta = json.loads(z.read(n) or b"{}")
-                        if "preprocess" in meta:
-                            return Preprocess.from_dict(meta["preprocess"])
-    except Exception:
-        return None
-    return None
+def _fixed_batch(path: Path, exported, net: nn.Module) -> tuple[int | None, tuple[str, ...]]:
+    """The exported batch size when it is fixed (else None), and the notes on what running it in
+    micro-batches or with batch statistics changes. Also makes every parameter of ``net`` a leaf
+    that requires grad, so methods can train it (refusing a graph whose parameters are not leaves)."""
+    for name, p in net.named_parameters():
+        if not p.is_leaf:
+            raise InputError(f"{path}: parameter {name} of the exported program is not a leaf tensor; "
+                             "it cannot be trained")
+        p.requires_grad_(True)
+    shape = _exported_input(exported)
+    batch = shape[0] if shape is not None and len(shape) and isinstance(shape[0], int) else None
+    norms = batch_stat_norms(exported)
+    notes = []
+    if norms:
+        notes.append(f"{norms} batch-norm layer(s) of the exported program were exported in training "
+                     "mode: every forward pass, evaluation included, normalises with the batch's own "
+                     "statistics and updates the running statistics")
+    if norms and batch is not None:
+        notes.append(f"the exported batch size is fixed at {batch}: batches run as micro-batches of "
+                     f"{batch} images (the last padded by repeating its images), so those batch "
+                     "statistics are per micro-batch, padding included, not per the method's batch")
+    return batch, tuple(notes)
 
 
 def save(loaded: LoadedModel, path: str | Path, report: dict | None = None) -> None:
     """Write the (unlearned) model in the format it was read in, atomically, with class names and
     preprocessing embedded so the output is self-describing."""
-    meta = json.dumps({"classes": list(loaded.classes), "preprocess": loaded.preprocess.to_dict(),
-                       "versions": versions(), "unlearning": report or {}}, sort_keys=True)
+    record = {"classes": list(loaded.classes), "preprocess": loaded.preprocess.to_dict(),
+              "versions": versions(), "unlearning": report or {}}
+    if loaded.torchvision is not None:
+        record["torchvision"] = loaded.torchvision
+    meta = json.dumps(record, sort_keys=True)
     net = loaded.net
     if loaded.source == "own":
         tc = dict(loaded.train_config)
@@ -391,11 +621,15 @@ def save(loaded: LoadedModel, path: str | Path, report: dict | None = None) -> N
         save_own(path, net, loaded.arch, loaded.classes, loaded.preprocess, tc, loaded.mnemonic)
     elif loaded.source == "export":
         ep = loaded.exported
-        params = dict(net.named_parameters())
+        current = net.state_dict()  # parameters and buffers (running statistics)
         for name, t in ep.state_dict.items():  # shares storage with net, but be explicit
-            if name in params and t.data_ptr() != params[name].data_ptr():
-                t.data.copy_(params[name].detach())
+            if name in current and t.data_ptr() != current[name].data_ptr():
+                t.data.copy_(current[name].detach())
         atomic_write(path, lambda tmp: torch.export.save(ep, tmp, extra_files={EXTRA_FILE: meta}))
+    elif loaded.source == "safetensors":
+        from safetensors.torch import save_file
+        tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={SAFETENSORS_KEY: meta}))
     elif loaded.source == "torchscript":
         atomic_write(path, lambda tmp: torch.jit.save(net, tmp, _extra_files={EXTRA_FILE: meta}))
     else:
@@ -412,5 +646,6 @@ def is_finite(model: nn.Module) -> bool:
     return all(torch.isfinite(p).all() for p in model.parameters() if p.is_floating_point())
 
 
-__all__ = ["InputError", "Preprocess", "Normalized", "LoadedModel", "load", "save", "save_own",
-           "param_kinds", "atomic_write", "default_output", "peek_preprocess"]
+__all__ = ["InputError", "Preprocess", "PreprocessHint", "Normalized", "LoadedModel", "TorchvisionArch",
+           "load", "save", "save_own", "parse_arch", "build_torchvision", "batch_stat_norms",
+           "param_kinds", "atomic_write", "default_output"]

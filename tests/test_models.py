@@ -124,7 +124,7 @@ def _corrupt_own_file(blob: dict, case: str) -> None:
 
 
 @pytest.mark.parametrize("case, needle", [
-    ("text", "not a model file (neither a zip archive nor a pickle)"), ("empty", "zero bytes"),
+    ("text", "not a model file (neither a zip archive nor a pickle, nor safetensors)"), ("empty", "zero bytes"),
     ("truncated", "truncated"),
     ("dict", "not a model"), ("nan", "not finite"), ("version", "format version 99"),
     ("shape", "0.weight is float32 (8, 1, 2, 3); its recorded architecture needs float32 (8, 1, 3, 3)"),
