@@ -55,11 +55,38 @@ def _pool(fn, keyed_units: list[tuple[str, tuple]], state: Path, jobs: int, desc
     return done
 
 
+def _fingerprint(name: str, overrides: dict) -> str:
+    """Hash of a method's hyperparameters and of the predictor file it reads (if any): a new choice
+    or a retrained predictor is a new unit."""
+    registry_name, kind = runner.BENCH_METHODS[name]
+    config = runner.REGISTRY[registry_name].config.from_dict(overrides)
+    path = runner.predictor_path(kind, config) if kind else None
+    text = json.dumps(overrides, sort_keys=True) + (hashlib.sha256(path.read_bytes()).hexdigest() if path else "")
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
 def _bench_key(scenario: str, unit: tuple) -> str:
-    """scenario/seed/method/hash of its hyperparameters: a new choice is a new unit."""
+    """scenario/seed/method/fingerprint (:func:`_fingerprint` of the chosen hyperparameters)."""
     _, bench, seed, name, _ = unit
-    chosen = json.dumps(bench.method_overrides.get(name, {}), sort_keys=True)
-    return f"{scenario}/{seed}/{name}/{hashlib.sha256(chosen.encode()).hexdigest()[:10]}"
+    return f"{scenario}/{seed}/{name}/{_fingerprint(name, bench.method_overrides.get(name, {}))}"
+
+
+def _tune(configs: dict, methods: tuple[str, ...], args, command: str) -> None:
+    """Search ``methods`` in every scenario and write the records. A record of other methods already
+    in --tuned-dir is kept, with these methods' searches merged in (:func:`invwnn.bench.search.merge`)."""
+    tune_units = []  # key: scenario/method/trial number/fingerprint of the candidate
+    for name, config in configs.items():
+        units = search.trial_units(config, methods, args.trials, search.TUNING_SEED, args.cache_dir, args.device)
+        tune_units += [(f"{name}/{u[4]}/{i % args.trials}/{_fingerprint(u[4], u[5])}", u) for i, u in enumerate(units)]
+    rows = _pool(search._trial, tune_units, args.state / "tune.jsonl", args.jobs, "tune")
+    for name, config in configs.items():
+        mine = [rows[k] for k, _ in tune_units if k.startswith(f"{name}/")]
+        record = search.make_record(config, methods, args.trials, search.TUNING_SEED, mine, args.cache_dir)
+        record["command"] = command
+        path = args.tuned_dir / f"{name}.json"
+        if path.is_file() and set(methods) != set(runner.ORDER):
+            record = search.merge(json.loads(path.read_text()), record)
+        search.write(record, path)
 
 
 def main() -> None:
@@ -75,7 +102,8 @@ def main() -> None:
     ap.add_argument("--tuned-dir", type=Path, default=search.TUNED_DIR)
     ap.add_argument("--results", type=Path, default=Path("results"))
     ap.add_argument("--methods", default="all")
-    ap.add_argument("--phase", choices=("all", "tune"), default="all")
+    ap.add_argument("--phase", choices=("all", "tune", "bench"), default="all",
+                    help="tune: write the records only; bench: bench with the records in --tuned-dir")
     args = ap.parse_args()
     torch.set_num_threads(1)
     args.state.mkdir(parents=True, exist_ok=True)
@@ -87,17 +115,9 @@ def main() -> None:
     map_units(prepare._prepare_unit, prep_units, args.jobs, "originals + Retrain")
 
     methods = tuple(runner.method_names(args.methods))
-    tune_units = []  # key: scenario/method/trial number (candidates share their prefix across --trials)
-    for name, config in configs.items():
-        units = search.trial_units(config, methods, args.trials, search.TUNING_SEED, args.cache_dir, args.device)
-        tune_units += [(f"{name}/{u[4]}/{i % args.trials}", u) for i, u in enumerate(units)]
-    rows = _pool(search._trial, tune_units, args.state / "tune.jsonl", args.jobs, "tune")
-    records = {}
-    for name, config in configs.items():
-        mine = [rows[k] for k, _ in tune_units if k.startswith(f"{name}/")]
-        records[name] = search.make_record(config, methods, args.trials, search.TUNING_SEED, mine, args.cache_dir)
-        records[name]["command"] = "python scripts/fair_bench.py " + " ".join(sys.argv[1:])
-        search.write(records[name], args.tuned_dir / f"{name}.json")
+    command = "python scripts/fair_bench.py " + " ".join(sys.argv[1:])
+    if args.phase != "bench":
+        _tune(configs, methods, args, command)
     if args.phase == "tune":
         return
 
@@ -113,7 +133,7 @@ def main() -> None:
     for name, (bench, record, seed_runs, units) in plans.items():
         res = runner.assemble(configs[name], bench, record, seed_runs, units,
                               [results[_bench_key(name, u)] for u in units])
-        res["command"] = "python scripts/fair_bench.py " + " ".join(sys.argv[1:])
+        res["command"] = command
         res["wall_seconds"] = time.time() - t0
         report.write(res, args.results / name)
         print(f"{name}: results in {args.results / name}", file=sys.stderr)

@@ -45,15 +45,16 @@ def _pool(spec: EpisodeSpec, data: datasets.Dataset) -> tuple[np.ndarray, torch.
     return pool, labels
 
 
-def twin_order(spec: EpisodeSpec, data: datasets.Dataset,
-               dropped: list[torch.Tensor] | None = None) -> Iterator[torch.Tensor]:
+def twin_order(spec: EpisodeSpec, data: datasets.Dataset, dropped: list[torch.Tensor] | None = None,
+               seed: int | None = None) -> Iterator[torch.Tensor]:
     """The twin's minibatches as positions in the parent's pool: the parent's own order
-    (:func:`trajgen.train.batches` seeded by the parent) with the positions of S removed from each
-    batch. Batches left empty are not yielded (appended to ``dropped`` if given). Endless."""
+    (:func:`trajgen.train.batches` seeded by the parent, or by ``seed``) with the positions of S
+    removed from each batch. Batches left empty are not yielded (appended to ``dropped`` if
+    given). Endless."""
     pool, _ = _pool(spec, data)
     subset, _ = subset_indices(spec, data)
     in_s = torch.from_numpy(np.isin(pool, subset))
-    for idx in batches(len(pool), spec.parent.batch_size, spec.parent.seed):
+    for idx in batches(len(pool), spec.parent.batch_size, spec.parent.seed if seed is None else seed):
         kept = idx[~in_s[idx]]
         if len(kept):
             yield kept
@@ -67,14 +68,17 @@ def training_indices(spec: EpisodeSpec, data: datasets.Dataset, positions: torch
     return pool[positions.numpy()]
 
 
-def twin_model(spec: EpisodeSpec, data_root: str | None = None) -> tuple[nn.Module, int]:
-    """The parent's twin, trained without S: (model, batches S emptied and the twin dropped)."""
+def twin_model(spec: EpisodeSpec, data_root: str | None = None, seed: int | None = None) -> tuple[nn.Module, int]:
+    """The parent's twin, trained without S: (model, batches S emptied and the twin dropped). With
+    ``seed``, a *stranger* instead: the same recipe and data without S, but initial weights and
+    batch order drawn from ``seed`` (the yardstick for how close twins are)."""
     data = datasets.load_cached(spec.parent.dataset, data_root)
     pool, labels = _pool(spec, data)
     pool_data = dataclasses.replace(data, x_train=data.x_train[pool], y_train=labels[pool])
-    model = build_model(spec.parent, pool_data)  # seeded by the parent: the same initial weights
+    run = spec.parent if seed is None else dataclasses.replace(spec.parent, seed=seed)
+    model = build_model(run, pool_data)  # seeded by the run: the twin starts where the parent did
     dropped: list[torch.Tensor] = []
-    for _ in snapshots(spec.parent, model, pool_data, twin_order(spec, data, dropped)):
+    for _ in snapshots(run, model, pool_data, twin_order(spec, data, dropped, seed)):
         pass
     return model, len(dropped)
 

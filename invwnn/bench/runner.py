@@ -37,6 +37,7 @@ from invwnn.forget import Split
 from invwnn.methods import REGISTRY, Context, Data
 from invwnn.methods.loop import trains
 from invwnn.models import InputError, is_finite
+from invwnn.predictor import default_checkpoint
 
 
 # bench name -> (registry name, rewinder kind for the rewinding methods). The suffixed rows are the
@@ -45,15 +46,17 @@ from invwnn.models import InputError, is_finite
 # remain) and -none (the fine-tuned weights kept: no rewind, plus forget-set training).
 REWINDING = ("invwnn", "invwnn+")
 REWINDER_ROWS = (("", "learned"), ("-linear", "linear"), ("-reset", "reset"), ("-none", "none"))
-# invwnn+-episodes: invwnn+ with the K = 5 predictor trained on fine-tuning episodes (issue 15)
-# instead of whole training runs
-EPISODE_PREDICTOR = Path(__file__).parents[1] / "episode_predictor_k5.pt"
+# invwnn+ with other K = 5 predictors than the shipped one (trained on whole training runs), issue 15:
+# -episodes, trained on the first windows of fine-tuning episodes (`trajgen episodes`); -twins, trained
+# to predict counterfactual twins' weights (`trajgen twins`). Rewinder kind -> checkpoint file.
+PREDICTOR_FILES = {"episodes": "episode_predictor_k5.pt", "twins": "twin_predictor_k5.pt"}
 BENCH_METHODS: dict[str, tuple[str, str | None]] = {
     **{name: (name, None) for name in REGISTRY if name not in ("retrain", *REWINDING)},
     **{f"{name}{suffix}": (name, kind) for name in REWINDING for suffix, kind in REWINDER_ROWS},
-    "invwnn+-episodes": ("invwnn+", "episodes"),
+    **{f"invwnn+-{kind}": ("invwnn+", kind) for kind in PREDICTOR_FILES},
 }
-ORDER = (*(f"invwnn+{s}" for s, _ in REWINDER_ROWS), "invwnn+-episodes", *(f"invwnn{s}" for s, _ in REWINDER_ROWS),
+ORDER = (*(f"invwnn+{s}" for s, _ in REWINDER_ROWS), *(f"invwnn+-{k}" for k in PREDICTOR_FILES),
+         *(f"invwnn{s}" for s, _ in REWINDER_ROWS),
          "finetune", "neggrad", "neggrad+", "random-label", "salun", "boundary-shrink", "task-vector",
          "scrub", "fisher", "unsir", "mnemonic")
 STOP_MODE = {"invwnn": "iteration", "invwnn+": "iteration", "task-vector": "alpha", "unsir": "none",
@@ -91,13 +94,21 @@ class BenchConfig:
         return asdict(self)
 
 
+def predictor_path(kind: str | None, config) -> Path | None:
+    """The checkpoint a rewinder ``kind`` reads for an invwnn ``config`` (None: it reads none):
+    learned, the shipped predictor of the config's window; episodes / twins, :data:`PREDICTOR_FILES`."""
+    if kind in PREDICTOR_FILES:
+        return Path(__file__).parents[1] / PREDICTOR_FILES[kind]
+    return default_checkpoint(config.snapshots) if kind == "learned" else None
+
+
 def make_rewinder(kind: str, config, device: str) -> Any:
-    """The InvWNN rewinder ``kind`` (learned: the shipped predictor; episodes: the one trained on
-    fine-tuning episodes) with its description; the
-    learned one's description carries the checkpoint's sha256, as the checkpoint may change."""
+    """The InvWNN rewinder ``kind`` (learned: the shipped predictor; episodes, twins: the ones of
+    :data:`PREDICTOR_FILES`) with its description; a learned one's description carries the
+    checkpoint's sha256, as the checkpoint may change."""
     from invwnn.apply import make_rewinder as apply_rewinder
-    if kind == "episodes":
-        rewinder = apply_rewinder("learned", str(EPISODE_PREDICTOR), config, device)
+    if kind in PREDICTOR_FILES:
+        rewinder = apply_rewinder("learned", str(predictor_path(kind, config)), config, device)
     else:
         rewinder = apply_rewinder(kind, None, config, device)
     desc = dict(rewinder.describe()) if hasattr(rewinder, "describe") else {"rewinder": kind}

@@ -45,6 +45,7 @@ _HORIZON = {"horizon": ("uniform", 0.5, 4.0)}
 SPACES: dict[str, dict[str, Param]] = {
     "invwnn+": {**_INVWNN_PLUS, **_HORIZON}, "invwnn+-linear": {**_INVWNN_PLUS, **_HORIZON},
     "invwnn+-reset": _INVWNN_PLUS, "invwnn+-none": _INVWNN_PLUS, "invwnn+-episodes": {**_INVWNN_PLUS, **_HORIZON},
+    "invwnn+-twins": {**_INVWNN_PLUS, **_HORIZON},
     "invwnn": _INVWNN, "invwnn-linear": {**_INVWNN, **_HORIZON}, "invwnn-reset": _INVWNN, "invwnn-none": _INVWNN,
     "finetune": {"lr": ("log", 1e-3, 1e-1), "epochs": ("choice", [2.0, 5.0, 10.0])},
     "neggrad": {"lr": ("log", 1e-4, 1e-2), "epochs": ("choice", [1.0, 2.0, 5.0])},
@@ -166,6 +167,18 @@ def tune(config: scenarios.ScenarioConfig, methods: tuple[str, ...] = runner.ORD
                            if best else "every trial failed"))
     record["wall_seconds"] = time.time() - t0
     return record
+
+
+def merge(old: dict, new: dict) -> dict:
+    """``old`` record with ``new``'s methods (searched on the same scenario, seed, data and trial
+    count) put in; each merge is listed under ``updates`` (methods, date, versions, command)."""
+    same = ("scenario", "seed", "trials_per_method", "data")
+    if any(old.get(k) != new.get(k) for k in same):
+        raise InputError("cannot merge tuning records of different scenarios, seeds, data or trial counts")
+    out = {**old, "spaces": {**old["spaces"], **new["spaces"]}, "methods": {**old["methods"], **new["methods"]}}
+    out["updates"] = [*old.get("updates", []), {"methods": sorted(new["methods"]), "date": new["date"],
+                                                 "versions": new["versions"], "command": new.get("command")}]
+    return out
 
 
 def write(record: dict, path: str | Path) -> Path:
