@@ -13,7 +13,7 @@ from trajgen import migrate as migrating
 from trajgen import verify as verifying
 from trajgen.cli_errors import OneLineGroup, UserError, user_errors
 from trajgen.data import DATASETS, DatasetError
-from trajgen.spec import ARCHS, OPTIMIZERS, SpecError, parse_choices
+from trajgen.spec import ALL_ARCHS, ARCHS, OPTIMIZERS, SpecError, parse_choices
 from trajgen.store import StoreError
 
 input_errors = user_errors(SpecError, StoreError, DatasetError)
@@ -27,14 +27,20 @@ def main() -> None:
 
 @main.command()
 @click.option("--store", default="data/traj.zarr", show_default=True, help="Zarr store to create or resume.")
-@click.option("--archs", default=",".join(ARCHS), show_default=True, help=f"Comma list of {', '.join(ARCHS)}.")
+@click.option("--archs", default=",".join(ARCHS), show_default=True, help=f"Comma list of {', '.join(ALL_ARCHS)}.")
 @click.option("--optimizers", default=",".join(OPTIMIZERS), show_default=True, help="Comma list to draw from.")
 @click.option("--runs", default=500, show_default=True, type=click.IntRange(min=1), help="Runs in the collection.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Global seed; run i's spec depends on (seed, i) only.")
 @click.option("--steps", default=512, show_default=True, type=click.IntRange(min=1), help="Optimizer steps per run.")
 @click.option("--every", default=4, show_default=True, type=click.IntRange(min=1), help="Record all weights every N steps.")
 @click.option("--dataset", default="fashion-mnist", show_default=True, type=click.Choice(DATASETS))
-@click.option("--data-root", default=None, type=click.Path(), help="Folder with the dataset's IDX files.")
+@click.option("--data-root", default=None, type=click.Path(),
+              help="Folder with the dataset's IDX files or torchvision's CIFAR folder.")
+@click.option("--download", is_flag=True, help="Let torchvision download a dataset not found on disk.")
+@click.option("--coords", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Record a fixed, seeded sample of N coordinates per run (stratified by kind and layer); 0: all.")
+@click.option("--width-mult", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Width multiplier of the torchvision families [drawn from 0.125, 0.25, 0.5].")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0),
               help="Local dask worker processes (0: train in this process).")
 @click.option("--threads-per-worker", default=1, show_default=True, type=click.IntRange(min=1),
@@ -42,15 +48,16 @@ def main() -> None:
 @click.option("--scheduler", default=None, help="Address of an existing dask scheduler (overrides --workers).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @input_errors
-def collect(store, archs, optimizers, runs, seed, steps, every, dataset, data_root, workers,
-            threads_per_worker, scheduler, quiet):
+def collect(store, archs, optimizers, runs, seed, steps, every, dataset, data_root, download, coords, width_mult,
+            workers, threads_per_worker, scheduler, quiet):
     """Train many small nets and stream every weight's history into STORE; rerun to resume."""
     if every > steps:
         raise UserError(f"--every {every} is larger than --steps {steps}")
     config = collecting.CollectConfig(
-        store=store, archs=parse_choices("architecture", archs, ARCHS),
+        store=store, archs=parse_choices("architecture", archs, ALL_ARCHS),
         optimizers=parse_choices("optimizer", optimizers, OPTIMIZERS), runs=runs, seed=seed,
-        steps=steps, every=every, dataset=dataset, data_root=data_root, workers=workers,
+        steps=steps, every=every, dataset=dataset, data_root=data_root, coords=coords,
+        width_mult=width_mult, download=download, workers=workers,
         threads_per_worker=threads_per_worker, scheduler=scheduler, progress=not quiet)
     result = collecting.collect(config)
     click.echo(f"{result['store']}: trained {result['trained']} runs, skipped {result['skipped']} "

@@ -14,14 +14,17 @@ from tqdm import tqdm
 
 from trajgen import data as datasets
 from trajgen import store
-from trajgen.nets import layer_table
+from trajgen.nets import layer_table, sample_coords
 from trajgen.spec import ARCHS, OPTIMIZERS, RunSpec, SpecError, draw_run
 from trajgen.train import accuracy, build_model, snapshots
 
 
 @dataclass(frozen=True)
 class CollectConfig:
-    """What ``trajgen collect`` does. ``workers=0`` trains in this process (no cluster)."""
+    """What ``trajgen collect`` does. ``workers=0`` trains in this process (no cluster).
+    ``coords`` > 0: record a fixed sample of that many coordinates of each run instead of all
+    (:func:`trajgen.nets.sample_coords`); ``width_mult``: the torchvision families' width
+    multiplier (None: drawn per run); ``download``: let torchvision fetch a missing dataset."""
 
     store: str = "data/traj.zarr"
     archs: tuple[str, ...] = ARCHS
@@ -32,6 +35,9 @@ class CollectConfig:
     every: int = 4
     dataset: str = "fashion-mnist"
     data_root: str | None = None
+    coords: int = 0
+    width_mult: float | None = None
+    download: bool = False
     workers: int = 2
     threads_per_worker: int = 1
     scheduler: str | None = None
@@ -46,7 +52,7 @@ def plan(config: CollectConfig) -> list[RunSpec]:
     if config.runs < 1:
         raise SpecError(f"--runs must be at least 1, got {config.runs}")
     return [draw_run(config.seed, i, config.archs, config.optimizers, config.steps, config.every,
-                     config.dataset) for i in range(config.runs)]
+                     config.dataset, config.coords, config.width_mult) for i in range(config.runs)]
 
 
 def train_to_store(store_path: str, spec_dict: dict, data_root: str | None,
@@ -56,7 +62,9 @@ def train_to_store(store_path: str, spec_dict: dict, data_root: str | None,
     spec = RunSpec.from_dict(spec_dict)
     data = datasets.load_cached(spec.dataset, data_root)
     model = build_model(spec, data)
-    writer = store.RunWriter(store_path, spec, layer_table(model))
+    table = layer_table(model)
+    coords = sample_coords(table, spec.coords, spec.seed) if spec.coords else None
+    writer = store.RunWriter(store_path, spec, table, coords=coords)
     for snap in snapshots(spec, model, data):
         writer.append(snap.step, snap.weights, snap.loss, snap.acc)
     diverged = writer.n_written + writer.n_buffered < spec.n_snapshots
@@ -105,7 +113,7 @@ def collect(config: CollectConfig) -> dict[str, Any]:
     """Make ``config.runs`` runs complete in ``config.store``; returns what was done. Everything
     that can be checked is checked before the store is touched."""
     specs = plan(config)
-    datasets.load(config.dataset, config.data_root)  # a missing dataset fails before any write
+    datasets.load(config.dataset, config.data_root, config.download)  # a missing dataset fails before any write
     path = str(Path(config.store))
     root = store.create_store(path)
     todo, unindexed, stale = _resume_state(root, specs)

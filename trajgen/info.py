@@ -15,8 +15,8 @@ def disk_bytes(path: Path) -> int:
 
 
 def describe(path: str | Path) -> dict[str, Any]:
-    """Runs by architecture and optimizer, sizes, compression and final test accuracy spread of
-    the complete runs in the store at ``path``. Reads the index and one listing of ``runs/``;
+    """Runs by architecture and optimizer, sizes, compression, how many runs record a sample of
+    their coordinates, and final test accuracy spread of the complete runs in the store at ``path``. Reads the index and one listing of ``runs/``;
     the bytes on disk are the runs' recorded sizes (a version-1 store's files are walked)."""
     path = Path(path)
     root = store.open_store(path)
@@ -45,6 +45,7 @@ def describe(path: str | Path) -> dict[str, Any]:
         "bytes_raw": int(raw),
         "bytes_on_disk": int(on_disk),
         "compression_ratio": raw / on_disk if on_disk else None,
+        "sampled_runs": sum("n_params" in s for s in entries),
         "final_test_acc": spread,
     }
 
@@ -59,6 +60,8 @@ def format_description(d: dict[str, Any]) -> str:
         f"by arch       {counts(d['by_arch'])}",
         f"by optimizer  {counts(d['by_optimizer'])}",
         f"coordinates   {d['coordinates']:,} in all; {d['snapshots']:,} snapshots; {d['values']:,} values",
+        *([f"sampled       {d['sampled_runs']} runs record a sample of their coordinates (--coords)"]
+          if d.get("sampled_runs") else []),
         f"size          {d['bytes_raw'] / 2**20:,.1f} MiB raw, {d['bytes_on_disk'] / 2**20:,.1f} MiB on disk"
         + (f" ({d['compression_ratio']:.2f}x)" if d["compression_ratio"] else ""),
     ]

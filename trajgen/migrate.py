@@ -17,7 +17,8 @@ def copy_run(old_root, new_root, name: str) -> dict[str, Any]:
     """Copy complete run ``name`` of ``old_root`` into ``new_root``; returns its index summary."""
     run = store.open_run(old_root, name)
     attrs = dict(old_root["runs"][name].attrs)
-    group = store.create_run_group(new_root["runs"], name, run.spec, run.layers, run.history.shape[1])
+    group = store.create_run_group(new_root["runs"], name, run.spec, run.layers, run.history.shape[1],
+                                   coords=run.coords)
     extra = {k: v for k, v in attrs.items()
              if k not in ("spec", "layers", "complete", "final_test_acc", "diverged")}
     group.attrs.update(extra)  # versions of the writer that recorded the run, an episode's spec, ...

@@ -14,7 +14,18 @@ from typing import Any
 
 import numpy as np
 
-ARCHS = ("mlp", "cnn", "vit")
+ARCHS = ("mlp", "cnn", "vit")  # the small families, and the default mix of a collection
+# torchvision's families, adapted to 32x32 inputs (trajgen.nets): opt-in with --archs
+TORCHVISION_ARCHS = ("resnet18", "mobilenet_v2", "mobilenet_v3_small", "convnext")
+ALL_ARCHS = ARCHS + TORCHVISION_ARCHS
+# A torchvision family's standard stem width (width multiplier = width / this) and its own
+# activation, which the spec records instead of a drawn one.
+STANDARD_WIDTH = {"resnet18": 64, "mobilenet_v2": 32, "mobilenet_v3_small": 16, "convnext": 96}
+NATIVE_ACTIVATION = {"resnet18": "relu", "mobilenet_v2": "relu6", "mobilenet_v3_small": "hardswish",
+                     "convnext": "gelu"}
+# families whose depth the name fixes (ArchSpec.depth 0); convnext's depth is blocks per stage
+FIXED_DEPTH = ("resnet18", "mobilenet_v2", "mobilenet_v3_small")
+WIDTH_MULTS = (0.125, 0.25, 0.5)  # drawn multipliers of the torchvision families (CPU-sized)
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu", "leaky_relu")
 SCHEDULES = ("constant", "cosine", "step", "warmup_cosine")
@@ -45,8 +56,11 @@ def _check_choice(kind: str, value: str, valid: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True)
 class ArchSpec:
-    """A small classifier. ``width``/``depth`` mean hidden units and hidden layers (mlp), base
-    channels and conv blocks (cnn), embedding size and transformer blocks (vit)."""
+    """A classifier. ``width``/``depth`` mean hidden units and hidden layers (mlp), base
+    channels and conv blocks (cnn), embedding size and transformer blocks (vit). For the torchvision
+    families ``width`` is the stem's channels (``STANDARD_WIDTH`` is the standard net; the width
+    multiplier is their ratio), ``depth`` is 0 where the name fixes it and blocks per stage for
+    ``convnext``, and ``activation`` is the family's own (``NATIVE_ACTIVATION``)."""
 
     family: str
     width: int
@@ -56,7 +70,17 @@ class ArchSpec:
     patch: int = 0  # vit only
 
     def __post_init__(self) -> None:
-        _check_choice("architecture", self.family, ARCHS)
+        _check_choice("architecture", self.family, ALL_ARCHS)
+        if self.family in TORCHVISION_ARCHS:
+            native = NATIVE_ACTIVATION[self.family]
+            if self.activation != native:
+                raise SpecError(f"{self.family} uses its own activation {native!r}, got {self.activation!r}")
+            if self.width < 1:
+                raise SpecError(f"{self.family} needs width >= 1, got {self.width}")
+            if (self.family in FIXED_DEPTH) != (self.depth == 0) or self.depth < 0:
+                raise SpecError(f"{self.family} needs depth " + ("0 (fixed by its name)" if self.family in FIXED_DEPTH
+                                                                 else ">= 1 (blocks per stage)") + f", got {self.depth}")
+            return
         _check_choice("activation", self.activation, ACTIVATIONS)
 
 
@@ -80,7 +104,9 @@ class OptimSpec:
 @dataclass(frozen=True)
 class RunSpec:
     """One training run: ``steps`` optimizer steps, a snapshot of every weight each ``every`` steps
-    (step 0 included), on ``dataset`` with ``batch_size`` examples per step."""
+    (step 0 included), on ``dataset`` with ``batch_size`` examples per step. ``coords`` > 0 records
+    a fixed sample of that many coordinates instead of all (:func:`sample_coords`, seeded by
+    ``seed``); 0 records every coordinate."""
 
     index: int
     seed: int
@@ -91,11 +117,14 @@ class RunSpec:
     steps: int
     every: int
     dataset: str
+    coords: int = 0
 
     def __post_init__(self) -> None:
         _check_choice("init", self.init, INITS)
         if self.steps < 1 or self.every < 1 or self.every > self.steps:
             raise SpecError(f"need 1 <= every <= steps, got every={self.every}, steps={self.steps}")
+        if self.coords < 0:
+            raise SpecError(f"coords must be 0 (all) or positive, got {self.coords}")
 
     @property
     def n_snapshots(self) -> int:
@@ -106,7 +135,12 @@ class RunSpec:
         return f"run-{self.index:06d}"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The spec as JSON-able values; ``coords`` only when sampling, so a spec recorded before
+        sampling existed reads back equal to one planned now."""
+        d = dataclasses.asdict(self)
+        if not self.coords:
+            del d["coords"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunSpec":
@@ -123,6 +157,15 @@ class RunSpec:
         return cls.from_dict(json.loads(s))
 
 
+def make_arch(family: str, width: int, depth: int, activation: str) -> ArchSpec:
+    """The ArchSpec of ``family`` at ``width`` for a caller with one depth and activation for
+    every family (the bench): a torchvision family takes its own activation, and its fixed depth
+    where its name fixes one."""
+    if family in TORCHVISION_ARCHS:
+        return ArchSpec(family, width, 0 if family in FIXED_DEPTH else depth, NATIVE_ACTIVATION[family])
+    return ArchSpec(family, width, depth, activation)
+
+
 def parse_choices(kind: str, text: str, valid: tuple[str, ...]) -> tuple[str, ...]:
     """Parse a comma-separated list such as ``"cnn,vit"``; unknown names raise :class:`SpecError`."""
     items = tuple(s.strip() for s in text.split(",") if s.strip())
@@ -137,7 +180,11 @@ def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
 
 
-def _draw_arch(rng: np.random.Generator, family: str) -> ArchSpec:
+def _draw_arch(rng: np.random.Generator, family: str, width_mult: float | None) -> ArchSpec:
+    if family in TORCHVISION_ARCHS:
+        mult = float(rng.choice(WIDTH_MULTS)) if width_mult is None else width_mult
+        depth = 0 if family in FIXED_DEPTH else int(rng.integers(1, 3))
+        return ArchSpec(family, max(1, round(STANDARD_WIDTH[family] * mult)), depth, NATIVE_ACTIVATION[family])
     activation = str(rng.choice(ACTIVATIONS))
     if family == "mlp":
         return ArchSpec(family, int(rng.choice([32, 48, 64, 96])), int(rng.integers(1, 4)), activation)
@@ -150,12 +197,16 @@ def _draw_arch(rng: np.random.Generator, family: str) -> ArchSpec:
 
 def draw_run(seed: int, index: int, archs: tuple[str, ...] = ARCHS,
              optimizers: tuple[str, ...] = OPTIMIZERS, steps: int = 512, every: int = 4,
-             dataset: str = "fashion-mnist") -> RunSpec:
+             dataset: str = "fashion-mnist", coords: int = 0, width_mult: float | None = None) -> RunSpec:
     """The spec of run ``index`` of a collection with global ``seed``: a pure function of its
-    arguments. Architectures cycle in the given order so every family gets its share of runs."""
+    arguments. Architectures cycle in the given order so every family gets its share of runs.
+    ``width_mult`` fixes the torchvision families' width multiplier (default: drawn from
+    ``WIDTH_MULTS``); the small families ignore it. ``coords``: see :class:`RunSpec`."""
+    if width_mult is not None and not width_mult > 0:
+        raise SpecError(f"width multiplier must be positive, got {width_mult}")
     rng = np.random.default_rng([seed, index])
     family = archs[index % len(archs)]
-    arch = _draw_arch(rng, family)
+    arch = _draw_arch(rng, family, width_mult)
     name = str(rng.choice(optimizers))
     lr = _log_uniform(rng, *LR_RANGE[name])
     wd = _log_uniform(rng, *WD_RANGE[name]) if rng.random() < 0.5 else 0.0
@@ -163,4 +214,4 @@ def draw_run(seed: int, index: int, archs: tuple[str, ...] = ARCHS,
     optim = OptimSpec(name, lr, wd, str(rng.choice(SCHEDULES)), momentum)
     return RunSpec(index=index, seed=int(rng.integers(0, 2**31 - 1)), arch=arch, optim=optim,
                    batch_size=int(rng.choice(BATCH_SIZES)), init=str(rng.choice(INITS)),
-                   steps=steps, every=every, dataset=dataset)
+                   steps=steps, every=every, dataset=dataset, coords=coords)

@@ -13,6 +13,9 @@ Layout (Zarr v3, one directory; schema version 2)::
         step     (n_snapshots,) int64    optimizer steps taken when the snapshot was recorded
         loss     (n_snapshots,) float32  mean training loss since the previous snapshot
         acc      (n_snapshots,) float32  mean training accuracy since the previous snapshot
+        coords   (n_coords,)  int64   sampled runs only (``spec.coords`` > 0): each row's position
+                                      in the model's flat weight vector (trajgen.nets.flat_weights),
+                                      strictly increasing; kind/layer/pos describe those rows
 
 Every chunk of every array ends in a CRC32C checksum (zarr's ``crc32c`` codec, last in the chain):
 ``history`` is PCodec level 8 (lossless; chosen with ``scripts/bench_compression.py``), the other
@@ -62,8 +65,9 @@ INDEX_PAGE = 128
 # The arrays of a run group and their dtypes (the schema above); history is 2-D, the others 1-D.
 ARRAY_DTYPES = {"history": np.float32, "kind": np.uint8, "layer": np.uint16, "pos": np.int32,
                 "step": np.int64, "loss": np.float32, "acc": np.float32}
-# Arrays only some runs hold: a twin episode's counterfactual weights (n_coords,) (trajgen.twins).
-OPTIONAL_DTYPES = {"counterfactual": np.float32}
+# Arrays only some runs hold: a twin episode's counterfactual weights (n_coords,) (trajgen.twins);
+# a sampled run's coordinate positions (n_coords,) (trajgen.nets.sample_coords).
+OPTIONAL_DTYPES = {"counterfactual": np.float32, "coords": np.int64}
 SUMMARY_KEYS = ("arch", "optimizer", "n_coords", "n_snapshots", "final_test_acc", "diverged")
 # zarr warns, on every read of an array's metadata, that numcodecs' PCodec is not in the Zarr v3
 # specification; the store says so above, once, and readers need not repeat it.
@@ -335,37 +339,66 @@ def complete_in(root: zarr.Group, summaries: dict[str, dict[str, Any]], include_
 
 
 def run_summary(group: zarr.Group) -> dict[str, Any]:
-    """The index entry of a complete run group; ``bytes_stored`` is the run's size on disk."""
+    """The index entry of a complete run group; ``bytes_stored`` is the run's size on disk. A
+    sampled run's entry also holds ``n_params``, the size of the model it sampled from."""
     a = group.attrs
     spec = a["spec"]
-    return {"arch": spec["arch"]["family"], "optimizer": spec["optim"]["name"],
-            "n_coords": int(group["history"].shape[0]), "n_snapshots": int(group["history"].shape[1]),
-            "final_test_acc": a.get("final_test_acc"), "diverged": bool(a.get("diverged", False)),
-            "bytes_stored": int(sum(group[k].nbytes_stored() for k in ARRAY_DTYPES if k in group))}
+    summary = {"arch": spec["arch"]["family"], "optimizer": spec["optim"]["name"],
+               "n_coords": int(group["history"].shape[0]), "n_snapshots": int(group["history"].shape[1]),
+               "final_test_acc": a.get("final_test_acc"), "diverged": bool(a.get("diverged", False)),
+               "bytes_stored": int(sum(group[k].nbytes_stored() for k in ARRAY_DTYPES if k in group))}
+    if "coords" in group:
+        summary["n_params"] = int(sum(layer["numel"] for layer in a["layers"]))
+    return summary
 
 
-def coordinate_arrays(layers: list[Layer]) -> dict[str, np.ndarray]:
-    """``kind``, ``layer`` and ``pos`` of every coordinate, each ``(n_coords,)``, as the layer
-    table implies them. Raises ValueError for a kind not in ``trajgen.nets.KINDS``."""
+def coordinate_arrays(layers: list[Layer], coords: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """``kind``, ``layer`` and ``pos`` of every coordinate (or of the flat positions ``coords``
+    only), each ``(n_coords,)``, as the layer table implies them. Raises ValueError for a kind not
+    in ``trajgen.nets.KINDS``."""
     kind = [np.full(layer.numel, KINDS.index(layer.kind), ARRAY_DTYPES["kind"]) for layer in layers]
     row = [np.full(layer.numel, i, ARRAY_DTYPES["layer"]) for i, layer in enumerate(layers)]
     pos = [np.arange(layer.numel, dtype=ARRAY_DTYPES["pos"]) for layer in layers]
-    return {"kind": np.concatenate(kind), "layer": np.concatenate(row), "pos": np.concatenate(pos)}
+    out = {"kind": np.concatenate(kind), "layer": np.concatenate(row), "pos": np.concatenate(pos)}
+    return out if coords is None else {k: v[coords] for k, v in out.items()}
+
+
+def check_coords(coords: np.ndarray, n_params: int) -> str | None:
+    """What is wrong with a sampled run's ``coords`` for a model of ``n_params`` weights (None:
+    nothing): they must be strictly increasing positions in ``[0, n_params)``."""
+    if coords.ndim != 1 or not len(coords):
+        return "coords must be a non-empty 1-D array"
+    if coords[0] < 0 or coords[-1] >= n_params:
+        return f"coords fall outside the model's {n_params} weights"
+    if (np.diff(coords) <= 0).any():
+        return "coords are not strictly increasing"
+    return None
 
 
 def create_run_group(runs: zarr.Group, name: str, spec: RunSpec, layers: list[Layer], n_snapshots: int,
-                     time_chunk: int = TIME_CHUNK, coord_chunk: int = COORD_CHUNK) -> zarr.Group:
+                     time_chunk: int = TIME_CHUNK, coord_chunk: int = COORD_CHUNK,
+                     coords: np.ndarray | None = None) -> zarr.Group:
     """An empty, incomplete group ``name`` for ``spec`` in ``runs`` (replacing any group of that name):
     history ``(n_coords, n_snapshots)`` filled with NaN, the per-coordinate arrays, and the
-    attributes known before training."""
+    attributes known before training. ``coords`` (n_coords,) int64: record only these flat
+    positions (a sampled run, which also stores them); None: every coordinate."""
+    n_params = sum(layer.numel for layer in layers)
+    if coords is not None:
+        coords = np.asarray(coords, OPTIONAL_DTYPES["coords"])
+        problem = check_coords(coords, n_params)
+        if problem:
+            raise StoreError(f"run {name}: {problem}")
     if name in runs:
         del runs[name]
-    n_coords = sum(layer.numel for layer in layers)
+    n_coords = n_params if coords is None else len(coords)
     group = runs.create_group(name)
     group.create_array("history", shape=(n_coords, n_snapshots), dtype=ARRAY_DTYPES["history"],
                        fill_value=np.nan, chunks=(min(coord_chunk, n_coords), min(time_chunk, n_snapshots)),
                        **history_codecs())
-    for key, values in coordinate_arrays(layers).items():
+    per_coord = coordinate_arrays(layers, coords)
+    if coords is not None:
+        per_coord["coords"] = coords
+    for key, values in per_coord.items():
         group.create_array(key, data=values, chunks=(min(coord_chunk, n_coords),), **small_codecs())
     group.attrs.update({"spec": spec.to_dict(), "layers": [layer.to_dict() for layer in layers],
                         "versions": versions(), "complete": False})
@@ -386,7 +419,8 @@ def finish_run_group(group: zarr.Group, step: np.ndarray, loss: np.ndarray, acc:
 class RunWriter:
     """Streams one run into ``runs/<spec.name>``; the training loop never waits for the disk.
 
-    Snapshots are copied into one of two preallocated ``(time_chunk, n_coords)`` float32 buffers;
+    Snapshots are copied into one of two preallocated ``(time_chunk, n_coords)`` float32 buffers
+    (with ``coords``, a sampled run: only those flat positions of each snapshot are kept);
     a full buffer is compressed and written by a background thread while the other fills, so at
     most two time chunks are held, whatever the run's length. Any previous, incomplete group of
     the same name is replaced. Call :meth:`append` once per snapshot and :meth:`close` at the end;
@@ -394,11 +428,13 @@ class RunWriter:
     """
 
     def __init__(self, path: str | Path, spec: RunSpec, layers: list[Layer],
-                 time_chunk: int = TIME_CHUNK, coord_chunk: int = COORD_CHUNK):
+                 time_chunk: int = TIME_CHUNK, coord_chunk: int = COORD_CHUNK, coords: np.ndarray | None = None):
         root = open_store(path, mode="a")
         self.where = f"run {spec.name} to {path}"
         with self._writing():
-            self.group = create_run_group(root["runs"], spec.name, spec, layers, spec.n_snapshots, time_chunk, coord_chunk)
+            self.group = create_run_group(root["runs"], spec.name, spec, layers, spec.n_snapshots, time_chunk,
+                                          coord_chunk, coords)
+        self.coords = None if coords is None else np.asarray(coords, OPTIONAL_DTYPES["coords"])
         self.history = self.group["history"]
         self.time_chunk = self.history.chunks[1]
         # snapshot-major, written transposed; one fills while the thread writes the other
@@ -417,9 +453,10 @@ class RunWriter:
                                    "then rerun the same command to resume")
 
     def append(self, step: int, weights: np.ndarray, loss: float, acc: float) -> None:
-        """Record one snapshot: ``weights`` is the flat ``(n_coords,)`` float32 vector (copied)."""
+        """Record one snapshot: ``weights`` is the model's whole flat ``(n_params,)`` float32 vector
+        (copied; a sampled run keeps its ``coords`` only)."""
         i = self.n_written + self.n_buffered
-        self.buffers[0][self.n_buffered] = weights
+        self.buffers[0][self.n_buffered] = weights if self.coords is None else weights[self.coords]
         self.step[i], self.loss[i], self.acc[i] = step, loss, acc
         self.n_buffered += 1
         if self.n_buffered == self.time_chunk:
@@ -512,6 +549,7 @@ class RunRecord:
     acc: np.ndarray
     final_test_acc: float
     diverged: bool
+    coords: np.ndarray | None = None  # a sampled run's flat positions (n_coords,); None: every coordinate
 
 
 def open_run(path_or_root: str | Path | zarr.Group, name: str) -> RunRecord:
@@ -528,5 +566,6 @@ def open_run(path_or_root: str | Path | zarr.Group, name: str) -> RunRecord:
         raise StoreError(f"run {name} is malformed ({type(err).__name__}: {err}); "
                          "`trajgen verify` lists what is wrong") from None
     small = {k: run_array(root, name, k)[:] for k in ("kind", "layer", "pos", "step", "loss", "acc")}
+    coords = run_array(root, name, "coords")[:] if "coords" in root["runs"][name] else None
     return RunRecord(name=name, spec=spec, layers=layers, history=run_array(root, name, "history"),
-                     final_test_acc=final_test_acc, diverged=diverged, **small)
+                     final_test_acc=final_test_acc, diverged=diverged, coords=coords, **small)

@@ -41,13 +41,13 @@ class Report:
 def check_run(group, name: str) -> list[str]:
     """Problems of one complete run group: its attributes, every array's dtype and shape against
     the layer table and the spec, every chunk readable (one line naming the damaged ones),
-    kind/layer/pos against the layer table, finite history values. Memory: one chunk of history
+    kind/layer/pos against the layer table (at a sampled run's ``coords``, which must be strictly
+    increasing positions inside the model), finite history values. Memory: one chunk of history
     at a time, plus the ``(n_coords,)`` coordinate arrays."""
     try:
         attrs = group.attrs
         spec = RunSpec.from_dict(attrs["spec"])
         layers = [Layer.from_dict(d) for d in attrs["layers"]]
-        expected = store.coordinate_arrays(layers)
         arrays = {k: group[k] for k in store.ARRAY_DTYPES}
         arrays.update({k: group[k] for k in store.OPTIONAL_DTYPES if k in group})
         if attrs.get("kind") == "twin" and "counterfactual" not in arrays:
@@ -63,7 +63,12 @@ def check_run(group, name: str) -> list[str]:
     if damaged:
         more = f" and {len(damaged) - NAMED_CHUNKS} more" if len(damaged) > NAMED_CHUNKS else ""
         return [f"{name}: {len(damaged)} damaged chunk(s): {', '.join(damaged[:NAMED_CHUNKS])}{more}"]
-    for key, want in expected.items():
+    coords = values.get("coords")
+    if coords is not None:
+        problem = store.check_coords(coords, sum(layer.numel for layer in layers))
+        if problem:
+            return problems + [f"{name}: {problem}"]
+    for key, want in store.coordinate_arrays(layers, coords).items():
         if not np.array_equal(values[key], want):
             problems.append(f"{name}: {key} does not match the layer table")
     if first_bad is not None:
@@ -73,10 +78,10 @@ def check_run(group, name: str) -> list[str]:
 
 def _scan(arrays: dict) -> tuple[list[str], dict[str, np.ndarray], int | None]:
     """Read every chunk of every array once: (damaged chunks as ``key/c/i/j (reason)``, the
-    values of kind/layer/pos, first coordinate of the first history chunk holding NaN or Inf)."""
+    values of kind/layer/pos (and coords), first coordinate of the first history chunk holding NaN or Inf)."""
     damaged, values, first_bad = [], {}, None
     for key, a in arrays.items():
-        out = np.empty(a.shape, a.dtype) if key in ("kind", "layer", "pos") else None
+        out = np.empty(a.shape, a.dtype) if key in ("kind", "layer", "pos", "coords") else None
         grid = [range(-(-s // c)) for s, c in zip(a.shape, a.chunks)]
         for idx in itertools.product(*grid):
             sel = tuple(slice(i * c, (i + 1) * c) for i, c in zip(idx, a.chunks))
@@ -96,7 +101,8 @@ def _scan(arrays: dict) -> tuple[list[str], dict[str, np.ndarray], int | None]:
 
 def _layout_problems(name: str, spec: RunSpec, layers: list[Layer], arrays: dict, diverged: bool) -> list[str]:
     """Dtypes and dimensions of every array, then shapes: history ``(n_coords, n_snapshots)``
-    with n_coords from a self-consistent layer table, per-coordinate and per-snapshot arrays."""
+    with n_coords from a self-consistent layer table (a sampled run: the length of ``coords``, at
+    most the model's size), per-coordinate and per-snapshot arrays."""
     dtypes = {**store.ARRAY_DTYPES, **store.OPTIONAL_DTYPES}
     problems = [f"{name}: {key} is {a.dtype} with {a.ndim} dims, expected {1 + (key == 'history')}-D "
                 f"{np.dtype(dtypes[key])}"
@@ -108,8 +114,13 @@ def _layout_problems(name: str, spec: RunSpec, layers: list[Layer], arrays: dict
     if any(layer.offset != o or layer.numel != math.prod(layer.shape) for layer, o in zip(layers, offsets)):
         return [f"{name}: the layer table's offsets or sizes do not add up"]
     n_coords, n_snap = offsets[-1], arrays["history"].shape[1]
+    if "coords" in arrays:
+        if not 0 < arrays["coords"].shape[0] <= n_coords:
+            return [f"{name}: {arrays['coords'].shape[0]} sampled coords for a model of {n_coords} weights"]
+        n_coords = arrays["coords"].shape[0]
     if arrays["history"].shape[0] != n_coords:
-        problems.append(f"{name}: history has {arrays['history'].shape[0]} coordinates, layer table says {n_coords}")
+        problems.append(f"{name}: history has {arrays['history'].shape[0]} coordinates, "
+                        + ("coords say" if "coords" in arrays else "layer table says") + f" {n_coords}")
     if not diverged and n_snap != spec.n_snapshots:
         problems.append(f"{name}: {n_snap} snapshots, spec says {spec.n_snapshots}")
     for key, n in (("kind", n_coords), ("layer", n_coords), ("pos", n_coords), ("step", n_snap),
