@@ -28,31 +28,42 @@ def _command(ctx: click.Context, name: str = "bench") -> str:
 
 
 @click.command("bench")
-@click.option("--scenario", required=True, help="random10, random50, class, label-noise, overfit or backdoor")
+@click.option("--scenario", required=True,
+              help="random10, random50, class, label-noise, overfit, backdoor, or paper (ResNet-18, CIFAR-10, "
+                   "whole training set, forget 50%)")
 @click.option("--methods", default="all", show_default=True, help="'all' or a comma-separated list")
 @click.option("--seeds", type=click.IntRange(1, 100), default=None, help="number of seeds 0..N-1 [3; --quick: 1]")
 @click.option("--out", default=None, help="output folder [results/SCENARIO]")
 @click.option("--quick", is_flag=True, help="small data and budget (2k training images, 1k test, 8 epochs)")
-@click.option("--dataset", default=None, help="trajgen dataset name [fashion-mnist]")
-@click.option("--data-root", default=None, help="folder holding the dataset files")
-@click.option("--arch", default=None, help="trajgen architecture family: cnn, mlp, vit [cnn]")
-@click.option("--width", type=click.IntRange(1), default=None, help="network width")
-@click.option("--train-size", type=click.IntRange(1), default=None, help="training images")
-@click.option("--test-size", type=click.IntRange(1), default=None, help="test images")
+@click.option("--dataset", default=None, help="trajgen dataset name: fashion-mnist, fashion-mnist-rgb, mnist, "
+              "cifar10, cifar100 [fashion-mnist; paper: cifar10]")
+@click.option("--data-root", default=None, help="folder holding the dataset files (CIFAR: torchvision's "
+              "cifar-10-batches-py / cifar-100-python folder, or the folder holding it)")
+@click.option("--download", is_flag=True, help="let torchvision download a dataset not found on disk")
+@click.option("--arch", default=None, help="trajgen architecture family: cnn, mlp, vit, resnet18, mobilenet_v2, "
+              "mobilenet_v3_small, convnext [cnn; paper: resnet18]")
+@click.option("--width", type=click.IntRange(1), default=None,
+              help="network width (torchvision families: stem channels; resnet18's standard is 64)")
+@click.option("--train-size", type=click.IntRange(0), default=None, help="training images (0: the whole training set)")
+@click.option("--test-size", type=click.IntRange(0), default=None, help="test images (0: the whole test set)")
+@click.option("--val-size", type=click.IntRange(0), default=None,
+              help="validation images from the training pool outside the training subset")
 @click.option("--epochs", type=click.FloatRange(0, min_open=True), default=None, help="original/retrain epochs")
 @click.option("--tuned", default=None, help="tuning record (`invwnn tune` output) or a folder of "
               "<scenario>.json records whose choices to use [the packaged invwnn/bench/tuned/]; "
               "'none': every method's library defaults")
 @click.option("--cache-dir", default="data/bench-cache", show_default=True, help="originals and retrained models")
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--amp", is_flag=True, help="bf16 autocast for training passes (CUDA only; metrics and rewinder "
+              "predictions stay float32)")
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
               help="torch threads; 1 is fastest on a shared 2-core machine")
 @click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
               help="worker processes (one method on one seed each, one torch thread each)")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors(InputError, ValueError)
-def bench(scenario, methods, seeds, out, quick, dataset, data_root, arch, width, train_size, test_size,
-          epochs, tuned, cache_dir, device, threads, jobs, progress):
+def bench(scenario, methods, seeds, out, quick, dataset, data_root, download, arch, width, train_size, test_size,
+          val_size, epochs, tuned, cache_dir, device, amp, threads, jobs, progress):
     """Build SCENARIO, train and cache the original and Retrain, run every method at equal
     forgetting and at its default budget, and write table.md, results.csv, results.json and plots."""
     import torch
@@ -60,12 +71,15 @@ def bench(scenario, methods, seeds, out, quick, dataset, data_root, arch, width,
 
     torch.set_num_threads(threads)
     config = scenarios.scenario_config(scenario, quick, dataset=dataset, data_root=data_root, arch=arch,
-                                       width=width, train_size=train_size, test_size=test_size, epochs=epochs)
+                                       width=width, train_size=train_size, test_size=test_size,
+                                       val_size=val_size, epochs=epochs)
     n_seeds = seeds or (1 if quick else 3)
     overrides, record = ({}, None) if tuned == "none" else search.load(scenario, tuned)
     bench_config = runner.BenchConfig(methods=tuple(runner.method_names(methods)), seeds=tuple(range(n_seeds)),
                                       cache_dir=cache_dir, device=device, progress=progress,
-                                      method_overrides=overrides, jobs=jobs)
+                                      method_overrides=overrides, jobs=jobs, amp=amp)
+    if download:
+        scenarios.fetch(config)
     out = out or f"results/{scenario}"
     t0 = time.time()
     from tqdm.auto import tqdm

@@ -1,9 +1,14 @@
 """Originals and retrained models for a bench: one seed's scenario, its original (trained on the
 whole training subset) and Retrain (trained on the retain part only), cached on disk as
 ``<cache>/<kind>-<content hash>.pt``, the hash covering the scenario config, the seed, the training
-recipe and CACHE_VERSION (bump it when training code changes)."""
+recipe and CACHE_VERSION (bump it when training code changes).
+
+With ``amp`` (CUDA only) the training passes run under bfloat16 autocast (:func:`autocast`): bf16
+keeps float32's exponent range, so no loss scaling is needed and the weights and optimizer state
+stay float32; every measurement and every rewinder prediction runs in float32."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -24,9 +29,24 @@ from invwnn.methods.loop import Sampler, make_optimizer, run_steps
 from invwnn.models import InputError, Normalized, Preprocess, atomic_write
 from trajgen import data as datasets
 from trajgen import nets
-from trajgen.spec import ArchSpec
+from trajgen.spec import make_arch
 
 CACHE_VERSION = 1
+
+
+def autocast(device: str, amp: bool):
+    """bfloat16 autocast on ``device`` when ``amp`` (a CUDA device), else a no-op context."""
+    if not amp:
+        return contextlib.nullcontext()
+    if not str(device).startswith("cuda"):
+        raise InputError(f"mixed precision (--amp) needs a CUDA --device, got {device!r}")
+    return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+def full_precision(device: str):
+    """A float32 region inside :func:`autocast` (measurements, rewinder predictions)."""
+    return torch.autocast(str(device).split(":")[0], enabled=False) if str(device).startswith("cuda") \
+        else contextlib.nullcontext()
 
 
 @dataclass
@@ -43,7 +63,7 @@ class Prepared:
 def new_model(config: scenarios.ScenarioConfig, x: torch.Tensor, n_classes: int) -> Normalized:
     pre = Preprocess(tuple(x.shape[2:]), x.shape[1], tuple(x.mean((0, 2, 3)).tolist()),
                      tuple(x.std((0, 2, 3)).tolist()))
-    arch = ArchSpec(config.arch, config.width, config.depth, config.activation)
+    arch = make_arch(config.arch, config.width, config.depth, config.activation)
     return Normalized(nets.build(arch, pre.shape, n_classes), pre)
 
 
@@ -76,8 +96,9 @@ def _cached(path: Path, model: nn.Module, build: Callable[[], dict]) -> tuple[di
 
 
 def prepare(scn: scenarios.Scenario, cache_dir: str | Path, device: str = "cpu",
-            progress: bool = False) -> Prepared:
-    """Train (or load) the original on ``scn.x, scn.y`` and Retrain on the retain part."""
+            progress: bool = False, amp: bool = False) -> Prepared:
+    """Train (or load) the original on ``scn.x, scn.y`` and Retrain on the retain part (under
+    bf16 autocast with ``amp``)."""
     cfg, seed = scn.config, scn.seed
     cache = Path(cache_dir)
     pcfg = _prepare_config(cfg, seed)
@@ -89,16 +110,19 @@ def prepare(scn: scenarios.Scenario, cache_dir: str | Path, device: str = "cpu",
     def train_original() -> dict:
         t0 = time.perf_counter()
         orig.to(device)
-        original_mod.train(orig, scn.x, scn.y, pcfg, codes, device, progress)
+        with autocast(device, amp):
+            original_mod.train(orig, scn.x, scn.y, pcfg, codes, device, progress)
         if cfg.overfit_steps:  # the overfit scenario: excessive iterations on the forget part alone
             fs = scn.forget_split
             sample = Sampler(fs, min(cfg.batch_size, len(fs)), torch.Generator().manual_seed(seed), device)
-            run_steps(orig, lambda _: _ce(orig, sample), make_optimizer("adam", orig.parameters(), cfg.lr),
-                      cfg.overfit_steps, freeze_norms=False, progress=progress, desc="overfit")
+            with autocast(device, amp):
+                run_steps(orig, lambda _: _ce(orig, sample), make_optimizer("adam", orig.parameters(), cfg.lr),
+                          cfg.overfit_steps, freeze_norms=False, progress=progress, desc="overfit")
         orig.cpu()
         return {"seconds": time.perf_counter() - t0}
 
-    key_o = cfg.key(seed, "original", pcfg.to_dict(), CACHE_VERSION)
+    precision = ("bf16-autocast",) if amp else ()  # float32 entries keep their old keys
+    key_o = cfg.key(seed, "original", pcfg.to_dict(), CACHE_VERSION, *precision)
     meta_o, hit_o = _cached(cache / f"original-{key_o}.pt", orig, train_original)
     if codes is not None:
         meta_o["mnemonic_codes_seed"] = seed + 7919
@@ -111,14 +135,15 @@ def prepare(scn: scenarios.Scenario, cache_dir: str | Path, device: str = "cpu",
         ctx = Context(device=device, seed=seed, progress=progress,
                       rebuild=lambda: new_model(cfg, scn.x, len(scn.classes)))
         data = Data(scn.forget_split, scn.classes, scn.retain_split)
-        fresh = REGISTRY["retrain"].run(copy.deepcopy(orig).to(device), data, rcfg, ctx)
+        with autocast(device, amp):
+            fresh = REGISTRY["retrain"].run(copy.deepcopy(orig).to(device), data, rcfg, ctx)
         retrained.load_state_dict(fresh.cpu().state_dict())
         return {"seconds": time.perf_counter() - t0}
 
-    key_r = cfg.key(seed, "retrain", rcfg.to_dict(), CACHE_VERSION)
+    key_r = cfg.key(seed, "retrain", rcfg.to_dict(), CACHE_VERSION, *precision)
     meta_r, hit_r = _cached(cache / f"retrain-{key_r}.pt", retrained, train_retrain)
     recipe = {k: pcfg.to_dict()[k] for k in ("epochs", "lr", "batch_size", "mnemonic_mix")}
-    recipe.update(optimizer="adam", overfit_steps=cfg.overfit_steps)
+    recipe.update(optimizer="adam", overfit_steps=cfg.overfit_steps, amp=amp)
     meta = {"original": {**meta_o, "cache_key": key_o, "cache_hit": hit_o, "config": recipe},
             "retrain": {**meta_r, "cache_key": key_r, "cache_hit": hit_r, "config": rcfg.to_dict()}}
     return Prepared(scn, orig, retrained, codes, meta)
@@ -140,14 +165,14 @@ _PREPARED: dict[tuple, Prepared] = {}
 
 
 def prepare_cached(config: scenarios.ScenarioConfig, seed: int, cache_dir: str | Path, device: str = "cpu",
-                   tuning: bool = False) -> Prepared:
+                   tuning: bool = False, amp: bool = False) -> Prepared:
     """:func:`prepare` for ``config`` and ``seed``, memoised in this process (CPU models). With
     ``tuning`` the scenario is its :meth:`~scenarios.Scenario.for_tuning` view: validation images
     in the test split's place."""
-    key = (config, seed, str(cache_dir), tuning)
+    key = (config, seed, str(cache_dir), tuning, amp)
     if key not in _PREPARED:
         scn = scenarios.build(config, seed, _dataset(config.dataset, config.data_root))
-        prep = prepare(scn, cache_dir, device)
+        prep = prepare(scn, cache_dir, device, amp=amp)
         if tuning:
             prep = dataclasses.replace(prep, scenario=scn.for_tuning())
         if len(_PREPARED) >= 32:  # a fair_bench worker meets 6 scenarios x 4 seeds
@@ -156,25 +181,27 @@ def prepare_cached(config: scenarios.ScenarioConfig, seed: int, cache_dir: str |
     return _PREPARED[key]
 
 
-def time_retrain(config: scenarios.ScenarioConfig, seed: int, cache_dir: str | Path, device: str = "cpu") -> float:
+def time_retrain(config: scenarios.ScenarioConfig, seed: int, cache_dir: str | Path, device: str = "cpu",
+                 amp: bool = False) -> float:
     """Seconds to retrain ``seed``'s model once more, exactly as :func:`prepare` does (the result
     is discarded): Retrain's time under whatever load the caller runs it in."""
-    prep = prepare_cached(config, seed, cache_dir)
+    prep = prepare_cached(config, seed, cache_dir, amp=amp)
     scn = prep.scenario
     ctx = Context(device=device, seed=seed, rebuild=lambda: new_model(config, scn.x, len(scn.classes)))
     t0 = time.perf_counter()
-    REGISTRY["retrain"].run(copy.deepcopy(prep.original).to(device),
-                            Data(scn.forget_split, scn.classes, scn.retain_split), _retrain_config(config), ctx)
+    with autocast(device, amp):
+        REGISTRY["retrain"].run(copy.deepcopy(prep.original).to(device),
+                                Data(scn.forget_split, scn.classes, scn.retain_split), _retrain_config(config), ctx)
     return time.perf_counter() - t0
 
 
 def _prepare_unit(args: tuple) -> dict:
-    config, seed, cache_dir, device = args
-    return prepare_cached(config, seed, cache_dir, device).meta
+    config, seed, cache_dir, device, amp = args
+    return prepare_cached(config, seed, cache_dir, device, amp=amp).meta
 
 
 def prepare_all(config: scenarios.ScenarioConfig, seeds: tuple[int, ...], cache_dir: str | Path,
-                device: str = "cpu", jobs: int = 1, progress: bool = False) -> list[dict]:
+                device: str = "cpu", jobs: int = 1, progress: bool = False, amp: bool = False) -> list[dict]:
     """Train (or find in the cache) every seed's original and Retrain, ``jobs`` seeds at a time."""
-    units = [(config, seed, str(cache_dir), device) for seed in seeds]
+    units = [(config, seed, str(cache_dir), device, amp) for seed in seeds]
     return map_units(_prepare_unit, units, jobs, f"{config.name}: originals + Retrain", progress)

@@ -31,8 +31,8 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from invwnn.bench import scenarios
 from invwnn.bench.measure import gap, measure
 from invwnn.bench.pool import map_units
-from invwnn.bench.prepare import (CACHE_VERSION, Prepared, new_model, prepare_all, prepare_cached,
-                                   time_retrain)
+from invwnn.bench.prepare import (CACHE_VERSION, Prepared, autocast, full_precision, new_model, prepare_all,
+                                   prepare_cached, time_retrain)
 from invwnn.forget import Split
 from invwnn.methods import REGISTRY, Context, Data
 from invwnn.methods.loop import trains
@@ -78,7 +78,9 @@ def method_names(spec: str) -> list[str]:
 class BenchConfig:
     """How to run. ``method_overrides``: bench method name -> config field overrides (the tuning
     record's choices; see :mod:`invwnn.bench.search`); ``check_forget`` / ``check_test``: sizes of
-    the fixed subsets the stopping checks measure; ``jobs``: worker processes."""
+    the fixed subsets the stopping checks measure; ``jobs``: worker processes; ``amp``: bf16
+    autocast for every training pass on a CUDA device (originals, Retrain, the methods' steps;
+    checks, metrics and rewinder predictions stay float32)."""
 
     methods: tuple[str, ...] = ORDER
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -89,6 +91,11 @@ class BenchConfig:
     check_test: int = 256
     progress: bool = True
     jobs: int = 1
+    amp: bool = False
+
+    def __post_init__(self) -> None:
+        if self.amp and not str(self.device).startswith("cuda"):
+            raise InputError(f"mixed precision (--amp) needs a CUDA --device, got {self.device!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -115,6 +122,20 @@ def make_rewinder(kind: str, config, device: str) -> Any:
     if "predictor" in desc:
         desc["sha256"] = hashlib.sha256(Path(desc["predictor"]).read_bytes()).hexdigest()
     return rewinder, desc
+
+
+class FullPrecision:
+    """A rewinder whose predictions run in float32 even inside an autocast region."""
+
+    def __init__(self, inner: Any, device: str):
+        self.inner, self.device = inner, device
+
+    def rewind(self, windows: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+        with full_precision(self.device):
+            return self.inner.rewind(windows.float(), kinds)
+
+    def __getattr__(self, name: str) -> Any:  # k, describe(), ... of the wrapped rewinder
+        return getattr(self.inner, name)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -165,6 +186,10 @@ class Tracker:
         return 100.0 * hit / max(1, len(split))
 
     def check(self, **where) -> None:
+        with full_precision(self.device):
+            self._check(where)
+
+    def _check(self, where: dict) -> None:
         t = time.perf_counter()
         seconds = t - self.t0 - self.check_seconds
         modes = [m.training for m in self.model.modules()]  # keep frozen norms frozen afterwards
@@ -197,6 +222,8 @@ def run_method(name: str, prep: Prepared, target_ua: float, bench: BenchConfig, 
     try:
         config = method.config.from_dict(bench.method_overrides.get(name, {}))
         rewinder, rewinder_desc = make_rewinder(rewinder_kind, config, device) if rewinder_kind else (None, None)
+        if rewinder is not None and bench.amp:
+            rewinder = FullPrecision(rewinder, device)
     except InputError as err:
         return {"error": str(err)}
     model = copy.deepcopy(prep.original).to(device)
@@ -212,7 +239,8 @@ def run_method(name: str, prep: Prepared, target_ua: float, bench: BenchConfig, 
     torch.manual_seed(seed)
     tracker.start()
     try:
-        result = method.run(model, data, config, ctx)
+        with autocast(device, bench.amp):
+            result = method.run(model, data, config, ctx)
     except InputError as err:
         return {"error": str(err).splitlines()[0]}
     finally:
@@ -288,8 +316,8 @@ def _unit(args: tuple) -> dict:
     the same load as the methods (the denominator of their time ratios when ``jobs > 1``)."""
     config, bench, seed, name, target_ua = args
     if name is None:
-        return {"seconds": time_retrain(config, seed, bench.cache_dir, bench.device)}
-    return run_method(name, prepare_cached(config, seed, bench.cache_dir), target_ua, bench, seed)
+        return {"seconds": time_retrain(config, seed, bench.cache_dir, bench.device, bench.amp)}
+    return run_method(name, prepare_cached(config, seed, bench.cache_dir, amp=bench.amp), target_ua, bench, seed)
 
 
 def plan(config: scenarios.ScenarioConfig, bench: BenchConfig) -> tuple[list[dict], list[tuple]]:
@@ -297,7 +325,7 @@ def plan(config: scenarios.ScenarioConfig, bench: BenchConfig) -> tuple[list[dic
     pool units that run the methods."""
     seed_runs, units = [], []
     for seed in bench.seeds:
-        prep = prepare_cached(config, seed, bench.cache_dir)
+        prep = prepare_cached(config, seed, bench.cache_dir, amp=bench.amp)
         scn = prep.scenario
         ref = {which: measure(model, scn.forget_split, scn.retain_split, scn.test, "cpu", seed, scn.extras)
                for which, model in (("original", prep.original), ("retrain", prep.retrain))}
@@ -340,7 +368,7 @@ def run(config: scenarios.ScenarioConfig, bench: BenchConfig, tuning: dict | Non
     """Every seed and method of one scenario (``bench.jobs`` worker processes). ``tuning``: the
     search record whose choices ``bench.method_overrides`` holds, copied into the results.
     Returns the raw results (report.py aggregates)."""
-    prepare_all(config, bench.seeds, bench.cache_dir, bench.device, bench.jobs, bench.progress)
+    prepare_all(config, bench.seeds, bench.cache_dir, bench.device, bench.jobs, bench.progress, bench.amp)
     seed_runs, units = plan(config, bench)
     results = map_units(_unit, units, bench.jobs, f"bench {config.name}", bench.progress)
     return assemble(config, bench, tuning, seed_runs, units, results, log)
