@@ -306,7 +306,7 @@ def build_torchvision(arch: TorchvisionArch) -> nn.Module:
     import torchvision
     try:
         return torchvision.models.get_model(arch.name, weights=None, **arch.kwargs)
-    except (TypeError, ValueError, AssertionError) as err:
+    except Exception as err:  # a wrong keyword, type or value: whatever the constructor raises
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise InputError(f"--arch {arch.spec}: torchvision cannot build it ({first[:160]})") from None
 

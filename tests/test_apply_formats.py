@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from _apply_fixtures import tiny_original, unseen_lenet
@@ -280,6 +282,19 @@ def test_bad_arch_or_weights_is_one_line(resnet, tmp_path, spec, needle):
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
     assert needle in r.output, r.output
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(spec=st.one_of(st.text(max_size=40), st.text(max_size=30).map(lambda t: f"torchvision:{t}"),
+                      st.text(max_size=30).map(lambda t: f"torchvision:resnet18:{t}"),
+                      st.sampled_from(["-1", "0", "1e99", "nan", "x", ""]).map(
+                          lambda v: f"torchvision:resnet18:num_classes={v}")))
+def test_any_bad_arch_text_is_one_line(resnet, spec):
+    out, splits = resnet
+    r = CliRunner().invoke(apply, ["--model", str(out / "weights.safetensors"), "--arch", spec, "--forget",
+                                   splits["forget"], "--size", "16x16", "--out", str(out / "never.safetensors")])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, (spec, r.output)
+    assert not (out / "never.safetensors").exists()
 
 
 def test_kwargs_are_typed():
