@@ -582,16 +582,26 @@ def load(path: str | Path, *, trust_pickle: bool = False, classes: tuple[str, ..
 
 
 def _fixed_batch(path: Path, exported, net: nn.Module) -> tuple[int | None, tuple[str, ...]]:
-    """The exported batch size when it is fixed (else None), and the notes on what running it in
-    micro-batches or with batch statistics changes. Also makes every parameter of ``net`` a leaf
-    that requires grad, so methods can train it (refusing a graph whose parameters are not leaves)."""
+    """The largest batch the exported program takes when it is bounded (its batch size when fixed,
+    the upper end of a dynamic batch dimension's range when finite; else None), and the notes on
+    what running it in micro-batches or with batch statistics changes. Also makes every parameter
+    of ``net`` a leaf that requires grad, so methods can train it (refusing a graph whose parameters
+    are not leaves)."""
     for name, p in net.named_parameters():
         if not p.is_leaf:
             raise InputError(f"{path}: parameter {name} of the exported program is not a leaf tensor; "
                              "it cannot be trained")
         p.requires_grad_(True)
+    import sympy
     shape = _exported_input(exported)
-    batch = shape[0] if shape is not None and len(shape) and isinstance(shape[0], int) else None
+    batch, fixed = None, False
+    if shape is not None and len(shape):
+        if isinstance(shape[0], int):
+            batch, fixed = shape[0], True
+        else:
+            bounds = exported.range_constraints.get(shape[0].node.expr)
+            upper = getattr(bounds, "upper", None)
+            batch = int(upper) if isinstance(upper, sympy.Integer) else None  # not int_oo: bounded
     norms = batch_stat_norms(exported)
     notes = []
     if norms:
@@ -599,9 +609,10 @@ def _fixed_batch(path: Path, exported, net: nn.Module) -> tuple[int | None, tupl
                      "mode: every forward pass, evaluation included, normalises with the batch's own "
                      "statistics and updates the running statistics")
     if norms and batch is not None:
-        notes.append(f"the exported batch size is fixed at {batch}: batches run as micro-batches of "
-                     f"{batch} images (the last padded by repeating its images), so those batch "
-                     "statistics are per micro-batch, padding included, not per the method's batch")
+        notes.append(f"the exported batch size is {'fixed at' if fixed else 'at most'} {batch}: batches "
+                     f"run as micro-batches of {batch} images (the last padded by repeating its images), "
+                     "so those batch statistics are per micro-batch, padding included, not per the "
+                     "method's batch")
     return batch, tuple(notes)
 
 

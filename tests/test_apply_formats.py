@@ -114,27 +114,32 @@ def tiny(tmp_path_factory):
     return tiny_original(tmp_path_factory.getbasetemp())
 
 
-def _export_fixed(tiny, path, batch: int, train_mode: bool = False) -> torch.nn.Module:
+def _export_fixed(tiny, path, batch: int, train_mode: bool = False, max_batch: int | None = None) -> torch.nn.Module:
     """The tiny original's CNN (conv-BatchNorm blocks) exported the way torch.export's documentation
-    shows it: one example batch, no dynamic shapes. Returns the module it was exported from."""
+    shows it: one example batch, no dynamic shapes (with ``max_batch``: a batch dimension dynamic
+    up to that size). Returns the module it was exported from."""
     loaded = models.load(tiny / "model.pt")
     net = loaded.net.train(train_mode)
-    torch.export.save(torch.export.export(net, (torch.rand(batch, *loaded.preprocess.shape),)), path)
+    dynamic = ({0: torch.export.Dim("batch", max=max_batch)},) if max_batch else None
+    example = (torch.rand(batch, *loaded.preprocess.shape),)
+    torch.export.save(torch.export.export(net, example, dynamic_shapes=dynamic), path)
     return loaded.net.eval()
 
 
-def test_fixed_batch_program_is_refused_by_torch_and_runs_here_exactly(tiny, tmp_path):
-    original = _export_fixed(tiny, tmp_path / "m.pt2", batch=8)
-    with pytest.raises(Exception, match="Guard failed"):  # what the bare program does with 5 images
-        torch.export.load(str(tmp_path / "m.pt2")).module()(torch.rand(5, 1, 28, 28))
+@pytest.mark.parametrize("batch, max_batch, refused", [(8, None, 5), (4, 16, 17)])
+def test_bounded_batch_program_is_refused_by_torch_and_runs_here_exactly(tiny, tmp_path, batch, max_batch, refused):
+    original = _export_fixed(tiny, tmp_path / "m.pt2", batch=batch, max_batch=max_batch)
+    with pytest.raises(Exception, match="Guard failed"):  # what the bare program does with another count
+        torch.export.load(str(tmp_path / "m.pt2")).module()(torch.rand(refused, 1, 28, 28))
     loaded = models.load(tmp_path / "m.pt2", preprocess=models.PreprocessHint())
-    assert loaded.micro_batch == 8 and loaded.preprocess.shape == (1, 28, 28)  # from the program
+    size = max_batch or batch
+    assert loaded.micro_batch == size and loaded.preprocess.shape == (1, 28, 28)  # from the program
     assert loaded.inexact == ()  # eval-mode batch norm: micro-batches change nothing
     assert all(p.is_leaf and p.requires_grad for p in loaded.net.parameters())
     forget = forget_io.read(tiny / "forget", loaded_classes(tiny), loaded.preprocess)
-    x, y = forget.x[:21], forget.y[:21]  # 2 full micro-batches and one padded
+    x, y = forget.x[: 2 * size + 5], forget.y[: 2 * size + 5]  # 2 full micro-batches and one padded
     out = loaded.model(x)
-    assert out.shape == (21, 10)
+    assert out.shape == (len(x), 10)
     torch.testing.assert_close(out, original(x), rtol=1e-4, atol=1e-5)
     # a loss over the whole batch back-propagates through every micro-batch: same gradient
     F.cross_entropy(out, y).backward()
