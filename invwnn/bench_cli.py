@@ -22,6 +22,9 @@ def _command(ctx: click.Context, name: str = "bench") -> str:
             parts.append(p.opts[0] if v else p.secondary_opts[0])
         elif p.is_flag:
             parts += [p.opts[0]] if v else []
+        elif p.multiple:
+            for item in v:
+                parts += [p.opts[0], str(item)]
         else:
             parts += [p.opts[0], str(v)]
     return shlex.join(parts)
@@ -52,6 +55,9 @@ def _command(ctx: click.Context, name: str = "bench") -> str:
 @click.option("--tuned", default=None, help="tuning record (`invwnn tune` output) or a folder of "
               "<scenario>.json records whose choices to use [the packaged invwnn/bench/tuned/]; "
               "'none': every method's library defaults")
+@click.option("--predictor", "predictors", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="predictor checkpoint (`invwnn train`) for the learned invwnn / invwnn+ rows, each row taking "
+                   "the one whose window K is its snapshots (repeat for K = 15 and K = 5) [the shipped ones]")
 @click.option("--cache-dir", default="data/bench-cache", show_default=True, help="originals and retrained models")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--amp", is_flag=True, help="bf16 autocast for training passes (CUDA only; metrics and rewinder "
@@ -63,7 +69,7 @@ def _command(ctx: click.Context, name: str = "bench") -> str:
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors(InputError, ValueError)
 def bench(scenario, methods, seeds, out, quick, dataset, data_root, download, arch, width, train_size, test_size,
-          val_size, epochs, tuned, cache_dir, device, amp, threads, jobs, progress):
+          val_size, epochs, tuned, predictors, cache_dir, device, amp, threads, jobs, progress):
     """Build SCENARIO, train and cache the original and Retrain, run every method at equal
     forgetting and at its default budget, and write table.md, results.csv, results.json and plots."""
     import torch
@@ -77,7 +83,7 @@ def bench(scenario, methods, seeds, out, quick, dataset, data_root, download, ar
     overrides, record = ({}, None) if tuned == "none" else search.load(scenario, tuned)
     bench_config = runner.BenchConfig(methods=tuple(runner.method_names(methods)), seeds=tuple(range(n_seeds)),
                                       cache_dir=cache_dir, device=device, progress=progress,
-                                      method_overrides=overrides, jobs=jobs, amp=amp)
+                                      method_overrides=overrides, jobs=jobs, amp=amp, predictors=tuple(predictors))
     if download:
         scenarios.fetch(config)
     out = out or f"results/{scenario}"

@@ -9,7 +9,7 @@ import click
 
 from trajgen.cli_errors import OneLineGroup, UserError, user_errors
 from trajgen.nets import KINDS
-from trajgen.spec import ARCHS, SpecError, parse_choices
+from trajgen.spec import ALL_ARCHS, SpecError, parse_choices
 from trajgen.store import StoreError, probe_writable
 from invwnn import fit
 from invwnn.evaluate import evaluate_checkpoint
@@ -48,7 +48,7 @@ def main() -> None:
 @click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=2e-3, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Peak AdamW learning rate (cosine decay).")
 @click.option("--val-fraction", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True), help="Share of runs held out (whole runs).")
-@click.option("--val-archs", default="", help=f"Hold out every run of these architectures ({', '.join(ARCHS)}) instead.")
+@click.option("--val-archs", default="", help=f"Hold out every run of these architectures ({', '.join(ALL_ARCHS)}) instead.")
 @click.option("--target", default="past", show_default=True, type=click.Choice(["past", "counterfactual"]),
               help="past: the weight U snapshots before the window; counterfactual: a twin store's weights "
                    "of the model trained without the fine-tuning data (`trajgen twins`).")
@@ -70,7 +70,7 @@ def train(store, out, k, u, kinds, width, kind_dim, clip, steps, max_windows, ba
     config = fit.TrainConfig(
         store=store, out=out, k=k, u=u, kinds=parse_choices("parameter kind", kinds, KINDS), width=width,
         kind_dim=kind_dim, clip=clip, steps=steps, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
-        val_archs=parse_choices("architecture", val_archs, ARCHS) if val_archs else (),
+        val_archs=parse_choices("architecture", val_archs, ALL_ARCHS) if val_archs else (),
         eval_per_kind=eval_per_kind, workers=workers, threads=threads, seed=seed, device=device,
         target=target, max_start=max_start)
     result = fit.train(config, progress=not quiet)

@@ -41,6 +41,7 @@ def main() -> None:
               help="Record a fixed, seeded sample of N coordinates per run (stratified by kind and layer); 0: all.")
 @click.option("--width-mult", default=None, type=click.FloatRange(min=0, min_open=True),
               help="Width multiplier of the torchvision families [drawn from 0.125, 0.25, 0.5].")
+@click.option("--device", default="cpu", show_default=True, help="Where runs train (cpu, cuda, cuda:1).")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0),
               help="Local dask worker processes (0: train in this process).")
 @click.option("--threads-per-worker", default=1, show_default=True, type=click.IntRange(min=1),
@@ -49,7 +50,7 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @input_errors
 def collect(store, archs, optimizers, runs, seed, steps, every, dataset, data_root, download, coords, width_mult,
-            workers, threads_per_worker, scheduler, quiet):
+            device, workers, threads_per_worker, scheduler, quiet):
     """Train many small nets and stream every weight's history into STORE; rerun to resume."""
     if every > steps:
         raise UserError(f"--every {every} is larger than --steps {steps}")
@@ -57,7 +58,7 @@ def collect(store, archs, optimizers, runs, seed, steps, every, dataset, data_ro
         store=store, archs=parse_choices("architecture", archs, ALL_ARCHS),
         optimizers=parse_choices("optimizer", optimizers, OPTIMIZERS), runs=runs, seed=seed,
         steps=steps, every=every, dataset=dataset, data_root=data_root, coords=coords,
-        width_mult=width_mult, download=download, workers=workers,
+        width_mult=width_mult, download=download, device=device, workers=workers,
         threads_per_worker=threads_per_worker, scheduler=scheduler, progress=not quiet)
     result = collecting.collect(config)
     click.echo(f"{result['store']}: trained {result['trained']} runs, skipped {result['skipped']} "

@@ -24,7 +24,8 @@ class CollectConfig:
     """What ``trajgen collect`` does. ``workers=0`` trains in this process (no cluster).
     ``coords`` > 0: record a fixed sample of that many coordinates of each run instead of all
     (:func:`trajgen.nets.sample_coords`); ``width_mult``: the torchvision families' width
-    multiplier (None: drawn per run); ``download``: let torchvision fetch a missing dataset."""
+    multiplier (None: drawn per run); ``download``: let torchvision fetch a missing dataset;
+    ``device``: where each run trains (``cuda``: one GPU shared by the workers)."""
 
     store: str = "data/traj.zarr"
     archs: tuple[str, ...] = ARCHS
@@ -38,6 +39,7 @@ class CollectConfig:
     coords: int = 0
     width_mult: float | None = None
     download: bool = False
+    device: str = "cpu"
     workers: int = 2
     threads_per_worker: int = 1
     scheduler: str | None = None
@@ -56,19 +58,19 @@ def plan(config: CollectConfig) -> list[RunSpec]:
 
 
 def train_to_store(store_path: str, spec_dict: dict, data_root: str | None,
-                   threads: int) -> tuple[str, dict[str, Any]]:
+                   threads: int, device: str = "cpu") -> tuple[str, dict[str, Any]]:
     """Train one run and stream it into its own group. Runs on a worker; returns the index entry."""
     torch.set_num_threads(threads)  # dask pins OMP threads to 1; say what we want explicitly
     spec = RunSpec.from_dict(spec_dict)
     data = datasets.load_cached(spec.dataset, data_root)
-    model = build_model(spec, data)
+    model = build_model(spec, data).to(device)
     table = layer_table(model)
     coords = sample_coords(table, spec.coords, spec.seed) if spec.coords else None
     writer = store.RunWriter(store_path, spec, table, coords=coords)
-    for snap in snapshots(spec, model, data):
+    for snap in snapshots(spec, model, data, device=device):
         writer.append(snap.step, snap.weights, snap.loss, snap.acc)
     diverged = writer.n_written + writer.n_buffered < spec.n_snapshots
-    test_acc = float("nan") if diverged else accuracy(model, data.x_test, data.y_test)
+    test_acc = float("nan") if diverged else accuracy(model, data.x_test, data.y_test, device=device)
     return spec.name, writer.close(test_acc, diverged)
 
 
@@ -138,7 +140,7 @@ def collect(config: CollectConfig) -> dict[str, Any]:
         threads = torch.get_num_threads()
         try:
             for spec in todo:
-                done(*train_to_store(path, spec.to_dict(), config.data_root, config.threads_per_worker))
+                done(*train_to_store(path, spec.to_dict(), config.data_root, config.threads_per_worker, config.device))
         finally:
             torch.set_num_threads(threads)
     elif todo:
@@ -146,7 +148,7 @@ def collect(config: CollectConfig) -> dict[str, Any]:
 
         with _client(config) as client:
             futures = [client.submit(train_to_store, path, spec.to_dict(), config.data_root,
-                                     config.threads_per_worker, key=f"trajgen-{spec.name}", retries=2)
+                                     config.threads_per_worker, config.device, key=f"trajgen-{spec.name}", retries=2)
                        for spec in todo]
             for future in as_completed(futures):
                 done(*future.result())

@@ -70,12 +70,13 @@ def batches(n: int, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
 
 
 def snapshots(spec: RunSpec, model: nn.Module, data: Dataset,
-              order: Iterator[torch.Tensor] | None = None) -> Iterator[Snapshot]:
+              order: Iterator[torch.Tensor] | None = None, device: str = "cpu") -> Iterator[Snapshot]:
     """Train ``model`` for ``spec.steps`` steps, yielding a snapshot every ``spec.every`` steps
     (step 0 first). ``order`` gives each step's indices into ``data``'s training set (default:
     :func:`batches` seeded by the spec; counterfactual twins pass that order minus some examples).
     Stops early, without yielding, if the loss or the weights stop being finite: the caller sees
-    fewer snapshots than ``spec.n_snapshots`` and should record the run as diverged."""
+    fewer snapshots than ``spec.n_snapshots`` and should record the run as diverged. ``device``:
+    where ``model`` lives and the batches go (the snapshots' weights are copied back to the CPU)."""
     table = nets.layer_table(model)
     opt = make_optimizer(spec.optim, model.parameters())
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -85,15 +86,16 @@ def snapshots(spec: RunSpec, model: nn.Module, data: Dataset,
 
     idx = next(order)
     with torch.no_grad():
-        out = model(to_float(data.x_train[idx]))
-        loss0 = F.cross_entropy(out, data.y_train[idx]).item()
-        acc0 = (out.argmax(1) == data.y_train[idx]).float().mean().item()
-    yield Snapshot(0, nets.flat_weights(model, table).numpy(), loss0, acc0)
+        y0 = data.y_train[idx].to(device)
+        out = model(to_float(data.x_train[idx].to(device)))
+        loss0 = F.cross_entropy(out, y0).item()
+        acc0 = (out.argmax(1) == y0).float().mean().item()
+    yield Snapshot(0, nets.flat_weights(model, table).cpu().numpy(), loss0, acc0)
 
-    loss_sum = torch.zeros(())
-    correct = torch.zeros(())
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
     for step in range(1, spec.steps + 1):
-        x, y = to_float(data.x_train[idx]), data.y_train[idx]
+        x, y = to_float(data.x_train[idx].to(device)), data.y_train[idx].to(device)
         out = model(x)
         loss = F.cross_entropy(out, y)
         opt.zero_grad(set_to_none=True)
@@ -104,7 +106,7 @@ def snapshots(spec: RunSpec, model: nn.Module, data: Dataset,
         correct += (out.detach().argmax(1) == y).sum()
         idx = next(order)
         if step % spec.every == 0:
-            weights = nets.flat_weights(model, table)
+            weights = nets.flat_weights(model, table).cpu()
             mean_loss = loss_sum.item() / spec.every
             if not (math.isfinite(mean_loss) and torch.isfinite(weights).all()):
                 return
@@ -114,9 +116,11 @@ def snapshots(spec: RunSpec, model: nn.Module, data: Dataset,
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
-    """Top-1 accuracy of ``model`` on uint8 images ``x``, in [0, 1]; the model is left in eval mode."""
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000,
+             device: str = "cpu") -> float:
+    """Top-1 accuracy of ``model`` (on ``device``) on uint8 images ``x``, in [0, 1]; the model is
+    left in eval mode."""
     model.eval()
-    correct = sum((model(to_float(x[i: i + batch_size])).argmax(1) == y[i: i + batch_size]).sum().item()
+    correct = sum((model(to_float(x[i: i + batch_size].to(device))).argmax(1).cpu() == y[i: i + batch_size]).sum().item()
                   for i in range(0, len(y), batch_size))
     return correct / max(1, len(y))

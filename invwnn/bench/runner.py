@@ -37,7 +37,7 @@ from invwnn.forget import Split
 from invwnn.methods import REGISTRY, Context, Data
 from invwnn.methods.loop import trains
 from invwnn.models import InputError, is_finite
-from invwnn.predictor import default_checkpoint
+from invwnn.predictor import CheckpointError, default_checkpoint, read_checkpoint
 
 
 # bench name -> (registry name, rewinder kind for the rewinding methods). The suffixed rows are the
@@ -80,7 +80,10 @@ class BenchConfig:
     record's choices; see :mod:`invwnn.bench.search`); ``check_forget`` / ``check_test``: sizes of
     the fixed subsets the stopping checks measure; ``jobs``: worker processes; ``amp``: bf16
     autocast for every training pass on a CUDA device (originals, Retrain, the methods' steps;
-    checks, metrics and rewinder predictions stay float32)."""
+    checks, metrics and rewinder predictions stay float32); ``predictors``: checkpoints the
+    learned rows (``invwnn``, ``invwnn+``) read instead of the shipped ones, each row the one whose
+    window K is its snapshots (predictors trained on the bench's own architecture, as
+    ``scripts/paper_scale.sh`` does)."""
 
     methods: tuple[str, ...] = ORDER
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -92,6 +95,7 @@ class BenchConfig:
     progress: bool = True
     jobs: int = 1
     amp: bool = False
+    predictors: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.amp and not str(self.device).startswith("cuda"):
@@ -101,21 +105,31 @@ class BenchConfig:
         return asdict(self)
 
 
-def predictor_path(kind: str | None, config) -> Path | None:
+def predictor_path(kind: str | None, config, predictors: tuple[str, ...] = ()) -> Path | None:
     """The checkpoint a rewinder ``kind`` reads for an invwnn ``config`` (None: it reads none):
-    learned, the shipped predictor of the config's window; episodes / twins, :data:`PREDICTOR_FILES`."""
+    learned, the first of ``predictors`` whose window K is the config's snapshots, else the shipped
+    predictor of that window; episodes / twins, :data:`PREDICTOR_FILES`."""
     if kind in PREDICTOR_FILES:
         return Path(__file__).parents[1] / PREDICTOR_FILES[kind]
-    return default_checkpoint(config.snapshots) if kind == "learned" else None
+    if kind != "learned":
+        return None
+    for path in predictors:
+        try:
+            if read_checkpoint(path)["model_config"].k == config.snapshots:
+                return Path(path)
+        except CheckpointError as err:
+            raise InputError(f"--predictor: {err}") from None
+    return default_checkpoint(config.snapshots)
 
 
-def make_rewinder(kind: str, config, device: str) -> Any:
-    """The InvWNN rewinder ``kind`` (learned: the shipped predictor; episodes, twins: the ones of
-    :data:`PREDICTOR_FILES`) with its description; a learned one's description carries the
-    checkpoint's sha256, as the checkpoint may change."""
+def make_rewinder(kind: str, config, device: str, predictors: tuple[str, ...] = ()) -> Any:
+    """The InvWNN rewinder ``kind`` (learned: one of ``predictors`` or the shipped predictor, see
+    :func:`predictor_path`; episodes, twins: the ones of :data:`PREDICTOR_FILES`) with its
+    description; a learned one's description carries the checkpoint's sha256, as the checkpoint
+    may change."""
     from invwnn.apply import make_rewinder as apply_rewinder
-    if kind in PREDICTOR_FILES:
-        rewinder = apply_rewinder("learned", str(predictor_path(kind, config)), config, device)
+    if kind in PREDICTOR_FILES or (kind == "learned" and predictors):
+        rewinder = apply_rewinder("learned", str(predictor_path(kind, config, predictors)), config, device)
     else:
         rewinder = apply_rewinder(kind, None, config, device)
     desc = dict(rewinder.describe()) if hasattr(rewinder, "describe") else {"rewinder": kind}
@@ -221,7 +235,8 @@ def run_method(name: str, prep: Prepared, target_ua: float, bench: BenchConfig, 
     scn, device = prep.scenario, bench.device
     try:
         config = method.config.from_dict(bench.method_overrides.get(name, {}))
-        rewinder, rewinder_desc = make_rewinder(rewinder_kind, config, device) if rewinder_kind else (None, None)
+        rewinder, rewinder_desc = (make_rewinder(rewinder_kind, config, device, bench.predictors) if rewinder_kind
+                                   else (None, None))
         if rewinder is not None and bench.amp:
             rewinder = FullPrecision(rewinder, device)
     except InputError as err:
