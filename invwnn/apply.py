@@ -68,7 +68,8 @@ def make_rewinder(kind: str, predictor: str | None, config, device: str = "cpu")
         return NoRewinder()
     if kind == "reset":
         return ResetRewinder()
-    rewinder = load_rewinder(predictor, device, config.snapshots, config.every, config.horizon)
+    rewinder = load_rewinder(predictor, device, config.snapshots, config.every, config.horizon,
+                             (config.optimizer, config.lr))
     if rewinder.k != config.snapshots:
         raise InputError(f"--snapshots {config.snapshots} does not match the predictor's window "
                          f"K = {rewinder.k}")

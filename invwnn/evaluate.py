@@ -33,7 +33,7 @@ def recompute(checkpoint: str | Path, store: str, split_from: str | Path | None 
     split = ckpt if split_from is None else read_checkpoint(split_from)
     config = TrainConfig.from_dict(split["train_config"])
     own = ckpt["model_config"]
-    if (own.k, own.u, own.target) != (config.k, config.u, config.target):
+    if (own.k, own.u, own.target, own.context) != (config.k, config.u, config.target, config.context):
         raise WindowError(f"{checkpoint} predicts U={own.u} back from K={own.k} snapshots; the windows of "
                           f"{split_from} are K={config.k}, U={config.u}")
     old = split["evaluation"]
@@ -53,7 +53,8 @@ def recompute(checkpoint: str | Path, store: str, split_from: str | Path | None 
     if not kinds:
         raise WindowError(f"{checkpoint} knows none of the parameter kinds {', '.join(config.kinds)} of {split_from}")
     sample = lambda names: eval_sample(store, names, config.k, config.u, kinds,  # noqa: E731
-                                       config.eval_per_kind, config.seed, config.target, config.max_start)
+                                       config.eval_per_kind, config.seed, config.target, config.max_start,
+                                       config.context)
     desc = held_out_desc(len(val_runs), config.val_archs)
     if split_from is not None:
         desc += f" held out by {Path(split_from).name}" + (

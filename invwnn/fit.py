@@ -27,8 +27,9 @@ from importlib.metadata import version
 from trajgen.nets import KINDS
 from trajgen.store import complete_runs, index, open_store, run_array, versions
 from invwnn.predictor import ModelConfig, Predictor, predict_past, save_checkpoint
-from invwnn.windows import (WindowError, WindowStream, check_windows, fit_horizon, kind_codes,
-                            linear_backextrapolation, no_rewind, normalise, normalise_target, start_range)
+from invwnn.windows import (WindowError, WindowStream, check_context, check_windows, context_columns,
+                            fit_horizon, kind_codes, layer_context, linear_backextrapolation, no_rewind,
+                            normalise, normalise_target, run_step_context, start_range)
 
 
 TRANSFER = 8
@@ -65,24 +66,25 @@ class TrainConfig:
     threads: int = 1  # torch threads for training; more than the free cores makes OpenMP spin
     target: str = "past"  # or "counterfactual": a twin store's counterfactual weights (invwnn.windows)
     max_start: int | None = None  # latest window start (snapshots); None: anywhere in the run
+    context: tuple[str, ...] = ()  # extra inputs (invwnn.windows.CONTEXTS), recorded in the checkpoint
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["kinds"], d["val_archs"] = list(self.kinds), list(self.val_archs)
+        d["kinds"], d["val_archs"], d["context"] = list(self.kinds), list(self.val_archs), list(self.context)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in known}
-        for key in ("kinds", "val_archs"):
+        for key in ("kinds", "val_archs", "context"):
             if key in d:
                 d[key] = tuple(d[key])
         return cls(**d)
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(k=self.k, u=self.u, kinds=self.kinds, width=self.width,
-                           kind_dim=self.kind_dim, clip=self.clip, target=self.target)
+                           kind_dim=self.kind_dim, clip=self.clip, target=self.target, context=self.context)
 
 
 def balanced_order(runs: list[str], arch: dict[str, str], rng: np.random.Generator) -> list[str]:
@@ -161,10 +163,13 @@ def horizon_fit_runs(store: str, train_runs: list[str], n: int, seed: int) -> li
 
 
 def eval_sample(store: str, runs: list[str], k: int, u: int, kinds: tuple[str, ...],
-                per_kind: int, seed: int, target: str = "past", max_start: int | None = None) -> dict[str, torch.Tensor]:
+                per_kind: int, seed: int, target: str = "past", max_start: int | None = None,
+                context: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """A fixed sample of windows from ``runs``: up to ``per_kind`` coordinates of each kind per run,
     one window each at a random start (``target`` and ``max_start`` as
-    :func:`invwnn.windows.cut_windows`). Returns ``w`` (n, K), ``target`` (n,), ``kind`` (n,) codes."""
+    :func:`invwnn.windows.cut_windows`; with a "layer" context, one start per layer of a slab and
+    the layer's statistics over every coordinate of it in the slab). Returns ``w`` (n, K),
+    ``target`` (n,), ``kind`` (n,) codes, ``context`` (n, C)."""
     root = open_store(store)
     keep = kind_codes(kinds)
     out = defaultdict(list)
@@ -179,7 +184,8 @@ def eval_sample(store: str, runs: list[str], k: int, u: int, kinds: tuple[str, .
             sel = rows[(rows >= c0) & (rows < c0 + step)]
             if not len(sel):
                 continue
-            slab = h[c0:min(c0 + step, h.shape[0]), :][sel - c0]
+            full = h[c0:min(c0 + step, h.shape[0]), :]
+            slab = full[sel - c0]
             ok = np.isfinite(slab).all(1)
             if cf is not None:
                 goal = cf[c0:min(c0 + step, h.shape[0])][sel - c0]
@@ -187,11 +193,34 @@ def eval_sample(store: str, runs: list[str], k: int, u: int, kinds: tuple[str, .
                 goal = goal[ok]
             slab, sel = slab[ok], sel[ok]
             lo, hi = start_range(slab.shape[1], k, u, cf is not None, max_start)
-            starts = rng.integers(lo, hi + 1, size=len(sel))
+            layer_ctx = None
+            if "layer" in context:
+                starts, layer_ctx = _layer_sample(full, run_array(root, name, "layer")[c0:c0 + len(full)],
+                                                  sel - c0, k, lo, hi, rng)
+            else:
+                starts = rng.integers(lo, hi + 1, size=len(sel))
             out["w"].append(slab[np.arange(len(sel))[:, None], starts[:, None] + np.arange(k)])
             out["target"].append(goal if cf is not None else slab[np.arange(len(sel)), starts - u])
             out["kind"].append(codes[sel].astype(np.int64))
+            step_ctx = run_step_context(root, name) if "step" in context else None
+            out["context"].append(context_columns(context, len(sel), step_ctx, layer_ctx))
     return {key: torch.from_numpy(np.concatenate(v)) for key, v in out.items()}
+
+
+def _layer_sample(full: np.ndarray, layers: np.ndarray, sel: np.ndarray, k: int, lo: int, hi: int,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Starts (len(sel),) and "layer" context (len(sel), 2) of the sampled rows ``sel`` of a slab
+    ``full`` (n, T): one start per layer, statistics over the layer's finite rows of the slab."""
+    starts, ctx = np.empty(len(sel), np.int64), np.empty((len(sel), 2), np.float32)
+    finite = np.isfinite(full).all(1)
+    for lid in np.unique(layers[sel]):
+        mine = layers[sel] == lid
+        start = int(rng.integers(lo, hi + 1))
+        members = np.flatnonzero((layers == lid) & finite)
+        stats = layer_context(torch.from_numpy(full[members, start:start + k]), torch.zeros(len(members)))
+        starts[mine] = start
+        ctx[mine] = stats.numpy()[np.searchsorted(members, sel[mine])]
+    return starts, ctx
 
 
 def horizon_bound(u: int, target: str) -> float:
@@ -233,7 +262,7 @@ def _groups(kind: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
 @torch.no_grad()
 def model_mae(model: Predictor, sample: dict[str, torch.Tensor]) -> float:
     """Mean absolute error (weight units) of the model's past weight over every window of ``sample``."""
-    return float((predict_past(model, sample["w"], sample["kind"]) - sample["target"]).abs().mean())
+    return float((predict_past(model, sample["w"], sample["kind"], sample["context"]) - sample["target"]).abs().mean())
 
 
 @torch.no_grad()
@@ -250,7 +279,7 @@ def evaluate(model: Predictor, val: dict[str, torch.Tensor], fit: dict[str, torc
     chosen one; ``ratio_no_rewind``, ``ratio_damped_line`` and the headline ``ratio`` = model /
     chosen baseline (below 1: the model wins).
     """
-    pred_err = (predict_past(model, val["w"], val["kind"]) - val["target"]).abs()
+    pred_err = (predict_past(model, val["w"], val["kind"], val["context"]) - val["target"]).abs()
     kind, err = _baseline_errors(val, horizons)
     fit_kind, fit_err = _baseline_errors(fit, horizons)
     res: dict[str, Any] = {}
@@ -317,14 +346,15 @@ def _train(config: TrainConfig, progress: bool) -> dict[str, Any]:
     runs = complete_runs(config.store)
     check_windows(config.store, runs, config.k, config.u, config.target)
     train_runs, val_runs = split_runs(config.store, runs, config.val_fraction, config.val_archs, config.seed)
+    check_context(config.context)
     sample = dict(kinds=config.kinds, per_kind=config.eval_per_kind, seed=config.seed, target=config.target,
-                  max_start=config.max_start)
+                  max_start=config.max_start, context=config.context)
     val = eval_sample(config.store, val_runs, config.k, config.u, **sample)
     fit_runs = horizon_fit_runs(config.store, train_runs, config.fit_runs, config.seed)
     # workers hand over TRANSFER batches at once: per-item IPC costs as much as cutting 4k windows
     stream = WindowStream(config.store, train_runs, config.k, config.u, config.batch_size * TRANSFER,
                           config.kinds, config.per_coord, config.buffer, config.seed,
-                          target=config.target, max_start=config.max_start)
+                          target=config.target, max_start=config.max_start, context=config.context)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=config.workers,
                                          persistent_workers=False, prefetch_factor=4 if config.workers else None)
     model = Predictor(config.model_config()).to(config.device)
@@ -341,7 +371,8 @@ def _train(config: TrainConfig, progress: bool) -> dict[str, Any]:
         w, target = batch["w"].to(config.device), batch["target"].to(config.device)
         x, offset, scale = normalise(w, config.model_config().eps)
         y = normalise_target(target, offset, scale, config.clip)
-        loss = (model(x, model.kind_index(batch["kind"].to(config.device))) - y).abs().mean()  # L1, as the paper
+        context = batch["context"].to(config.device)
+        loss = (model(x, model.kind_index(batch["kind"].to(config.device)), context) - y).abs().mean()  # L1, as the paper
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

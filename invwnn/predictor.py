@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from trajgen.nets import KINDS
-from invwnn.windows import EPS, denormalise, features, normalise
+from invwnn.windows import CONTEXTS, EPS, denormalise, features, normalise
 
 FORMAT_VERSION = 1
 CHECKPOINT_KIND = "invwnn-predictor"
@@ -37,7 +37,9 @@ class ModelConfig:
     kind embedding (0: ignore the kind); ``clip``: bound of the normalised residual; ``eps``:
     relative epsilon of the window scale; ``target``: what it predicts, "past" (the weight U
     snapshots before the window) or "counterfactual" (the weight of the model trained without the
-    fine-tuning data, learned from ``trajgen twins``; its rewind counts as U snapshots long).
+    fine-tuning data, learned from ``trajgen twins``; its rewind counts as U snapshots long);
+    ``context``: extra inputs beside the window, in order (:data:`invwnn.windows.CONTEXTS`: "step",
+    the optimizer family and learning rate; "layer", the coordinate's layer over the same window).
     """
 
     k: int = 15
@@ -49,16 +51,22 @@ class ModelConfig:
     eps: float = EPS
     normalisation: str = "offset=w[0], scale=max-min+eps*max|w|"
     target: str = "past"
+    context: tuple[str, ...] = ()
+
+    @property
+    def context_dim(self) -> int:
+        return sum(CONTEXTS[name] for name in self.context)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["kinds"] = list(self.kinds)
+        d["kinds"], d["context"] = list(self.kinds), list(self.context)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         d = dict(d)
         d["kinds"] = tuple(d["kinds"])
+        d["context"] = tuple(d.get("context", ()))
         return cls(**d)
 
 
@@ -68,7 +76,8 @@ def _stream(n_in: int, width: int) -> nn.Sequential:
 
 
 class Predictor(nn.Module):
-    """(normalised windows (n, K), kind indices (n,) into ``config.kinds``) -> residual (n,)."""
+    """(normalised windows (n, K), kind indices (n,) into ``config.kinds``, context (n, C)) ->
+    residual (n,); C = ``config.context_dim`` (0: no context)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -77,18 +86,24 @@ class Predictor(nn.Module):
         self.values = _stream(config.k, w)
         self.diffs = _stream(config.k - 1, w)
         self.kind = nn.Embedding(len(config.kinds), config.kind_dim) if config.kind_dim else None
-        self.head = nn.Sequential(nn.Linear(w + config.kind_dim, w), nn.LeakyReLU(0.1), nn.Linear(w, 1))
+        self.head = nn.Sequential(nn.Linear(w + config.kind_dim + config.context_dim, w), nn.LeakyReLU(0.1),
+                                  nn.Linear(w, 1))
         # kind code in the trajgen store -> row of the embedding (-1: a kind this model never saw)
         lookup = torch.full((len(KINDS),), -1, dtype=torch.long)
         for i, name in enumerate(config.kinds):
             lookup[KINDS.index(name)] = i
         self.register_buffer("lookup", lookup, persistent=False)
 
-    def forward(self, x: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kind: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         v, d = features(x)
         parts = [self.values(v), self.diffs(d)]
         if self.kind is not None:
             parts.append(self.kind(kind))
+        if self.config.context_dim:
+            if context is None or context.shape != (x.shape[0], self.config.context_dim):
+                raise CheckpointError(f"the predictor needs its context ({', '.join(self.config.context)}) as "
+                                      f"({x.shape[0]}, {self.config.context_dim}) inputs")
+            parts.append(context.to(x))
         return self.head(torch.cat(parts, 1)).squeeze(1)
 
     def kind_index(self, codes: torch.Tensor) -> torch.Tensor:
@@ -100,20 +115,22 @@ class Predictor(nn.Module):
                                   f"(it knows {', '.join(self.config.kinds)})")
         return idx
 
-    def residual(self, w: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Raw windows (n, K) and kind codes -> (predicted residual, offset, scale), each (n,)."""
+    def residual(self, w: torch.Tensor, codes: torch.Tensor,
+                 context: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """Raw windows (n, K), kind codes and context -> (predicted residual, offset, scale), each (n,)."""
         x, offset, scale = normalise(w, self.config.eps)
-        r = self(x, self.kind_index(codes)).clamp(-self.config.clip, self.config.clip)
+        r = self(x, self.kind_index(codes), context).clamp(-self.config.clip, self.config.clip)
         return r, offset, scale
 
 
 @torch.no_grad()
 def predict_past(model: Predictor, windows: torch.Tensor, kinds: torch.Tensor,
-                 batch_size: int = 1 << 16) -> torch.Tensor:
+                 context: torch.Tensor | None = None, batch_size: int = 1 << 16) -> torch.Tensor:
     """Past weights (n,) for windows (n, K) float32 of K snapshots, oldest first, in weight units.
 
-    ``kinds`` (n,) holds trajgen kind codes (``trajgen.nets.KINDS.index(name)``). Runs on the
-    model's device in batches of ``batch_size`` windows; the result is on ``windows``' device.
+    ``kinds`` (n,) holds trajgen kind codes (``trajgen.nets.KINDS.index(name)``); ``context``
+    (n, C) the model's context inputs (None for a model without). Runs on the model's device in
+    batches of ``batch_size`` windows; the result is on ``windows``' device.
     """
     if windows.ndim != 2 or windows.shape[1] != model.config.k:
         raise ValueError(f"windows must be (n, {model.config.k}), got {tuple(windows.shape)}")
@@ -125,7 +142,8 @@ def predict_past(model: Predictor, windows: torch.Tensor, kinds: torch.Tensor,
     out = torch.empty(windows.shape[0], dtype=torch.float32, device=windows.device)
     for a in range(0, windows.shape[0], batch_size):
         w = windows[a:a + batch_size].to(device, torch.float32)
-        r, offset, scale = model.residual(w, kinds[a:a + batch_size].to(device))
+        c = None if context is None else context[a:a + batch_size].to(device)
+        r, offset, scale = model.residual(w, kinds[a:a + batch_size].to(device), c)
         out[a:a + batch_size] = denormalise(r, offset, scale).to(out.device)
     model.train(was_training)
     return out

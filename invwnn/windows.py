@@ -63,6 +63,44 @@ def features(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------------------------
+# context: what the window alone cannot tell (issue 15)
+
+# Context inputs a predictor may take, and their widths. "step": the optimizer family (1 for the
+# adaptive Adam/AdamW/RMSprop, 0 for SGD with or without momentum) and log10 of its learning rate
+# (+3, so typical rates land near 0). "layer": how this coordinate moves relative to its layer over
+# the same window (log of its window span over the layer's median span) and how coherently the
+# layer moves (the layer's mean normalised net displacement, in [-1, 1]): NiNo's neuron/layer view.
+CONTEXTS = {"step": 2, "layer": 2}
+ADAPTIVE = ("adam", "adamw", "rmsprop")
+
+
+def step_context(optimizer: str, lr: float) -> torch.Tensor:
+    """(2,) float32 "step" context of an optimizer name (trajgen's or the applier's) and its lr."""
+    return torch.tensor([float(optimizer in ADAPTIVE), float(np.log10(lr)) + 3.0], dtype=torch.float32)
+
+
+def layer_context(w: torch.Tensor, layer: torch.Tensor) -> torch.Tensor:
+    """(n, 2) float32 "layer" context of windows ``w`` (n, K) of the same snapshots, grouped by
+    ``layer`` (n,) ids: log(span / the layer's median span; the lower median of an even count)
+    (spans floored at 1e-12) and the
+    layer's mean of ``(w[-1] - w[0]) / span``."""
+    span = (w.amax(1) - w.amin(1)).clamp_min(1e-12)
+    net = (w[:, -1] - w[:, 0]) / span
+    out = torch.empty(w.shape[0], 2, dtype=torch.float32, device=w.device)
+    for lid in torch.unique(layer):
+        rows = layer == lid
+        out[rows, 0] = torch.log(span[rows] / span[rows].median()).float()
+        out[rows, 1] = net[rows].mean().float()
+    return out
+
+
+def check_context(names: tuple[str, ...]) -> None:
+    unknown = [n for n in names if n not in CONTEXTS]
+    if unknown:
+        raise WindowError(f"unknown context {unknown[0]!r}; valid: {', '.join(CONTEXTS)}")
+
+
+# ---------------------------------------------------------------------------------------------
 # analytic baselines
 
 
@@ -169,13 +207,30 @@ def kind_codes(names: tuple[str, ...] | list[str]) -> np.ndarray:
     return np.array([KINDS.index(n) for n in names], np.uint8)
 
 
-def read_block(root: zarr.Group, block: Block, target: str = "past") -> tuple[np.ndarray, ...]:
-    """(history (n, T) float32, kind codes (n,) uint8[, counterfactual (n,) float32 when ``target``
-    is "counterfactual"]) of one block: a chunk-aligned read. A damaged chunk raises trajgen's
-    one-line StoreError naming the run."""
+def read_block(root: zarr.Group, block: Block, target: str = "past", layers: bool = False
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(history (n, T) float32, kind codes (n,) uint8, counterfactual (n,) float32 or None, layer
+    ids (n,) or None) of one block: a chunk-aligned read; the counterfactual when ``target`` is
+    "counterfactual", the layer ids when ``layers``. A damaged chunk raises trajgen's one-line
+    StoreError naming the run."""
     rows = slice(block.c0, block.c1)
-    out = run_array(root, block.run, "history")[rows, :], run_array(root, block.run, "kind")[rows]
-    return out + (run_array(root, block.run, "counterfactual")[rows],) if target == "counterfactual" else out
+    return (run_array(root, block.run, "history")[rows, :], run_array(root, block.run, "kind")[rows],
+            run_array(root, block.run, "counterfactual")[rows] if target == "counterfactual" else None,
+            run_array(root, block.run, "layer")[rows] if layers else None)
+
+
+def run_step_context(root: zarr.Group, run: str) -> np.ndarray:
+    """The "step" context (2,) of a run: its optimizer and peak learning rate (from its spec)."""
+    optim = root["runs"][run].attrs["spec"]["optim"]
+    return step_context(optim["name"], float(optim["lr"])).numpy()
+
+
+def context_columns(names: tuple[str, ...], n: int, step: np.ndarray | None, layer: np.ndarray | None) -> np.ndarray:
+    """The (n, C) context matrix of ``names`` in order, from a run's step context (2,) and the
+    windows' layer context (n, 2)."""
+    parts = {"step": lambda: np.broadcast_to(step, (n, 2)), "layer": lambda: layer}
+    return np.concatenate([parts[name]() for name in names], 1).astype(np.float32) if names \
+        else np.zeros((n, 0), np.float32)
 
 
 def start_range(n_t: int, k: int, u: int, counterfactual: bool, max_start: int | None) -> tuple[int, int]:
@@ -190,16 +245,17 @@ def start_range(n_t: int, k: int, u: int, counterfactual: bool, max_start: int |
 
 def cut_windows(history: np.ndarray, codes: np.ndarray, k: int, u: int, per_coord: int,
                 rng: np.random.Generator, keep: np.ndarray | None = None, return_index: bool = False,
-                counterfactual: np.ndarray | None = None, max_start: int | None = None
-                ) -> tuple[np.ndarray, ...]:
+                counterfactual: np.ndarray | None = None, max_start: int | None = None,
+                layers: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     """Cut ``per_coord`` windows at uniform random starts (:func:`start_range`) from each row of
     ``history`` (n, T).
 
     Returns windows (m, K) float32, targets (m,) float32, kind codes (m,) uint8, with
     ``m = per_coord * rows kept``. The target is the snapshot ``u`` before the window, or, given
     ``counterfactual`` (n,) (a twin's weights), that row's value. Rows whose kind is not in ``keep``
-    or with a non-finite value are dropped. ``return_index`` appends the source rows and start
-    snapshots (m,) of each window.
+    or with a non-finite value are dropped. Given ``layers`` (n,) (each row's layer), the rows of a
+    layer share each of their ``per_coord`` starts and the :func:`layer_context` (m, 2) of those
+    windows is appended. ``return_index`` appends the source rows and start snapshots (m,).
     """
     ok = np.isfinite(history).all(1)
     if counterfactual is not None:
@@ -208,11 +264,19 @@ def cut_windows(history: np.ndarray, codes: np.ndarray, k: int, u: int, per_coor
         ok &= np.isin(codes, keep)
     rows = np.flatnonzero(ok)
     lo, hi = start_range(history.shape[1], k, u, counterfactual is not None, max_start)
+    n_rows = rows.size
     rows = np.repeat(rows, per_coord)
-    starts = rng.integers(lo, hi + 1, size=rows.size)
+    if layers is None:
+        starts = rng.integers(lo, hi + 1, size=rows.size)
+    else:  # one start per (layer, repetition): the layer context compares windows of the same snapshots
+        _, group = np.unique(layers[rows].astype(np.int64) * per_coord + np.tile(np.arange(per_coord), n_rows),
+                             return_inverse=True)
+        starts = rng.integers(lo, hi + 1, size=group.max(initial=-1) + 1)[group]
     cols = starts[:, None] + np.arange(k)
     target = history[rows, starts - u] if counterfactual is None else counterfactual[rows]
     out = history[rows[:, None], cols], target, codes[rows]
+    if layers is not None:
+        out += (layer_context(torch.from_numpy(out[0]), torch.from_numpy(group)).numpy(),)
     return out + (rows, starts) if return_index else out
 
 
@@ -224,17 +288,21 @@ class WindowStream(torch.utils.data.IterableDataset):
     per coordinate and passes them through a shuffle buffer of ``buffer`` windows, so a batch mixes
     several runs and layers; ``target`` and ``max_start`` choose targets and starts as
     :func:`cut_windows` does. Yields dicts: ``w`` (B, K) float32, ``target`` (B,), ``kind`` (B,)
-    int64 store codes. Use with ``DataLoader(batch_size=None)``.
+    int64 store codes, ``context`` (B, C) float32 (:func:`context_columns` of ``context``; C = 0
+    without). Use with ``DataLoader(batch_size=None)``.
     """
 
     def __init__(self, store: str, runs: list[str], k: int, u: int, batch_size: int,
                  kinds: tuple[str, ...] = KINDS, per_coord: int = 8, buffer: int = 1 << 18,
-                 seed: int = 0, epochs: int | None = None, target: str = "past", max_start: int | None = None):
+                 seed: int = 0, epochs: int | None = None, target: str = "past", max_start: int | None = None,
+                 context: tuple[str, ...] = ()):
         super().__init__()
         self.store, self.runs, self.k, self.u = store, list(runs), k, u
         self.batch_size, self.per_coord, self.buffer, self.seed = batch_size, per_coord, buffer, seed
         self.keep = kind_codes(kinds)
         self.epochs, self.target, self.max_start = epochs, target, max_start
+        check_context(context)
+        self.context = tuple(context)
         check_windows(store, self.runs, k, u, target)
         self.blocks = run_blocks(store, self.runs)
 
@@ -249,9 +317,12 @@ class WindowStream(torch.utils.data.IterableDataset):
             order = np.random.default_rng([self.seed, epoch]).permutation(len(self.blocks))
             cut = 0
             for b in order[wid::nw]:
-                h, codes, *cf = read_block(root, self.blocks[b], self.target)
+                block = self.blocks[b]
+                h, codes, cf, layers = read_block(root, block, self.target, "layer" in self.context)
                 new = cut_windows(h, codes, self.k, self.u, self.per_coord, rng, self.keep,
-                                  counterfactual=cf[0] if cf else None, max_start=self.max_start)
+                                  counterfactual=cf, max_start=self.max_start, layers=layers)
+                step = run_step_context(root, block.run) if "step" in self.context else None
+                new = new[:3] + (context_columns(self.context, len(new[1]), step, new[3] if layers is not None else None),)
                 pending.append(new)
                 n_pending += len(new[1])
                 cut += len(new[1])
@@ -275,5 +346,5 @@ class WindowStream(torch.utils.data.IterableDataset):
         for a in range(0, n_out, self.batch_size):
             sl = slice(a, min(a + self.batch_size, n_out))
             yield {"w": torch.from_numpy(pool[0][sl]), "target": torch.from_numpy(pool[1][sl]),
-                   "kind": torch.from_numpy(pool[2][sl].astype(np.int64))}
+                   "kind": torch.from_numpy(pool[2][sl].astype(np.int64)), "context": torch.from_numpy(pool[3][sl])}
         return tuple(p[n_out:] for p in pool)

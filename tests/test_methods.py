@@ -127,9 +127,9 @@ class _Spy:
         kinds = {"F" if v == -7 else "R" if v == 7 else "?" for v in marker.tolist()}
         self.events.append(kinds.pop() if len(kinds) == 1 else "mixed")
 
-    def rewind(self, windows, kinds):
+    def rewind(self, windows, kinds, layers=None):
         self.events.append("rewind")
-        return self.inner.rewind(windows, kinds)
+        return self.inner.rewind(windows, kinds, layers)
 
 
 def test_invwnn_plus_rewinds_on_forget_data_and_repairs_on_retain_data(setup):

@@ -134,3 +134,49 @@ def test_counterfactual_windows_and_a_predictor_trained_on_them(tmp_path):
     episodes.collect_episodes(dataclasses.replace(config, store=plain, twins=False, runs=1))
     with pytest.raises(WindowError, match="no counterfactual weights"):
         check_windows(plain, ["episode-000000"], 3, 3, "counterfactual")
+
+
+def test_a_context_predictor_trains_records_its_context_and_the_applier_supplies_it(tmp_path):
+    """--context step,layer: the stream's context columns are the run's optimizer/lr and the layer
+    statistics of windows sharing a start; the checkpoint records the context; the learned rewinder
+    computes it from the loop's optimizer and the coordinates' layers, and refuses to run without."""
+    from invwnn.fit import TrainConfig, train
+    from invwnn.methods.invwnn import load_rewinder
+    from invwnn.models import InputError
+    from invwnn.predictor import read_checkpoint
+    from invwnn.windows import WindowStream, layer_context, step_context
+
+    path = str(tmp_path / "t.zarr")
+    episodes.collect_episodes(episodes.EpisodeConfig(store=path, runs=4, per_parent=2, parent_steps=PARENT_STEPS,
+                                                     dataset="synthetic", workers=0, twins=True, progress=False))
+    runs = ["twin-000000", "twin-000001"]
+    stream = WindowStream(path, runs, 3, 3, 512, per_coord=1, buffer=1 << 12, epochs=1, target="counterfactual",
+                          context=("step", "layer"))
+    batch = next(iter(stream))
+    assert batch["context"].shape == (512, 4)
+    optimizers = {store.open_store(path)["runs"][r].attrs["spec"]["optim"]["name"] for r in runs}
+    steps = {tuple(row.tolist()) for row in batch["context"][:, :2]}
+    assert len(steps) <= len(runs) and all(a == float(o in ("adam", "adamw", "rmsprop"))
+                                           for (a, _), o in zip(sorted(steps), sorted(optimizers)) if len(steps) == len(runs))
+    assert batch["context"][:, 3].abs().max() <= 1.0 + 1e-6  # a layer's mean net displacement over span
+
+    # layer_context by hand: two layers, one moving twice as far as the other
+    w = torch.tensor([[0.0, 1.0], [0.0, 2.0], [0.0, -4.0], [0.0, -4.0]])
+    ctx = layer_context(w, torch.tensor([0, 0, 1, 1]))
+    assert torch.allclose(ctx[:, 0], torch.log(torch.tensor([1.0, 2.0, 1.0, 1.0])))  # over the lower median
+    assert torch.allclose(ctx[:, 1], torch.tensor([1.0, 1.0, -1.0, -1.0]))
+    assert torch.allclose(step_context("adam", 1e-3), torch.tensor([1.0, 0.0]))
+
+    out = tmp_path / "c.pt"
+    train(TrainConfig(store=path, out=str(out), k=3, u=3, steps=3, batch_size=256, eval_per_kind=20, eval_every=3,
+                      val_fraction=0.5, fit_runs=1, workers=0, target="counterfactual", context=("step", "layer")),
+          progress=False)
+    assert read_checkpoint(out)["model_config"].context == ("step", "layer")
+    with pytest.raises(InputError, match="optimizer and learning rate"):
+        load_rewinder(str(out), k=3)
+    rewinder = load_rewinder(str(out), k=3, step=("adam", 1e-3))
+    windows = torch.randn(10, 3).cumsum(1)
+    got = rewinder.rewind(windows, torch.zeros(10, dtype=torch.long), torch.tensor([0] * 5 + [1] * 5))
+    assert got.shape == (10,) and torch.isfinite(got).all()
+    with pytest.raises(InputError, match="layer"):
+        rewinder.rewind(windows, torch.zeros(10, dtype=torch.long))

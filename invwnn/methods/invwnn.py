@@ -21,6 +21,7 @@ from invwnn.metrics import accuracy
 from invwnn.models import InputError, param_kinds
 from invwnn.predictor import (CheckpointError, Predictor, check_spacing, default_checkpoint, load_predictor,
                               predict_past)
+from invwnn.windows import WindowError, check_context, context_columns, layer_context, step_context
 from trajgen.nets import KINDS
 
 NAME = "invwnn"
@@ -28,10 +29,12 @@ CHUNK = 1 << 22  # coordinates per rewinder call: bounds the (n, K) window buffe
 
 
 class Rewinder(Protocol):
-    """``rewind(windows (n, K) float32 oldest-first, kinds (n,) long codes into trajgen.nets.KINDS)
-    -> (n,)``: each coordinate's predicted value ``U`` snapshots before ``windows[:, 0]``."""
+    """``rewind(windows (n, K) float32 oldest-first, kinds (n,) long codes into trajgen.nets.KINDS,
+    layers (n,) long ids of each coordinate's parameter tensor or None) -> (n,)``: each
+    coordinate's predicted value ``U`` snapshots before ``windows[:, 0]``."""
 
-    def rewind(self, windows: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor: ...
+    def rewind(self, windows: torch.Tensor, kinds: torch.Tensor,
+               layers: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ class LinearRewinder:
 
     horizon: float = 3.0
 
-    def rewind(self, windows: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+    def rewind(self, windows: torch.Tensor, kinds: torch.Tensor, layers: torch.Tensor | None = None) -> torch.Tensor:
         k = windows.shape[1]
         t = torch.arange(k, dtype=windows.dtype, device=windows.device) - (k - 1) / 2
         slope = windows @ t / (t @ t)
@@ -58,7 +61,7 @@ class NoRewinder:
     fine-tuning reached. This removes the rewind *and adds* forget-set training; compare with
     :class:`ResetRewinder` for the effect of the rewind alone."""
 
-    def rewind(self, windows: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+    def rewind(self, windows: torch.Tensor, kinds: torch.Tensor, layers: torch.Tensor | None = None) -> torch.Tensor:
         return windows[:, -1].clone()
 
     def describe(self) -> dict:
@@ -71,7 +74,7 @@ class ResetRewinder:
     forget fine-tuning, so whatever the loop still changes comes from the rest of it (invwnn+'s
     retain repair steps). A rewinder that forgets must beat this."""
 
-    def rewind(self, windows: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+    def rewind(self, windows: torch.Tensor, kinds: torch.Tensor, layers: torch.Tensor | None = None) -> torch.Tensor:
         return windows[:, 0].clone()
 
     def describe(self) -> dict:
@@ -92,17 +95,29 @@ class LearnedRewinder:
     model: Predictor
     path: str
     horizon: float | None = None
+    step: tuple[str, float] | None = None  # the loop's optimizer and lr: the "step" context
 
     @property
     def k(self) -> int:
         return self.model.config.k
 
+    def context(self, windows: torch.Tensor, layers: torch.Tensor | None) -> torch.Tensor | None:
+        """The predictor's context inputs (n, C) for these windows (None when it takes none)."""
+        names = self.model.config.context
+        if not names:
+            return None
+        if "layer" in names and layers is None:
+            raise InputError(f"{self.path} needs each coordinate's layer (its \"layer\" context)")
+        step = step_context(*self.step).numpy() if "step" in names else None
+        layer = layer_context(windows, layers).cpu().numpy() if "layer" in names else None
+        return torch.from_numpy(context_columns(names, windows.shape[0], step, layer)).to(windows.device)
+
     @property
     def stretch(self) -> float:
         return 1.0 if self.horizon is None else self.horizon / self.model.config.u
 
-    def rewind(self, windows: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
-        past = predict_past(self.model, windows, kinds)
+    def rewind(self, windows: torch.Tensor, kinds: torch.Tensor, layers: torch.Tensor | None = None) -> torch.Tensor:
+        past = predict_past(self.model, windows, kinds, self.context(windows, layers))
         if self.stretch == 1.0:
             return past
         first = windows[:, 0]
@@ -110,23 +125,31 @@ class LearnedRewinder:
 
     def describe(self) -> dict:
         return {"rewinder": "learned", "predictor": self.path, "k": self.k, "trained_horizon": self.model.config.u,
-                "horizon": self.model.config.u if self.horizon is None else self.horizon}
+                "horizon": self.model.config.u if self.horizon is None else self.horizon,
+                "target": self.model.config.target, "context": list(self.model.config.context)}
 
 
 def load_rewinder(path: str | None, device: str | torch.device = "cpu", k: int = 15,
-                  every: int | None = None, horizon: float | None = None) -> LearnedRewinder:
+                  every: int | None = None, horizon: float | None = None,
+                  step: tuple[str, float] | None = None) -> LearnedRewinder:
     """The learned rewinder from the checkpoint ``path`` (None: the predictor shipped in the
     package for window ``k``), its rewind stretched to ``horizon`` (see :class:`LearnedRewinder`).
     ``every``: the loop's optimizer steps between snapshots, which must be a spacing the checkpoint
-    records having been trained on (None, or no record: not checked). Raises :class:`InputError`
+    records having been trained on (None, or no record: not checked); ``step``: the loop's
+    (optimizer, lr), which a predictor with the "step" context needs. Raises :class:`InputError`
     with a one-line reason when it cannot be loaded or used."""
     try:
         path = str(path) if path is not None else str(default_checkpoint(k))
         if every is not None:
             check_spacing(path, every)
-        return LearnedRewinder(load_predictor(path, device), path, horizon)
-    except CheckpointError as err:
+        model = load_predictor(path, device)
+        check_context(model.config.context)
+    except (CheckpointError, WindowError) as err:
         raise InputError(f"--predictor: {err}") from None
+    if "step" in model.config.context and step is None:
+        raise InputError(f"--predictor {path} takes the optimizer and learning rate as context; "
+                         "this loop cannot supply them")
+    return LearnedRewinder(model, path, horizon, step)
 
 
 @dataclass(frozen=True)
@@ -158,12 +181,15 @@ def _write(params: list[nn.Parameter], flat: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def rewind_all(rewinder: Rewinder, windows: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
-    """Predicted past of every coordinate: ``windows`` (n, K), ``kinds`` (n,) -> (n,), in chunks of
-    CHUNK coordinates (each chunk one batched call)."""
+def rewind_all(rewinder: Rewinder, windows: torch.Tensor, kinds: torch.Tensor,
+               layers: torch.Tensor | None = None) -> torch.Tensor:
+    """Predicted past of every coordinate: ``windows`` (n, K), ``kinds`` (n,), ``layers`` (n,) ->
+    (n,), in chunks of CHUNK coordinates (each chunk one batched call; a layer context is computed
+    per chunk, so over a sample of a layer bigger than CHUNK)."""
     out = torch.empty(windows.shape[0], dtype=windows.dtype, device=windows.device)
     for i in range(0, windows.shape[0], CHUNK):
-        out[i: i + CHUNK] = rewinder.rewind(windows[i: i + CHUNK], kinds[i: i + CHUNK])
+        part = None if layers is None else layers[i: i + CHUNK]
+        out[i: i + CHUNK] = rewinder.rewind(windows[i: i + CHUNK], kinds[i: i + CHUNK], part)
     if not torch.isfinite(out).all():
         raise InputError("the rewinder predicted non-finite weights")
     return out
@@ -194,6 +220,7 @@ def rewind_loop(model: nn.Module, data: Data, config: Config, ctx: Context, *, n
         raise InputError(f"{name} needs --snapshots >= 2, --every >= 1, --iterations >= 1")
     params, codes = rewindable(model)
     codes = codes.to(ctx.device)
+    layers = torch.cat([torch.full((p.numel(),), i, dtype=torch.long) for i, p in enumerate(params)]).to(ctx.device)
     opt_ = make_optimizer(config.optimizer, params, config.lr)
     sample = Sampler(data.forget, config.batch_size, ctx.generator(1), ctx.device)
 
@@ -225,10 +252,10 @@ def rewind_loop(model: nn.Module, data: Data, config: Config, ctx: Context, *, n
         run_steps(model, loss_fn, opt_, (k - 1) * config.every, on_step=record, grad_hook=grad_hook,
                   progress=ctx.progress, desc=f"{name} {it + 1}/{config.iterations}")
         if mask is None:
-            _write(params, rewind_all(ctx.rewinder, history.T.contiguous(), codes))
+            _write(params, rewind_all(ctx.rewinder, history.T.contiguous(), codes, layers))
         else:
             flat = history[-1].clone()
-            flat[mask] = rewind_all(ctx.rewinder, history[:, mask].T.contiguous(), codes[mask])
+            flat[mask] = rewind_all(ctx.rewinder, history[:, mask].T.contiguous(), codes[mask], layers[mask])
             _write(params, flat)
         if repair is not None:
             repair()

@@ -1,0 +1,78 @@
+"""The learned rewinders against the tuned line and the repair-only control inside invwnn+ (issue 15),
+from the benches `scripts/fair_bench.py --phase bench --methods ...` wrote to RESULTS/<scenario>/.
+
+    .venv/bin/python scripts/rewinder_table.py [--results results/rewinders]
+
+Prints one Markdown table: per scenario, each row's gap to Retrain at equal forgetting (mean over the
+seeds that reached Retrain's UA, that count in brackets; "-": none did), its tuned horizon, the time
+as a share of Retrain's (same pool), and which learned rows beat both the line and the control in
+that scenario (a row that reached in fewer seeds than the line does not beat it). Then the count of
+scenarios each learned row wins.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from invwnn.bench import report
+from invwnn.bench.scenarios import SCENARIOS
+
+LEARNED = ("invwnn+", "invwnn+-episodes", "invwnn+-twins")
+CONTROLS = ("invwnn+-linear", "invwnn+-reset")
+LABEL = {"invwnn+": "scratch runs", "invwnn+-episodes": "episodes", "invwnn+-twins": "twins",
+         "invwnn+-linear": "tuned line", "invwnn+-reset": "repair only"}
+
+
+def _equal_rows(results: dict) -> dict[str, dict]:
+    return {r["name"]: r for r in report.summarise(results) if r.get("protocol") == "equal"}
+
+
+def beats(a: dict | None, b: dict | None) -> bool:
+    """``a`` beats ``b`` at equal forgetting: reached in more seeds, or as many and a smaller gap."""
+    if a is None or not a.get("n"):
+        return False
+    if b is None or not b.get("n"):
+        return True
+    return a["n"] > b["n"] or (a["n"] == b["n"] and a["gap"] < b["gap"])
+
+
+def table(results_dir: Path) -> str:
+    head = "| scenario | " + " | ".join(LABEL[n] for n in (*LEARNED, *CONTROLS)) + " | learned rows beating line and control |"
+    lines = [head, "|---" * (len(LEARNED) + len(CONTROLS) + 2) + "|"]
+    wins = {n: 0 for n in LEARNED}
+    scenarios = [s for s in SCENARIOS if (results_dir / s / "results.json").is_file()]
+    for scenario in scenarios:
+        results = json.loads((results_dir / scenario / "results.json").read_text())
+        rows = _equal_rows(results)
+        chosen = {n: m["chosen"] for n, m in (results.get("tuning") or {}).get("methods", {}).items()}
+        retrain = sum(r["retrain"]["seconds"] for r in results["runs"]) / len(results["runs"])
+        cells = []
+        for name in (*LEARNED, *CONTROLS):
+            row = rows.get(name)
+            if row is None or not row.get("n") or math.isnan(row.get("gap", math.nan)):
+                cells.append(f"- (0/{results['runs'].__len__()})")
+                continue
+            h = chosen.get(name, {}).get("horizon")
+            share = row["seconds"] / retrain if "seconds" in row else math.nan
+            cells.append(f"{row['gap']:.2f} ({row['n']}/{row['seeds']})" + (f", h {h:.2f}" if h is not None else "")
+                         + (f", {100 * share:.0f}%" if not math.isnan(share) else ""))
+        winners = [n for n in LEARNED if all(beats(rows.get(n), rows.get(c)) for c in CONTROLS)]
+        for n in winners:
+            wins[n] += 1
+        lines.append(f"| {scenario} | " + " | ".join(cells) + f" | {', '.join(LABEL[n] for n in winners) or 'none'} |")
+    lines.append("")
+    lines.append("Scenarios won (smaller gap than both the tuned line and repair only, at equal forgetting): "
+                 + ", ".join(f"{LABEL[n]} {wins[n]} of {len(scenarios)}" for n in LEARNED) + ".")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", type=Path, default=Path("results/rewinders"))
+    print(table(ap.parse_args().results))
+
+
+if __name__ == "__main__":
+    main()
