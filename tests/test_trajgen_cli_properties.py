@@ -7,10 +7,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trajgen.cli import main
-from trajgen.spec import ARCHS, OPTIMIZERS
+from trajgen.spec import ALL_ARCHS, OPTIMIZERS
 
 names = st.text(string.ascii_lowercase + "_-", min_size=1, max_size=8)
-bad_archs = st.lists(names, min_size=1, max_size=3).filter(lambda xs: any(x not in ARCHS for x in xs))
+bad_archs = st.lists(names, min_size=1, max_size=3).filter(lambda xs: any(x not in ALL_ARCHS for x in xs))
 bad_optims = st.lists(names, min_size=1, max_size=3).filter(lambda xs: any(x not in OPTIMIZERS for x in xs))
 not_int = st.text(string.ascii_letters + ".,", min_size=1, max_size=5)
 
@@ -21,6 +21,8 @@ invalid = st.one_of(
     st.integers(max_value=0).map(lambda n: ["--steps", str(n)]),
     st.integers(max_value=0).map(lambda n: ["--every", str(n)]),
     st.integers(max_value=-1).map(lambda n: ["--workers", str(n)]),
+    st.integers(max_value=-1).map(lambda n: ["--coords", str(n)]),
+    st.floats(max_value=0.0, allow_nan=False).map(lambda x: ["--width-mult", repr(x)]),
     st.integers(min_value=2, max_value=10**6).map(lambda n: ["--steps", "1", "--every", str(n)]),
     not_int.map(lambda s: ["--seed", s]),
     names.map(lambda s: ["--dataset", s + "x"]),
