@@ -294,9 +294,10 @@ def parse_arch(spec: str) -> TorchvisionArch:
         key = key.strip()
         if not eq or not key.isidentifier() or not value.strip():
             raise InputError(f"{usage}; {item!r} is not key=value")
-        if key in kwargs or key == "weights":
-            raise InputError(f"--arch: {key!r} is given twice or may not be set" if key != "weights"
-                             else "--arch: weights come from the model file, not from torchvision")
+        if key == "weights":
+            raise InputError("--arch: weights come from the model file, not from torchvision")
+        if key in kwargs:
+            raise InputError(f"--arch: {key!r} is given twice")
         kwargs[key] = _kwarg_value(value.strip())
     return TorchvisionArch(name, kwargs, spec)
 
@@ -426,7 +427,8 @@ def _safetensors(path: Path, arch_flag: str | None) -> tuple[nn.Module, dict, To
                          "torchvision:NAME[:key=value,...], e.g. torchvision:resnet18:num_classes=10")
     arch = parse_arch(spec)
     net = build_torchvision(arch)
-    _check_state_dict(path, tensors, net.state_dict(), f"--arch {arch.spec}")
+    _check_state_dict(path, tensors, net.state_dict(),
+                      f"--arch {arch.spec}" if arch_flag else f"its recorded architecture {arch.spec}")
     net.load_state_dict(tensors)
     return net.eval(), meta, arch
 
@@ -546,7 +548,11 @@ def load(path: str | Path, *, trust_pickle: bool = False, classes: tuple[str, ..
         raise InputError(f"{path} is not a readable model file ({first[:160]})") from None
     expected = _expected_input(net, exported)
     if "preprocess" in meta:
-        preprocess = Preprocess.from_dict(meta["preprocess"])
+        try:
+            preprocess = Preprocess.from_dict(meta["preprocess"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise InputError(f"{path}: its recorded preprocessing is malformed ({type(err).__name__}: "
+                             f"{err})") from None
     elif isinstance(preprocess, PreprocessHint):
         preprocess = preprocess.resolve(expected)
     if preprocess is None:

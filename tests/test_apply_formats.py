@@ -316,11 +316,14 @@ def test_bad_safetensors_files(resnet, tiny, tmp_path):
     tensors = load_file(str(out / "weights.safetensors"))
     tensors["fc.weight"] = tensors["fc.weight"].double()
     save_file(tensors, tmp_path / "float64.safetensors")
+    tensors["fc.weight"] = tensors["fc.weight"].float()
+    save_file(tensors, tmp_path / "meta.safetensors", metadata={"invwnn": json.dumps({"preprocess": {"size": 3}})})
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
     for name, needle in (("truncated.safetensors", "not a readable safetensors file"),
                          ("header.safetensors", "not a readable safetensors file"),
-                         ("float64.safetensors", "fc.weight is float64 (10, 512)")):
+                         ("float64.safetensors", "fc.weight is float64 (10, 512)"),
+                         ("meta.safetensors", "its recorded preprocessing is malformed")):
         r = CliRunner().invoke(apply, ["--model", str(tmp_path / name), "--forget", splits["forget"],
                                        "--size", "16x16", "--arch", "torchvision:resnet18:num_classes=10", "--quiet"])
         assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and needle in r.output, r.output
