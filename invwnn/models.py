@@ -81,32 +81,34 @@ class Normalized(nn.Module):
     """``net`` behind its input normalisation, so every method feeds images in [0, 1]. mean/std are
     buffers, not parameters: methods and rewinding never touch them.
 
-    ``micro_batch``: for a net that accepts only batches of exactly that many images (an exported
-    program with a fixed batch size). A batch ``(N, C, H, W)`` then runs as ``ceil(N / micro_batch)``
-    calls; the last one is padded by repeating its own images and the padded rows' outputs are
-    dropped, so the output is ``(N, classes)`` as for any net and a loss over it back-propagates
-    through every call (autograd sums the gradients: with per-image layers the result equals one
-    big batch's up to float rounding). Batch-statistic layers (batch norm in training mode) see
-    each micro-batch, padding included, on its own."""
+    ``micro_batch``: for a net that accepts at most that many images at once (an exported program
+    with a fixed batch size, or a bounded dynamic one), and ``min_batch`` (default: ``micro_batch``,
+    a fixed size) the fewest it accepts. A batch ``(N, C, H, W)`` then runs as
+    ``ceil(N / micro_batch)`` calls; a last one smaller than ``min_batch`` is padded by repeating its
+    own images and the padded rows' outputs are dropped, so the output is ``(N, classes)`` as for any
+    net and a loss over it back-propagates through every call (autograd sums the gradients: with
+    per-image layers the result equals one big batch's up to float rounding). Batch-statistic
+    layers (batch norm in training mode) see each micro-batch, padding included, on its own."""
 
-    def __init__(self, net: nn.Module, pre: Preprocess, micro_batch: int | None = None):
+    def __init__(self, net: nn.Module, pre: Preprocess, micro_batch: int | None = None,
+                 min_batch: int | None = None):
         super().__init__()
         self.net = net
         self.micro_batch = micro_batch
+        self.min_batch = micro_batch if min_batch is None else min_batch
         c = pre.channels
         self.register_buffer("mean", torch.tensor(pre.mean).expand(c).reshape(1, c, 1, 1).clone())
         self.register_buffer("std", torch.tensor(pre.std).expand(c).reshape(1, c, 1, 1).clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.mean) / self.std
-        b = self.micro_batch
-        if b is None or len(x) == b:
+        if self.micro_batch is None or self.min_batch <= len(x) <= self.micro_batch:
             return self.net(x)
         outs = []
-        for chunk in x.split(b):
+        for chunk in x.split(self.micro_batch):
             n = len(chunk)
-            if n < b:
-                chunk = torch.cat([chunk, chunk[torch.arange(b - n, device=chunk.device) % n]])
+            if n < self.min_batch:
+                chunk = torch.cat([chunk, chunk[torch.arange(self.min_batch - n, device=chunk.device) % n]])
             outs.append(self.net(chunk)[:n])
         return torch.cat(outs)
 
@@ -136,7 +138,7 @@ class LoadedModel:
 
     @property
     def micro_batch(self) -> int | None:
-        """The fixed batch size the net runs at (None: any batch)."""
+        """The most images the net takes in one call (None: any number)."""
         return self.model.micro_batch
 
     @property
@@ -557,11 +559,11 @@ def load(path: str | Path, *, trust_pickle: bool = False, classes: tuple[str, ..
         preprocess = preprocess.resolve(expected)
     if preprocess is None:
         raise InputError(f"{path} records no preprocessing; pass --size and --channels")
-    micro_batch, inexact = None, ()
+    batches, inexact = (None, None), ()
     if exported is not None:
-        micro_batch, inexact = _fixed_batch(path, exported, net)
+        batches, inexact = _bounded_batch(path, exported, net)
     file_classes = tuple(meta["classes"]) if "classes" in meta else None
-    model = Normalized(net, preprocess, micro_batch)
+    model = Normalized(net, preprocess, batches[1], batches[0])
     buffers = {k: b.clone() for k, b in model.named_buffers()}  # a training-mode graph updates them
     try:
         n_out = _n_outputs(model, preprocess)
@@ -587,39 +589,40 @@ def load(path: str | Path, *, trust_pickle: bool = False, classes: tuple[str, ..
     return loaded
 
 
-def _fixed_batch(path: Path, exported, net: nn.Module) -> tuple[int | None, tuple[str, ...]]:
-    """The largest batch the exported program takes when it is bounded (its batch size when fixed,
-    the upper end of a dynamic batch dimension's range when finite; else None), and the notes on
-    what running it in micro-batches or with batch statistics changes. Also makes every parameter
-    of ``net`` a leaf that requires grad, so methods can train it (refusing a graph whose parameters
-    are not leaves)."""
+def _bounded_batch(path: Path, exported, net: nn.Module) -> tuple[tuple[int | None, int | None], tuple[str, ...]]:
+    """The fewest and the most images the exported program takes in one call when the most is
+    bounded (both its batch size when fixed; the range of a dynamic batch dimension with a finite
+    upper end), else ``(None, None)``; and the notes on what running it in micro-batches or with
+    batch statistics changes. Also makes every parameter of ``net`` a leaf that requires grad, so
+    methods can train it (refusing a graph whose parameters are not leaves)."""
+    import sympy
     for name, p in net.named_parameters():
         if not p.is_leaf:
             raise InputError(f"{path}: parameter {name} of the exported program is not a leaf tensor; "
                              "it cannot be trained")
         p.requires_grad_(True)
-    import sympy
     shape = _exported_input(exported)
-    batch, fixed = None, False
+    lo = hi = None
     if shape is not None and len(shape):
         if isinstance(shape[0], int):
-            batch, fixed = shape[0], True
+            lo = hi = shape[0]
         else:
             bounds = exported.range_constraints.get(shape[0].node.expr)
-            upper = getattr(bounds, "upper", None)
-            batch = int(upper) if isinstance(upper, sympy.Integer) else None  # not int_oo: bounded
+            if bounds is not None and isinstance(bounds.upper, sympy.Integer):  # not int_oo: bounded
+                lo, hi = int(bounds.lower), int(bounds.upper)
     norms = batch_stat_norms(exported)
     notes = []
     if norms:
         notes.append(f"{norms} batch-norm layer(s) of the exported program were exported in training "
                      "mode: every forward pass, evaluation included, normalises with the batch's own "
                      "statistics and updates the running statistics")
-    if norms and batch is not None:
-        notes.append(f"the exported batch size is {'fixed at' if fixed else 'at most'} {batch}: batches "
-                     f"run as micro-batches of {batch} images (the last padded by repeating its images), "
-                     "so those batch statistics are per micro-batch, padding included, not per the "
-                     "method's batch")
-    return batch, tuple(notes)
+    if norms and hi is not None:
+        pad = (" (a last one of fewer than {lo} padded by repeating its images)", ", padding included") \
+            if lo > 1 else ("", "")
+        notes.append(f"the exported batch size is {'fixed at' if lo == hi else 'at most'} {hi}: larger "
+                     f"batches run as micro-batches of {hi} images{pad[0].format(lo=lo)}, so those batch "
+                     f"statistics are per micro-batch{pad[1]}, not per the method's batch")
+    return (lo, hi), tuple(notes)
 
 
 def save(loaded: LoadedModel, path: str | Path, report: dict | None = None) -> None:

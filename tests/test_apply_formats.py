@@ -126,8 +126,9 @@ def _export_fixed(tiny, path, batch: int, train_mode: bool = False, max_batch: i
     return loaded.net.eval()
 
 
-@pytest.mark.parametrize("batch, max_batch, refused", [(8, None, 5), (4, 16, 17)])
-def test_bounded_batch_program_is_refused_by_torch_and_runs_here_exactly(tiny, tmp_path, batch, max_batch, refused):
+@pytest.mark.parametrize("batch, max_batch, refused, calls", [(8, None, 5, [8, 8, 8]), (4, 16, 17, [16, 16, 5])])
+def test_bounded_batch_program_is_refused_by_torch_and_runs_here_exactly(tiny, tmp_path, batch, max_batch,
+                                                                           refused, calls):
     original = _export_fixed(tiny, tmp_path / "m.pt2", batch=batch, max_batch=max_batch)
     with pytest.raises(Exception, match="Guard failed"):  # what the bare program does with another count
         torch.export.load(str(tmp_path / "m.pt2")).module()(torch.rand(refused, 1, 28, 28))
@@ -137,8 +138,15 @@ def test_bounded_batch_program_is_refused_by_torch_and_runs_here_exactly(tiny, t
     assert loaded.inexact == ()  # eval-mode batch norm: micro-batches change nothing
     assert all(p.is_leaf and p.requires_grad for p in loaded.net.parameters())
     forget = forget_io.read(tiny / "forget", loaded_classes(tiny), loaded.preprocess)
-    x, y = forget.x[: 2 * size + 5], forget.y[: 2 * size + 5]  # 2 full micro-batches and one padded
+    x, y = forget.x[: 2 * size + 5], forget.y[: 2 * size + 5]  # 2 full micro-batches and a short one
+    seen = []
+    hook = loaded.net.register_forward_pre_hook(lambda _, args: seen.append(len(args[0])))
     out = loaded.model(x)
+    assert seen == calls  # a fixed size pads the short one; a range takes it as it is
+    seen.clear()
+    loaded.model(x[:5])
+    assert seen == [calls[-1]]  # a batch the program takes runs in one call
+    hook.remove()
     assert out.shape == (len(x), 10)
     torch.testing.assert_close(out, original(x), rtol=1e-4, atol=1e-5)
     # a loss over the whole batch back-propagates through every micro-batch: same gradient
@@ -180,7 +188,8 @@ def test_training_mode_batch_norm_is_reported_inexact(tiny, tmp_path):
                                    ",".join(loaded_classes(tiny))])
     assert r.exit_code == 0, r.output
     report = json.loads((tmp_path / "m.unlearned.json").read_text())
-    assert len(report["inexact"]) == 2 and "per micro-batch" in report["inexact"][1]
+    assert len(report["inexact"]) == 2 and "fixed at 8" in report["inexact"][1]
+    assert "per micro-batch, padding included" in report["inexact"][1]
     assert "inexact: " in r.output and "exported in training mode" in r.output
     before = models.load(tmp_path / "m.pt2", preprocess=models.PreprocessHint())
     after = models.load(tmp_path / "m.unlearned.pt2")
