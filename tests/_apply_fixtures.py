@@ -7,6 +7,8 @@ channel CNN, built once per test session and shared by modules.
 LeNet-like CNN with BatchNorm (conv6-conv16-fc120-fc84), trained outside the project's code on
 2,000 Fashion-MNIST images of which 20% carry a wrong label, saved as TorchScript (no class names,
 no preprocessing recorded), with the noisy images as the forget set and tensor files as splits.
+Its data and training recipe (``lenet_data``, ``train_lenet``) are also used by
+``scripts/forget_only.py``.
 """
 from __future__ import annotations
 
@@ -49,6 +51,39 @@ class LeNet(nn.Module):
         return self.head(self.features(x))
 
 
+def lenet_data(seed: int = 0, train_size: int = 2000, test_size: int = 1000, noise: float = 0.2,
+               ds=None) -> dict:
+    """The unseen LeNet's data: ``train_size`` seeded Fashion-MNIST training images (``idx`` into
+    the training split), uint8 ``x`` and labels ``y`` of which a seeded share ``noise`` carry a wrong
+    label (``noisy`` mask), ``test_size`` seeded test images (``test_idx``), and the generator ``g``
+    in the state the training recipe continues from."""
+    ds = ds if ds is not None else datasets.load("fashion-mnist")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(ds.y_train), generator=g)[:train_size]
+    x, y = ds.x_train[idx], ds.y_train[idx].clone()
+    noisy = torch.zeros(len(y), dtype=torch.bool)
+    noisy[torch.randperm(len(y), generator=g)[: round(noise * len(y))]] = True
+    y[noisy] = (y[noisy] + torch.randint(1, 10, (int(noisy.sum()),), generator=g)) % 10  # always wrong
+    test_idx = torch.randperm(len(ds.y_test), generator=g)[:test_size]
+    return {"ds": ds, "idx": idx, "x": x, "y": y, "noisy": noisy, "test_idx": test_idx, "g": g}
+
+
+def train_lenet(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, seed: int = 0, epochs: int = 12,
+                lr: float = 2e-3, batch_size: int = 64) -> LeNet:
+    """The unseen LeNet's recipe: initialised from ``seed``, Adam ``lr``, ``epochs`` over uint8
+    images ``x`` and labels ``y`` in minibatches drawn from ``g``; returned in eval mode."""
+    torch.manual_seed(seed)
+    net = LeNet()
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    xf = datasets.to_float(x)
+    for _ in range(epochs):
+        for b in torch.randperm(len(y), generator=g).split(batch_size):
+            opt.zero_grad()
+            F.cross_entropy(net(xf[b]), y[b]).backward()
+            opt.step()
+    return net.eval()
+
+
 def unseen_lenet(base: Path) -> Path:
     """Folder with lenet.pt (TorchScript) and forget.pt / retain.pt / test.pt tensor files of
     uint8 images and labels (forget: the mislabelled 20%, with their wrong labels); cached per
@@ -56,29 +91,14 @@ def unseen_lenet(base: Path) -> Path:
     if "lenet" in _BUILT:
         return _BUILT["lenet"]
     c = LENET
-    ds = datasets.load("fashion-mnist")
-    g = torch.Generator().manual_seed(c["seed"])
-    idx = torch.randperm(len(ds.y_train), generator=g)[: c["train_size"]]
-    x, y = ds.x_train[idx], ds.y_train[idx].clone()
-    noisy = torch.zeros(len(y), dtype=torch.bool)
-    noisy[torch.randperm(len(y), generator=g)[: round(c["noise"] * len(y))]] = True
-    y[noisy] = (y[noisy] + torch.randint(1, 10, (int(noisy.sum()),), generator=g)) % 10  # always wrong
-    test_idx = torch.randperm(len(ds.y_test), generator=g)[: c["test_size"]]
-    torch.manual_seed(c["seed"])
-    net = LeNet()
-    opt = torch.optim.Adam(net.parameters(), lr=c["lr"])
-    xf = datasets.to_float(x)
-    for _ in range(c["epochs"]):
-        for b in torch.randperm(len(y), generator=g).split(c["batch_size"]):
-            opt.zero_grad()
-            F.cross_entropy(net(xf[b]), y[b]).backward()
-            opt.step()
-    net.eval()
+    d = lenet_data(c["seed"], c["train_size"], c["test_size"], c["noise"])
+    x, y, noisy, ds = d["x"], d["y"], d["noisy"], d["ds"]
+    net = train_lenet(x, y, d["g"], c["seed"], c["epochs"], c["lr"], c["batch_size"])
     out = base / "lenet"
     out.mkdir(parents=True, exist_ok=True)
     torch.jit.save(torch.jit.script(net), str(out / "lenet.pt"))
     torch.save({"x": x[noisy], "y": y[noisy]}, out / "forget.pt")
     torch.save({"x": x[~noisy], "y": y[~noisy]}, out / "retain.pt")
-    torch.save({"x": ds.x_test[test_idx], "y": ds.y_test[test_idx]}, out / "test.pt")
+    torch.save({"x": ds.x_test[d["test_idx"]], "y": ds.y_test[d["test_idx"]]}, out / "test.pt")
     _BUILT["lenet"] = out
     return out
