@@ -144,9 +144,9 @@ class FullPrecision:
     def __init__(self, inner: Any, device: str):
         self.inner, self.device = inner, device
 
-    def rewind(self, windows: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+    def rewind(self, windows: torch.Tensor, kinds: torch.Tensor, layers: torch.Tensor | None = None) -> torch.Tensor:
         with full_precision(self.device):
-            return self.inner.rewind(windows.float(), kinds)
+            return self.inner.rewind(windows.float(), kinds, layers)
 
     def __getattr__(self, name: str) -> Any:  # k, describe(), ... of the wrapped rewinder
         return getattr(self.inner, name)
