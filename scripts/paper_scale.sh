@@ -6,9 +6,12 @@
 # On a CUDA machine (the full setting; Fashion-MNIST as 3x32x32 stands in for CIFAR-10, which the
 # project's machines cannot download -- pass --dataset cifar10 --data-root DIR where you have it):
 #   scripts/paper_scale.sh --device cuda --amp
-# A reduced CPU run (what docs/results.md's "Paper scale (reduced CPU run)" section reports):
-#   scripts/paper_scale.sh --width 8 --width-mult 0.125 --runs 4 --steps 96 --train-size 4000 \
-#       --epochs 4 --train-steps 400 --out results/paper-cpu
+# The reduced CPU run docs/results.md's "Paper scale (reduced CPU run)" section reports (29 min on a
+# shared 2-vCPU VM):
+#   scripts/paper_scale.sh --width 8 --width-mult 0.125 --runs 4 --steps 48 --coords 20000 \
+#       --train-steps 400 --train-size 2000 --epochs 5 --seeds 3 \
+#       --methods invwnn,invwnn+,invwnn-linear,random-label,boundary-shrink,salun,neggrad,task-vector \
+#       --out results/paper-cpu
 #
 # Options (defaults are the GPU setting):
 #   --device D        cpu or cuda (collect, train and bench)          [cpu]
