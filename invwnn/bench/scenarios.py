@@ -236,6 +236,10 @@ SCENARIOS: dict[str, tuple[Callable, dict]] = {
     "backdoor": (lambda c, s, d: _build(c, s, d, "backdoor"), {"forget_fraction": 0.2}),
 }
 
+# the scenarios with a validation split: what `invwnn tune` can search and the fair bench covers
+# (paper trains on the whole training set, so nothing is left to validate on)
+TUNABLE = tuple(name for name, (_, d) in SCENARIOS.items() if d.get("val_size", ScenarioConfig.val_size) > 0)
+
 QUICK = {"train_size": 2000, "test_size": 1000, "val_size": 1000, "epochs": 8.0}
 # the paper scenario keeps its missing validation split under --quick, so a small CIFAR-format
 # folder suffices
