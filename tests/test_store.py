@@ -41,13 +41,13 @@ def test_values_in_the_store_equal_the_model_weights_at_those_steps(empty_store,
 
 
 def test_time_chunks_are_flushed_across_boundaries(empty_store, fmnist):
-    spec = draw_run(0, 0, steps=150, every=1)  # 151 snapshots: two full chunks of 64 and a partial
+    spec = draw_run(0, 0, steps=150, every=1)  # 151 snapshots: a full chunk of 76 and a partial one
     name, _ = train_to_store(empty_store, spec.to_dict(), None, 1)
     run = store.open_run(empty_store, name)
     history = run.history[:]
     assert history.shape[1] == 151 and np.isfinite(history).all()
-    assert not np.array_equal(history[:, 63], history[:, 64])
-    assert run.history.chunks[1] == store.TIME_CHUNK
+    assert not np.array_equal(history[:, 75], history[:, 76])
+    assert run.history.chunks[1] == store.time_chunk_for(151) == 76
 
 
 def test_store_reopens_with_plain_zarr(empty_store, fmnist):

@@ -14,7 +14,7 @@ from trajgen import verify as verifying
 from trajgen.cli_errors import OneLineGroup, UserError, user_errors
 from trajgen.data import DATASETS, DatasetError
 from trajgen.spec import ALL_ARCHS, ARCHS, OPTIMIZERS, SpecError, parse_choices
-from trajgen.store import StoreError
+from trajgen.store import StoreError, shared_location
 
 input_errors = user_errors(SpecError, StoreError, DatasetError)
 
@@ -26,7 +26,8 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--store", default="data/traj.zarr", show_default=True, help="Zarr store to create or resume.")
+@click.option("--store", default="data/traj.zarr", show_default=True,
+              help="Store to create or resume: a path or file:// URL every worker can reach.")
 @click.option("--archs", default=",".join(ARCHS), show_default=True, help=f"Comma list of {', '.join(ALL_ARCHS)}.")
 @click.option("--optimizers", default=",".join(OPTIMIZERS), show_default=True, help="Comma list to draw from.")
 @click.option("--runs", default=500, show_default=True, type=click.IntRange(min=1), help="Runs in the collection.")
@@ -68,7 +69,8 @@ def collect(store, archs, optimizers, runs, seed, steps, every, dataset, data_ro
 def _episode_options(default_store: str, default_runs: int):
     """The options ``episodes`` and ``twins`` share."""
     options = [
-        click.option("--store", default=default_store, show_default=True, help="Zarr store to create or resume."),
+        click.option("--store", default=default_store, show_default=True,
+                     help="Store to create or resume: a path or file:// URL every worker can reach."),
         click.option("--runs", default=default_runs, show_default=True, type=click.IntRange(min=1),
                      help="Episodes in the collection."),
         click.option("--seed", default=0, show_default=True, type=int,
@@ -95,6 +97,8 @@ def _episode_options(default_store: str, default_runs: int):
 
 
 def _collect_episodes(twins: bool, quiet: bool, **flags) -> None:
+    # episodes are written through a local path (a path or a file:// URL) whatever --workers says
+    flags["store"] = str(shared_location(flags["store"], in_process="").path)
     config = episoding.EpisodeConfig(**flags, twins=twins, progress=not quiet)
     result = episoding.collect_episodes(config)
     click.echo(f"{result['store']}: wrote {result['trained']} {'twins' if twins else 'episodes'}, "

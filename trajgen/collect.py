@@ -6,7 +6,6 @@ import contextlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -114,9 +113,13 @@ def _client(config: CollectConfig):
 def collect(config: CollectConfig) -> dict[str, Any]:
     """Make ``config.runs`` runs complete in ``config.store``; returns what was done. Everything
     that can be checked is checked before the store is touched."""
+    loc = store.location(config.store)  # an unsupported URL fails before anything else
+    if config.workers or config.scheduler:
+        loc = store.shared_location(loc)
     specs = plan(config)
     datasets.load(config.dataset, config.data_root, config.download)  # a missing dataset fails before any write
-    path = str(Path(config.store))
+    # the workers get the local path; with a scheduler possibly on other machines, an absolute one
+    path = str(loc.path.resolve()) if config.scheduler else loc.target
     root = store.create_store(path)
     todo, unindexed, stale = _resume_state(root, specs)
     if stale:
@@ -153,5 +156,5 @@ def collect(config: CollectConfig) -> dict[str, Any]:
             for future in as_completed(futures):
                 done(*future.result())
     bar.close()
-    return {"store": path, "planned": len(specs), "trained": len(todo),
+    return {"store": str(loc), "planned": len(specs), "trained": len(todo),
             "skipped": len(specs) - len(todo), "seconds": time.perf_counter() - started}

@@ -18,8 +18,8 @@ def describe(path: str | Path) -> dict[str, Any]:
     """Runs by architecture and optimizer, sizes, compression, how many runs record a sample of
     their coordinates, and final test accuracy spread of the complete runs in the store at ``path``. Reads the index and one listing of ``runs/``;
     the bytes on disk are the runs' recorded sizes (a version-1 store's files are walked)."""
-    path = Path(path)
-    root = store.open_store(path)
+    loc = store.location(path)
+    root = store.open_store(loc)
     idx = store.index(root)
     present = store.run_names(root)
     complete = set(store.complete_in(root, idx, include_diverged=True))
@@ -28,11 +28,12 @@ def describe(path: str | Path) -> dict[str, Any]:
     accs = np.array([s["final_test_acc"] for s in good], dtype=float)
     raw = sum(4 * s["n_coords"] * s["n_snapshots"] for s in entries)
     recorded = [s.get("bytes_stored") for s in entries]
-    on_disk = sum(recorded) if None not in recorded else disk_bytes(path)
+    on_disk = (sum(r or 0 for r in recorded) if None not in recorded or loc.path is None
+               else disk_bytes(loc.path))
     spread = ({"min": float(accs.min()), "median": float(np.median(accs)), "max": float(accs.max())}
               if len(accs) else None)
     return {
-        "store": str(path),
+        "store": str(loc),
         "schema_version": store.schema_version(root),
         "runs": len(entries),
         "diverged": len(entries) - len(good),

@@ -31,7 +31,9 @@ def copy_run(old_root, new_root, name: str) -> dict[str, Any]:
 def migrate(old: str | Path, new: str | Path) -> dict[str, Any]:
     """Copy every complete run of ``old`` into ``new`` (created if absent); returns counts."""
     old_root = store.open_store(old)
-    if Path(old).resolve() == Path(new).resolve():
+    old_loc, new_loc = store.location(old), store.location(new)
+    if (old_loc.target == new_loc.target if old_loc.path is None or new_loc.path is None
+            else old_loc.path.resolve() == new_loc.path.resolve()):
         raise store.StoreError(f"migrate writes a new store: give NEW other than {old}")
     new_root = store.create_store(new)
     names = store.complete_runs(old, include_diverged=True)

@@ -6,7 +6,7 @@ Layout (Zarr v3, one directory; schema version 2)::
       index/                        attrs: count (committed entries), page_size
         p000000/                    attrs: entries (log entries page_size * k ... page_size * (k + 1) - 1)
       runs/<run-000042>/            attrs: spec, layers, versions, complete, diverged, final_test_acc
-        history  (n_coords, n_snapshots) float32, chunks (COORD_CHUNK, TIME_CHUNK)
+        history  (n_coords, n_snapshots) float32, chunks (COORD_CHUNK, time_chunk_for(n_snapshots))
         kind     (n_coords,)  uint8   code of the parameter kind (trajgen.nets.KINDS)
         layer    (n_coords,)  uint16  row of the layer table the coordinate belongs to
         pos      (n_coords,)  int32   flat position inside that layer's tensor
@@ -32,7 +32,9 @@ small files.
 A run group is written only by the task that trains it, and marked ``complete`` only after its last
 write; the index is written only by the collecting client, which indexes a run only once it is
 complete and drops an entry before its run is retrained. Zarr's local store replaces files by
-rename, so a kill leaves every file either old or new. Version-1 stores (Blosc without checksums,
+rename, so a kill leaves every file either old or new. A store is given as a path or a ``file://``
+URL, written as that local path (:func:`location`); ``memory://`` works in one process only, and
+every other scheme is refused: the writers are dask workers that must all reach the store. Version-1 stores (Blosc without checksums,
 the whole index in one root attribute) are read as before and never written to: ``trajgen migrate``
 copies one into a version-2 store.
 """
@@ -59,7 +61,12 @@ from trajgen.spec import RunSpec
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 STORE_KIND = "trajgen-store"
+# History's time chunks: the fewest chunks of at most MAX_TIME_CHUNK snapshots, of equal length
+# (time_chunk_for; 129 snapshots -> 65 + 64), so that no run ends in a chunk of a snapshot or two,
+# whose values cannot be delta-coded (README, "Store schema"). Schema-2 stores written before used
+# TIME_CHUNK = 64 whatever the run's length; the chunk shape is each array's metadata, so both read.
 TIME_CHUNK = 64
+MAX_TIME_CHUNK = 128
 COORD_CHUNK = 16384
 INDEX_PAGE = 128
 # The arrays of a run group and their dtypes (the schema above); history is 2-D, the others 1-D.
@@ -78,6 +85,10 @@ class StoreError(RuntimeError):
     """A store that cannot be created, opened or read as a trajgen store."""
 
 
+class NoStore(StoreError):
+    """Nothing (no root ``zarr.json``) where a store was expected."""
+
+
 def versions() -> dict[str, str]:
     import numcodecs
     import pcodec
@@ -87,9 +98,22 @@ def versions() -> dict[str, str]:
             "numcodecs": numcodecs.__version__, "pcodec": pcodec.__version__, "numpy": np.__version__}
 
 
+def balanced_time_chunk(n_snapshots: int, most: int) -> int:
+    """The time chunk that cuts ``n_snapshots`` into the fewest chunks of at most ``most``
+    snapshots, all of the same length but the last (129 -> 65 + 64 for ``most`` = 128)."""
+    n_chunks = -(-max(1, n_snapshots) // most)
+    return -(-max(1, n_snapshots) // n_chunks)
+
+
+def time_chunk_for(n_snapshots: int) -> int:
+    """The time chunk of a run of ``n_snapshots`` snapshots (see ``MAX_TIME_CHUNK``)."""
+    return balanced_time_chunk(n_snapshots, MAX_TIME_CHUNK)
+
+
 def history_codecs() -> dict[str, Any]:
-    """``create_array`` keywords of ``history``: PCodec level 8 in classic mode (1.75x on a real
-    collection, against 1.54x for schema 1's Blosc; README), then the chunk's CRC32C."""
+    """``create_array`` keywords of ``history``: PCodec level 8 in classic mode (1.76x on a real
+    collection with :func:`time_chunk_for`'s chunks, against 1.54x for schema 1's Blosc; nothing
+    lossless tried reaches 2x: README, "Store schema"), then the chunk's CRC32C."""
     return {"serializer": PCodec(level=8, mode_spec="classic"), "compressors": [Crc32cCodec()]}
 
 
@@ -102,7 +126,72 @@ def schema_version(root: zarr.Group) -> int:
     return root.attrs["schema_version"]
 
 
-def _check_root(root: zarr.Group, path: Path, mode: str) -> zarr.Group:
+@dataclass(frozen=True)
+class Location:
+    """Where a store lives: ``path``, a local path (given as a path or a ``file://`` URL), or
+    ``url``, a ``memory://`` URL (zarr's in-process memory store: this process only)."""
+
+    text: str
+    path: Path | None = None
+    url: str | None = None
+
+    @property
+    def target(self) -> str:
+        """What zarr is given: the local path (zarr's local store, whose writes replace files by
+        rename) or the memory URL."""
+        return str(self.path) if self.path is not None else self.url
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes (dask workers) can reach the store: true of a path."""
+        return self.path is not None
+
+    def __str__(self) -> str:
+        return self.text
+
+
+# What a store given as a URL other than file:// or memory:// is told.
+NEEDED = ("a store every worker can reach: a path or file:// URL on a file system mounted at the same "
+          "place on every machine (a shared file system such as NFS)")
+
+
+def location(store: str | Path | Location) -> Location:
+    """Parse ``--store``: a local path, a ``file://`` URL (``file:///abs/path``; read and written as
+    that local path) or a ``memory://`` URL (one process only). Any other URL scheme raises a
+    one-line :class:`StoreError`: the store's guarantees (a file replaced by rename is old or new,
+    never torn) are those of a file system, and its writers are dask workers that must all reach it."""
+    if isinstance(store, Location):
+        return store
+    if isinstance(store, Path) or "://" not in str(store):
+        return Location(str(Path(store)), path=Path(store))
+    text = str(store)
+    scheme = text.split("://", 1)[0].lower()
+    if scheme == "file":
+        from urllib.parse import unquote, urlsplit
+
+        parts = urlsplit(text)
+        if parts.netloc not in ("", "localhost"):
+            raise StoreError(f"{text}: a file:// URL of another host ({parts.netloc}); give {NEEDED}")
+        if not parts.path:
+            raise StoreError(f"{text}: a file:// URL without a path (file:///abs/path)")
+        return Location(text, path=Path(unquote(parts.path)))
+    if scheme == "memory":
+        return Location(text, url=text)
+    raise StoreError(f"{text}: {scheme}:// stores are not supported; give {NEEDED}")
+
+
+def shared_location(store: str | Path | Location, in_process: str = " (or train in this process: --workers 0)"
+                    ) -> Location:
+    """:func:`location`, refusing a store that dask workers (other processes) cannot reach;
+    ``in_process`` ends the message (what else the user can do)."""
+    loc = location(store)
+    if not loc.shared:
+        raise StoreError(f"{loc}: a memory:// store lives in one process and dask workers cannot reach "
+                         f"it; give {NEEDED}{in_process}")
+    return loc
+
+
+def _check_root(root: zarr.Group, path: Location, mode: str) -> zarr.Group:
     kind = root.attrs.get("kind")
     if kind != STORE_KIND:
         raise StoreError(f"{path} is a Zarr group but not a trajgen store")
@@ -116,17 +205,21 @@ def _check_root(root: zarr.Group, path: Path, mode: str) -> zarr.Group:
     return root
 
 
-def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
+def open_store(path: str | Path | Location, mode: str = "r") -> zarr.Group:
     """Open an existing store for reading (``mode='r'``, versions 1 and 2) or appending (``'a'``,
-    version 2 only)."""
-    path = Path(path)
-    if not (path / "zarr.json").is_file():
-        raise StoreError(f"{path} is not a trajgen store (no zarr.json)")
+    version 2 only). ``path``: see :func:`location`."""
+    loc = location(path)
+    if loc.path is not None and not (loc.path / "zarr.json").is_file():
+        raise NoStore(f"{loc} is not a trajgen store (no zarr.json)")
     try:
-        root = zarr.open_group(str(path), mode=mode)
+        if loc.path is None:  # mode "a" would create an empty group where there is none
+            zarr.open_group(loc.target, mode="r")
+        root = zarr.open_group(loc.target, mode=mode)
+    except FileNotFoundError:  # zarr's GroupNotFoundError: a memory:// URL holding nothing
+        raise NoStore(f"{loc} is not a trajgen store (no zarr.json)") from None
     except Exception as err:  # zarr raises several types for unreadable metadata
-        raise StoreError(f"cannot open {path}: {err}") from err
-    return _check_root(root, path, mode)
+        raise StoreError(f"cannot open {loc}: {err}") from err
+    return _check_root(root, loc, mode)
 
 
 @contextlib.contextmanager
@@ -162,21 +255,30 @@ def check_writable(path: Path) -> None:
     probe_writable(path)
 
 
-def create_store(path: str | Path) -> zarr.Group:
-    """Open the store at ``path`` for appending, creating an empty one if there is none."""
-    path = Path(path)
-    check_writable(path)
-    if (path / "zarr.json").is_file():
-        root = open_store(path, mode="a")
-    elif path.exists() and any(path.iterdir()):
-        raise StoreError(f"{path} exists, is not empty and is not a trajgen store")
-    else:
-        with writing(f"a store at {path}"):
-            # the root's metadata is written whole, attributes included, so a kill leaves no root
-            # that is neither absent nor a trajgen store
-            root = zarr.open_group(str(path), mode="w", attributes={
+def create_store(path: str | Path | Location) -> zarr.Group:
+    """Open the store at ``path`` (see :func:`location`) for appending, creating an empty one if
+    there is none."""
+    loc = location(path)
+    if loc.path is None:  # memory://
+        try:
+            root = open_store(loc, mode="a")
+        except NoStore:
+            root = zarr.open_group(loc.target, mode="w", attributes={
                 "kind": STORE_KIND, "schema_version": SCHEMA_VERSION})
-    with writing(f"the groups of {path}"):  # absent if a kill cut the creation short
+    else:
+        path = loc.path
+        check_writable(path)
+        if (path / "zarr.json").is_file():
+            root = open_store(loc, mode="a")
+        elif path.exists() and any(path.iterdir()):
+            raise StoreError(f"{loc} exists, is not empty and is not a trajgen store")
+        else:
+            with writing(f"a store at {loc}"):
+                # the root's metadata is written whole, attributes included, so a kill leaves no
+                # root that is neither absent nor a trajgen store
+                root = zarr.open_group(str(path), mode="w", attributes={
+                    "kind": STORE_KIND, "schema_version": SCHEMA_VERSION})
+    with writing(f"the groups of {loc}"):  # absent if a kill cut the creation short
         if "runs" not in root:
             root.create_group("runs")
         if "index" not in root:
@@ -376,12 +478,14 @@ def check_coords(coords: np.ndarray, n_params: int) -> str | None:
 
 
 def create_run_group(runs: zarr.Group, name: str, spec: RunSpec, layers: list[Layer], n_snapshots: int,
-                     time_chunk: int = TIME_CHUNK, coord_chunk: int = COORD_CHUNK,
+                     time_chunk: int | None = None, coord_chunk: int = COORD_CHUNK,
                      coords: np.ndarray | None = None) -> zarr.Group:
     """An empty, incomplete group ``name`` for ``spec`` in ``runs`` (replacing any group of that name):
     history ``(n_coords, n_snapshots)`` filled with NaN, the per-coordinate arrays, and the
     attributes known before training. ``coords`` (n_coords,) int64: record only these flat
-    positions (a sampled run, which also stores them); None: every coordinate."""
+    positions (a sampled run, which also stores them); None: every coordinate. ``time_chunk``
+    None: :func:`time_chunk_for` ``n_snapshots``."""
+    time_chunk = time_chunk or time_chunk_for(n_snapshots)
     n_params = sum(layer.numel for layer in layers)
     if coords is not None:
         coords = np.asarray(coords, OPTIONAL_DTYPES["coords"])
@@ -422,13 +526,13 @@ class RunWriter:
     Snapshots are copied into one of two preallocated ``(time_chunk, n_coords)`` float32 buffers
     (with ``coords``, a sampled run: only those flat positions of each snapshot are kept);
     a full buffer is compressed and written by a background thread while the other fills, so at
-    most two time chunks are held, whatever the run's length. Any previous, incomplete group of
+    most two time chunks (of at most ``MAX_TIME_CHUNK`` snapshots) are held, whatever the run's length. Any previous, incomplete group of
     the same name is replaced. Call :meth:`append` once per snapshot and :meth:`close` at the end;
     only ``close`` marks the run complete.
     """
 
     def __init__(self, path: str | Path, spec: RunSpec, layers: list[Layer],
-                 time_chunk: int = TIME_CHUNK, coord_chunk: int = COORD_CHUNK, coords: np.ndarray | None = None):
+                 time_chunk: int | None = None, coord_chunk: int = COORD_CHUNK, coords: np.ndarray | None = None):
         root = open_store(path, mode="a")
         self.where = f"run {spec.name} to {path}"
         with self._writing():
