@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from importlib.metadata import version
 from trajgen.nets import KINDS
-from trajgen.store import complete_runs, index, open_store, run_array, versions
+from trajgen.store import complete_runs, index, location, open_store, run_array, versions
 from invwnn.predictor import ModelConfig, Predictor, predict_past, save_checkpoint
 from invwnn.windows import (WindowError, WindowStream, check_context, check_windows, context_columns,
                             fit_horizon, kind_codes, layer_context, linear_backextrapolation, no_rewind,
@@ -223,6 +223,12 @@ def _layer_sample(full: np.ndarray, layers: np.ndarray, sel: np.ndarray, k: int,
     return starts, ctx
 
 
+def _resolved(store: str) -> str:
+    """The store as provenance records it: the absolute local path (a file:// URL's too), or the URL."""
+    where = location(store)
+    return str(where.path.resolve()) if where.path is not None else where.target
+
+
 def horizon_bound(u: int, target: str) -> float:
     """Largest damped-line horizon fitted: U for past targets; for counterfactual ones, which need
     not lie U snapshots back, 10 U."""
@@ -305,7 +311,7 @@ def evaluation_record(model: Predictor, val: dict[str, torch.Tensor], fit: dict[
     windows, from ``fit_runs``) and how the damped line's horizons were fitted."""
     horizons = fit_horizons(fit, u)
     return {"format": EVALUATION_FORMAT, "held_out": evaluate(model, val, fit, horizons), "held_out_runs_desc": desc,
-            "held_out_runs": val_runs, "store": str(Path(store).resolve()),
+            "held_out_runs": val_runs, "store": _resolved(store),
             "horizon_fit": {"runs": fit_runs, "windows": len(fit["target"]), "horizons": horizons,
                             "method": "exact minimiser of the training-sample MAE: the |slope|-weighted median "
                                       f"of each window's own best horizon, clamped to [0, {u:g}]"}}
@@ -395,7 +401,7 @@ def _train(config: TrainConfig, progress: bool) -> dict[str, Any]:
     final = curve[-1]["val_mae"]
     # the first validation point within 1% of the final error: when training had effectively converged
     reached = next(c for c in curve if c["val_mae"] <= final * 1.01)
-    provenance = {"store": str(Path(config.store).resolve()), **data_description(config.store, train_runs),
+    provenance = {"store": _resolved(config.store), **data_description(config.store, train_runs),
                   "runs": len(runs), "train_runs": len(train_runs),
                   "val_runs": val_runs, "windows_seen": seen, "train_seconds": round(seconds, 1),
                   "seconds_to_final_val": round(reached["seconds"], 1), "versions": {**versions(), "invwnn": version("invwnn")}}

@@ -68,6 +68,8 @@ def _fingerprint(name: str, overrides: dict) -> str:
 def _bench_key(scenario: str, unit: tuple) -> str:
     """scenario/seed/method/fingerprint (:func:`_fingerprint` of the chosen hyperparameters)."""
     _, bench, seed, name, _ = unit
+    if name is None:  # Retrain, re-timed in the pool
+        return f"{scenario}/{seed}/None/retrain"
     return f"{scenario}/{seed}/{name}/{_fingerprint(name, bench.method_overrides.get(name, {}))}"
 
 

@@ -4,8 +4,8 @@ from the benches `scripts/fair_bench.py --phase bench --methods ...` wrote to RE
     .venv/bin/python scripts/rewinder_table.py [--results results/rewinders]
 
 Prints one Markdown table: per scenario, each row's gap to Retrain at equal forgetting (mean over the
-seeds that reached Retrain's UA, that count in brackets; "-": none did), its tuned horizon, the time
-as a share of Retrain's (same pool), and which learned rows beat both the line and the control in
+seeds that reached Retrain's UA, that count in brackets; "-": none did), its tuned horizon, its time
+as a percentage of Retrain's (Retrain re-timed in the same pool), and which learned rows beat both the line and the control in
 that scenario (a row that reached in fewer seeds than the line does not beat it). Then the count of
 scenarios each learned row wins.
 """
@@ -47,15 +47,14 @@ def table(results_dir: Path) -> str:
         results = json.loads((results_dir / scenario / "results.json").read_text())
         rows = _equal_rows(results)
         chosen = {n: m["chosen"] for n, m in (results.get("tuning") or {}).get("methods", {}).items()}
-        retrain = sum(r["retrain"]["seconds"] for r in results["runs"]) / len(results["runs"])
         cells = []
         for name in (*LEARNED, *CONTROLS):
             row = rows.get(name)
             if row is None or not row.get("n") or math.isnan(row.get("gap", math.nan)):
-                cells.append(f"- (0/{results['runs'].__len__()})")
+                cells.append(f"- (0/{len(results['runs'])})")
                 continue
             h = chosen.get(name, {}).get("horizon")
-            share = row["seconds"] / retrain if "seconds" in row else math.nan
+            share = row.get("time_ratio", math.nan)
             cells.append(f"{row['gap']:.2f} ({row['n']}/{row['seeds']})" + (f", h {h:.2f}" if h is not None else "")
                          + (f", {100 * share:.0f}%" if not math.isnan(share) else ""))
         winners = [n for n in LEARNED if all(beats(rows.get(n), rows.get(c)) for c in CONTROLS)]

@@ -29,7 +29,6 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -362,7 +361,7 @@ def collect_episodes(config: EpisodeConfig) -> dict[str, Any]:
     after a kill to resume: complete episodes are kept, incomplete ones are rewritten."""
     specs = plan(config)
     datasets.load_cached(config.dataset, config.data_root)  # a missing dataset fails before any write
-    path = str(Path(config.store))
+    path = store.location(config.store).target  # a file:// URL is read and written as its local path
     root = store.create_store(path)
     todo, unindexed = _resume_state(root, specs)
     if unindexed:
