@@ -55,7 +55,7 @@ def test_cut_windows_equal_raw_histories(small_store):
     run = complete_runs(small_store)[0]
     raw = open_run(small_store, run).history[:]  # whole history, read independently of the blocks
     for block in [b for b in run_blocks(small_store, [run])][:2]:
-        h, codes = read_block(root, block)
+        h, codes, _, _ = read_block(root, block)
         w, target, kind, rows, starts = cut_windows(h, codes, 15, 3, 3, np.random.default_rng(0),
                                                     kind_codes(KINDS), return_index=True)
         src = rows + block.c0
