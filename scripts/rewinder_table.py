@@ -19,9 +19,10 @@ from pathlib import Path
 from invwnn.bench import report
 from invwnn.bench.scenarios import SCENARIOS
 
-LEARNED = ("invwnn+", "invwnn+-episodes", "invwnn+-twins")
+LEARNED = ("invwnn+", "invwnn+-episodes", "invwnn+-episodes-context", "invwnn+-twins")
 CONTROLS = ("invwnn+-linear", "invwnn+-reset")
-LABEL = {"invwnn+": "scratch runs", "invwnn+-episodes": "episodes", "invwnn+-twins": "twins",
+LABEL = {"invwnn+": "scratch runs", "invwnn+-episodes": "episodes", "invwnn+-episodes-context": "episodes + context",
+         "invwnn+-twins": "twins",
          "invwnn+-linear": "tuned line", "invwnn+-reset": "repair only"}
 
 
@@ -39,16 +40,19 @@ def beats(a: dict | None, b: dict | None) -> bool:
 
 
 def table(results_dir: Path) -> str:
-    head = "| scenario | " + " | ".join(LABEL[n] for n in (*LEARNED, *CONTROLS)) + " | learned rows beating line and control |"
-    lines = [head, "|---" * (len(LEARNED) + len(CONTROLS) + 2) + "|"]
-    wins = {n: 0 for n in LEARNED}
     scenarios = [s for s in SCENARIOS if (results_dir / s / "results.json").is_file()]
+    loaded = {s: json.loads((results_dir / s / "results.json").read_text()) for s in scenarios}
+    benched = {n for r in loaded.values() for n in r["bench"]["methods"]}
+    learned = [n for n in LEARNED if n in benched]  # rows this bench ran
+    head = "| scenario | " + " | ".join(LABEL[n] for n in (*learned, *CONTROLS)) + " | learned rows beating line and control |"
+    lines = [head, "|---" * (len(learned) + len(CONTROLS) + 2) + "|"]
+    wins = {n: 0 for n in learned}
     for scenario in scenarios:
-        results = json.loads((results_dir / scenario / "results.json").read_text())
+        results = loaded[scenario]
         rows = _equal_rows(results)
         chosen = {n: m["chosen"] for n, m in (results.get("tuning") or {}).get("methods", {}).items()}
         cells = []
-        for name in (*LEARNED, *CONTROLS):
+        for name in (*learned, *CONTROLS):
             row = rows.get(name)
             if row is None or not row.get("n") or math.isnan(row.get("gap", math.nan)):
                 cells.append(f"- (0/{len(results['runs'])})")
@@ -57,13 +61,13 @@ def table(results_dir: Path) -> str:
             share = row.get("time_ratio", math.nan)
             cells.append(f"{row['gap']:.2f} ({row['n']}/{row['seeds']})" + (f", h {h:.2f}" if h is not None else "")
                          + (f", {100 * share:.0f}%" if not math.isnan(share) else ""))
-        winners = [n for n in LEARNED if all(beats(rows.get(n), rows.get(c)) for c in CONTROLS)]
+        winners = [n for n in learned if all(beats(rows.get(n), rows.get(c)) for c in CONTROLS)]
         for n in winners:
             wins[n] += 1
         lines.append(f"| {scenario} | " + " | ".join(cells) + f" | {', '.join(LABEL[n] for n in winners) or 'none'} |")
     lines.append("")
     lines.append("Scenarios won (smaller gap than both the tuned line and repair only, at equal forgetting): "
-                 + ", ".join(f"{LABEL[n]} {wins[n]} of {len(scenarios)}" for n in LEARNED) + ".")
+                 + ", ".join(f"{LABEL[n]} {wins[n]} of {len(scenarios)}" for n in learned) + ".")
     return "\n".join(lines)
 
 

@@ -47,9 +47,11 @@ from invwnn.predictor import CheckpointError, default_checkpoint, read_checkpoin
 REWINDING = ("invwnn", "invwnn+")
 REWINDER_ROWS = (("", "learned"), ("-linear", "linear"), ("-reset", "reset"), ("-none", "none"))
 # invwnn+ with other K = 5 predictors than the shipped one (trained on whole training runs), issue 15:
-# -episodes, trained on the first windows of fine-tuning episodes (`trajgen episodes`); -twins, trained
+# -episodes, trained on the first windows of fine-tuning episodes (`trajgen episodes`); -episodes-context,
+# the same with the "step" and "layer" context inputs (`invwnn train --context step,layer`); -twins, trained
 # to predict counterfactual twins' weights (`trajgen twins`). Rewinder kind -> checkpoint file.
-PREDICTOR_FILES = {"episodes": "episode_predictor_k5.pt", "twins": "twin_predictor_k5.pt"}
+PREDICTOR_FILES = {"episodes": "episode_predictor_k5.pt", "episodes-context": "episode_context_predictor_k5.pt",
+                   "twins": "twin_predictor_k5.pt"}
 BENCH_METHODS: dict[str, tuple[str, str | None]] = {
     **{name: (name, None) for name in REGISTRY if name not in ("retrain", *REWINDING)},
     **{f"{name}{suffix}": (name, kind) for name in REWINDING for suffix, kind in REWINDER_ROWS},
