@@ -175,6 +175,7 @@ def eval_sample(store: str, runs: list[str], k: int, u: int, kinds: tuple[str, .
     out = defaultdict(list)
     for i, name in enumerate(runs):
         rng = np.random.default_rng([seed, i])
+        step_ctx = run_step_context(root, name) if "step" in context else None
         codes = run_array(root, name, "kind")[:]
         rows = np.sort(np.concatenate([rng.permutation(np.flatnonzero(codes == c))[:per_kind] for c in keep]))
         h = run_array(root, name, "history")  # a damaged chunk: trajgen's one-line StoreError
@@ -202,7 +203,6 @@ def eval_sample(store: str, runs: list[str], k: int, u: int, kinds: tuple[str, .
             out["w"].append(slab[np.arange(len(sel))[:, None], starts[:, None] + np.arange(k)])
             out["target"].append(goal if cf is not None else slab[np.arange(len(sel)), starts - u])
             out["kind"].append(codes[sel].astype(np.int64))
-            step_ctx = run_step_context(root, name) if "step" in context else None
             out["context"].append(context_columns(context, len(sel), step_ctx, layer_ctx))
     return {key: torch.from_numpy(np.concatenate(v)) for key, v in out.items()}
 

@@ -312,6 +312,7 @@ class WindowStream(torch.utils.data.IterableDataset):
         root = open_store(self.store)  # opened per worker: zarr handles do not cross fork safely
         pending: list[tuple[np.ndarray, ...]] = []  # concatenated only when drained: no O(buffer) copy per block
         n_pending, epoch = 0, 0
+        steps = {run: run_step_context(root, run) for run in self.runs} if "step" in self.context else {}
         while self.epochs is None or epoch < self.epochs:
             rng = np.random.default_rng([self.seed, epoch, wid])
             order = np.random.default_rng([self.seed, epoch]).permutation(len(self.blocks))
@@ -321,8 +322,8 @@ class WindowStream(torch.utils.data.IterableDataset):
                 h, codes, cf, layers = read_block(root, block, self.target, "layer" in self.context)
                 new = cut_windows(h, codes, self.k, self.u, self.per_coord, rng, self.keep,
                                   counterfactual=cf, max_start=self.max_start, layers=layers)
-                step = run_step_context(root, block.run) if "step" in self.context else None
-                new = new[:3] + (context_columns(self.context, len(new[1]), step, new[3] if layers is not None else None),)
+                layer_ctx = new[3] if layers is not None else None
+                new = new[:3] + (context_columns(self.context, len(new[1]), steps.get(block.run), layer_ctx),)
                 pending.append(new)
                 n_pending += len(new[1])
                 cut += len(new[1])
