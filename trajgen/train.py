@@ -60,6 +60,14 @@ def build_model(spec: RunSpec, data: Dataset) -> nn.Module:
     return nets.build(spec.arch, data.in_shape, len(data.classes), spec.init)
 
 
+def memory_format(model: nn.Module) -> torch.memory_format:
+    """channels-last for a model with 2-D convolutions, whose pooling, normalisation and
+    activations then run 1.4-1.5x faster on the CPU (measured on the cnn family, one thread);
+    the weights' values and flat order are the same either way, the float rounding is not."""
+    has_conv = any(p.dim() == 4 for p in model.parameters())
+    return torch.channels_last if has_conv else torch.contiguous_format
+
+
 def batches(n: int, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
     """Endless shuffled index batches: reshuffled every epoch, last partial batch dropped."""
     g = torch.Generator().manual_seed(seed)
@@ -78,6 +86,8 @@ def snapshots(spec: RunSpec, model: nn.Module, data: Dataset,
     fewer snapshots than ``spec.n_snapshots`` and should record the run as diverged. ``device``:
     where ``model`` lives and the batches go (the snapshots' weights are copied back to the CPU)."""
     table = nets.layer_table(model)
+    layout = memory_format(model)
+    model.to(memory_format=layout)
     opt = make_optimizer(spec.optim, model.parameters())
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(spec.optim.schedule, s, spec.steps))
@@ -87,7 +97,7 @@ def snapshots(spec: RunSpec, model: nn.Module, data: Dataset,
     idx = next(order)
     with torch.no_grad():
         y0 = data.y_train[idx].to(device)
-        out = model(to_float(data.x_train[idx].to(device)))
+        out = model(to_float(data.x_train[idx].to(device)).contiguous(memory_format=layout))
         loss0 = F.cross_entropy(out, y0).item()
         acc0 = (out.argmax(1) == y0).float().mean().item()
     yield Snapshot(0, nets.flat_weights(model, table).cpu().numpy(), loss0, acc0)
@@ -95,7 +105,8 @@ def snapshots(spec: RunSpec, model: nn.Module, data: Dataset,
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
     for step in range(1, spec.steps + 1):
-        x, y = to_float(data.x_train[idx].to(device)), data.y_train[idx].to(device)
+        x = to_float(data.x_train[idx].to(device)).contiguous(memory_format=layout)
+        y = data.y_train[idx].to(device)
         out = model(x)
         loss = F.cross_entropy(out, y)
         opt.zero_grad(set_to_none=True)
