@@ -56,6 +56,8 @@ def main() -> None:
               help="Latest window start, in snapshots (the applier's windows start a fine-tuning).")
 @click.option("--context", default="", help="Comma list of extra inputs: step (optimizer family and lr), "
                                              "layer (the coordinate's layer over the same window).")
+@click.option("--init", default=None, type=click.Path(dir_okay=False),
+              help="Start from this checkpoint's weights (same window, width, kinds and context).")
 @click.option("--eval-per-kind", default=2000, show_default=True, type=click.IntRange(min=1), help="Held-out windows per kind per run.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=0), help="Loader worker processes.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="torch threads for training.")
@@ -64,7 +66,7 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @input_errors
 def train(store, out, k, u, kinds, width, kind_dim, clip, steps, max_windows, batch_size, lr, val_fraction,
-          val_archs, target, max_start, context, eval_per_kind, workers, threads, seed, device, quiet):
+          val_archs, target, max_start, context, init, eval_per_kind, workers, threads, seed, device, quiet):
     """Train the past-weight predictor on STORE's runs; print held-out errors; write --out."""
     check_output(Path(out))
     if max_windows is not None:
@@ -74,7 +76,7 @@ def train(store, out, k, u, kinds, width, kind_dim, clip, steps, max_windows, ba
         kind_dim=kind_dim, clip=clip, steps=steps, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
         val_archs=parse_choices("architecture", val_archs, ALL_ARCHS) if val_archs else (),
         eval_per_kind=eval_per_kind, workers=workers, threads=threads, seed=seed, device=device,
-        target=target, max_start=max_start,
+        target=target, max_start=max_start, init=init,
         context=parse_choices("context", context, tuple(CONTEXTS)) if context else ())
     result = fit.train(config, progress=not quiet)
     click.echo(fit.format_evaluation(result["evaluation"]))

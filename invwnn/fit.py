@@ -12,6 +12,7 @@ looking at held-out data.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections import defaultdict
@@ -26,7 +27,8 @@ from tqdm import tqdm
 from importlib.metadata import version
 from trajgen.nets import KINDS
 from trajgen.store import complete_runs, index, location, open_store, run_array, versions
-from invwnn.predictor import ModelConfig, Predictor, predict_past, save_checkpoint
+from invwnn.predictor import (CheckpointError, ModelConfig, Predictor, predict_past, read_checkpoint,
+                              save_checkpoint)
 from invwnn.windows import (WindowError, WindowStream, check_context, check_windows, context_columns,
                             fit_horizon, kind_codes, layer_context, linear_backextrapolation, no_rewind,
                             normalise, normalise_target, run_step_context, start_range)
@@ -67,6 +69,7 @@ class TrainConfig:
     target: str = "past"  # or "counterfactual": a twin store's counterfactual weights (invwnn.windows)
     max_start: int | None = None  # latest window start (snapshots); None: anywhere in the run
     context: tuple[str, ...] = ()  # extra inputs (invwnn.windows.CONTEXTS), recorded in the checkpoint
+    init: str | None = None  # a checkpoint of the same model config to start from (warm start)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -336,6 +339,26 @@ def format_evaluation(ev: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def init_weights(config: TrainConfig) -> dict[str, torch.Tensor] | None:
+    """The state dict of ``config.init`` (None without one), checked before any work: its model
+    config must equal this one's, since a warm start changes the data, not the model."""
+    if config.init is None:
+        return None
+    payload = read_checkpoint(config.init)
+    theirs, ours = payload["model_config"], config.model_config()
+    if theirs != ours:
+        a, b = theirs.to_dict(), ours.to_dict()
+        diff = ", ".join(f"{k} {a.get(k)} vs {b.get(k)}" for k in sorted(b) if a.get(k) != b.get(k))
+        raise CheckpointError(f"--init {config.init}: its model differs from this one's ({diff})")
+    return payload["state_dict"]
+
+
+def _init_provenance(init: str | None) -> dict[str, Any]:
+    if init is None:
+        return {}
+    return {"init": {"path": str(Path(init).resolve()), "sha256": hashlib.sha256(Path(init).read_bytes()).hexdigest()}}
+
+
 def train(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train, evaluate on held-out runs, write the checkpoint; return its evaluation/provenance."""
     threads = torch.get_num_threads()
@@ -349,6 +372,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
 def _train(config: TrainConfig, progress: bool) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     kind_codes(config.kinds)
+    init = init_weights(config)
     runs = complete_runs(config.store)
     check_windows(config.store, runs, config.k, config.u, config.target)
     train_runs, val_runs = split_runs(config.store, runs, config.val_fraction, config.val_archs, config.seed)
@@ -363,7 +387,10 @@ def _train(config: TrainConfig, progress: bool) -> dict[str, Any]:
                           target=config.target, max_start=config.max_start, context=config.context)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=config.workers,
                                          persistent_workers=False, prefetch_factor=4 if config.workers else None)
-    model = Predictor(config.model_config()).to(config.device)
+    model = Predictor(config.model_config())
+    if init is not None:
+        model.load_state_dict(init)
+    model = model.to(config.device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     warmup = max(1, config.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps)))
@@ -402,7 +429,7 @@ def _train(config: TrainConfig, progress: bool) -> dict[str, Any]:
     # the first validation point within 1% of the final error: when training had effectively converged
     reached = next(c for c in curve if c["val_mae"] <= final * 1.01)
     provenance = {"store": _resolved(config.store), **data_description(config.store, train_runs),
-                  "runs": len(runs), "train_runs": len(train_runs),
+                  "runs": len(runs), "train_runs": len(train_runs), **_init_provenance(config.init),
                   "val_runs": val_runs, "windows_seen": seen, "train_seconds": round(seconds, 1),
                   "seconds_to_final_val": round(reached["seconds"], 1), "versions": {**versions(), "invwnn": version("invwnn")}}
     save_checkpoint(config.out, model, config.to_dict(), evaluation, provenance)

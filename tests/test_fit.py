@@ -1,6 +1,7 @@
 """Training and held-out evaluation on a real (small) collection."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -162,3 +163,24 @@ def test_evaluate_refuses_a_store_without_the_runs_in_one_line(trained, tmp_path
     for store, text in [(empty, "lacks 6 run(s)"), (tmp_path / "nope.zarr", "not a trajgen store")]:
         r = CliRunner().invoke(main, ["evaluate", config.out, "--store", str(store)])
         assert r.exit_code == 2 and text in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_warm_start_begins_at_the_checkpoint_and_refuses_another_model(trained, tmp_path):
+    """--init: with a learning rate too small to move a weight, one step ends where the checkpoint
+    was; the provenance names the checkpoint; a checkpoint of another window size is refused before
+    any window is read."""
+    from dataclasses import replace
+    from invwnn.predictor import CheckpointError
+
+    _, config = trained
+    warm = replace(config, out=str(tmp_path / "warm.pt"), init=config.out, steps=1, lr=1e-30, eval_every=1)
+    train(warm, progress=False)
+    before, after = read_checkpoint(config.out), read_checkpoint(warm.out)
+    assert all(torch.equal(before["state_dict"][k], after["state_dict"][k]) for k in before["state_dict"])
+    assert after["provenance"]["init"]["sha256"] == hashlib.sha256(Path(config.out).read_bytes()).hexdigest()
+    cold = replace(warm, out=str(tmp_path / "cold.pt"), init=None)
+    train(cold, progress=False)
+    assert not torch.equal(read_checkpoint(cold.out)["state_dict"]["values.0.weight"], before["state_dict"]["values.0.weight"])
+    with pytest.raises(CheckpointError, match="k 15 vs 5"):
+        train(replace(warm, k=5, out=str(tmp_path / "k5.pt")), progress=False)
+    assert not (tmp_path / "k5.pt").exists()
