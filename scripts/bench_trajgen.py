@@ -29,7 +29,7 @@ from trajgen import info, store
 from trajgen.collect import CollectConfig, collect, plan
 from trajgen.nets import layer_table
 from trajgen.spec import RunSpec
-from trajgen.train import build_model, snapshots
+from trajgen.train import build_model, keep_freed_memory, snapshots
 
 
 def train_seconds(spec: RunSpec, data, record_to: str | None) -> tuple[float, float]:
@@ -92,6 +92,7 @@ def main() -> None:
     parser.add_argument("--no-scaling", action="store_true", help="skip the collections and memory figures")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    keep_freed_memory()  # as a collector's worker does
     data = datasets.load("fashion-mnist")
     specs = plan(CollectConfig(runs=3, steps=args.steps, every=args.every))  # mlp, cnn, vit
     results: dict[str, object] = {}

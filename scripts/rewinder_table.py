@@ -19,10 +19,11 @@ from pathlib import Path
 from invwnn.bench import report
 from invwnn.bench.scenarios import SCENARIOS
 
-LEARNED = ("invwnn+", "invwnn+-episodes", "invwnn+-episodes-context", "invwnn+-twins")
+LEARNED = ("invwnn+", "invwnn+-episodes", "invwnn+-episodes-context", "invwnn+-twins", "invwnn+-runs500",
+           "invwnn+-runs500-episodes")
 CONTROLS = ("invwnn+-linear", "invwnn+-reset")
 LABEL = {"invwnn+": "scratch runs", "invwnn+-episodes": "episodes", "invwnn+-episodes-context": "episodes + context",
-         "invwnn+-twins": "twins",
+         "invwnn+-twins": "twins", "invwnn+-runs500": "500 runs", "invwnn+-runs500-episodes": "500 runs + episodes",
          "invwnn+-linear": "tuned line", "invwnn+-reset": "repair only"}
 
 

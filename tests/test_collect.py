@@ -163,3 +163,20 @@ def test_readers_see_only_complete_runs_while_a_collection_writes(tmp_path):
     counts = [n for n, _ in seen]
     assert counts == sorted(counts) and len(set(counts)) >= 2  # watched runs arrive one by one
     assert all(described >= n for n, described in seen)
+
+
+def test_expected_cost_orders_runs_by_work():
+    """The collector starts the longest runs first: the cost is linear in steps and in batch size and
+    counts a cnn's activations (conv, norm, activation and pooling outputs) exactly for a known net."""
+    from dataclasses import replace
+    from trajgen.collect import expected_cost
+    from trajgen.spec import ArchSpec
+
+    spec = plan(CollectConfig(archs=("cnn",), runs=1, steps=64))[0]
+    cnn = replace(spec, arch=ArchSpec("cnn", 8, 1, "relu"), batch_size=32)
+    base = expected_cost(cnn, (1, 28, 28), 10)
+    assert expected_cost(replace(cnn, steps=128), (1, 28, 28), 10) == 2 * base
+    # one block: conv, BatchNorm and ReLU outputs of 8x28x28, max-pool and flatten 8x14x14, the head 10
+    per_example = (expected_cost(replace(cnn, batch_size=64), (1, 28, 28), 10) - base) / (64 * 32)
+    assert per_example == 3 * 8 * 28 * 28 + 2 * 8 * 14 * 14 + 10
+    assert expected_cost(replace(cnn, arch=ArchSpec("cnn", 16, 1, "relu")), (1, 28, 28), 10) > base

@@ -41,7 +41,7 @@ from trajgen import data as datasets
 from trajgen import store
 from trajgen.nets import NORM_TYPES, flat_weights, layer_table
 from trajgen.spec import OptimSpec, RunSpec, SpecError, draw_run
-from trajgen.train import Snapshot, accuracy, batches, build_model, snapshots
+from trajgen.train import Snapshot, accuracy, batches, build_model, keep_freed_memory, snapshots
 
 EPISODE_KIND = "episode"
 TWIN_KIND = "twin"
@@ -305,6 +305,7 @@ def _write_group(store_path: str, spec_dicts: list[dict], data_root: str | None,
                  threads: int) -> list[tuple[str, dict[str, Any]]]:
     """Write episodes (of one parent, so it is trained once) on a worker; their index entries."""
     torch.set_num_threads(threads)
+    keep_freed_memory()
     return [write_episode(store_path, EpisodeSpec.from_dict(d), data_root) for d in spec_dicts]
 
 

@@ -1,6 +1,8 @@
 """One training run as a stream of snapshots. Knows nothing about storage."""
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 from dataclasses import dataclass
 from typing import Iterator
@@ -58,6 +60,22 @@ def build_model(spec: RunSpec, data: Dataset) -> nn.Module:
     weights on any worker."""
     torch.manual_seed(spec.seed)
     return nets.build(spec.arch, data.in_shape, len(data.classes), spec.init)
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed blocks up to 32 MiB in the heap (mmap threshold 32 MiB, trim threshold
+    256 MiB) instead of handing each one back to the kernel. A training step allocates and frees
+    activation buffers of a few MiB; above glibc's default 128 KiB threshold each one is a fresh
+    mmap whose pages fault in again: 42% of a 500-run collection's CPU time was system time, and a
+    cnn run trains 1.2-1.3x faster without it. Call once per worker process; the price is a
+    resident size that stays at its peak. False where the C library is not glibc (nothing done)."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 256 << 20))
 
 
 def memory_format(model: nn.Module) -> torch.memory_format:

@@ -49,9 +49,12 @@ REWINDER_ROWS = (("", "learned"), ("-linear", "linear"), ("-reset", "reset"), ("
 # invwnn+ with other K = 5 predictors than the shipped one (trained on whole training runs), issue 15:
 # -episodes, trained on the first windows of fine-tuning episodes (`trajgen episodes`); -episodes-context,
 # the same with the "step" and "layer" context inputs (`invwnn train --context step,layer`); -twins, trained
-# to predict counterfactual twins' weights (`trajgen twins`). Rewinder kind -> checkpoint file.
+# to predict counterfactual twins' weights (`trajgen twins`); -runs500, trained on the 500-run collection
+# `trajgen collect --archs cnn,vit --runs 500`; -runs500-episodes, that one fine-tuned on the episodes'
+# first windows (`invwnn train --init`). Rewinder kind -> checkpoint file.
 PREDICTOR_FILES = {"episodes": "episode_predictor_k5.pt", "episodes-context": "episode_context_predictor_k5.pt",
-                   "twins": "twin_predictor_k5.pt"}
+                   "twins": "twin_predictor_k5.pt", "runs500": "runs500_predictor_k5.pt",
+                   "runs500-episodes": "runs500_episode_predictor_k5.pt"}
 BENCH_METHODS: dict[str, tuple[str, str | None]] = {
     **{name: (name, None) for name in REGISTRY if name not in ("retrain", *REWINDING)},
     **{f"{name}{suffix}": (name, kind) for name in REWINDING for suffix, kind in REWINDER_ROWS},
