@@ -168,7 +168,9 @@ def test_every_method_gets_the_same_search():
     assert {len(c) for c in runs.values()} == {search.TRIALS}
     for name, cands in runs.items():
         defaults = runner.REGISTRY[runner.BENCH_METHODS[name][0]].config()
-        assert cands[0] == {k: getattr(defaults, k) for k in search.SPACES[name]}  # defaults first
+        fixed = search.FIXED.get(name, {})
+        assert cands[0] == {**{k: getattr(defaults, k) for k in search.SPACES[name]}, **fixed}  # defaults first
+        assert all(c.items() >= fixed.items() for c in cands)
         assert search.candidates(name) == cands  # seeded
         for c in cands[1:]:
             for k, (kind, *args) in search.SPACES[name].items():

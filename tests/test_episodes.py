@@ -138,6 +138,12 @@ def test_rerun_after_a_kill_gives_the_same_store(tmp_path):
             np.testing.assert_array_equal(values, b[name][1][key], err_msg=f"{name}/{key}")
     with pytest.raises(episodes.SpecError, match="different spec"):
         episodes.collect_episodes(config(killed, 3, per_parent=3))
+    # a store written before RunSpec had `coords` (its default, 0, is what it meant) still resumes
+    group = store.open_store(whole, mode="a")["runs"]["episode-000000"]
+    old = dict(group.attrs["episode"])
+    old["parent"] = {k: v for k, v in old["parent"].items() if k != "coords"}
+    group.attrs["episode"] = old
+    assert episodes.collect_episodes(config(whole, 3))["skipped"] == 3
 
 
 def test_episodes_are_held_out_with_their_parent(tmp_path):

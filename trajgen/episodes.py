@@ -349,7 +349,8 @@ def _resume_state(root, specs: list[EpisodeSpec]) -> tuple[list[EpisodeSpec], di
             todo.append(spec)
             continue
         group = root["runs"][spec.name]
-        if group.attrs.get("kind") != (TWIN_KIND if spec.twin else EPISODE_KIND) or group.attrs.get("episode") != json.loads(spec.to_json()):
+        # parsed, so that a spec field added later (with its default) does not stop a resume
+        if group.attrs.get("kind") != (TWIN_KIND if spec.twin else EPISODE_KIND) or EpisodeSpec.from_dict(group.attrs["episode"]) != spec:
             raise SpecError(f"the store already holds {spec.name} with a different spec; resume with "
                             "the flags that made it, or collect into another --store")
         if spec.name not in indexed:

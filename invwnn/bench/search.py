@@ -61,6 +61,9 @@ SPACES: dict[str, dict[str, Param]] = {
     "mnemonic": {"l1": ("log", 1e-4, 1e-2), "l2": ("log", 1.0, 100.0)},
 }
 assert set(SPACES) == set(runner.ORDER), "every bench method has a search space"
+# Settings a row holds fixed in every trial, the defaults' trial included: the 500-run predictor was
+# trained on snapshots 4 steps apart, and the loop refuses a predictor of another spacing.
+FIXED: dict[str, dict[str, Any]] = {"invwnn+-runs500": {"every": 4}}
 
 
 def _draw(param: Param, rng: random.Random) -> Any:
@@ -79,13 +82,14 @@ def _draw(param: Param, rng: random.Random) -> Any:
 def candidates(name: str, trials: int = TRIALS, seed: int = 0) -> list[dict]:
     """The ``trials`` configurations (config field overrides) bench method ``name`` is tried with:
     its library defaults first (written out, so a record stays true if a default changes later),
-    then random draws seeded by ``(seed, name)``."""
+    then random draws seeded by ``(seed, name)``; each with the row's :data:`FIXED` settings."""
     if name not in SPACES:
         raise InputError(f"no search space for {name!r}")
     defaults = REGISTRY[runner.BENCH_METHODS[name][0]].config()
     rng = random.Random(int(hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()[:12], 16))
-    return [{k: getattr(defaults, k) for k in SPACES[name]}] + \
-        [{k: _draw(p, rng) for k, p in SPACES[name].items()} for _ in range(trials - 1)]
+    fixed = FIXED.get(name, {})
+    return [{**{k: getattr(defaults, k) for k in SPACES[name]}, **fixed}] + \
+        [{**{k: _draw(p, rng) for k, p in SPACES[name].items()}, **fixed} for _ in range(trials - 1)]
 
 
 def choose(rows: list[dict]) -> dict | None:
