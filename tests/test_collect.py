@@ -180,3 +180,10 @@ def test_expected_cost_orders_runs_by_work():
     per_example = (expected_cost(replace(cnn, batch_size=64), (1, 28, 28), 10) - base) / (64 * 32)
     assert per_example == 3 * 8 * 28 * 28 + 2 * 8 * 14 * 14 + 10
     assert expected_cost(replace(cnn, arch=ArchSpec("cnn", 16, 1, "relu")), (1, 28, 28), 10) > base
+
+
+def test_workers_keep_freed_memory_where_the_c_library_is_glibc():
+    import platform
+    from trajgen.train import keep_freed_memory
+
+    assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")  # mallopt accepted both settings
