@@ -14,13 +14,16 @@ Cases (each built per seed, with its Retrain: the same recipe and seed on the da
 
 Every case has a 1,000-image test split (Fashion-MNIST's test set) and a 1,000-image validation split
 (Fashion-MNIST training images the model never saw). Each variant runs the forget-only command through
-the library call ``invwnn apply`` makes (:func:`invwnn.apply.unlearn`, method ``invwnn``, only
-``--forget`` and ``--test``, default guard): the shipped K = 15 predictor, ``--rewinder linear``, the
-episode-trained and (when its file exists) the twin-trained K = 5 predictors with ``--snapshots 5``.
-``--horizons`` then picks, per variant and case, a horizon on the *validation* split of ``--tune-seed``
+the library call ``invwnn apply`` makes (:func:`invwnn.apply.unlearn`, only ``--forget`` and
+``--test``, default guard): method ``invwnn`` with the shipped K = 15 predictor, ``--rewinder linear``,
+the episode-trained and (when its file exists) the twin-trained K = 5 predictors with ``--snapshots
+5``; and, beside them, the field's other forget-only methods: ``neggrad`` (gradient ascent),
+``task-vector`` and ``boundary-shrink``. Each variant has one knob: the rewinders' horizon (grid
+``--horizons``), neggrad's and boundary-shrink's learning rate, task-vector's alpha (five values each,
+:data:`BASELINES`). It is chosen per variant and case on the *validation* split of ``--tune-seed``
 (the run's ``--test`` is the validation file there, so the guard watches it too): the largest fraction
-of the way to Retrain's forget error (capped at 1) among horizons that cost at most 1 point of
-validation accuracy, the smallest horizon on ties; that horizon is then run on the test split of
+of the way to Retrain's forget error (capped at 1) among values that cost at most 1 point of
+validation accuracy, the smallest value on ties; that value is then run on the test split of
 every seed. The test split is never used to choose anything (but, as in the command, the guard
 watches it: with only --forget and --test, ``invwnn apply`` bounds the loss on a 512-image subset of
 the test split to 5 points and stops there).
@@ -53,7 +56,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from _apply_fixtures import lenet_data, train_lenet  # noqa: E402
 from invwnn import metrics  # noqa: E402
-from invwnn.apply import Inputs, unlearn  # noqa: E402
+from invwnn.apply import Inputs, make_config, unlearn  # noqa: E402
 from trajgen import data as datasets  # noqa: E402
 
 CASES = ("lenet-noisy", "lenet-random", "mobilenet-random")
@@ -67,13 +70,27 @@ EPISODE = "invwnn/episode_predictor_k5.pt"
 TWIN = "invwnn/twin_predictor_k5.pt"
 
 
-def variants() -> dict[str, dict]:
-    """name -> unlearn() arguments (rewinder, predictor, overrides)."""
-    out = {"invwnn (default, K=15)": dict(rewinder="learned", predictor=None, overrides={}),
-           "invwnn --rewinder linear": dict(rewinder="linear", predictor=None, overrides={}),
-           "invwnn episode K=5": dict(rewinder="learned", predictor=str(ROOT / EPISODE), overrides={"snapshots": 5})}
+# The other forget-only methods of the field (no --retain), each with its own one knob and a grid of
+# five values around its default: the same budget as the rewinders' five horizons.
+BASELINES = {"neggrad": ("lr", (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)),
+             "task-vector": ("alpha", (0.25, 0.5, 1.0, 2.0, 4.0)),
+             "boundary-shrink": ("lr", (1e-6, 3e-6, 1e-5, 3e-5, 1e-4))}
+
+
+def variants(horizons: list[float]) -> dict[str, dict]:
+    """name -> unlearn() arguments (method, rewinder, predictor, overrides) and the one knob tuned on
+    validation: its name, grid and default (the method's config default)."""
+    rewind = dict(method="invwnn", knob="horizon", grid=horizons, default=3.0, overrides={})
+    out = {"invwnn (default, K=15)": dict(rewind, rewinder="learned", predictor=None),
+           "invwnn --rewinder linear": dict(rewind, rewinder="linear", predictor=None),
+           "invwnn episode K=5": dict(rewind, rewinder="learned", predictor=str(ROOT / EPISODE),
+                                      overrides={"snapshots": 5})}
     if (ROOT / TWIN).exists():
-        out["invwnn twin K=5"] = dict(rewinder="learned", predictor=str(ROOT / TWIN), overrides={"snapshots": 5})
+        out["invwnn twin K=5"] = dict(rewind, rewinder="learned", predictor=str(ROOT / TWIN), overrides={"snapshots": 5})
+    for method, (knob, grid) in BASELINES.items():
+        default = getattr(make_config(method, {}), knob)
+        out[method] = dict(method=method, knob=knob, grid=list(grid) if horizons else [], default=default,
+                           overrides={}, rewinder="learned", predictor=None)
     return out
 
 
@@ -178,26 +195,29 @@ def build(case: str, seed: int, work: Path, ds) -> dict:
 
 # --- runs -----------------------------------------------------------------------------------------
 
-def run_one(meta: dict, variant: str, spec: dict, horizon: float | None, split: str, seed: int,
+def run_one(meta: dict, variant: str, spec: dict, value: float | None, split: str, seed: int,
             work: Path) -> dict:
+    """One forget-only run of ``variant`` with its knob at ``value`` (None: the default), guarded by
+    and measured on ``split`` (test or val)."""
     folder = (work / meta["model"]).parent  # model path: relative to ``work``
     c, h, w = meta["shape"]
     inputs = Inputs(str(work / meta["model"]), str(folder / "forget.pt"), test=str(folder / f"{split}.pt"),
                     size=(h, w), channels=c)
     overrides = dict(spec["overrides"])
-    if horizon is not None:
-        overrides["horizon"] = horizon
+    if value is not None:
+        overrides[spec["knob"]] = value
     tag = f"{variant.replace(' ', '_').replace('=', '').replace('(', '').replace(')', '').replace(',', '')}"
-    out = work / "out" / f"{meta['case']}-s{seed}-{tag}-h{horizon}-{split}{Path(meta['model']).suffix}"
+    setting = f"h{value}" if spec["knob"] == "horizon" else f"{spec['knob']}{value}"
+    out = work / "out" / f"{meta['case']}-s{seed}-{tag}-{setting}-{split}{Path(meta['model']).suffix}"
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    r = unlearn(inputs, "invwnn", overrides, out=str(out), rewinder=spec["rewinder"],
+    r = unlearn(inputs, spec["method"], overrides, out=str(out), rewinder=spec["rewinder"],
                 predictor=spec["predictor"], seed=seed)
     wall = time.time() - t0
     retrain_err = 100.0 - meta["accuracy"]["retrain"]["forget"]
     before, after = r["before"]["UA"], r["after"]["UA"]
     frac = (after - before) / (retrain_err - before) if retrain_err != before else float("nan")
-    return {"case": meta["case"], "seed": seed, "variant": variant, "horizon": horizon,
+    return {"case": meta["case"], "seed": seed, "variant": variant, "value": value,
             "split": split, "config": r["config"], "rewinder": r["rewinder"],
             "forget_err_before": before, "forget_err_after": after, "forget_err_retrain": retrain_err,
             "fraction": frac, "acc_before": r["before"]["TA"], "acc_after": r["after"]["TA"],
@@ -207,19 +227,19 @@ def run_one(meta: dict, variant: str, spec: dict, horizon: float | None, split: 
             "iterations": r["iterations"]}
 
 
-def key(case, seed, variant, horizon, split) -> str:
-    return f"{case}|{seed}|{variant}|{horizon}|{split}"
+def key(case, seed, variant, value, split) -> str:
+    return f"{case}|{seed}|{variant}|{value}|{split}"
 
 
 def choose(rows: list[dict], default: float) -> tuple[float, str]:
-    """The horizon of the validation runs ``rows`` (one per horizon): the largest fraction moved
-    (capped at 1) among those losing at most 1 point of validation accuracy; ties -> the smaller
-    horizon; none within 1 point -> ``default``."""
+    """The knob value (``value`` key) of the validation runs ``rows`` (one per value): the largest
+    fraction moved (capped at 1) among those losing at most 1 point of validation accuracy; ties ->
+    the smaller value; none within 1 point -> ``default``."""
     ok = [r for r in rows if r["drop"] <= 1.0 and math.isfinite(r["fraction"])]
     if not ok:
-        return default, "no horizon kept validation accuracy within 1 point: default kept"
-    best = max(ok, key=lambda r: (round(min(r["fraction"], 1.0), 3), -r["horizon"]))
-    return best["horizon"], "chosen on validation"
+        return default, "no value kept validation accuracy within 1 point: default kept"
+    best = max(ok, key=lambda r: (round(min(r["fraction"], 1.0), 3), -r["value"]))
+    return best["value"], "chosen on validation"
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -230,7 +250,7 @@ def _mean(v):
 
 
 def table(rows: list[dict], metas: dict, seeds: list[int]) -> str:
-    head = ("| case | variant | horizon | forget error before -> after (Retrain) | fraction moved, mean "
+    head = ("| case | variant | setting | forget error before -> after (Retrain) | fraction moved, mean "
             "[per seed] | test acc before -> after (drop in points) | stop_reason | seconds | target met |\n"
             "|---|---|---|---|---|---|---|---|---|\n")
     lines = []
@@ -284,12 +304,12 @@ def main() -> None:
         tmp.write_text(json.dumps({k: v for k, v in cache.items() if k.startswith(case + "|")}, indent=1))
         tmp.replace(path)
 
-    def get(meta, variant, spec, horizon, split, seed) -> dict:
-        k = key(meta["case"], seed, variant, horizon, split)
+    def get(meta, variant, spec, value, split, seed) -> dict:
+        k = key(meta["case"], seed, variant, value, split)
         if k not in cache:
             if args.report_only:
                 raise SystemExit(f"missing run {k}")
-            r = run_one(meta, variant, spec, horizon, split, seed, work)
+            r = run_one(meta, variant, spec, value, split, seed, work)
             cache[k] = r
             save_cache(meta["case"])
             print(f"  {k}: forget error {r['forget_err_before']:.1f} -> {r['forget_err_after']:.1f} "
@@ -311,27 +331,27 @@ def main() -> None:
                   f"{m['accuracy']['original']['forget']:.1f}; Retrain test {m['accuracy']['retrain']['test']:.1f}, "
                   f"forget {m['accuracy']['retrain']['forget']:.1f} (trained in {m['train_seconds']['original']:.0f} + "
                   f"{m['train_seconds']['retrain']:.0f} s)", flush=True)
-        for variant, spec in variants().items():
-            default_h = 3.0
+        for variant, spec in variants(horizons).items():
+            knob, default = spec["knob"], spec["default"]
             for seed in seeds:
                 r = get(metas[(case, seed)], variant, spec, None, "test", seed)
-                rows.append({**r, "label": "3 (default)"})
-            if not horizons:
+                rows.append({**r, "label": f"{knob} {default:g} (default)"})
+            if not spec["grid"]:
                 continue
-            val = [{**get(metas[(case, args.tune_seed)], variant, spec, h, "val", args.tune_seed), "horizon": h}
-                   for h in horizons]
-            h, why = choose(val, default_h)
-            tuning[f"{case}|{variant}"] = {"horizon": h, "why": why, "tune_seed": args.tune_seed,
-                                           "validation": [{k: v[k] for k in ("horizon", "fraction", "drop",
-                                                                              "forget_err_after", "stop_reason")}
-                                                          for v in val]}
-            print(f"  {case} {variant}: horizon {h} ({why}); validation "
-                  + ", ".join(f"h={v['horizon']:g}: {v['fraction']:.2f}/{v['drop']:+.1f}" for v in val), flush=True)
-            if h == default_h:
+            val = [{**get(metas[(case, args.tune_seed)], variant, spec, v, "val", args.tune_seed), "value": v}
+                   for v in spec["grid"]]
+            v, why = choose(val, default)
+            tuning[f"{case}|{variant}"] = {knob: v, "why": why, "tune_seed": args.tune_seed,
+                                           "validation": [{knob: r["value"], **{k: r[k] for k in (
+                                               "fraction", "drop", "forget_err_after", "stop_reason")}}
+                                                          for r in val]}
+            print(f"  {case} {variant}: {knob} {v:g} ({why}); validation "
+                  + ", ".join(f"{x['value']:g}: {x['fraction']:.2f}/{x['drop']:+.1f}" for x in val), flush=True)
+            if v == default:
                 continue
             for seed in seeds:
-                r = get(metas[(case, seed)], variant, spec, h, "test", seed)
-                rows.append({**r, "label": f"{h:g} (val, seed {args.tune_seed})"})
+                r = get(metas[(case, seed)], variant, spec, v, "test", seed)
+                rows.append({**r, "label": f"{knob} {v:g} (val, seed {args.tune_seed})"})
     md = table(rows, metas, seeds)
     print(md)
     (out / "table.md").write_text(md)

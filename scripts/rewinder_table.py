@@ -6,8 +6,9 @@ from the benches `scripts/fair_bench.py --phase bench --methods ...` wrote to RE
 Prints one Markdown table: per scenario, each row's gap to Retrain at equal forgetting (mean over the
 seeds that reached Retrain's UA, that count in brackets; "-": none did), its tuned horizon, its time
 as a percentage of Retrain's (Retrain re-timed in the same pool), and which learned rows beat both the line and the control in
-that scenario (a row that reached in fewer seeds than the line does not beat it). Then the count of
-scenarios each learned row wins.
+that scenario (a row that reached in fewer seeds than the line does not beat it). A row whose loop
+takes a snapshot every 4 steps (`search.FIXED`) is held against the line in that same loop when the
+bench ran it. Then the count of scenarios each learned row wins.
 """
 from __future__ import annotations
 
@@ -16,15 +17,16 @@ import json
 import math
 from pathlib import Path
 
-from invwnn.bench import report
+from invwnn.bench import report, search
 from invwnn.bench.scenarios import SCENARIOS
 
-LEARNED = ("invwnn+", "invwnn+-episodes", "invwnn+-episodes-context", "invwnn+-twins", "invwnn+-runs500",
-           "invwnn+-runs500-episodes")
+LEARNED = ("invwnn+", "invwnn+-episodes", "invwnn+-episodes-context", "invwnn+-twins", "invwnn+-twins48",
+           "invwnn+-runs500", "invwnn+-runs500-episodes")
 CONTROLS = ("invwnn+-linear", "invwnn+-reset")
+SPACED_LINE = "invwnn+-linear-every4"
 LABEL = {"invwnn+": "scratch runs", "invwnn+-episodes": "episodes", "invwnn+-episodes-context": "episodes + context",
-         "invwnn+-twins": "twins", "invwnn+-runs500": "500 runs", "invwnn+-runs500-episodes": "500 runs + episodes",
-         "invwnn+-linear": "tuned line", "invwnn+-reset": "repair only"}
+         "invwnn+-twins": "twins", "invwnn+-twins48": "48 twins", "invwnn+-runs500": "500 runs", "invwnn+-runs500-episodes": "500 runs + episodes",
+         "invwnn+-linear": "tuned line", "invwnn+-reset": "repair only", SPACED_LINE: "tuned line, every 4"}
 
 
 def _equal_rows(results: dict) -> dict[str, dict]:
@@ -40,20 +42,28 @@ def beats(a: dict | None, b: dict | None) -> bool:
     return a["n"] > b["n"] or (a["n"] == b["n"] and a["gap"] < b["gap"])
 
 
+def rivals(name: str, benched: set[str]) -> tuple[str, str]:
+    """The line and the control a learned row must beat: the line in the row's own loop (a snapshot
+    every 4 steps for the rows :data:`search.FIXED` holds there) when the bench ran it."""
+    spaced = search.FIXED.get(name, {}).get("every", 1) == 4 and SPACED_LINE in benched
+    return (SPACED_LINE if spaced else "invwnn+-linear", "invwnn+-reset")
+
+
 def table(results_dir: Path) -> str:
     scenarios = [s for s in SCENARIOS if (results_dir / s / "results.json").is_file()]
     loaded = {s: json.loads((results_dir / s / "results.json").read_text()) for s in scenarios}
     benched = {n for r in loaded.values() for n in r["bench"]["methods"]}
     learned = [n for n in LEARNED if n in benched]  # rows this bench ran
-    head = "| scenario | " + " | ".join(LABEL[n] for n in (*learned, *CONTROLS)) + " | learned rows beating line and control |"
-    lines = [head, "|---" * (len(learned) + len(CONTROLS) + 2) + "|"]
+    controls = [*CONTROLS, *([SPACED_LINE] if SPACED_LINE in benched else [])]
+    head = "| scenario | " + " | ".join(LABEL[n] for n in (*learned, *controls)) + " | learned rows beating line and control |"
+    lines = [head, "|---" * (len(learned) + len(controls) + 2) + "|"]
     wins = {n: 0 for n in learned}
     for scenario in scenarios:
         results = loaded[scenario]
         rows = _equal_rows(results)
         chosen = {n: m["chosen"] for n, m in (results.get("tuning") or {}).get("methods", {}).items()}
         cells = []
-        for name in (*learned, *CONTROLS):
+        for name in (*learned, *controls):
             row = rows.get(name)
             if row is None or not row.get("n") or math.isnan(row.get("gap", math.nan)):
                 cells.append(f"- (0/{len(results['runs'])})")
@@ -62,7 +72,7 @@ def table(results_dir: Path) -> str:
             share = row.get("time_ratio", math.nan)
             cells.append(f"{row['gap']:.2f} ({row['n']}/{row['seeds']})" + (f", h {h:.2f}" if h is not None else "")
                          + (f", {100 * share:.0f}%" if not math.isnan(share) else ""))
-        winners = [n for n in learned if all(beats(rows.get(n), rows.get(c)) for c in CONTROLS)]
+        winners = [n for n in learned if all(beats(rows.get(n), rows.get(c)) for c in rivals(n, benched))]
         for n in winners:
             wins[n] += 1
         lines.append(f"| {scenario} | " + " | ".join(cells) + f" | {', '.join(LABEL[n] for n in winners) or 'none'} |")

@@ -3,7 +3,9 @@ quick bench run end to end through the command."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -287,3 +289,20 @@ def test_recorded_command_is_the_one_given():
     for args in (["--scenario", "random10", "--no-progress"], ["--scenario", "class", "--seeds", "2", "--quick"]):
         ctx = bench.make_context("bench", list(args))
         assert _command(ctx) == "invwnn bench " + " ".join(args)
+
+
+def test_rewinder_table_holds_each_learned_row_against_the_line_in_its_own_loop():
+    spec = importlib.util.spec_from_file_location("rewinder_table", Path(__file__).parents[1] / "scripts" / "rewinder_table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    benched = {"invwnn+", "invwnn+-runs500", "invwnn+-linear", "invwnn+-reset", table.SPACED_LINE}
+    assert search.FIXED["invwnn+-runs500"]["every"] == search.FIXED[table.SPACED_LINE]["every"] == 4
+    assert table.rivals("invwnn+-runs500", benched) == (table.SPACED_LINE, "invwnn+-reset")
+    assert table.rivals("invwnn+", benched) == ("invwnn+-linear", "invwnn+-reset")
+    # a bench without the spaced line falls back to the every-step line
+    assert table.rivals("invwnn+-runs500", benched - {table.SPACED_LINE})[0] == "invwnn+-linear"
+    # reaching Retrain's forgetting in more seeds wins before the gap counts
+    assert table.beats({"n": 3, "gap": 5.0}, {"n": 2, "gap": 1.0})
+    assert not table.beats({"n": 2, "gap": 1.0}, {"n": 3, "gap": 5.0})
+    assert table.beats({"n": 3, "gap": 1.0}, {"n": 3, "gap": 2.0}) and table.beats({"n": 1, "gap": 9.0}, None)
+    assert not table.beats(None, {"n": 0})

@@ -51,16 +51,21 @@ REWINDER_ROWS = (("", "learned"), ("-linear", "linear"), ("-reset", "reset"), ("
 # the same with the "step" and "layer" context inputs (`invwnn train --context step,layer`); -twins, trained
 # to predict counterfactual twins' weights (`trajgen twins`); -runs500, trained on the 500-run collection
 # `trajgen collect --archs cnn,vit --runs 500`; -runs500-episodes, that one fine-tuned on the episodes'
-# first windows (`invwnn train --init`). Rewinder kind -> checkpoint file.
+# first windows (`invwnn train --init`); -twins48, -twins's recipe on 48 twins instead of 15. Rewinder
+# kind -> checkpoint file.
 PREDICTOR_FILES = {"episodes": "episode_predictor_k5.pt", "episodes-context": "episode_context_predictor_k5.pt",
                    "twins": "twin_predictor_k5.pt", "runs500": "runs500_predictor_k5.pt",
-                   "runs500-episodes": "runs500_episode_predictor_k5.pt"}
+                   "runs500-episodes": "runs500_episode_predictor_k5.pt", "twins48": "twins48_predictor_k5.pt"}
+# The line in -runs500's loop (a snapshot every 4 steps, see search.FIXED): the control that isolates
+# that row's predictor from its spacing.
+SPACING_CONTROLS = {"invwnn+-linear-every4": ("invwnn+", "linear")}
 BENCH_METHODS: dict[str, tuple[str, str | None]] = {
     **{name: (name, None) for name in REGISTRY if name not in ("retrain", *REWINDING)},
     **{f"{name}{suffix}": (name, kind) for name in REWINDING for suffix, kind in REWINDER_ROWS},
     **{f"invwnn+-{kind}": ("invwnn+", kind) for kind in PREDICTOR_FILES},
+    **SPACING_CONTROLS,
 }
-ORDER = (*(f"invwnn+{s}" for s, _ in REWINDER_ROWS), *(f"invwnn+-{k}" for k in PREDICTOR_FILES),
+ORDER = (*(f"invwnn+{s}" for s, _ in REWINDER_ROWS), *(f"invwnn+-{k}" for k in PREDICTOR_FILES), *SPACING_CONTROLS,
          *(f"invwnn{s}" for s, _ in REWINDER_ROWS),
          "finetune", "neggrad", "neggrad+", "random-label", "salun", "boundary-shrink", "task-vector",
          "scrub", "fisher", "unsir", "mnemonic")
