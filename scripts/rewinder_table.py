@@ -8,7 +8,8 @@ seeds that reached Retrain's UA, that count in brackets; "-": none did), its tun
 as a percentage of Retrain's (Retrain re-timed in the same pool), and which learned rows beat both the line and the control in
 that scenario (a row that reached in fewer seeds than the line does not beat it). A row whose loop
 takes a snapshot every 4 steps (`search.FIXED`) is held against the line in that same loop when the
-bench ran it. Then the count of scenarios each learned row wins.
+bench ran it; the line whose spacing is searched (1, 2 or 4 steps) is shown with its choice, not held
+against the learned rows, which cannot change theirs. Then the count of scenarios each learned row wins.
 """
 from __future__ import annotations
 
@@ -24,9 +25,11 @@ LEARNED = ("invwnn+", "invwnn+-episodes", "invwnn+-episodes-context", "invwnn+-t
            "invwnn+-runs500", "invwnn+-runs500-episodes")
 CONTROLS = ("invwnn+-linear", "invwnn+-reset")
 SPACED_LINE = "invwnn+-linear-every4"
+SEARCHED_SPACING = "invwnn+-linear-spacing"  # shown, not a rival: the learned rows cannot change their spacing
 LABEL = {"invwnn+": "scratch runs", "invwnn+-episodes": "episodes", "invwnn+-episodes-context": "episodes + context",
          "invwnn+-twins": "twins", "invwnn+-twins48": "48 twins", "invwnn+-runs500": "500 runs", "invwnn+-runs500-episodes": "500 runs + episodes",
-         "invwnn+-linear": "tuned line", "invwnn+-reset": "repair only", SPACED_LINE: "tuned line, every 4"}
+         "invwnn+-linear": "tuned line", "invwnn+-reset": "repair only", SPACED_LINE: "tuned line, every 4",
+         SEARCHED_SPACING: "tuned line, spacing searched"}
 
 
 def _equal_rows(results: dict) -> dict[str, dict]:
@@ -54,7 +57,7 @@ def table(results_dir: Path) -> str:
     loaded = {s: json.loads((results_dir / s / "results.json").read_text()) for s in scenarios}
     benched = {n for r in loaded.values() for n in r["bench"]["methods"]}
     learned = [n for n in LEARNED if n in benched]  # rows this bench ran
-    controls = [*CONTROLS, *([SPACED_LINE] if SPACED_LINE in benched else [])]
+    controls = [*CONTROLS, *(n for n in (SPACED_LINE, SEARCHED_SPACING) if n in benched)]
     head = "| scenario | " + " | ".join(LABEL[n] for n in (*learned, *controls)) + " | learned rows beating line and control |"
     lines = [head, "|---" * (len(learned) + len(controls) + 2) + "|"]
     wins = {n: 0 for n in learned}
@@ -68,9 +71,10 @@ def table(results_dir: Path) -> str:
             if row is None or not row.get("n") or math.isnan(row.get("gap", math.nan)):
                 cells.append(f"- (0/{len(results['runs'])})")
                 continue
-            h = chosen.get(name, {}).get("horizon")
+            h, every = chosen.get(name, {}).get("horizon"), chosen.get(name, {}).get("every")
             share = row.get("time_ratio", math.nan)
             cells.append(f"{row['gap']:.2f} ({row['n']}/{row['seeds']})" + (f", h {h:.2f}" if h is not None else "")
+                         + (f", every {every}" if "every" in search.SPACES[name] else "")
                          + (f", {100 * share:.0f}%" if not math.isnan(share) else ""))
         winners = [n for n in learned if all(beats(rows.get(n), rows.get(c)) for c in rivals(n, benched))]
         for n in winners:

@@ -56,16 +56,17 @@ REWINDER_ROWS = (("", "learned"), ("-linear", "linear"), ("-reset", "reset"), ("
 PREDICTOR_FILES = {"episodes": "episode_predictor_k5.pt", "episodes-context": "episode_context_predictor_k5.pt",
                    "twins": "twin_predictor_k5.pt", "runs500": "runs500_predictor_k5.pt",
                    "runs500-episodes": "runs500_episode_predictor_k5.pt", "twins48": "twins48_predictor_k5.pt"}
-# The line in -runs500's loop (a snapshot every 4 steps, see search.FIXED): the control that isolates
-# that row's predictor from its spacing.
-SPACING_CONTROLS = {"invwnn+-linear-every4": ("invwnn+", "linear")}
+# Lines in other loops than invwnn+'s (a snapshot every step): -linear-every4, the line in -runs500's
+# loop (a snapshot every 4 steps, see search.FIXED), isolates that row's predictor from its spacing;
+# -linear-spacing searches the spacing (1, 2 or 4 steps) with the rest of the line's settings.
+LINE_ROWS = {"invwnn+-linear-every4": ("invwnn+", "linear"), "invwnn+-linear-spacing": ("invwnn+", "linear")}
 BENCH_METHODS: dict[str, tuple[str, str | None]] = {
     **{name: (name, None) for name in REGISTRY if name not in ("retrain", *REWINDING)},
     **{f"{name}{suffix}": (name, kind) for name in REWINDING for suffix, kind in REWINDER_ROWS},
     **{f"invwnn+-{kind}": ("invwnn+", kind) for kind in PREDICTOR_FILES},
-    **SPACING_CONTROLS,
+    **LINE_ROWS,
 }
-ORDER = (*(f"invwnn+{s}" for s, _ in REWINDER_ROWS), *(f"invwnn+-{k}" for k in PREDICTOR_FILES), *SPACING_CONTROLS,
+ORDER = (*(f"invwnn+{s}" for s, _ in REWINDER_ROWS), *(f"invwnn+-{k}" for k in PREDICTOR_FILES), *LINE_ROWS,
          *(f"invwnn{s}" for s, _ in REWINDER_ROWS),
          "finetune", "neggrad", "neggrad+", "random-label", "salun", "boundary-shrink", "task-vector",
          "scrub", "fisher", "unsir", "mnemonic")

@@ -47,6 +47,7 @@ SPACES: dict[str, dict[str, Param]] = {
     "invwnn+-reset": _INVWNN_PLUS, "invwnn+-none": _INVWNN_PLUS,
     **{f"invwnn+-{kind}": {**_INVWNN_PLUS, **_HORIZON} for kind in runner.PREDICTOR_FILES},
     "invwnn+-linear-every4": {**_INVWNN_PLUS, **_HORIZON},
+    "invwnn+-linear-spacing": {**_INVWNN_PLUS, **_HORIZON, "every": ("choice", [1, 2, 4])},
     "invwnn": _INVWNN, "invwnn-linear": {**_INVWNN, **_HORIZON}, "invwnn-reset": _INVWNN, "invwnn-none": _INVWNN,
     "finetune": {"lr": ("log", 1e-3, 1e-1), "epochs": ("choice", [2.0, 5.0, 10.0])},
     "neggrad": {"lr": ("log", 1e-4, 1e-2), "epochs": ("choice", [1.0, 2.0, 5.0])},
