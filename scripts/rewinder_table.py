@@ -1,7 +1,7 @@
 """The learned rewinders against the tuned line and the repair-only control inside invwnn+ (issue 15),
 from the benches `scripts/fair_bench.py --phase bench --methods ...` wrote to RESULTS/<scenario>/.
 
-    .venv/bin/python scripts/rewinder_table.py [--results results/rewinders]
+    .venv/bin/python scripts/rewinder_table.py [--results results/rewinders] [--plot docs/results/rewinders.png]
 
 Prints one Markdown table: per scenario, each row's gap to Retrain at equal forgetting (mean over the
 seeds that reached Retrain's UA, that count in brackets; "-": none did), its tuned horizon, its time
@@ -86,10 +86,66 @@ def table(results_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def seed_gaps(results: dict, name: str) -> list[float | None]:
+    """Row ``name``'s gap to Retrain at equal forgetting in each seed of ``results`` (None: that
+    seed never reached Retrain's UA)."""
+    out = []
+    for run in results["runs"]:
+        equal = run["methods"].get(name, {}).get("equal") or {}
+        out.append(equal["gap"] if equal.get("reached") else None)
+    return out
+
+
+def plot(results_dir: Path, path: Path) -> None:
+    """One panel per scenario where some row reached Retrain's UA: each row's gap per seed (dots) and
+    its mean over the seeds that reached (bar); learned rows in colour, the lines and the control in
+    grey; a seed that never reached is a cross at the top."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loaded = {s: json.loads((results_dir / s / "results.json").read_text()) for s in SCENARIOS
+              if (results_dir / s / "results.json").is_file()}
+    benched = {n for r in loaded.values() for n in r["bench"]["methods"]}
+    names = [n for n in (*LEARNED, *CONTROLS, SPACED_LINE, SEARCHED_SPACING) if n in benched]
+    gaps = {s: {n: seed_gaps(r, n) for n in names} for s, r in loaded.items()}
+    shown = [s for s in gaps if any(g is not None for v in gaps[s].values() for g in v)]
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 4.8), squeeze=False)
+    colours = plt.get_cmap("tab10").colors
+    for ax, scenario in zip(axes[0], shown):
+        top = max(g for v in gaps[scenario].values() for g in v if g is not None) * 1.1
+        for i, name in enumerate(names):
+            values = gaps[scenario][name]
+            reached = [g for g in values if g is not None]
+            colour = colours[i % 10] if name in LEARNED else "0.55"
+            if reached:
+                ax.barh(i, sum(reached) / len(reached), color=colour, alpha=0.35)
+            ax.scatter(reached, [i] * len(reached), color=colour, s=14, zorder=3)
+            missed = len(values) - len(reached)
+            if missed:
+                ax.scatter([top] * missed, [i] * missed, marker="x", color=colour, s=18, zorder=3)
+        ax.set_yticks(range(len(names)), [LABEL[n] for n in names] if ax is axes[0][0] else [])
+        ax.invert_yaxis()
+        ax.set_title(scenario)
+        ax.set_xlabel("gap to Retrain (points)")
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle("invwnn+ rewinders at equal forgetting: per-seed gap (dots), mean (bar), "
+                 "seed that never reached Retrain's UA (x)", fontsize=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", type=Path, default=Path("results/rewinders"))
-    print(table(ap.parse_args().results))
+    ap.add_argument("--plot", type=Path, help="also draw the per-seed gaps into this PNG")
+    args = ap.parse_args()
+    print(table(args.results))
+    if args.plot:
+        plot(args.results, args.plot)
 
 
 if __name__ == "__main__":

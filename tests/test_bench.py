@@ -306,3 +306,6 @@ def test_rewinder_table_holds_each_learned_row_against_the_line_in_its_own_loop(
     assert not table.beats({"n": 2, "gap": 1.0}, {"n": 3, "gap": 5.0})
     assert table.beats({"n": 3, "gap": 1.0}, {"n": 3, "gap": 2.0}) and table.beats({"n": 1, "gap": 9.0}, None)
     assert not table.beats(None, {"n": 0})
+    runs = [{"methods": {"a": {"equal": {"reached": True, "gap": 1.5}}}},
+            {"methods": {"a": {"equal": {"reached": False, "gap": 9.0}}}}, {"methods": {}}]
+    assert table.seed_gaps({"runs": runs}, "a") == [1.5, None, None]
