@@ -1,0 +1,81 @@
+"""Where do the mislabelled images go? A probe of ``scripts/forget_only.py``'s lenet-noisy case.
+
+    .venv/bin/python scripts/label_noise_probe.py [--out data/forget_only] [--seeds 0,1,2]
+
+The forget set is the 600 training images that carry a wrong label. Retrain never saw them, so it
+mostly predicts their *true* class; "forget error" only counts predictions that left the wrong label.
+For the original, Retrain (retrained here with the recipe and generator state of forget_only.py's
+``build``, so it is the same model) and each variant's output at its default setting (the files
+forget_only.py left under OUT/work/out), this prints the share of forget images predicted as their
+given (wrong) label, as their true label and as a third class, and test accuracy. A method that
+unlearns the wrong labels should move the second column towards Retrain's; one that only damages the
+model moves the third.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "scripts")]
+
+from _apply_fixtures import lenet_data, train_lenet  # noqa: E402
+from forget_only import NOISE, TEST_SIZE, TRAIN_SIZE, _clone  # noqa: E402
+from trajgen import data as datasets  # noqa: E402
+
+CASE = "lenet-noisy"
+OUTPUTS = {"invwnn (default, K=15)": "invwnn_default_K15-hNone", "invwnn --rewinder linear": "invwnn_--rewinder_linear-hNone",
+           "invwnn episode K=5": "invwnn_episode_K5-hNone", "invwnn twin K=5": "invwnn_twin_K5-hNone",
+           "neggrad": "neggrad-lrNone", "task-vector": "task-vector-alphaNone",
+           "boundary-shrink": "boundary-shrink-lrNone"}
+
+
+@torch.no_grad()
+def shares(net, x: torch.Tensor, given: torch.Tensor, true: torch.Tensor) -> tuple[float, float, float]:
+    """Percent of ``x`` predicted as ``given``, as ``true``, as neither."""
+    pred = net(datasets.to_float(x)).argmax(1)
+    as_given, as_true = (pred == given).float().mean().item(), (pred == true).float().mean().item()
+    return 100 * as_given, 100 * as_true, 100 * (1 - as_given - as_true)
+
+
+@torch.no_grad()
+def accuracy(net, x: torch.Tensor, y: torch.Tensor) -> float:
+    return 100 * (net(datasets.to_float(x)).argmax(1) == y).float().mean().item()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(ROOT / "data" / "forget_only"))
+    ap.add_argument("--seeds", default="0,1,2")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    work = Path(args.out) / "work"
+    ds = datasets.load("fashion-mnist")
+    rows: dict[str, list[tuple[float, ...]]] = {}
+    for seed in (int(s) for s in args.seeds.split(",")):
+        d = lenet_data(seed, TRAIN_SIZE[CASE], TEST_SIZE, NOISE, ds=ds)
+        x, y, forget = d["x"], d["y"], d["noisy"]
+        true = ds.y_train[d["idx"]][forget]
+        xt, yt = ds.x_test[d["test_idx"]], ds.y_test[d["test_idx"]]
+        retrain = train_lenet(x[~forget], y[~forget], _clone(d["g"]), seed)
+        nets = {"Original": torch.jit.load(str(work / f"{CASE}-s{seed}" / "model.pt")), "Retrain": retrain}
+        for variant, tag in OUTPUTS.items():
+            path = work / "out" / f"{CASE}-s{seed}-{tag}-test.pt"
+            if path.exists():
+                nets[variant] = torch.jit.load(str(path))
+        for name, net in nets.items():
+            net.eval()
+            rows.setdefault(name, []).append((*shares(net, x[forget], y[forget], true), accuracy(net, xt, yt)))
+    print("| model | predicted as the wrong label | as the true label | as a third class | test accuracy |")
+    print("|---|---|---|---|---|")
+    for name, values in rows.items():
+        mean = [sum(v[i] for v in values) / len(values) for i in range(4)]
+        print(f"| {name} | " + " | ".join(f"{m:.1f}" for m in mean) + " |")
+    print(f"\n(percent of the forget set, mean of seeds {args.seeds})")
+
+
+if __name__ == "__main__":
+    main()
