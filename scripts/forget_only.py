@@ -195,6 +195,14 @@ def build(case: str, seed: int, work: Path, ds) -> dict:
 
 # --- runs -----------------------------------------------------------------------------------------
 
+def output_path(work: Path, meta: dict, variant: str, spec: dict, value: float | None, split: str,
+                seed: int) -> Path:
+    """Where :func:`run_one` writes the unlearned model of that run."""
+    tag = f"{variant.replace(' ', '_').replace('=', '').replace('(', '').replace(')', '').replace(',', '')}"
+    setting = f"h{value}" if spec["knob"] == "horizon" else f"{spec['knob']}{value}"
+    return work / "out" / f"{meta['case']}-s{seed}-{tag}-{setting}-{split}{Path(meta['model']).suffix}"
+
+
 def run_one(meta: dict, variant: str, spec: dict, value: float | None, split: str, seed: int,
             work: Path) -> dict:
     """One forget-only run of ``variant`` with its knob at ``value`` (None: the default), guarded by
@@ -206,9 +214,7 @@ def run_one(meta: dict, variant: str, spec: dict, value: float | None, split: st
     overrides = dict(spec["overrides"])
     if value is not None:
         overrides[spec["knob"]] = value
-    tag = f"{variant.replace(' ', '_').replace('=', '').replace('(', '').replace(')', '').replace(',', '')}"
-    setting = f"h{value}" if spec["knob"] == "horizon" else f"{spec['knob']}{value}"
-    out = work / "out" / f"{meta['case']}-s{seed}-{tag}-{setting}-{split}{Path(meta['model']).suffix}"
+    out = output_path(work, meta, variant, spec, value, split, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     r = unlearn(inputs, spec["method"], overrides, out=str(out), rewinder=spec["rewinder"],

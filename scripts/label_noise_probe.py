@@ -14,6 +14,7 @@ model moves the third.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -23,14 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "scripts")]
 
 from _apply_fixtures import lenet_data, train_lenet  # noqa: E402
-from forget_only import NOISE, TEST_SIZE, TRAIN_SIZE, _clone  # noqa: E402
+from forget_only import NOISE, TEST_SIZE, TRAIN_SIZE, _clone, output_path, variants  # noqa: E402
+from invwnn import metrics  # noqa: E402
 from trajgen import data as datasets  # noqa: E402
 
 CASE = "lenet-noisy"
-OUTPUTS = {"invwnn (default, K=15)": "invwnn_default_K15-hNone", "invwnn --rewinder linear": "invwnn_--rewinder_linear-hNone",
-           "invwnn episode K=5": "invwnn_episode_K5-hNone", "invwnn twin K=5": "invwnn_twin_K5-hNone",
-           "neggrad": "neggrad-lrNone", "task-vector": "task-vector-alphaNone",
-           "boundary-shrink": "boundary-shrink-lrNone"}
 
 
 @torch.no_grad()
@@ -39,11 +37,6 @@ def shares(net, x: torch.Tensor, given: torch.Tensor, true: torch.Tensor) -> tup
     pred = net(datasets.to_float(x)).argmax(1)
     as_given, as_true = (pred == given).float().mean().item(), (pred == true).float().mean().item()
     return 100 * as_given, 100 * as_true, 100 * (1 - as_given - as_true)
-
-
-@torch.no_grad()
-def accuracy(net, x: torch.Tensor, y: torch.Tensor) -> float:
-    return 100 * (net(datasets.to_float(x)).argmax(1) == y).float().mean().item()
 
 
 def main() -> None:
@@ -61,14 +54,16 @@ def main() -> None:
         true = ds.y_train[d["idx"]][forget]
         xt, yt = ds.x_test[d["test_idx"]], ds.y_test[d["test_idx"]]
         retrain = train_lenet(x[~forget], y[~forget], _clone(d["g"]), seed)
-        nets = {"Original": torch.jit.load(str(work / f"{CASE}-s{seed}" / "model.pt")), "Retrain": retrain}
-        for variant, tag in OUTPUTS.items():
-            path = work / "out" / f"{CASE}-s{seed}-{tag}-test.pt"
+        meta = json.loads((work / f"{CASE}-s{seed}" / "meta.json").read_text())
+        nets = {"Original": torch.jit.load(str(work / meta["model"])), "Retrain": retrain}
+        for variant, spec in variants([]).items():
+            path = output_path(work, meta, variant, spec, None, "test", seed)
             if path.exists():
                 nets[variant] = torch.jit.load(str(path))
         for name, net in nets.items():
             net.eval()
-            rows.setdefault(name, []).append((*shares(net, x[forget], y[forget], true), accuracy(net, xt, yt)))
+            rows.setdefault(name, []).append((*shares(net, x[forget], y[forget], true),
+                                              metrics.accuracy(net, datasets.to_float(xt), yt)))
     print("| model | predicted as the wrong label | as the true label | as a third class | test accuracy |")
     print("|---|---|---|---|---|")
     for name, values in rows.items():

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from invwnn.bench import report, search
 from invwnn.bench.scenarios import SCENARIOS
+from invwnn.models import atomic_write
 
 LEARNED = ("invwnn+", "invwnn+-episodes", "invwnn+-episodes-context", "invwnn+-twins", "invwnn+-twins48",
            "invwnn+-runs500", "invwnn+-runs500-episodes")
@@ -131,11 +132,8 @@ def plot(results_dir: Path, path: Path) -> None:
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle("invwnn+ rewinders at equal forgetting: per-seed gap (dots), mean (bar), "
                  "seed that never reached Retrain's UA (x)", fontsize=10)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
-    tmp.replace(path)
 
 
 def main() -> None:
