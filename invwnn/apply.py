@@ -18,7 +18,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -74,6 +74,31 @@ def make_rewinder(kind: str, predictor: str | None, config, device: str = "cpu")
         raise InputError(f"--snapshots {config.snapshots} does not match the predictor's window "
                          f"K = {rewinder.k}")
     return rewinder
+
+
+MISFIT_POINTS = 10.0  # forget accuracy this far below the retain (else test) accuracy draws a warning
+
+
+def misfit_warning(before: dict[str, float], n_classes: int, guess: str | None = None) -> str | None:
+    """A warning when the model, before unlearning, classifies its forget images (training images)
+    much worse than its retain (else test) images, or near chance when neither is given: the
+    input is then probably not what it was trained on. ``guess``: what was assumed of the input
+    (:attr:`LoadedModel.preprocess_guess`). None when nothing looks wrong."""
+    forget_acc = 100 - before["UA"]
+    ref = next(((name, before[k]) for k, name in (("RA", "retain"), ("TA", "test")) if k in before), None)
+    if ref is not None:
+        if forget_acc >= ref[1] - MISFIT_POINTS:
+            return None
+        seen = f"{forget_acc:.1f}% of the forget images right but {ref[1]:.1f}% of the {ref[0]} images"
+    else:
+        chance = 100 / n_classes
+        if forget_acc >= 2 * chance:
+            return None
+        seen = f"{forget_acc:.1f}% of the forget images right, near chance ({chance:.1f}%)"
+    cause = (f"likely cause: {guess}" if guess else "likely cause: images not preprocessed as in training "
+             "(check --size, --channels, --mean/--std) or forget labels other than those it was trained on")
+    return (f"before unlearning the model gets {seen}; a model knows its own training images best, so "
+            f"the results below are probably wrong ({cause}; mislabelled forget images are the exception)")
 
 
 def _distance(model, reference: list[torch.Tensor]) -> float:
@@ -190,17 +215,27 @@ class Guard:
 
 
 def apply(loaded: LoadedModel, data: Data, method: str, config, ctx: Context,
-          max_drop: float | None = DEFAULT_MAX_DROP) -> dict:
+          max_drop: float | None = DEFAULT_MAX_DROP, warn: Callable[[str], None] | None = None) -> dict:
     """Run ``method`` on ``loaded`` (modified in place) under a :class:`Guard` that watches the
     retain set (else the test set) with bound ``max_drop`` (percentage points; None: only
     non-finite weights stop the method) and return the report: metrics before and after (percent;
     UA always, RA/TA with retain/test, MIA with both), per-iteration log for iterative methods
     (forget/retain/test accuracy, L2 distance from the original weights, seconds since start), total
     seconds (checks excluded), ``stop_reason`` (budget, target, guard, non-finite) and the guard's
-    record."""
+    record, and ``warnings`` (each also passed to ``warn`` as soon as it is known)."""
+    warnings: list[str] = []
+
+    def warned(text: str | None) -> None:
+        if text:
+            warnings.append(text)
+            if warn is not None:
+                warn(text)
+
+    warned(loaded.preprocess_guess)
     model = loaded.model.to(ctx.device)
     reference = [p.detach().clone() for p in model.parameters()]
     before = metrics.evaluate(model, data.forget, data.retain, data.test, ctx.device, ctx.seed)
+    warned(misfit_warning(before, len(loaded.classes), loaded.preprocess_guess))
     watched = "retain" if data.retain is not None else "test" if data.test is not None else None
     mode = GUARD_MODE.get(method, "step")
     guard = Guard(model, data.forget.x[:PROBE_IMAGES], getattr(data, watched) if watched else None,
@@ -243,7 +278,7 @@ def apply(loaded: LoadedModel, data: Data, method: str, config, ctx: Context,
     return {"method": method, "config": config.to_dict(), "seed": ctx.seed, "device": str(ctx.device),
             "before": before, "after": after, "iterations": log, "seconds": seconds,
             "stop_reason": stop_reason, "guard": guard.describe(),
-            "distance": _distance(model, reference)}
+            "distance": _distance(model, reference), "warnings": warnings}
 
 
 METRIC_NAMES = {"RA": "RA  retain accuracy", "UA": "UA  100 - forget accuracy",
@@ -285,6 +320,7 @@ def format_report(report: dict) -> str:
     if g.get("stopped") and g.get("kept") == "original":
         lines.append("the written model is the original: nothing was unlearned")
     lines += [f"inexact: {note}" for note in report.get("inexact", [])]
+    lines += [f"warning: {text}" for text in report.get("warnings", [])]
     return "\n".join(lines)
 
 
@@ -306,16 +342,29 @@ class Inputs:
 
 
 def load_inputs(inputs: Inputs) -> tuple[LoadedModel, Data]:
-    """Read and check the model and every data split (everything that can fail on bad input).
-    A model file that records no preprocessing gets it from the flags, then from the model's own
-    input shape, then from the forget data's first image (:class:`invwnn.models.PreprocessHint`)."""
+    """Read and check the model and every data split (everything that can fail on bad input), in
+    the order a user reads the command: the model file exists, each split exists and holds images,
+    then the model is read. A model file that records no preprocessing gets it from the flags, then
+    from the model's own input shape, then from the forget data's first image
+    (:class:`invwnn.models.PreprocessHint`; what was assumed is ``loaded.preprocess_guess``)."""
+    if not Path(inputs.model).is_file():
+        raise InputError(f"model file {inputs.model} does not exist")
+    paths = {name: path for name, path in (("forget", inputs.forget), ("retain", inputs.retain),
+                                           ("test", inputs.test)) if path is not None}
+    for name, path in paths.items():
+        forget_io.check_source(path, f"--{name}")
     hint = models.PreprocessHint(inputs.size, inputs.channels, inputs.mean, inputs.std,
-                                 forget_io.infer_preprocess(inputs.forget))
+                                 forget_io.infer_preprocess(inputs.forget), f"--forget {inputs.forget}")
     loaded = models.load(inputs.model, trust_pickle=inputs.trust_pickle, classes=inputs.classes,
                          preprocess=hint, arch=inputs.arch)
-    splits = {name: forget_io.read(path, loaded.classes, loaded.preprocess, f"--{name}")
-              for name, path in (("forget", inputs.forget), ("retain", inputs.retain),
-                                 ("test", inputs.test)) if path is not None}
+    splits = {}
+    for name, path in paths.items():
+        try:
+            splits[name] = forget_io.read(path, loaded.classes, loaded.preprocess, f"--{name}")
+        except InputError as err:
+            if loaded.preprocess_guess is None:
+                raise
+            raise InputError(f"{err} ({loaded.preprocess_guess})") from None
     return loaded, Data(splits["forget"], loaded.classes, splits.get("retain"), splits.get("test"),
                         loaded.mnemonic)
 
@@ -323,10 +372,12 @@ def load_inputs(inputs: Inputs) -> tuple[LoadedModel, Data]:
 def unlearn(inputs: Inputs, method: str = "invwnn", overrides: dict | None = None, *,
             out: str | None = None, report_path: str | None = None, rewinder: str = "learned",
             predictor: str | None = None, seed: int = 0, device: str = "cpu",
-            progress: bool = False, max_drop: float | None = DEFAULT_MAX_DROP) -> dict:
+            progress: bool = False, max_drop: float | None = DEFAULT_MAX_DROP,
+            warn: Callable[[str], None] | None = None) -> dict:
     """The ``invwnn apply`` command as a function. Returns the report, also written to
     ``report_path`` (default: the output model's name with ``.json``). ``max_drop``: the guard's
-    bound in percentage points of retain (else test) accuracy; None turns the bound off."""
+    bound in percentage points of retain (else test) accuracy; None turns the bound off. ``warn``
+    receives each warning (also in the report's ``warnings``) as soon as it is known."""
     if max_drop is not None and not (math.isfinite(max_drop) and max_drop >= 0):
         raise InputError(f"--max-drop takes a number of points >= 0 or off, got {max_drop}")
     config = make_config(method, overrides or {})
@@ -339,7 +390,7 @@ def unlearn(inputs: Inputs, method: str = "invwnn", overrides: dict | None = Non
     torch.manual_seed(seed)
     ctx = Context(device=device, seed=seed, progress=progress, rewinder=rew,
                   rebuild=loaded.rebuild if loaded.can_rebuild else None)
-    report = apply(loaded, data, method, config, ctx, max_drop)
+    report = apply(loaded, data, method, config, ctx, max_drop, warn)
     report.update({
         "rewinder": rew.describe() if rew else None,
         "model": {"path": str(inputs.model), "source": loaded.source, "classes": list(loaded.classes),

@@ -135,7 +135,8 @@ def apply(model_path, arch, forget_path, retain_path, test_path, method, out, re
                     _floats(mean, "--mean"), _floats(std, "--std"), arch)
     bound = _max_drop(max_drop)
     report = unlearn(inputs, method, given, out=out, report_path=report_path, rewinder=rewinder,
-                     predictor=predictor, seed=seed, device=device, progress=not quiet, max_drop=bound)
+                     predictor=predictor, seed=seed, device=device, progress=not quiet, max_drop=bound,
+                     warn=lambda text: click.echo(f"warning: {text}", err=True))
     if not quiet:
         click.echo(format_report(report))
     b, a = report["before"], report["after"]

@@ -100,7 +100,7 @@ def bench(scenario, methods, seeds, out, quick, dataset, data_root, download, ar
 @click.command("tune")
 @click.option("--scenario", required=True, help="random10, random50, class, label-noise, overfit or backdoor")
 @click.option("--methods", default="all", show_default=True, help="'all' or a comma-separated list")
-@click.option("--trials", type=click.IntRange(1), default=None, help="configurations per method [10]")
+@click.option("--trials", type=click.IntRange(1), default=None, help="configurations per method [16: invwnn.bench.search.TRIALS]")
 @click.option("--seed", type=int, default=None, help="tuning seed, never a reported one [100]")
 @click.option("--out", default=None, help="record file [invwnn/bench/tuned/SCENARIO.json]")
 @click.option("--quick", is_flag=True, help="the bench's --quick sizes")

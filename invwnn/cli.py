@@ -15,7 +15,7 @@ from invwnn import fit
 from invwnn.evaluate import evaluate_checkpoint
 from invwnn.apply_cli import apply, prepare, report
 from invwnn.bench_cli import bench, tune
-from invwnn.predictor import CheckpointError, describe, read_checkpoint
+from invwnn.predictor import CheckpointError, describe, format_evaluation, read_checkpoint
 from invwnn.windows import CONTEXTS, WindowError
 
 input_errors = user_errors(SpecError, StoreError, WindowError, CheckpointError)
@@ -79,7 +79,7 @@ def train(store, out, k, u, kinds, width, kind_dim, clip, steps, max_windows, ba
         target=target, max_start=max_start, init=init,
         context=parse_choices("context", context, tuple(CONTEXTS)) if context else ())
     result = fit.train(config, progress=not quiet)
-    click.echo(fit.format_evaluation(result["evaluation"]))
+    click.echo(format_evaluation(result["evaluation"]))
     p = result["provenance"]
     click.echo(f"{out}: {p['train_runs']} training runs, {p['windows_seen']:,} windows in {p['train_seconds']} s "
                f"(final validation error reached after {p['seconds_to_final_val']} s)")
@@ -114,7 +114,7 @@ def evaluate(checkpoint, store, as_json, write, split_from):
     if write and split_from:
         raise UserError("--write keeps a checkpoint's own evaluation; it cannot be combined with --split-from")
     record = evaluate_checkpoint(checkpoint, store, write=write, split_from=split_from)
-    click.echo(json.dumps(record, indent=2) if as_json else fit.format_evaluation(record))
+    click.echo(json.dumps(record, indent=2) if as_json else format_evaluation(record))
     if write and not as_json:
         click.echo(f"{checkpoint}: evaluation record rewritten")
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from importlib.metadata import version
 from trajgen.nets import KINDS
 from trajgen.store import complete_runs, index, location, open_store, run_array, versions
-from invwnn.predictor import (CheckpointError, ModelConfig, Predictor, predict_past, read_checkpoint,
+from invwnn.predictor import (EVALUATION_FORMAT, CheckpointError, ModelConfig, Predictor, predict_past, read_checkpoint,
                               save_checkpoint)
 from invwnn.windows import (WindowError, WindowStream, check_context, check_windows, context_columns,
                             fit_horizon, kind_codes, layer_context, linear_backextrapolation, no_rewind,
@@ -35,7 +35,6 @@ from invwnn.windows import (WindowError, WindowStream, check_context, check_wind
 
 
 TRANSFER = 8
-EVALUATION_FORMAT = 2  # 1 (no "format" key): linear baseline chosen on the held-out sample
 BASELINES = ("no_rewind", "damped_line")
 
 
@@ -226,10 +225,21 @@ def _layer_sample(full: np.ndarray, layers: np.ndarray, sel: np.ndarray, k: int,
     return starts, ctx
 
 
+def _recorded_path(path: Path) -> str:
+    """A local path as provenance records it: relative to the working directory when inside it (so a
+    checkpoint trained in a checkout and shipped carries no machine path), else absolute."""
+    path = path.resolve()
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _resolved(store: str) -> str:
-    """The store as provenance records it: the absolute local path (a file:// URL's too), or the URL."""
+    """The store as provenance records it: its local path (a file:// URL's too, see
+    :func:`_recorded_path`), or the URL."""
     where = location(store)
-    return str(where.path.resolve()) if where.path is not None else where.target
+    return _recorded_path(where.path) if where.path is not None else where.target
 
 
 def horizon_bound(u: int, target: str) -> float:
@@ -320,25 +330,6 @@ def evaluation_record(model: Predictor, val: dict[str, torch.Tensor], fit: dict[
                                       f"of each window's own best horizon, clamped to [0, {u:g}]"}}
 
 
-def format_evaluation(ev: dict[str, Any]) -> str:
-    """The evaluation record as a table (one line per kind); a one-line note for an old record."""
-    if ev.get("format") != EVALUATION_FORMAT:
-        return ("evaluation: an older record (its linear baseline was chosen on the held-out sample); "
-                "recompute it with `invwnn evaluate CHECKPOINT --store STORE --write`")
-    fit_runs = ev["horizon_fit"]["runs"]
-    lines = [f"held_out: MAE of the past weight (weight units){ev['held_out_runs_desc']}; the damped line's "
-             f"horizon h and each row's baseline fitted on {ev['horizon_fit']['windows']} windows of "
-             f"{len(fit_runs)} training runs",
-             f"  {'kind':<10} {'windows':>8} {'model':>10} {'no rewind':>10} {'damped':>10} {'h':>6} "
-             f"{'vs none':>8} {'vs damped':>9}  {'headline':>8} (baseline)"]
-    for kind, r in ev["held_out"].items():
-        h = "kind's" if r["horizon"] is None else f"{r['horizon']:.3f}"
-        lines.append(f"  {kind:<10} {r['n']:>8} {r['model']:>10.3e} {r['no_rewind']:>10.3e} "
-                     f"{r['damped_line']:>10.3e} {h:>6} {r['ratio_no_rewind']:>8.3f} "
-                     f"{r['ratio_damped_line']:>9.3f}  {r['ratio']:>8.3f} ({r['baseline'].replace('_', ' ')})")
-    return "\n".join(lines)
-
-
 def init_weights(config: TrainConfig) -> dict[str, torch.Tensor] | None:
     """The state dict of ``config.init`` (None without one), checked before any work: its model
     config must equal this one's, since a warm start changes the data, not the model."""
@@ -356,7 +347,7 @@ def init_weights(config: TrainConfig) -> dict[str, torch.Tensor] | None:
 def _init_provenance(init: str | None) -> dict[str, Any]:
     if init is None:
         return {}
-    return {"init": {"path": str(Path(init).resolve()), "sha256": hashlib.sha256(Path(init).read_bytes()).hexdigest()}}
+    return {"init": {"path": _recorded_path(Path(init)), "sha256": hashlib.sha256(Path(init).read_bytes()).hexdigest()}}
 
 
 def train(config: TrainConfig, progress: bool = True) -> dict[str, Any]:

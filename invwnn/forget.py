@@ -216,6 +216,20 @@ def read(path: str | Path, classes: tuple[str, ...], pre: Preprocess, flag: str 
     return read_tensors(path, classes, pre, flag)
 
 
+def check_source(path: str | Path, flag: str = "--forget") -> None:
+    """Refuse, in one line, a split that is missing, or a folder with no class folders or no images,
+    before anything else is read: such a split is the user's slip, whatever the model file says."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{flag} {path} does not exist")
+    if path.is_dir():
+        dirs = _class_folders(path, flag)
+        if not any(f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".")
+                   for d in dirs for f in d.iterdir()):
+            raise InputError(f"{flag} {path} holds no images (looked for {', '.join(IMAGE_EXTENSIONS[:3])}, "
+                             "... in its class folders)")
+
+
 def infer_preprocess(path: str | Path) -> Preprocess | None:
     """Size and channels of the first image in an ImageFolder (for model files that record no
     preprocessing and no flags given); None when nothing can be read."""

@@ -21,11 +21,14 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import tempfile
+import warnings
 import zipfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -131,6 +134,7 @@ class LoadedModel:
     classes_from_file: bool = True
     torchvision: str | None = None
     inexact: tuple[str, ...] = ()
+    preprocess_guess: str | None = None  # what was assumed of the inputs (PreprocessHint.guessed)
 
     @property
     def net(self) -> nn.Module:
@@ -429,8 +433,13 @@ def _safetensors(path: Path, arch_flag: str | None) -> tuple[nn.Module, dict, To
                          "torchvision:NAME[:key=value,...], e.g. torchvision:resnet18:num_classes=10")
     arch = parse_arch(spec)
     net = build_torchvision(arch)
-    _check_state_dict(path, tensors, net.state_dict(),
-                      f"--arch {arch.spec}" if arch_flag else f"its recorded architecture {arch.spec}")
+    try:
+        _check_state_dict(path, tensors, net.state_dict(),
+                          f"--arch {arch.spec}" if arch_flag else f"its recorded architecture {arch.spec}")
+    except InputError as err:
+        raise InputError(f"{err}; a modified architecture (e.g. another first convolution) cannot be "
+                         "rebuilt from torchvision: save the model as TorchScript or torch.export (.pt2), "
+                         "which carry their architecture") from None
     net.load_state_dict(tensors)
     return net.eval(), meta, arch
 
@@ -479,14 +488,15 @@ def _expected_input(net: nn.Module, exported) -> tuple[int | None, tuple[int, in
 class PreprocessHint:
     """Preprocessing for a file that records none, from flags: ``size`` and ``channels`` not given
     come from the model itself (an exported program's fixed input shape, the input channels of a
-    real module's first convolution), else from ``data`` (the forget data's first image); ``mean``
-    and ``std`` default to no normalisation."""
+    real module's first convolution), else from ``data`` (the first image of the folder named
+    ``data_source``, e.g. ``"--forget forget/"``); ``mean`` and ``std`` default to no normalisation."""
 
     size: tuple[int, int] | None = None
     channels: int | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     data: Preprocess | None = None
+    data_source: str = "the forget images"
 
     def resolve(self, expected: tuple[int | None, tuple[int, int] | None]) -> Preprocess | None:
         channels = self.channels or expected[0] or (self.data.channels if self.data else None)
@@ -494,6 +504,52 @@ class PreprocessHint:
         if size is None or channels is None:
             return None
         return Preprocess(size, channels, self.mean or (0.0,), self.std or (1.0,))
+
+    def guessed(self, expected: tuple[int | None, tuple[int, int] | None]) -> str | None:
+        """What :meth:`resolve` took from anything but the flags, as one sentence naming where it
+        came from and the flags that fix it; None when the flags gave everything."""
+        parts = []
+        if self.size is None:
+            h, w = expected[1] or self.data.size
+            parts.append(f"input size {h}x{w} from " + ("the model's input shape" if expected[1] else
+                                                        f"the first image of {self.data_source}"))
+        if self.channels is None:
+            c = expected[0] or self.data.channels
+            parts.append(f"{c} channel(s) from " + ("the model's first convolution" if expected[0] else
+                                                    f"the first image of {self.data_source}"))
+        if self.mean is None and self.std is None:
+            parts.append("no normalisation")
+        if not parts:
+            return None
+        return ("the model file records no preprocessing, so invwnn assumed " + ", ".join(parts)
+                + "; if the model was trained on other inputs, pass --size HxW, --channels C, --mean and --std")
+
+
+@contextmanager
+def quiet_torchscript() -> Iterator[None]:
+    """Silence torch's deprecation warning on every TorchScript call: the format is one users bring,
+    and the warning is addressed to its writers, not to this tool's users."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
+        yield
+
+
+def _unpickle(path: Path) -> Any:
+    """A pickled whole model (the caller checked --trust-pickle). A class that lived in the script
+    that saved it (``__main__``) or in a module not importable here cannot be rebuilt: say what to
+    save instead."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (AttributeError, ModuleNotFoundError) as err:
+        found = re.search(r"Can't get attribute '([^']+)' on <module '([^']+)'", str(err))
+        script = found is not None and found.group(2).endswith("__main__")  # pytest's shows as pytest.__main__
+        what = (f"class {found.group(1)}" + ("" if script else f" of module {found.group(2)}") if found
+                else f"module {getattr(err, 'name', None) or str(err)}")
+        where = "the script that saved it (__main__)" if script else "a module not importable here"
+        raise InputError(f"{path} pickles {what}, defined in {where}, so it cannot be rebuilt; save the "
+                         "model as TorchScript (torch.jit.script(model).save(PATH)) or torch.export "
+                         "(torch.export.save(torch.export.export(model, (example,)), PATH.pt2)), or put "
+                         "its class in an importable module") from None
 
 
 def load(path: str | Path, *, trust_pickle: bool = False, classes: tuple[str, ...] | None = None,
@@ -522,7 +578,8 @@ def load(path: str | Path, *, trust_pickle: bool = False, classes: tuple[str, ..
             net = exported.module()
         elif kind == "torchscript":
             extra = {EXTRA_FILE: ""}
-            net = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+            with quiet_torchscript():
+                net = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
             raw = extra[EXTRA_FILE]
             meta = json.loads((raw.decode() if isinstance(raw, bytes) else raw) or "{}")
         elif kind == "safetensors":
@@ -535,7 +592,7 @@ def load(path: str | Path, *, trust_pickle: bool = False, classes: tuple[str, ..
                     raise InputError(f"{path} holds pickled Python objects (a full nn.Module?); "
                                      "loading it runs arbitrary code: pass --trust-pickle if you "
                                      "trust its source") from None
-                blob = torch.load(path, map_location="cpu", weights_only=False)
+                blob = _unpickle(path)
             if isinstance(blob, dict):
                 loaded = _own(path, blob)
                 _check_finite(loaded.model, path)
@@ -549,6 +606,7 @@ def load(path: str | Path, *, trust_pickle: bool = False, classes: tuple[str, ..
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise InputError(f"{path} is not a readable model file ({first[:160]})") from None
     expected = _expected_input(net, exported)
+    guess = None
     if "preprocess" in meta:
         try:
             preprocess = Preprocess.from_dict(meta["preprocess"])
@@ -556,9 +614,10 @@ def load(path: str | Path, *, trust_pickle: bool = False, classes: tuple[str, ..
             raise InputError(f"{path}: its recorded preprocessing is malformed ({type(err).__name__}: "
                              f"{err})") from None
     elif isinstance(preprocess, PreprocessHint):
-        preprocess = preprocess.resolve(expected)
+        hint, preprocess = preprocess, preprocess.resolve(expected)
+        guess = hint.guessed(expected) if preprocess is not None else None
     if preprocess is None:
-        raise InputError(f"{path} records no preprocessing; pass --size and --channels")
+        raise InputError(f"{path} records no preprocessing; pass --size HxW and --channels C")
     batches, inexact = (None, None), ()
     if exported is not None:
         batches, inexact = _bounded_batch(path, exported, net)
@@ -575,7 +634,7 @@ def load(path: str | Path, *, trust_pickle: bool = False, classes: tuple[str, ..
         if expected[0] is not None and expected[1] is not None:
             wants = f"; it was exported for {(expected[0], *expected[1])} inputs"
         raise InputError(f"{path}: model does not accept {preprocess.shape} inputs ({first[:160]})"
-                         f"{wants}; check --size/--channels") from None
+                         f"{wants}; " + (guess if guess else "check --size/--channels")) from None
     with torch.no_grad():
         for k, b in model.named_buffers():
             b.copy_(buffers[k])
@@ -584,7 +643,8 @@ def load(path: str | Path, *, trust_pickle: bool = False, classes: tuple[str, ..
         raise InputError(f"model has {n_out} outputs but {len(names)} class names were given")
     loaded = LoadedModel(model, tuple(names), preprocess, kind, exported=exported,
                          classes_from_file=bool(file_classes or classes),
-                         torchvision=tv_arch.spec if tv_arch else None, inexact=inexact)
+                         torchvision=tv_arch.spec if tv_arch else None, inexact=inexact,
+                         preprocess_guess=guess)
     _check_finite(loaded.model, path)
     return loaded
 
@@ -651,7 +711,8 @@ def save(loaded: LoadedModel, path: str | Path, report: dict | None = None) -> N
         tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={SAFETENSORS_KEY: meta}))
     elif loaded.source == "torchscript":
-        atomic_write(path, lambda tmp: torch.jit.save(net, tmp, _extra_files={EXTRA_FILE: meta}))
+        with quiet_torchscript():
+            atomic_write(path, lambda tmp: torch.jit.save(net, tmp, _extra_files={EXTRA_FILE: meta}))
     else:
         atomic_write(path, lambda tmp: torch.save(net, tmp))
 

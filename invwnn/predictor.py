@@ -229,6 +229,28 @@ def load_predictor(path: str | Path, device: str | torch.device = "cpu") -> Pred
     return model.to(device).eval()
 
 
+EVALUATION_FORMAT = 2  # 1 (no "format" key): linear baseline chosen on the held-out sample
+
+
+def format_evaluation(ev: dict[str, Any]) -> str:
+    """The evaluation record as a table (one line per kind); a one-line note for an old record."""
+    if ev.get("format") != EVALUATION_FORMAT:
+        return ("evaluation: an older record (its linear baseline was chosen on the held-out sample); "
+                "recompute it with `invwnn evaluate CHECKPOINT --store STORE --write`")
+    fit_runs = ev["horizon_fit"]["runs"]
+    lines = [f"held_out: MAE of the past weight (weight units){ev['held_out_runs_desc']}; the damped line's "
+             f"horizon h and each row's baseline fitted on {ev['horizon_fit']['windows']} windows of "
+             f"{len(fit_runs)} training runs",
+             f"  {'kind':<10} {'windows':>8} {'model':>10} {'no rewind':>10} {'damped':>10} {'h':>6} "
+             f"{'vs none':>8} {'vs damped':>9}  {'headline':>8} (baseline)"]
+    for kind, r in ev["held_out"].items():
+        h = "kind's" if r["horizon"] is None else f"{r['horizon']:.3f}"
+        lines.append(f"  {kind:<10} {r['n']:>8} {r['model']:>10.3e} {r['no_rewind']:>10.3e} "
+                     f"{r['damped_line']:>10.3e} {h:>6} {r['ratio_no_rewind']:>8.3f} "
+                     f"{r['ratio_damped_line']:>9.3f}  {r['ratio']:>8.3f} ({r['baseline'].replace('_', ' ')})")
+    return "\n".join(lines)
+
+
 SHIPPED = {15: "default_predictor.pt", 5: "default_predictor_k5.pt"}  # window K -> file
 
 
@@ -239,7 +261,7 @@ def default_checkpoint(k: int = 15) -> Path:
         raise CheckpointError(f"no shipped predictor has window K = {k} (shipped: "
                               f"{', '.join(map(str, sorted(SHIPPED)))}); train one with "
                               f"`invwnn train --window {k}` and pass --predictor")
-    return Path(__file__).with_name(SHIPPED[k])
+    return Path(__file__).with_name("predictors") / SHIPPED[k]
 
 
 def recorded_spacing(payload: dict[str, Any]) -> list[int] | None:
@@ -273,7 +295,6 @@ def describe(path: str | Path) -> str:
     lines.append(f"data          {p['provenance'].get('data_kind', 'unknown kind')}, snapshots "
                  + ("unknown step(s) apart (an older checkpoint)" if spacing is None
                     else f"{'/'.join(map(str, spacing))} step(s) apart"))
-    from invwnn.fit import format_evaluation  # late: fit imports this module
     lines.append(format_evaluation(p["evaluation"]))
     for key, value in p["provenance"].items():
         lines.append(f"{key:<13} {value if not isinstance(value, (dict, list)) else json.dumps(value)}")

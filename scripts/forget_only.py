@@ -66,8 +66,8 @@ FORGET_SHARE = 0.1  # random cases
 NOISE = 0.2  # lenet-noisy
 MOBILENET = dict(width_mult=0.5, epochs=10, lr=1e-3, batch_size=64)
 
-EPISODE = "invwnn/episode_predictor_k5.pt"
-TWIN = "invwnn/twin_predictor_k5.pt"
+EPISODE = "invwnn/predictors/episode_predictor_k5.pt"
+TWIN = "invwnn/predictors/twin_predictor_k5.pt"
 
 
 # The other forget-only methods of the field (no --retain), each with its own one knob and a grid of

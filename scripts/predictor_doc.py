@@ -1,5 +1,5 @@
 """Rebuild the generated section of docs/predictor.md from the shipped checkpoints' own records
-(invwnn/default_predictor.pt, invwnn/default_predictor_k5.pt), so the figures there are exactly
+(invwnn/predictors/default_predictor.pt, invwnn/predictors/default_predictor_k5.pt), so the figures there are exactly
 what the checkpoints hold and cannot go stale.
 
     .venv/bin/python scripts/predictor_doc.py [--doc docs/predictor.md] [--check]

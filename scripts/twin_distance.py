@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from trajgen import store
-from trajgen.episodes import EpisodeSpec
+from trajgen.episode_spec import EpisodeSpec
 from trajgen.nets import flat_weights, layer_table
 from trajgen.twins import read_counterfactual, twin_model
 

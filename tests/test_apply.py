@@ -14,6 +14,7 @@ from invwnn.apply_cli import apply, prepare
 from invwnn.predictor import FORMAT_VERSION, default_checkpoint
 
 
+@pytest.mark.learning
 @pytest.mark.parametrize("rewinder", ["learned", "linear"])
 def test_invwnn_lowers_forget_accuracy_toward_test_accuracy(tmp_path_factory, rewinder):
     """Default config with the shipped predictor (and the linear ablation), stopped by a target.
@@ -41,6 +42,7 @@ def test_invwnn_lowers_forget_accuracy_toward_test_accuracy(tmp_path_factory, re
     assert rows[-1]["distance"] > rows[0]["distance"] > 0
 
 
+@pytest.mark.learning
 def test_invwnn_plus_forgets_with_its_shipped_predictor_and_keeps_retain_accuracy(tmp_path_factory):
     root = tiny_original(tmp_path_factory.getbasetemp())
     inputs = Inputs(str(root / "model.pt"), str(root / "forget"), str(root / "retain"), str(root / "test"))

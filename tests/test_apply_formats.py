@@ -161,6 +161,7 @@ def loaded_classes(tiny) -> tuple[str, ...]:
     return models.load(tiny / "model.pt").classes
 
 
+@pytest.mark.learning
 def test_unlearning_from_a_fixed_batch_program(tiny, tmp_path):
     _export_fixed(tiny, tmp_path / "m.pt2", batch=8)
     r = CliRunner().invoke(apply, ["--model", str(tmp_path / "m.pt2"), "--classes", ",".join(loaded_classes(tiny)),
@@ -232,6 +233,7 @@ def resnet(tmp_path_factory):
     return out, _tensor_splits(out, x8, y, {"forget": 32, "retain": 64, "test": 64})
 
 
+@pytest.mark.learning
 def test_unlearning_from_safetensors_with_a_torchvision_arch(resnet, monkeypatch):
     out, splits = resnet
     loads = []
@@ -244,7 +246,8 @@ def test_unlearning_from_safetensors_with_a_torchvision_arch(resnet, monkeypatch
     monkeypatch.setattr(torch, "load", logged_load)
     args = ["--model", str(out / "weights.safetensors"), "--arch", "torchvision:resnet18:num_classes=10",
             "--forget", splits["forget"], "--retain", splits["retain"], "--test", splits["test"],
-            "--size", "16x16", "--method", "neggrad", "--lr", "0.01", "--epochs", "2", "--max-drop", "off", "--quiet"]
+            "--size", "16x16", "--method", "neggrad", "--lr", "0.01", "--epochs", "2", "--batch-size", "8",
+            "--max-drop", "off", "--quiet"]
     r = CliRunner().invoke(apply, args)
     assert r.exit_code == 0, r.output
     assert sorted(loads) == sorted((splits[s], True) for s in ("forget", "retain", "test"))  # no unpickling
@@ -252,7 +255,9 @@ def test_unlearning_from_safetensors_with_a_torchvision_arch(resnet, monkeypatch
     assert report["model"]["source"] == "safetensors"
     assert report["model"]["torchvision"] == "torchvision:resnet18:num_classes=10"
     assert report["model"]["preprocess"]["channels"] == 3  # from the architecture's first convolution
-    assert report["before"]["UA"] < 30 and report["after"]["UA"] > report["before"]["UA"] + 10
+    # 8 ascent steps (2 epochs of 4 batches): the forget error rose 84-97 points on three CPU code paths
+    # (AVX512, AVX2, default); 2 steps of batch 128 had risen 18-47 and stayed at 0 on one Intel machine
+    assert report["before"]["UA"] < 30 and report["after"]["UA"] > report["before"]["UA"] + 40
     written = load_file(str(out / "weights.unlearned.safetensors"))
     original = load_file(str(out / "weights.safetensors"))
     assert set(written) == set(original) and not torch.equal(written["fc.weight"], original["fc.weight"])

@@ -17,6 +17,8 @@ from invwnn.apply import DEFAULT_MAX_DROP, GUARD_EVERY, Inputs, format_report, u
 from invwnn.apply_cli import apply, report
 from invwnn.methods import REGISTRY
 
+pytestmark = pytest.mark.learning  # what the defaults do to a trained model: run under two CPU code paths
+
 # The guard bounds accuracy on 512 retain images exactly; the full retain and test sets of this
 # fixture (1,600 and 1,000 images) move a little differently from that subset (about 1 point of
 # standard deviation): 3.5 points of margin for them.

@@ -97,6 +97,7 @@ def test_bad_flags_are_one_line_exit_2(tmp_path):
         assert len(r.output.strip().splitlines()) == 1 and "unknown" in r.output
 
 
+@pytest.mark.learning
 def test_quick_bench_end_to_end(tmp_path):
     out, cache = tmp_path / "out", tmp_path / "cache"
     base = ["--scenario", "backdoor", "--quick", "--train-size", "400", "--test-size", "200", "--epochs", "2",

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from trajgen import data as datasets
-from trajgen import episodes, store
+from trajgen import episode_spec, episodes, store
 from trajgen.nets import flat_weights, layer_table
 from invwnn.apply import make_config, make_rewinder
 from invwnn.fit import split_runs
@@ -21,7 +21,7 @@ PARENT_STEPS = 8  # synthetic data: a parent only needs to exist, not to be good
 @pytest.fixture(autouse=True)
 def short_episodes(monkeypatch):
     """Episodes of a few steps on one torch thread, so each test takes seconds."""
-    monkeypatch.setattr(episodes, "EPISODE_STEPS", (10, 12))
+    monkeypatch.setattr(episode_spec, "EPISODE_STEPS", (10, 12))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

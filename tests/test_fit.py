@@ -65,6 +65,7 @@ def trained(small_store, tmp_path_factory):
     return train(config, progress=False), config
 
 
+@pytest.mark.learning
 def test_trained_predictor_beats_both_baselines_on_held_out_runs(trained):
     result, config = trained
     held = result["evaluation"]["held_out"]

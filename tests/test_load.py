@@ -3,7 +3,7 @@ library calls behind ``trajgen info`` and ``invwnn train`` polling it meanwhile.
 
 The collection here trains in its own single process: a 2-worker dask cluster alone takes about
 15 s to start on a 2-core machine. ``scripts/load_test.py`` runs the same drill with 2 dask workers
-on 500 runs (figures in the README); that 2 workers write what 1 does is
+on 500 runs (figures in docs/guarantees.md); that 2 workers write what 1 does is
 ``tests/test_collect.py::test_two_workers_write_the_same_store_as_one``."""
 from __future__ import annotations
 

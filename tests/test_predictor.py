@@ -91,6 +91,7 @@ def test_corrupted_foreign_and_future_checkpoints_are_refused(tmp_path):
         read_checkpoint(tmp_path / "missing.pt")
 
 
+@pytest.mark.learning
 @pytest.mark.parametrize("k", [15, 5])
 def test_shipped_checkpoints_beat_both_baselines_on_runs_they_never_saw(k, small_store):
     """The shipped predictors, scored from scratch on the ``small_store`` collection (other run

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from trajgen import data as datasets
-from trajgen import episodes, store, twins, verify
+from trajgen import episode_spec, episodes, store, twins, verify
 from trajgen.nets import flat_weights, layer_table
 from trajgen.train import batches, build_model, snapshots
 
@@ -18,7 +18,7 @@ PARENT_STEPS = 12
 
 @pytest.fixture(autouse=True)
 def one_thread(monkeypatch):
-    monkeypatch.setattr(episodes, "TWIN_STEPS", 6)
+    monkeypatch.setattr(episode_spec, "TWIN_STEPS", 6)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

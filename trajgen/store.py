@@ -63,7 +63,7 @@ READABLE_VERSIONS = (1, 2)
 STORE_KIND = "trajgen-store"
 # History's time chunks: the fewest chunks of at most MAX_TIME_CHUNK snapshots, of equal length
 # (time_chunk_for; 129 snapshots -> 65 + 64), so that no run ends in a chunk of a snapshot or two,
-# whose values cannot be delta-coded (README, "Store schema"). Schema-2 stores written before used
+# whose values cannot be delta-coded (docs/store.md). Schema-2 stores written before used
 # TIME_CHUNK = 64 whatever the run's length; the chunk shape is each array's metadata, so both read.
 TIME_CHUNK = 64
 MAX_TIME_CHUNK = 128
@@ -113,7 +113,7 @@ def time_chunk_for(n_snapshots: int) -> int:
 def history_codecs() -> dict[str, Any]:
     """``create_array`` keywords of ``history``: PCodec level 8 in classic mode (1.76x on a real
     collection with :func:`time_chunk_for`'s chunks, against 1.54x for schema 1's Blosc; nothing
-    lossless tried reaches 2x: README, "Store schema"), then the chunk's CRC32C."""
+    lossless tried reaches 2x: docs/store.md), then the chunk's CRC32C."""
     return {"serializer": PCodec(level=8, mode_spec="classic"), "compressors": [Crc32cCodec()]}
 
 

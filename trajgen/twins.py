@@ -33,7 +33,7 @@ from torch import nn
 
 from trajgen import data as datasets
 from trajgen import store
-from trajgen.episodes import EpisodeSpec, parent_data, subset_indices
+from trajgen.episode_spec import EpisodeSpec, parent_data, subset_indices
 from trajgen.nets import flat_weights, layer_table
 from trajgen.train import accuracy, batches, build_model, snapshots
 

@@ -121,7 +121,7 @@ def predictor_path(kind: str | None, config, predictors: tuple[str, ...] = ()) -
     learned, the first of ``predictors`` whose window K is the config's snapshots, else the shipped
     predictor of that window; episodes / twins, :data:`PREDICTOR_FILES`."""
     if kind in PREDICTOR_FILES:
-        return Path(__file__).parents[1] / PREDICTOR_FILES[kind]
+        return Path(__file__).parents[1] / "predictors" / PREDICTOR_FILES[kind]
     if kind != "learned":
         return None
     for path in predictors:
