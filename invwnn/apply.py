@@ -4,12 +4,13 @@
 the method under the :class:`Guard`, then write the model and the JSON report atomically. Any bad
 input raises :class:`invwnn.models.InputError` before anything is written.
 
-The guard stops a method that is destroying the model: it watches accuracy on a fixed subset of the
-retain set (else of the test set) and stops the run once it falls more than ``max_drop`` points
-below its value before unlearning, keeping the weights of the last check that was within the bound;
-it also stops a run whose weights turn non-finite. Every report says why the method stopped
-(``stop_reason``): ``budget`` (ran its configured length), ``target`` (invwnn's
-``--target-forget-acc``), ``guard`` or ``non-finite``.
+The guard (:mod:`invwnn.guard`) watches the run: accuracy on a fixed subset of the retain set
+(else of the test set) must stay within ``max_drop`` points of its value before unlearning (with
+forget images only: the predictions on them must not collapse), and weights must stay finite. A
+failed check sends the model back to the last good weights with half the step, a few times, before
+the method is stopped. Every report says why the method stopped (``stop_reason``): ``budget`` (ran
+its configured length), ``target`` (invwnn's ``--target-forget-acc``), ``guard`` or ``non-finite``,
+and lists each backoff and each calibrated step.
 """
 from __future__ import annotations
 
@@ -21,15 +22,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from invwnn import forget as forget_io
 from invwnn import metrics, models
 from invwnn.methods import REGISTRY, Context, Data
 from invwnn.methods.invwnn import LinearRewinder, NoRewinder, ResetRewinder, load_rewinder
-from invwnn.methods.loop import trains
-from invwnn.forget import Split
+from invwnn.guard import Guard, GuardStop, watch_subset
 from invwnn.models import InputError, LoadedModel
 
 # learned: the trained predictor; linear: a least-squares line extrapolated --horizon snapshots back;
@@ -38,8 +37,6 @@ from invwnn.models import InputError, LoadedModel
 REWINDERS = ("learned", "linear", "reset", "none")
 
 DEFAULT_MAX_DROP = 5.0  # percentage points of watched accuracy a method may lose (docs/applier.md)
-GUARD_IMAGES = 512  # images of the watched split the guard measures (a seeded subset)
-GUARD_EVERY = 8  # optimizer steps between checks of step-based methods (plus steps 1, 2 and 4)
 # When the guard checks each method (default "step": after optimizer steps of optimizers that train
 # the model). "iteration": after each rewind (the fine-tuning steps inside an iteration move *away*
 # from forgetting, so their weights are no result). "end": only the result, for one-shot methods and
@@ -105,115 +102,6 @@ def _distance(model, reference: list[torch.Tensor]) -> float:
     return math.sqrt(sum((p.detach() - r).pow(2).sum().item() for p, r in zip(model.parameters(), reference)))
 
 
-class GuardStop(Exception):
-    """Raised inside a method's run by a :class:`Guard` check; :func:`apply` catches it."""
-
-
-PROBE_IMAGES = 64  # forget images whose outputs must stay finite (weights can be finite and still overflow)
-
-
-def _finite(model: nn.Module, probe: torch.Tensor, device: str) -> bool:
-    """Every floating parameter and buffer (norm statistics included) finite, and so are the
-    model's output probabilities on the ``probe`` images."""
-    return all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()) \
-        and bool(torch.isfinite(metrics.predict(model, probe, device)).all())
-
-
-def watch_subset(split: Split, seed: int) -> Split:
-    """The images the guard measures: a seeded random :data:`GUARD_IMAGES` of ``split`` (all of a
-    smaller one), in their original order."""
-    idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:GUARD_IMAGES]
-    return split.subset(idx.sort().values)
-
-
-class Guard:
-    """Watches one method run on ``model``. At each check the weights and the outputs on the
-    ``probe`` images must be finite and, when a ``split`` is watched (``max_drop`` points, not None),
-    top-1 accuracy (percent) on its :func:`watch_subset` must stay at least ``reference - max_drop``,
-    ``reference`` being that accuracy before unlearning. A check that passes keeps a copy of the
-    weights (state dict); one that fails raises :class:`GuardStop`. :meth:`finish` checks the result
-    and, after a stop, restores the kept weights (the original's when no check passed). ``mode``
-    (step, iteration, end) is recorded; ``seconds`` is the time spent checking."""
-
-    def __init__(self, model: nn.Module, probe: torch.Tensor, split: Split | None, split_name: str | None,
-                 max_drop: float | None, mode: str, device: str, seed: int):
-        self.model, self.probe, self.max_drop, self.mode, self.device = model, probe, max_drop, mode, device
-        self.watched = split_name if split is not None and max_drop is not None else None
-        self.subset = None
-        self.reference = None
-        if self.watched is not None:
-            self.subset = watch_subset(split, seed)
-            self.reference = self._accuracy()
-        self.params = {id(p) for p in model.parameters()}
-        self.steps, self.checks, self.seconds = 0, 0, 0.0
-        self.kept, self.kept_at = self._state(), "original"
-        self.stop: dict | None = None
-
-    def _accuracy(self) -> float:
-        return metrics.accuracy(self.model, self.subset.x, self.subset.y, self.device)
-
-    def _state(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-
-    def on_step(self, optimizer, args, kwargs) -> None:
-        """Optimizer step post-hook: count the steps of the optimizers that train this model, check
-        at steps 1, 2, 4 and every :data:`GUARD_EVERY`."""
-        if not trains(optimizer, self.params):
-            return
-        self.steps += 1
-        if self.steps in (1, 2, 4) or self.steps % GUARD_EVERY == 0:
-            self.check({"step": self.steps})
-
-    def on_iteration(self, i: int, model: nn.Module) -> None:
-        self.check({"iteration": i + 1})
-
-    def check(self, at: dict) -> None:
-        """Check the current weights (``at``: where in the run, for the report)."""
-        start = time.perf_counter()
-        try:
-            self.checks += 1
-            if not _finite(self.model, self.probe, self.device):
-                self.stop = {"reason": "non-finite", "at": at}
-                raise GuardStop
-            if self.watched is not None:
-                acc = self._accuracy()
-                if acc < self.reference - self.max_drop:
-                    self.stop = {"reason": "guard", "at": at, "accuracy": acc}
-                    raise GuardStop
-            self.kept, self.kept_at = self._state(), at
-        finally:
-            self.seconds += time.perf_counter() - start
-
-    def finish(self) -> None:
-        """Check the method's result (unless a check already stopped it); after a stop, put the
-        kept weights back."""
-        if self.stop is None:
-            try:
-                self.check({"end": True})
-            except GuardStop:
-                pass
-        if self.stop is not None:
-            self.model.load_state_dict(self.kept)
-
-    def describe(self) -> dict:
-        """The report's ``guard`` entry."""
-        out = {"max_drop": self.max_drop, "watched": self.watched, "mode": self.mode, "checks": self.checks,
-               "stopped": self.stop is not None}
-        if self.watched is not None:
-            out.update(images=len(self.subset), reference_acc=self.reference)
-        elif self.max_drop is None:
-            out["note"] = "disabled (--max-drop off): only non-finite weights or outputs stop the method"
-        else:
-            out["note"] = "no --retain or --test to watch: only non-finite weights or outputs stop the method"
-        if self.mode == "step":
-            out["every"] = GUARD_EVERY
-        if self.stop is not None:
-            out.update(stopped_at=self.stop["at"], kept=self.kept_at)
-            if "accuracy" in self.stop:
-                out["acc_at_stop"] = self.stop["accuracy"]
-        return out
-
-
 def apply(loaded: LoadedModel, data: Data, method: str, config, ctx: Context,
           max_drop: float | None = DEFAULT_MAX_DROP, warn: Callable[[str], None] | None = None) -> dict:
     """Run ``method`` on ``loaded`` (modified in place) under a :class:`Guard` that watches the
@@ -238,8 +126,15 @@ def apply(loaded: LoadedModel, data: Data, method: str, config, ctx: Context,
     warned(misfit_warning(before, len(loaded.classes), loaded.preprocess_guess))
     watched = "retain" if data.retain is not None else "test" if data.test is not None else None
     mode = GUARD_MODE.get(method, "step")
-    guard = Guard(model, data.forget.x[:PROBE_IMAGES], getattr(data, watched) if watched else None,
-                  watched, max_drop, mode, ctx.device, ctx.seed)
+    guard = Guard(model, data.forget, getattr(data, watched) if watched else None, watched, max_drop, mode,
+                  ctx.device, ctx.seed, ctx)
+    if guard.collapse is not None:
+        warned("no --retain or --test: the guard can only see whether the predictions on the forget images "
+               "collapse; the damage to other images is unknown (pass --test or --retain to bound it)")
+    # the per-iteration log: accuracies on seeded subsets (the guard's own for the watched split)
+    logged = {name: guard.subset if name == watched else watch_subset(split, ctx.seed)
+              for name, split in (("forget", data.forget), ("retain", data.retain), ("test", data.test))
+              if split is not None}
     log: list[dict] = []
     t0 = time.time()
     measuring = 0.0  # time spent in this hook's own evaluation, kept out of the method's time
@@ -247,18 +142,16 @@ def apply(loaded: LoadedModel, data: Data, method: str, config, ctx: Context,
     def on_iteration(i: int, m) -> None:
         nonlocal measuring
         start = time.time()
-        row = {"iteration": i + 1,
-               "forget_acc": metrics.accuracy(m, data.forget.x, data.forget.y, ctx.device)}
-        for name in ("retain", "test"):
-            split = getattr(data, name)
-            if split is not None:
-                row[f"{name}_acc"] = metrics.accuracy(m, split.x, split.y, ctx.device)
+        row = {"iteration": i + 1, **{f"{name}_acc": metrics.accuracy(m, split.x, split.y, ctx.device)
+                                      for name, split in logged.items()}}
         row["distance"] = _distance(m, reference)
         measuring += time.time() - start
         row["seconds"] = time.time() - t0 - measuring - guard.seconds
         log.append(row)
         if mode == "iteration":
-            guard.on_iteration(i, m)
+            backoffs = len(guard.backoffs)
+            guard.check({"iteration": i + 1}, row.get(f"{watched}_acc") if guard.watched else None)
+            row["backed_off"] = len(guard.backoffs) > backoffs
 
     ctx.on_iteration = on_iteration
     handle = register_optimizer_step_post_hook(guard.on_step) if mode == "step" else None
@@ -276,9 +169,9 @@ def apply(loaded: LoadedModel, data: Data, method: str, config, ctx: Context,
     after = metrics.evaluate(model, data.forget, data.retain, data.test, ctx.device, ctx.seed)
     stop_reason = guard.stop["reason"] if guard.stop else ctx.stop_reason or "budget"
     return {"method": method, "config": config.to_dict(), "seed": ctx.seed, "device": str(ctx.device),
-            "before": before, "after": after, "iterations": log, "seconds": seconds,
-            "stop_reason": stop_reason, "guard": guard.describe(),
-            "distance": _distance(model, reference), "warnings": warnings}
+            "before": before, "after": after, "iterations": log, "log_images": {k: len(v) for k, v in logged.items()},
+            "seconds": seconds, "stop_reason": stop_reason, "guard": guard.describe(),
+            "calibration": ctx.calibration or None, "distance": _distance(model, reference), "warnings": warnings}
 
 
 METRIC_NAMES = {"RA": "RA  retain accuracy", "UA": "UA  100 - forget accuracy",
@@ -304,6 +197,9 @@ def format_report(report: dict) -> str:
         if k in a:
             rows.append(f"{label:<36}{b[k]:>8.1f}{a[k]:>8.1f}{a[k] - b[k]:>+8.1f}")
     lines = ["\n".join(rows), f"{report['method']} in {report['seconds']:.1f} s; stopped: {report['stop_reason']}"]
+    for name, c in (report.get("calibration") or {}).items():
+        lines.append(f"calibrated {name.replace('_', ' ')}: {c['lr']:.3g} (one step moves the centred logits on "
+                     f"{c['probe_images']} images by {c['measured']:.3g} rms; asked {c['step_size']:g})")
     g = report.get("guard", {})
     if g.get("watched"):
         text = (f"guard: {g['watched']} accuracy on {g['images']} images, {g['reference_acc']:.1f} before, "
@@ -314,11 +210,21 @@ def format_report(report: dict) -> str:
         lines.append(text)
     elif g:
         lines.append(f"guard: {g['note']}")
+        if "effective_classes" in g:
+            lines.append(f"guard: predictions on the forget images collapsed to {g['effective_classes']:.1f} "
+                         f"effective classes (from {g['collapse']['reference']:.1f}) at {_where(g['stopped_at'])}")
+    for b in g.get("backoffs", []):
+        seen = (f"accuracy {b['accuracy']:.1f}" if "accuracy" in b else
+                f"{b['effective_classes']:.1f} effective classes" if "effective_classes" in b else "non-finite outputs")
+        lines.append(f"guard backed off at {_where(b['at'])} ({seen}): back to {_where(b['kept'])}, "
+                     f"step x{b['step_scale']:g}")
     if report["stop_reason"] == "non-finite":
         lines.append(f"weights or outputs turned non-finite at {_where(g['stopped_at'])}; kept "
-                     f"{_where(g['kept'])} (try a smaller --lr)")
+                     f"{_where(g['kept'])} (try a smaller --lr or --step-size)")
     if g.get("stopped") and g.get("kept") == "original":
-        lines.append("the written model is the original: nothing was unlearned")
+        lines.append(f"the written model is the original: nothing was unlearned (every check failed, "
+                     f"{len(g.get('backoffs', []))} backoff(s) included); try a smaller --step-size or --lr, "
+                     "more --iterations or epochs, or a larger --max-drop")
     lines += [f"inexact: {note}" for note in report.get("inexact", [])]
     lines += [f"warning: {text}" for text in report.get("warnings", [])]
     return "\n".join(lines)

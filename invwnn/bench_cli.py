@@ -1,4 +1,4 @@
-"""``invwnn bench``: one command per scenario, from data to table and plots."""
+"""``invwnn bench``, ``tune`` and ``panel``: one command each, from data to tables and plots."""
 from __future__ import annotations
 
 import shlex
@@ -127,3 +127,48 @@ def tune(scenario, methods, trials, seed, out, quick, width, data_root, cache_di
     path = search.write(record, out or search.tuned_path(scenario))
     click.echo(f"{scenario}: tuned {len(record['methods'])} methods x {record['trials_per_method']} trials "
                f"in {record['wall_seconds']:.0f} s -> {path}")
+
+
+def _list(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+@click.command("panel")
+@click.option("--networks", default="resnet18,mobilenet_v3_small,convnext,vit_tv", show_default=True,
+              help="comma list of panel networks (invwnn.bench.panel.NETWORKS)")
+@click.option("--scenarios", default="class,random10,label-noise", show_default=True, help="comma list")
+@click.option("--seeds", type=click.IntRange(1, 100), default=None, help="number of seeds 0..N-1 [3; --quick: 1]")
+@click.option("--methods", default="all", show_default=True,
+              help="'all' (every registered method but retrain) or a comma list")
+@click.option("--settings", default="defaults,tuned", show_default=True,
+              help="defaults (library defaults), tuned (the bench's tuned values), or both")
+@click.option("--out", default="results/panel", show_default=True, help="output folder (units.jsonl, panel.*)")
+@click.option("--cache-dir", default="data/bench-cache", show_default=True, help="originals and retrained models")
+@click.option("--data-root", default=None, help="folder holding the Fashion-MNIST files")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
+              help="torch threads; 1 is fastest on a shared 2-core machine")
+@click.option("--quick", is_flag=True, help="the miniature: tiny widths, 300 training images, 200 test images")
+@click.option("--doc", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="also replace this document's '## Architecture panel' section (e.g. docs/results.md)")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@user_errors(InputError, ValueError)
+def panel(networks, scenarios, seeds, methods, settings, out, cache_dir, data_root, device, threads, quick, doc,
+          progress):
+    """Run the architecture panel (every method, as `invwnn apply` runs it, on torchvision networks
+    against Retrain), skipping units already in OUT/units.jsonl, and write panel.md, panel.json and
+    panel.png."""
+    import torch
+    from tqdm.auto import tqdm
+    from invwnn.bench import panel as panel_mod
+    from invwnn.bench import panel_report
+
+    torch.set_num_threads(threads)
+    config = panel_mod.config_from(
+        _list(networks), quick, scenarios=_list(scenarios), seeds=tuple(range(seeds or (1 if quick else 3))),
+        methods=panel_mod.METHODS if methods.strip() == "all" else _list(methods), settings=_list(settings),
+        cache_dir=cache_dir, data_root=data_root, device=device)
+    t0 = time.time()
+    rows = panel_mod.run_panel(config, out, progress, log=lambda s: tqdm.write(s, file=sys.stderr))
+    files = panel_report.write(config, rows, out, _command(click.get_current_context(), "panel"), doc)
+    click.echo(f"panel: {len(panel_mod.plan(config))} units, {len(files)} files in {out} ({time.time() - t0:.0f} s)")

@@ -14,7 +14,7 @@ from trajgen.store import StoreError, probe_writable
 from invwnn import fit
 from invwnn.evaluate import evaluate_checkpoint
 from invwnn.apply_cli import apply, prepare, report
-from invwnn.bench_cli import bench, tune
+from invwnn.bench_cli import bench, panel, tune
 from invwnn.predictor import CheckpointError, describe, format_evaluation, read_checkpoint
 from invwnn.windows import CONTEXTS, WindowError
 
@@ -124,6 +124,7 @@ main.add_command(apply)
 main.add_command(report)
 main.add_command(bench)
 main.add_command(tune)
+main.add_command(panel)
 
 if __name__ == "__main__":
     sys.exit(main())

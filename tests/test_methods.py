@@ -153,3 +153,49 @@ def test_invwnn_plus_flags_are_checked(setup):
         _plus(copy.deepcopy(loaded.model), no_retain, LinearRewinder(3))
     model = copy.deepcopy(loaded.model)  # no repair, no retain needed
     assert _plus(model, no_retain, LinearRewinder(3), repair_steps=0) is model
+
+
+def _centred(model, x):
+    with torch.no_grad():
+        out = model(x)
+    return out - out.mean(1, keepdim=True)
+
+
+def test_calibrated_lr_makes_one_adam_step_move_the_outputs_by_the_step_size():
+    """The mechanism behind the default step: after one real Adam step at the calibrated lr the
+    probe's centred logits moved by about ``step_size`` (rms), and a wider network (more
+    coordinates, each moved by lr) gets a smaller lr for the same step."""
+    from invwnn.methods.loop import calibrate_lr
+    x, y, probe = torch.rand(32, 1, 8, 8), torch.randint(0, 10, (32,)), torch.rand(64, 1, 8, 8)
+    lrs = {}
+    for width in (8, 256):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, width), torch.nn.ReLU(),
+                                  torch.nn.Linear(width, 10))
+        params = list(net.parameters())
+        before = [p.detach().clone() for p in params]
+        loss = lambda: torch.nn.functional.cross_entropy(net(x), y)  # noqa: E731
+        record = calibrate_lr(net, params, loss, probe, "adam", 0.05)
+        assert all(torch.equal(p, b) for p, b in zip(params, before))  # the probe left no trace
+        assert record["measured"] == pytest.approx(0.05, rel=0.25) and record["probe_images"] == 64
+        start = _centred(net, probe)
+        opt = torch.optim.Adam(params, lr=record["lr"])
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+        assert (_centred(net, probe) - start).pow(2).mean().sqrt().item() == pytest.approx(0.05, rel=0.25)
+        lrs[width] = record["lr"]
+    assert lrs[256] < lrs[8] / 2
+
+
+def test_invwnn_records_its_calibrated_step_and_a_given_lr_skips_it(setup):
+    loaded, data = setup["random"]
+    for overrides, calibrated in (({}, True), ({"lr": 1e-4}, False)):
+        model = copy.deepcopy(loaded.model)
+        ctx = Context(rewinder=LinearRewinder(3.0))
+        REGISTRY["invwnn+"].run(model, data, REGISTRY["invwnn+"].config(iterations=1, snapshots=3, repair_steps=1,
+                                                                         **overrides), ctx)
+        assert ("lr" in ctx.calibration) == calibrated and "repair_lr" in ctx.calibration
+        if calibrated:
+            rec = ctx.calibration["lr"]
+            assert rec["lr"] > 0 and rec["measured"] == pytest.approx(rec["step_size"], rel=0.5)

@@ -1,14 +1,18 @@
 """The torchvision families: built at tiny widths for 32x32 (and other) inputs, drawn like the small
 families, their parameters classified, and the coordinate sample a sampled run records."""
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 import torch
+import torchvision
 
+from invwnn.models import param_kinds
 from trajgen import nets, store
 from trajgen.spec import (ARCHS, NATIVE_ACTIVATION, TORCHVISION_ARCHS, ArchSpec, RunSpec, SpecError, draw_run,
                           make_arch)
 
-TINY = {"resnet18": 4, "mobilenet_v2": 4, "mobilenet_v3_small": 4, "convnext": 8}
+TINY = {"resnet18": 4, "mobilenet_v2": 4, "mobilenet_v3_small": 4, "convnext": 8, "vit_tv": 8}
 
 
 def tiny(family: str) -> ArchSpec:
@@ -67,6 +71,33 @@ def test_kinds_of_depthwise_pointwise_squeeze_excitation_and_layer_scale():
     assert kinds["features.1.0.block.2.weight"] == "norm"
 
 
+def test_vit_tv_is_torchvisions_vision_transformer_with_its_parameters_classified():
+    arch = make_arch("vit_tv", 192, 2, "relu")
+    assert (arch.activation, arch.heads, arch.patch) == ("gelu", 3, 4)  # ViT-Ti's head size, 8x8 patches
+    assert ArchSpec(**asdict(arch)) == arch  # the spec records what is built
+    model = nets.build(arch, (3, 32, 32), 10)
+    assert isinstance(model, torchvision.models.VisionTransformer)
+    assert model.encoder.pos_embedding.shape == (1, 65, 192) and len(model.encoder.layers) == 2
+    kinds = {layer.name: layer.kind for layer in nets.layer_table(model)}
+    block = "encoder.layers.encoder_layer_0"
+    assert kinds["conv_proj.weight"] == "conv" and kinds["conv_proj.bias"] == "bias"  # the patch projection
+    assert kinds["class_token"] == "embedding" and kinds["encoder.pos_embedding"] == "embedding"
+    assert kinds[f"{block}.self_attention.in_proj_weight"] == "attention"
+    assert kinds[f"{block}.self_attention.in_proj_bias"] == "bias"
+    assert kinds[f"{block}.self_attention.out_proj.weight"] == "linear"
+    assert kinds[f"{block}.ln_1.weight"] == "norm" and kinds[f"{block}.ln_2.bias"] == "norm"
+    assert kinds[f"{block}.mlp.0.weight"] == "linear" and kinds[f"{block}.mlp.3.bias"] == "bias"
+    assert kinds["heads.head.weight"] == "linear" and kinds["encoder.ln.weight"] == "norm"
+    assert param_kinds(model) == kinds
+    grey = nets.build(make_arch("vit_tv", 16, 1, ""), (1, 28, 28), 10)  # 7x7 patches of 4
+    assert grey.conv_proj.in_channels == 1 and grey(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_mobilenet_v3_batch_norms_average_at_torchs_default_momentum():
+    model = nets.build(tiny("mobilenet_v3_small"), (3, 32, 32), 10)
+    assert {m.momentum for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.1}
+
+
 def test_drawn_specs_are_deterministic_and_round_trip():
     specs = [draw_run(3, i, TORCHVISION_ARCHS, coords=500) for i in range(8)]
     assert specs == [draw_run(3, i, TORCHVISION_ARCHS, coords=500) for i in range(8)]
@@ -88,6 +119,10 @@ def test_bad_torchvision_specs_are_refused():
         ArchSpec("mobilenet_v2", 8, 2, "relu6")
     with pytest.raises(SpecError, match="blocks per stage"):
         ArchSpec("convnext", 8, 0, "gelu")
+    with pytest.raises(SpecError, match="encoder layers"):
+        ArchSpec("vit_tv", 64, 0, "gelu")
+    with pytest.raises(SpecError, match="divisible"):
+        ArchSpec("vit_tv", 100, 1, "gelu", heads=3)
     with pytest.raises(SpecError, match="width multiplier"):
         draw_run(0, 0, ("resnet18",), width_mult=0.0)
 

@@ -16,14 +16,18 @@ import numpy as np
 
 ARCHS = ("mlp", "cnn", "vit")  # the small families, and the default mix of a collection
 # torchvision's families, adapted to 32x32 inputs (trajgen.nets): opt-in with --archs
-TORCHVISION_ARCHS = ("resnet18", "mobilenet_v2", "mobilenet_v3_small", "convnext")
+TORCHVISION_ARCHS = ("resnet18", "mobilenet_v2", "mobilenet_v3_small", "convnext", "vit_tv")
 ALL_ARCHS = ARCHS + TORCHVISION_ARCHS
 # A torchvision family's standard stem width (width multiplier = width / this) and its own
 # activation, which the spec records instead of a drawn one.
-STANDARD_WIDTH = {"resnet18": 64, "mobilenet_v2": 32, "mobilenet_v3_small": 16, "convnext": 96}
+# (vit_tv: ViT-B's hidden size; its drawn widths are 96, 192 and 384)
+STANDARD_WIDTH = {"resnet18": 64, "mobilenet_v2": 32, "mobilenet_v3_small": 16, "convnext": 96, "vit_tv": 768}
 NATIVE_ACTIVATION = {"resnet18": "relu", "mobilenet_v2": "relu6", "mobilenet_v3_small": "hardswish",
-                     "convnext": "gelu"}
-# families whose depth the name fixes (ArchSpec.depth 0); convnext's depth is blocks per stage
+                     "convnext": "gelu", "vit_tv": "gelu"}
+VIT_HEAD_DIM = 64  # channels per attention head of torchvision's ViTs (B, L, H all use 64)
+VIT_PATCH = 4  # vit_tv's patch side unless the spec gives one: 8x8 = 64 tokens on 32x32 inputs
+# families whose depth the name fixes (ArchSpec.depth 0); convnext's depth is blocks per stage,
+# vit_tv's encoder layers
 FIXED_DEPTH = ("resnet18", "mobilenet_v2", "mobilenet_v3_small")
 WIDTH_MULTS = (0.125, 0.25, 0.5)  # drawn multipliers of the torchvision families (CPU-sized)
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
@@ -59,8 +63,11 @@ class ArchSpec:
     """A classifier. ``width``/``depth`` mean hidden units and hidden layers (mlp), base
     channels and conv blocks (cnn), embedding size and transformer blocks (vit). For the torchvision
     families ``width`` is the stem's channels (``STANDARD_WIDTH`` is the standard net; the width
-    multiplier is their ratio), ``depth`` is 0 where the name fixes it and blocks per stage for
-    ``convnext``, and ``activation`` is the family's own (``NATIVE_ACTIVATION``)."""
+    multiplier is their ratio; ``vit_tv``: the hidden size), ``depth`` is 0 where the name fixes it,
+    blocks per stage for ``convnext`` and encoder layers for ``vit_tv``, and ``activation`` is the
+    family's own (``NATIVE_ACTIVATION``). ``vit_tv`` given ``heads`` 0 gets one head per
+    ``VIT_HEAD_DIM`` channels (at least one), given ``patch`` 0 gets ``VIT_PATCH``; the spec then
+    records the values built."""
 
     family: str
     width: int
@@ -78,10 +85,21 @@ class ArchSpec:
             if self.width < 1:
                 raise SpecError(f"{self.family} needs width >= 1, got {self.width}")
             if (self.family in FIXED_DEPTH) != (self.depth == 0) or self.depth < 0:
-                raise SpecError(f"{self.family} needs depth " + ("0 (fixed by its name)" if self.family in FIXED_DEPTH
-                                                                 else ">= 1 (blocks per stage)") + f", got {self.depth}")
+                need = ("0 (fixed by its name)" if self.family in FIXED_DEPTH else
+                        ">= 1 (encoder layers)" if self.family == "vit_tv" else ">= 1 (blocks per stage)")
+                raise SpecError(f"{self.family} needs depth {need}, got {self.depth}")
+            if self.family == "vit_tv":
+                self._vit_defaults()
             return
         _check_choice("activation", self.activation, ACTIVATIONS)
+
+    def _vit_defaults(self) -> None:
+        heads = self.heads or max(1, self.width // VIT_HEAD_DIM)
+        if heads < 1 or self.width % heads or self.patch < 0:
+            raise SpecError(f"vit_tv needs a width divisible by its {heads} heads (>= 1) and patch >= 0, "
+                            f"got width {self.width}, patch {self.patch}")
+        object.__setattr__(self, "heads", heads)  # frozen: record the values built, once
+        object.__setattr__(self, "patch", self.patch or VIT_PATCH)
 
 
 @dataclass(frozen=True)

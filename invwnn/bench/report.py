@@ -28,7 +28,9 @@ def _extras(scenario: str, m: dict, original: dict) -> dict:
     return out
 
 
-def _stats(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std (ddof 1; 0 for one value) of the values that are neither None nor NaN;
+    (NaN, NaN) when none are."""
     v = [x for x in values if x is not None and not math.isnan(x)]
     if not v:
         return float("nan"), float("nan")
@@ -71,7 +73,7 @@ def _row(name: str, protocol: str, per_seed: list[dict], seeds: int) -> dict:
     row = {"name": name, "protocol": protocol, "seeds": seeds, "n": len(per_seed)}
     for k in (*METRICS, "TA_recovered", "ASR"):
         if any(k in p for p in per_seed):
-            row[k], row[f"{k}_std"] = _stats([p.get(k) for p in per_seed])
+            row[k], row[f"{k}_std"] = mean_std([p.get(k) for p in per_seed])
     return row
 
 
@@ -148,7 +150,7 @@ def versions() -> dict:
             "machine": platform.platform()}
 
 
-def _save_fig(fig, path: Path) -> None:
+def save_fig(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
@@ -187,7 +189,7 @@ def plot_trajectories(results: dict, path: Path) -> None:
     axes[1].set_title("zoom around Retrain")
     axes[0].set_title(f"{results['scenario']['name']}: unlearning trajectories (seed {run['seed']}, check subsets)")
     axes[0].legend(fontsize=7, ncol=2)
-    _save_fig(fig, path)
+    save_fig(fig, path)
 
 
 def plot_gap(rows: list[dict], scenario: str, path: Path) -> None:
@@ -210,7 +212,7 @@ def plot_gap(rows: list[dict], scenario: str, path: Path) -> None:
     ax.set_ylabel("gap to Retrain (points, lower is better)")
     ax.set_title(f"{scenario}: average gap to Retrain")
     ax.legend(fontsize=8)
-    _save_fig(fig, path)
+    save_fig(fig, path)
 
 
 def write(results: dict, out: str | Path) -> list[Path]:

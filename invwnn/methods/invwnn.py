@@ -15,8 +15,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from invwnn.methods.loop import (Context, Data, MethodConfig, Sampler, make_optimizer, opt,
-                                 run_steps)
+from invwnn.methods.loop import (PROBE_IMAGES, Context, Data, MethodConfig, Sampler, calibrate_lr,
+                                 make_optimizer, opt, run_steps)
 from invwnn.metrics import accuracy
 from invwnn.models import InputError, param_kinds
 from invwnn.predictor import (CheckpointError, Predictor, check_spacing, default_checkpoint, load_predictor,
@@ -26,6 +26,7 @@ from trajgen.nets import KINDS
 
 NAME = "invwnn"
 CHUNK = 1 << 22  # coordinates per rewinder call: bounds the (n, K) window buffer on big models
+STEP_SIZE = 0.16  # rms logit change per forget step: lr 1e-4 on the bench CNN (docs/applier.md, "Calibrated steps")
 
 
 class Rewinder(Protocol):
@@ -154,9 +155,10 @@ def load_rewinder(path: str | None, device: str | torch.device = "cpu", k: int =
 
 @dataclass(frozen=True)
 class Config(MethodConfig):
-    """Defaults measured on the Fashion-MNIST CNN of ``invwnn prepare`` (docs/applier.md): Adam
-    moves every weight by about ``lr`` per step whatever its gradient, so the paper's ratio of
-    movement to model scale needs a small lr; at 1e-3 five iterations already destroy the model."""
+    """The step is calibrated on the model by default (:func:`invwnn.methods.loop.calibrate_lr`):
+    an Adam step moves every weight by about ``lr`` whatever its gradient, so a fixed lr that is a
+    nudge to the 20.6k-parameter CNN demolishes a ResNet-18; ``step_size`` fixes instead how far
+    one step moves the model's outputs (docs/applier.md, "Calibrated steps")."""
 
     iterations: int = opt(5, "unlearning iterations T (fine-tune, predict the past, write back)")
     snapshots: int = opt(15, "snapshots K recorded per iteration (the predictor's window)")
@@ -165,9 +167,31 @@ class Config(MethodConfig):
     horizon: float = opt(3.0, "snapshots U to rewind before the window, a real number (linear: the line's "
                               "extrapolation; learned: stretches the predicted rewind by horizon/U)")
     optimizer: str = opt("adam", "sgd or adam")
-    lr: float = opt(1e-4, "learning rate")
+    lr: float | None = opt(None, "learning rate (default: calibrated from --step-size on the model)")
+    step_size: float = opt(STEP_SIZE, "without --lr: how far one optimizer step moves the outputs (rms change "
+                                      "of the centred logits on 256 retain, else forget, images)")
     batch_size: int = opt(128, "minibatch size")
     target_forget_acc: float | None = opt(None, "stop once forget accuracy (percent) is at or below this")
+
+
+def probe_images(data: Data, ctx: Context) -> torch.Tensor:
+    """The images a step calibration watches: a seeded :data:`PROBE_IMAGES` of the retain set (what
+    unlearning must keep), else of the forget set."""
+    split = data.retain if data.retain is not None and len(data.retain) else data.forget
+    idx = torch.randperm(len(split), generator=ctx.generator(11))[:PROBE_IMAGES]
+    return split.x[idx.sort().values].to(ctx.device)
+
+
+def forget_lr(model: nn.Module, params: list[nn.Parameter], data: Data, config: Config, ctx: Context,
+              mask: list[torch.Tensor] | None = None) -> float:
+    """``config.lr``, or the step calibrated from ``config.step_size`` (recorded in ``ctx.calibration``)."""
+    if config.lr is not None:
+        return config.lr
+    x, y = Sampler(data.forget, config.batch_size, ctx.generator(7), ctx.device)()
+    record = calibrate_lr(model, params, lambda: F.cross_entropy(model(x), y), probe_images(data, ctx),
+                          config.optimizer, config.step_size, mask)
+    ctx.calibration["lr"] = record
+    return record["lr"]
 
 
 def _weights(params: list[nn.Parameter]) -> torch.Tensor:
@@ -221,7 +245,10 @@ def rewind_loop(model: nn.Module, data: Data, config: Config, ctx: Context, *, n
     params, codes = rewindable(model)
     codes = codes.to(ctx.device)
     layers = torch.cat([torch.full((p.numel(),), i, dtype=torch.long) for i, p in enumerate(params)]).to(ctx.device)
-    opt_ = make_optimizer(config.optimizer, params, config.lr)
+    views = None if mask is None else _split(mask.to(ctx.device).float(), params)
+    lr = forget_lr(model, params, data, config, ctx, views)
+    opt_ = make_optimizer(config.optimizer, params, lr * ctx.step_scale)
+    scale = ctx.step_scale
     sample = Sampler(data.forget, config.batch_size, ctx.generator(1), ctx.device)
 
     def loss_fn(_: int) -> torch.Tensor:
@@ -231,7 +258,6 @@ def rewind_loop(model: nn.Module, data: Data, config: Config, ctx: Context, *, n
     grad_hook = None
     if mask is not None:
         mask = mask.to(ctx.device)
-        views = _split(mask.float(), params)
 
         def grad_hook() -> None:
             for p, m in zip(params, views):
@@ -241,6 +267,11 @@ def rewind_loop(model: nn.Module, data: Data, config: Config, ctx: Context, *, n
     k = config.snapshots
     history = torch.empty(k, codes.numel(), device=ctx.device)
     for it in range(config.iterations):
+        if ctx.step_scale != scale:  # a guard backed off to the last good weights: a fresh, smaller step
+            scale = ctx.step_scale
+            opt_.state.clear()
+            for group in opt_.param_groups:
+                group["lr"] = lr * scale
         if config.warmup:
             run_steps(model, loss_fn, opt_, config.warmup, grad_hook=grad_hook)
         history[0] = _weights(params)

@@ -16,10 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from invwnn.methods import invwnn
-from invwnn.methods.loop import Context, Data, Sampler, make_optimizer, opt, run_steps, saliency_masks
+from invwnn.methods.loop import Context, Data, Sampler, calibrate_lr, make_optimizer, opt, run_steps, saliency_masks
 from invwnn.models import InputError
 
 NAME = "invwnn+"
+STEP_SIZE = 2.6  # rms logit change per forget step: lr 1.6e-3 on the bench CNN
+REPAIR_STEP_SIZE = 1.15  # per repair step: repair lr 8.5e-4 on the bench CNN
 
 
 @dataclass(frozen=True)
@@ -32,9 +34,13 @@ class Config(invwnn.Config):
 
     iterations: int = opt(12, "unlearning iterations T (fine-tune, predict the past, write back)")
     snapshots: int = opt(5, "snapshots K recorded per iteration (the predictor's window)")
-    lr: float = opt(1.6e-3, "learning rate")
+    step_size: float = opt(STEP_SIZE, "without --lr: how far one optimizer step moves the outputs (rms "
+                                      "change of the centred logits on 256 retain, else forget, images)")
     repair_steps: int = opt(8, "invwnn+: retain-set optimizer steps after each rewind (needs --retain)")
-    repair_lr: float = opt(8.5e-4, "invwnn+: learning rate of the repair steps (same optimizer kind)")
+    repair_lr: float | None = opt(None, "invwnn+: learning rate of the repair steps (same optimizer kind; "
+                                        "default: calibrated from --repair-step-size)")
+    repair_step_size: float = opt(REPAIR_STEP_SIZE, "invwnn+: without --repair-lr, how far one repair step "
+                                                    "moves the outputs on 256 retain images")
     repair_batch_size: int = opt(128, "invwnn+: retain minibatch size of the repair steps")
     mask: str | None = opt(None, "invwnn+: saliency:F rewinds only the fraction F of coordinates with the "
                                  "largest forget-loss gradient at the original weights")
@@ -63,8 +69,15 @@ def run(model: nn.Module, data: Data, config: Config, ctx: Context) -> nn.Module
     repair = None
     if config.repair_steps:
         retain = data.need("retain", NAME)
-        opt_ = make_optimizer(config.optimizer, params, config.repair_lr)
         sample = Sampler(retain, config.repair_batch_size, ctx.generator(2), ctx.device)
+        lr = config.repair_lr
+        if lr is None:
+            x, y = Sampler(retain, config.repair_batch_size, ctx.generator(8), ctx.device)()
+            record = calibrate_lr(model, params, lambda: F.cross_entropy(model(x), y),
+                                  invwnn.probe_images(data, ctx), config.optimizer, config.repair_step_size)
+            ctx.calibration["repair_lr"] = record
+            lr = record["lr"]
+        opt_ = make_optimizer(config.optimizer, params, lr)
 
         def loss_fn(_: int) -> torch.Tensor:
             x, y = sample()

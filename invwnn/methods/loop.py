@@ -3,6 +3,7 @@ one fine-tuning loop that methods hand a loss to."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -90,6 +91,10 @@ class Context:
     rebuild: Callable[[], nn.Module] | None = None
     on_iteration: Callable[[int, nn.Module], None] | None = None
     stop_reason: str | None = None
+    # Written by the method: the steps it calibrated (name -> calibrate_lr's record), for the report.
+    calibration: dict[str, dict] = dataclasses.field(default_factory=dict)
+    # Multiplies the method's calibrated or given step; a guard that backs off halves it.
+    step_scale: float = 1.0
 
     def generator(self, salt: int = 0) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed * 1000003 + salt)
@@ -204,3 +209,66 @@ def saliency_masks(model: nn.Module, forget: Split, params: list[nn.Parameter], 
         return [torch.zeros_like(g, dtype=torch.bool) for g in grads]
     threshold = flat.kthvalue(flat.numel() - k + 1).values
     return [g.abs() >= threshold for g in grads]
+
+
+PROBE_IMAGES = 256  # images whose outputs the step calibration watches
+
+
+@torch.no_grad()
+def _centred_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = torch.cat([model(x[i: i + 128]).float() for i in range(0, len(x), 128)])
+    return out - out.mean(1, keepdim=True)
+
+
+def calibrate_lr(model: nn.Module, params: list[nn.Parameter], loss: Callable[[], torch.Tensor],
+                 probe: torch.Tensor, optimizer: str, step_size: float,
+                 mask: list[torch.Tensor] | None = None) -> dict:
+    """The learning rate at which one optimizer step moves ``model``'s outputs on the ``probe``
+    images (N, C, H, W) by ``step_size``: the root mean square change of their centred logits
+    (logits minus each image's mean logit), measured along the optimizer's first step, so that a
+    step means the same on every network whatever the scale, width or depth of its tensors (an Adam
+    step moves *every* coordinate by about lr, so a fixed lr is a nudge to a small network and a
+    demolition to a wide one).
+
+    ``loss()``: the method's loss on one batch; its gradient gives the direction (Adam: its sign,
+    SGD: itself), restricted to ``mask`` (views shaped like ``params``) when given. Measured by
+    finite differences in eval mode (norm statistics frozen, as the loops train), once at a small
+    trial step, then refined once at the step it predicts (the response is close to linear).
+    Returns ``{"lr", "step_size", "measured", "probe_images", "direction"}``; the weights are left
+    exactly as they were."""
+    modes = [m.training for m in model.modules()]
+    set_mode(model, False)
+    grads = torch.autograd.grad(loss(), params, allow_unused=True)
+    direction = [torch.zeros_like(p) if g is None else (g.sign() if optimizer == "adam" else g)
+                 for p, g in zip(params, grads)]
+    if mask is not None:
+        direction = [d * m for d, m in zip(direction, mask)]
+    saved = [p.detach().clone() for p in params]
+    base = _centred_logits(model, probe)
+
+    def moved(lr: float) -> float:
+        with torch.no_grad():
+            for p, d in zip(params, direction):
+                p.add_(d, alpha=lr)
+            change = (_centred_logits(model, probe) - base).pow(2).mean().sqrt().item()
+            for p, w in zip(params, saved):
+                p.copy_(w)
+        return change
+
+    try:
+        trial = 1e-5 if optimizer == "adam" else 1e-3
+        rate = moved(trial) / trial
+        if not math.isfinite(rate) or rate <= 0:
+            raise InputError("cannot calibrate the step: the model's outputs do not move along its "
+                             "gradient (pass --lr)")
+        lr = step_size / rate
+        measured = moved(lr)
+        if math.isfinite(measured) and measured > 0:
+            lr *= min(4.0, max(0.25, step_size / measured))
+            measured = moved(lr)
+    finally:
+        for module, mode in zip(model.modules(), modes):
+            module.training = mode
+    return {"lr": lr, "step_size": step_size, "measured": measured, "probe_images": len(probe),
+            "direction": "sign of the loss gradient (Adam's first step)" if optimizer == "adam"
+                         else "the loss gradient (SGD's first step)"}

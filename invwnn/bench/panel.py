@@ -1,0 +1,327 @@
+"""The architecture panel: networks the project does not build itself, as people use them, each on
+Fashion-MNIST as 3x32x32, and every method run the way a user runs it.
+
+For each network, scenario (class, random10, label-noise) and seed the panel builds the bench's
+scenario (:mod:`invwnn.bench.scenarios`), trains or loads the original and Retrain from the bench's
+cache (:func:`invwnn.bench.prepare.prepare_cached`) and runs each method through
+:func:`invwnn.apply.apply`, the library call behind ``invwnn apply``, guard at its default bound
+included: once at the method's library defaults and once at the bench's tuned values
+(``invwnn/bench/tuned/<scenario>.json``, chosen on the bench's CNN; nothing is tuned per panel
+network, so the panel shows what a user meets). Metrics are the bench's
+(:func:`invwnn.bench.measure.measure`) on the forget, retain and test splits.
+
+Each unit (one reference, Original and Retrain, per network, scenario and seed; one method run per
+distinct method config) appends a JSON line to ``<out>/units.jsonl`` under a key hashing everything
+its result depends on, so a rerun skips what is done; a tuned config equal to the defaults is one
+unit serving both settings. :mod:`invwnn.bench.panel_report` turns the rows into tables and a plot.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from invwnn import metrics
+from invwnn.apply import DEFAULT_MAX_DROP, apply, make_rewinder
+from invwnn.bench import prepare, scenarios, search
+from invwnn.bench.measure import gap, measure
+from invwnn.bench.runner import ORDER, REWINDING
+from invwnn.forget import Split
+from invwnn.methods import REGISTRY, Context, Data
+from invwnn.models import InputError, LoadedModel, Preprocess, atomic_write
+from trajgen import nets
+from trajgen.spec import make_arch
+
+PANEL_VERSION = 1  # bump when a unit's result would change for reasons its key does not hold
+SCENARIOS = ("class", "random10", "label-noise")
+SETTINGS = ("defaults", "tuned")
+METHODS = tuple(name for name in ORDER if name in REGISTRY)  # every method but retrain, the reference
+DATASET = "fashion-mnist-rgb"
+UNITS_FILE = "units.jsonl"
+# what the method rows' "code" fingerprint covers: the methods and the guard, what the panel tests
+CODE = ("methods/*.py", "apply.py", "guard.py")
+
+
+@dataclass(frozen=True)
+class PanelNet:
+    """A panel network (``family``, ``width``, ``depth`` as in :class:`trajgen.spec.ArchSpec`) and
+    the recipe of its original and Retrain: Adam at ``lr``, ``batch_size`` images a step,
+    ``epochs`` over ``train_size`` training images."""
+
+    family: str
+    width: int
+    depth: int
+    train_size: int
+    epochs: float
+    batch_size: int = 64
+    lr: float = 1e-3
+
+
+# Sized so that the original trains in about two minutes on one thread of the project's 2-core
+# machine and (nearly) memorises its training set; the measured figures are in docs/bench.md,
+# "Architecture panel". resnet18: full width, CIFAR stem; mobilenet_v3_small: width multiplier 1;
+# convnext: ConvNeXt-T's widths (96 ... 768), 2 blocks a stage (T has 3, 3, 9, 3); vit_tv: ViT-Ti's
+# width and heads (192, 3), patch 4, 4 of its 12 layers.
+NETWORKS = {net.family: net for net in (
+    PanelNet("resnet18", 64, 0, train_size=500, epochs=6),
+    PanelNet("mobilenet_v3_small", 16, 0, train_size=1500, epochs=10),
+    PanelNet("convnext", 96, 2, train_size=800, epochs=10),
+    PanelNet("vit_tv", 192, 4, train_size=800, epochs=12))}
+# The miniature (``--quick``, the tests): tiny widths, a few hundred images, seconds per network.
+QUICK_NETWORKS = {net.family: net for net in (
+    PanelNet("resnet18", 8, 0, train_size=300, epochs=15),
+    PanelNet("mobilenet_v3_small", 8, 0, train_size=300, epochs=15),
+    PanelNet("convnext", 8, 1, train_size=300, epochs=15),
+    PanelNet("vit_tv", 32, 2, train_size=300, epochs=15))}
+QUICK_TEST_SIZE = 200
+
+
+def _names(kind: str, given: tuple[str, ...], valid: tuple[str, ...]) -> None:
+    bad = [g for g in given if g not in valid]
+    if bad or not given:
+        raise InputError(f"unknown {kind} {bad[0] if bad else ''!r}; valid: {', '.join(valid)}")
+
+
+@dataclass(frozen=True)
+class PanelConfig:
+    """What the panel runs: ``nets`` (:data:`NETWORKS`, or :data:`QUICK_NETWORKS` for the
+    miniature), ``scenarios``, ``seeds``, ``methods`` (registry names), ``settings`` (``defaults``:
+    library defaults; ``tuned``: the bench's tuning records), ``test_size`` test images a scenario,
+    the guard's bound ``max_drop`` (points; ``invwnn apply``'s default), where originals and
+    Retrains are cached, and the device the methods run on."""
+
+    nets: tuple[PanelNet, ...] = tuple(NETWORKS.values())
+    scenarios: tuple[str, ...] = SCENARIOS
+    seeds: tuple[int, ...] = (0, 1, 2)
+    methods: tuple[str, ...] = METHODS
+    settings: tuple[str, ...] = SETTINGS
+    test_size: int = 1000
+    max_drop: float = DEFAULT_MAX_DROP
+    cache_dir: str = "data/bench-cache"
+    data_root: str | None = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        _names("scenario", self.scenarios, SCENARIOS)
+        _names("method", self.methods, METHODS)
+        _names("setting", self.settings, SETTINGS)
+        if not self.nets or not self.seeds:
+            raise InputError("the panel needs at least one network and one seed")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def scenario_config(net: PanelNet, scenario: str, config: PanelConfig) -> scenarios.ScenarioConfig:
+    """The bench scenario ``scenario`` on ``net`` (its defaults, then the network's recipe); no
+    validation split: nothing is tuned on the panel."""
+    return scenarios.scenario_config(scenario, dataset=DATASET, data_root=config.data_root, arch=net.family,
+                                     width=net.width, depth=net.depth, train_size=net.train_size,
+                                     test_size=config.test_size, val_size=0, epochs=net.epochs,
+                                     batch_size=net.batch_size, lr=net.lr)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One line of ``units.jsonl`` to make: the reference of ``scenario`` and ``seed`` (``method``
+    None: Original and Retrain), or ``method`` with ``overrides`` on its library defaults, under
+    the names of the ``settings`` it stands for. ``key``: hash of everything its result depends on."""
+
+    net: PanelNet
+    scenario: scenarios.ScenarioConfig
+    seed: int
+    key: str
+    method: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    settings: tuple[str, ...] = ()
+
+    @property
+    def group(self) -> tuple[str, str, int]:
+        return self.net.family, self.scenario.name, self.seed
+
+
+def _key(*parts: Any) -> str:
+    blob = json.dumps([PANEL_VERSION, *parts], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _resolved(method: str, overrides: dict) -> dict | str:
+    """The config ``method`` runs with (field -> value), or why the overrides do not fit it."""
+    try:
+        return REGISTRY[method].config.from_dict(overrides).to_dict()
+    except InputError as err:
+        return f"error: {err}"
+
+
+def plan(config: PanelConfig) -> list[Unit]:
+    """Every unit of ``config``, grouped by (network, scenario, seed), reference first."""
+    units = []
+    for net in config.nets:
+        for name in config.scenarios:
+            scfg = scenario_config(net, name, config)
+            tuned = search.load(name)[0] if "tuned" in config.settings else {}
+            for seed in config.seeds:
+                units.append(Unit(net, scfg, seed, _key(scfg.to_dict(), seed, "reference", prepare.CACHE_VERSION)))
+                for method in config.methods:
+                    by_key: dict[str, Unit] = {}
+                    for setting in config.settings:
+                        overrides = tuned.get(method, {}) if setting == "tuned" else {}
+                        key = _key(scfg.to_dict(), seed, method, _resolved(method, overrides), config.max_drop,
+                                   config.device, prepare.CACHE_VERSION)
+                        same = by_key.get(key)
+                        by_key[key] = Unit(net, scfg, seed, key, method, overrides,
+                                           (same.settings if same else ()) + (setting,))
+                    units += by_key.values()
+    return units
+
+
+def read_units(out: str | Path) -> dict[str, dict]:
+    """Key -> row of every unit in ``<out>/units.jsonl`` (the last row of a key wins)."""
+    path = Path(out) / UNITS_FILE
+    if not path.is_file():
+        return {}
+    rows = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return {row["key"]: row for row in rows}
+
+
+def _append(out: Path, row: dict) -> None:
+    """Add ``row`` to ``units.jsonl``, rewriting the file atomically: a reader (or a crash) sees
+    every earlier line intact."""
+    path = out / UNITS_FILE
+    old = path.read_text() if path.is_file() else ""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(old + json.dumps(row) + "\n"))
+
+
+def code_fingerprint() -> str:
+    """sha256 (12 hex digits) of the method and guard sources (:data:`CODE`): which code a row ran."""
+    root = Path(__file__).parents[1]
+    h = hashlib.sha256()
+    for path in sorted(p for pattern in CODE for p in root.glob(pattern)):
+        h.update(path.relative_to(root).as_posix().encode() + path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _extras(scn: scenarios.Scenario) -> dict[str, Split]:
+    """Extra test splits: for ``class``, the test images of the classes that stay."""
+    if scn.config.name != "class":
+        return {}
+    keep = scn.test.y != scn.config.forget_class
+    return {"other_classes": scn.test.subset(keep.nonzero().squeeze(1))}
+
+
+def _measure(model: torch.nn.Module, scn: scenarios.Scenario, device: str, seed: int) -> dict[str, float]:
+    return measure(model, scn.forget_split, scn.retain_split, scn.test, device, seed, _extras(scn))
+
+
+def reference_row(unit: Unit, prep: prepare.Prepared) -> dict:
+    """Original and Retrain measured on the unit's splits, with their training seconds and training
+    accuracy (percent; the original's on its whole training set as trained: how near memorised)."""
+    scn = prep.scenario
+    row: dict[str, Any] = {"sizes": scn.sizes(), "data": scn.fingerprint(), "params": nets.n_params(prep.original)}
+    for which, model, split in (("original", prep.original, Split(scn.x, scn.y, "train")),
+                                ("retrain", prep.retrain, scn.retain_split)):
+        row[which] = {**_measure(model, scn, "cpu", unit.seed), "seconds": prep.meta[which]["seconds"],
+                      "train_acc": metrics.accuracy(model, split.x, split.y), "cache_key": prep.meta[which]["cache_key"]}
+    row["original"]["gap"] = gap(row["original"], row["retrain"])
+    return row
+
+
+def loaded_model(prep: prepare.Prepared) -> LoadedModel:
+    """A copy of the original as :func:`invwnn.models.load` returns a file in the project's own
+    format: architecture, classes, recorded preprocessing and mnemonic codes."""
+    scn, net = prep.scenario, copy.deepcopy(prep.original)
+    pre = Preprocess(tuple(scn.x.shape[2:]), scn.x.shape[1], tuple(net.mean.flatten().tolist()),
+                     tuple(net.std.flatten().tolist()))
+    c = scn.config
+    arch = asdict(make_arch(c.arch, c.width, c.depth, c.activation))
+    return LoadedModel(net, scn.classes, pre, "own", arch=arch, mnemonic=prep.codes)
+
+
+def method_row(unit: Unit, prep: prepare.Prepared, ref: dict, config: PanelConfig) -> dict:
+    """Run the unit's method through :func:`invwnn.apply.apply` on a copy of the original and
+    measure the result; ``{"error": ...}`` when the method cannot run here (an input error)."""
+    scn, device = prep.scenario, config.device
+    loaded = loaded_model(prep)
+    t0 = time.perf_counter()
+    try:
+        method_config = REGISTRY[unit.method].config.from_dict(unit.overrides)
+        rewinder = make_rewinder("learned", None, method_config, device) if unit.method in REWINDING else None
+        ctx = Context(device=device, seed=unit.seed, rewinder=rewinder, rebuild=loaded.rebuild)
+        torch.manual_seed(unit.seed)
+        report = apply(loaded, Data(scn.forget_split, scn.classes, scn.retain_split, scn.test, prep.codes),
+                       unit.method, method_config, ctx, config.max_drop)
+    except InputError as err:
+        return {"error": str(err).splitlines()[0]}
+    wall = time.perf_counter() - t0
+    model = loaded.model
+    state = {k: v.cpu() for k, v in model.state_dict().items()}
+    m = _measure(model, scn, device, unit.seed)
+    retrain_seconds = ref["retrain"]["seconds"]
+    return {**m, "gap": gap(m, ref["retrain"]), "config": method_config.to_dict(),
+            "seconds": report["seconds"], "wall_seconds": wall, "time_ratio": report["seconds"] / retrain_seconds,
+            "stop_reason": report["stop_reason"],
+            "unchanged": all(torch.equal(v, state[k]) for k, v in prep.original.state_dict().items()),
+            "finite": all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point()),
+            "backoffs": report["guard"].get("backoffs", []), "calibration": report.get("calibration"),
+            "original_TA": ref["original"]["TA"], "warnings": report["warnings"]}
+
+
+def run_panel(config: PanelConfig, out: str | Path, progress: bool = False,
+              log: Callable[[str], None] = lambda s: None) -> dict[str, dict]:
+    """Run every unit of ``config`` not yet in ``<out>/units.jsonl``, appending each row as it is
+    done; returns key -> row of the whole file."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    done = read_units(out)
+    code = code_fingerprint()
+    refs: dict[tuple, dict] = {}
+    units = plan(config)
+    with tqdm(total=len(units), desc="panel", disable=not progress) as bar:
+        for unit in units:
+            bar.set_postfix_str(f"{'/'.join(map(str, unit.group))} {unit.method or 'original + Retrain'}")
+            if unit.key not in done:
+                prep = prepare.prepare_cached(unit.scenario, unit.seed, config.cache_dir, config.device)
+                body = reference_row(unit, prep) if unit.method is None else \
+                    method_row(unit, prep, refs[unit.group], config)
+                row = {"key": unit.key, "network": unit.net.family, "scenario": unit.scenario.name,
+                       "seed": unit.seed, "method": unit.method, "settings": list(unit.settings),
+                       "overrides": unit.overrides, "code": code, **body}
+                _append(out, row)
+                done[unit.key] = row
+                log(_describe(row))
+            if unit.method is None:
+                refs[unit.group] = done[unit.key]
+            bar.update()
+    return done
+
+
+def _describe(row: dict) -> str:
+    where = f"{row['network']} {row['scenario']} seed {row['seed']}"
+    if row["method"] is None:
+        o = row["original"]
+        return f"{where}: original train acc {o['train_acc']:.1f}%, UA {o['UA']:.1f}, Retrain {row['retrain']['seconds']:.0f} s"
+    if "error" in row:
+        return f"{where} {row['method']}: {row['error']}"
+    return (f"{where} {row['method']} ({', '.join(row['settings'])}): UA {row['UA']:.1f}, gap {row['gap']:.2f}, "
+            f"stop {row['stop_reason']}, {row['time_ratio']:.2f} x Retrain")
+
+
+def config_from(networks: tuple[str, ...], quick: bool, **fields: Any) -> PanelConfig:
+    """A :class:`PanelConfig` for network names (:data:`NETWORKS`, or with ``quick`` the
+    miniature's, with :data:`QUICK_TEST_SIZE` test images) and the other fields given (None: the
+    default)."""
+    table = QUICK_NETWORKS if quick else NETWORKS
+    _names("network", networks, tuple(table))
+    given = {"test_size": QUICK_TEST_SIZE if quick else None, **fields}
+    return PanelConfig(nets=tuple(table[n] for n in networks), **{k: v for k, v in given.items() if v is not None})
+
+
+__all__ = ["PanelNet", "PanelConfig", "Unit", "NETWORKS", "QUICK_NETWORKS", "SCENARIOS", "SETTINGS", "METHODS",
+           "plan", "run_panel", "read_units", "config_from", "code_fingerprint"]

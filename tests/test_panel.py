@@ -1,0 +1,88 @@
+"""The architecture panel: a miniature of it over every family, each method run through the user's
+path (`invwnn.apply.apply`) at its library defaults, and `invwnn panel` as a user runs it (bad names,
+resuming, the document section)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from invwnn.bench import panel, panel_report
+from invwnn.cli import main
+
+METHODS = ("invwnn", "invwnn+", "neggrad+", "finetune")
+
+
+@pytest.fixture(scope="module")
+def miniature(tmp_path_factory):
+    root = tmp_path_factory.mktemp("panel")
+    config = panel.config_from(tuple(panel.QUICK_NETWORKS), quick=True, scenarios=("random10",), seeds=(0,),
+                               methods=METHODS, settings=("defaults",), cache_dir=str(root / "cache"))
+    return config, panel.run_panel(config, root / "out")
+
+
+@pytest.mark.learning
+def test_every_default_method_moves_forget_error_on_every_family_and_stays_finite(miniature):
+    config, rows = miniature
+    refs = {r["network"]: r["original"] for r in rows.values() if r["method"] is None}
+    assert set(refs) == set(panel.QUICK_NETWORKS)
+    assert all(r["train_acc"] >= 90 for r in refs.values()), refs  # the miniature's originals memorise
+    runs = [r for r in rows.values() if r["method"] is not None]
+    assert len(runs) == len(METHODS) * len(refs) and not [r for r in runs if "error" in r]
+    assert all(r["finite"] for r in runs), [(r["network"], r["method"]) for r in runs if not r["finite"]]
+    still = [(r["network"], r["method"], round(r["UA"], 1), round(refs[r["network"]]["UA"], 1), r["stop_reason"])
+             for r in runs if not r["UA"] > refs[r["network"]]["UA"]]
+    assert not still, f"forget error not moved (network, method, UA, original's UA, stop): {still}"
+
+
+def run(*args):
+    return CliRunner().invoke(main, ["panel", *map(str, args)])
+
+
+def test_bad_names_are_one_line_exit_2(tmp_path):
+    for flag, value, text in (("--networks", "resnet18,alexnet", "unknown network 'alexnet'"),
+                              ("--scenarios", "backdoor", "unknown scenario 'backdoor'"),
+                              ("--methods", "retrain", "unknown method 'retrain'"),
+                              ("--settings", "best", "unknown setting 'best'")):
+        r = run("--quick", flag, value, "--out", tmp_path / "out", "--cache-dir", tmp_path / "cache")
+        assert r.exit_code == 2 and text in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_resume_skips_done_units_and_the_doc_section_is_idempotent(tmp_path, monkeypatch):
+    doc = tmp_path / "results.md"
+    doc.write_text("# Results\n\n## Architecture panel\n\nold\n\n## Later\n\nkept\n")
+    args = ("--quick", "--networks", "convnext", "--scenarios", "random10", "--methods", "neggrad",
+            "--out", tmp_path / "out", "--cache-dir", tmp_path / "cache", "--doc", doc, "--no-progress")
+    r = run(*args)
+    assert r.exit_code == 0, r.output
+    units = (tmp_path / "out" / "units.jsonl").read_text()
+    rows = [json.loads(line) for line in units.splitlines()]
+    # the reference, then neggrad's defaults and its tuned values (different on random10: two units)
+    assert [(x["method"], x["settings"]) for x in rows] == [(None, []), ("neggrad", ["defaults"]),
+                                                            ("neggrad", ["tuned"])]
+    first = doc.read_text()
+    assert first.startswith("# Results\n\n## Architecture panel\n") and "old" not in first
+    assert first.endswith("## Later\n\nkept\n") and "### convnext on random10: seeds 0" in first
+    assert (tmp_path / "results" / "panel.png").is_file()
+
+    def never(*a, **k):
+        raise AssertionError("a done unit ran again")
+
+    monkeypatch.setattr(panel, "method_row", never)
+    monkeypatch.setattr(panel, "reference_row", never)
+    r = run(*args)
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "out" / "units.jsonl").read_text() == units
+    assert doc.read_text() == first
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"units.jsonl", "panel.md", "panel.json", "panel.png"}
+
+
+def test_section_replacement_appends_a_missing_section_and_is_idempotent():
+    body = "## Architecture panel\n\n| a |\n"
+    once = panel_report.replace_section("# Doc\n\ntext\n", body)
+    assert once == "# Doc\n\ntext\n\n## Architecture panel\n\n| a |\n"
+    assert panel_report.replace_section(once, body) == once
+    middle = "# Doc\n\n## Architecture panel\n\nold\n### sub\n\n## Next\n\nx\n"
+    assert panel_report.replace_section(middle, body) == "# Doc\n\n## Architecture panel\n\n| a |\n\n## Next\n\nx\n"
