@@ -132,7 +132,7 @@ def apply(loaded: LoadedModel, data: Data, method: str, config, ctx: Context,
         warned("no --retain or --test: the guard can only see whether the predictions on the forget images "
                "collapse; the damage to other images is unknown (pass --test or --retain to bound it)")
     # the per-iteration log: accuracies on seeded subsets (the guard's own for the watched split)
-    logged = {name: guard.subset if name == watched else watch_subset(split, ctx.seed)
+    logged = {name: guard.subset if name == guard.watched else watch_subset(split, ctx.seed)
               for name, split in (("forget", data.forget), ("retain", data.retain), ("test", data.test))
               if split is not None}
     log: list[dict] = []
@@ -150,8 +150,10 @@ def apply(loaded: LoadedModel, data: Data, method: str, config, ctx: Context,
         log.append(row)
         if mode == "iteration":
             backoffs = len(guard.backoffs)
-            guard.check({"iteration": i + 1}, row.get(f"{watched}_acc") if guard.watched else None)
-            row["backed_off"] = len(guard.backoffs) > backoffs
+            try:
+                guard.check({"iteration": i + 1}, row.get(f"{guard.watched}_acc") if guard.watched else None)
+            finally:
+                row["backed_off"] = len(guard.backoffs) > backoffs
 
     ctx.on_iteration = on_iteration
     handle = register_optimizer_step_post_hook(guard.on_step) if mode == "step" else None
@@ -171,7 +173,16 @@ def apply(loaded: LoadedModel, data: Data, method: str, config, ctx: Context,
     return {"method": method, "config": config.to_dict(), "seed": ctx.seed, "device": str(ctx.device),
             "before": before, "after": after, "iterations": log, "log_images": {k: len(v) for k, v in logged.items()},
             "seconds": seconds, "stop_reason": stop_reason, "guard": guard.describe(),
-            "calibration": ctx.calibration or None, "distance": _distance(model, reference), "warnings": warnings}
+            "calibration": ctx.calibration or None, "rewind": _rewind_record(ctx.rewind, seconds),
+            "distance": _distance(model, reference), "warnings": warnings}
+
+
+def _rewind_record(rewind: dict, seconds: float) -> dict | None:
+    """What predicting the past cost: seconds, coordinates per second, share of the method's time."""
+    if not rewind:
+        return None
+    return {**rewind, "per_second": rewind["coordinates"] / max(rewind["seconds"], 1e-9),
+            "share": rewind["seconds"] / max(seconds, 1e-9)}
 
 
 METRIC_NAMES = {"RA": "RA  retain accuracy", "UA": "UA  100 - forget accuracy",
@@ -197,6 +208,10 @@ def format_report(report: dict) -> str:
         if k in a:
             rows.append(f"{label:<36}{b[k]:>8.1f}{a[k]:>8.1f}{a[k] - b[k]:>+8.1f}")
     lines = ["\n".join(rows), f"{report['method']} in {report['seconds']:.1f} s; stopped: {report['stop_reason']}"]
+    if report.get("rewind"):
+        r = report["rewind"]
+        lines.append(f"rewind: {r['calls']} x {r['coordinates'] / r['calls']:,.0f} coordinates in {r['seconds']:.1f} s "
+                     f"({r['per_second']:,.0f} per second, {100 * r['share']:.0f}% of the method's time)")
     for name, c in (report.get("calibration") or {}).items():
         lines.append(f"calibrated {name.replace('_', ' ')}: {c['lr']:.3g} (one step moves the centred logits on "
                      f"{c['probe_images']} images by {c['measured']:.3g} rms; asked {c['step_size']:g})")

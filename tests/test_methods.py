@@ -138,7 +138,8 @@ def test_invwnn_plus_rewinds_on_forget_data_and_repairs_on_retain_data(setup):
     forget.x[:, 0, 0, 0], retain.x[:, 0, 0, 0] = -7.0, 7.0
     model = copy.deepcopy(loaded.model)
     spy = _Spy(model, LinearRewinder(3))
-    _plus(model, Data(forget, data.classes, retain), spy, repair_steps=2, every=2, warmup=1)
+    _plus(model, Data(forget, data.classes, retain), spy, repair_steps=2, every=2, warmup=1,
+          lr=1e-3, repair_lr=1e-3)  # given steps: no calibration passes among the loop's own
     one_iteration = ["F"] * (1 + 3 * 2) + ["rewind"] + ["R"] * 2
     assert spy.events == one_iteration * 2
 
@@ -199,3 +200,25 @@ def test_invwnn_records_its_calibrated_step_and_a_given_lr_skips_it(setup):
         if calibrated:
             rec = ctx.calibration["lr"]
             assert rec["lr"] > 0 and rec["measured"] == pytest.approx(rec["step_size"], rel=0.5)
+
+
+def test_the_rewind_records_its_cost_and_bfloat16_stays_close(setup):
+    """The loop times its rewinds; a bfloat16 rewind lands near the float32 one (the learned
+    predictor, the same fine-tuning), and a precision it does not know is refused."""
+    from invwnn.methods.invwnn import load_rewinder
+    loaded, data = setup["random"]
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        model = copy.deepcopy(loaded.model)
+        ctx = Context(rewinder=load_rewinder(None, "cpu", 5))
+        config = REGISTRY["invwnn+"].config(iterations=1, snapshots=5, repair_steps=0, lr=1e-3, rewind_dtype=dtype)
+        REGISTRY["invwnn+"].run(model, Data(data.forget, data.classes), config, ctx)
+        n = sum(p.numel() for p in rewindable(model)[0])
+        assert ctx.rewind["calls"] == 1 and ctx.rewind["coordinates"] == n and ctx.rewind["seconds"] > 0
+        out[dtype] = torch.cat([p.detach().reshape(-1) for p in rewindable(model)[0]])
+    start = torch.cat([p.detach().reshape(-1) for p in rewindable(loaded.model)[0]])
+    moved = (out["float32"] - start).abs().mean()
+    assert (out["bfloat16"] - out["float32"]).abs().mean() < 0.1 * moved
+    with pytest.raises(InputError, match="rewind-dtype"):
+        REGISTRY["invwnn"].run(copy.deepcopy(loaded.model), data, REGISTRY["invwnn"].config(rewind_dtype="half"),
+                               Context(rewinder=LinearRewinder(3.0)))

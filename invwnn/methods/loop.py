@@ -95,6 +95,8 @@ class Context:
     calibration: dict[str, dict] = dataclasses.field(default_factory=dict)
     # Multiplies the method's calibrated or given step; a guard that backs off halves it.
     step_scale: float = 1.0
+    # Written by invwnn's loop: seconds spent predicting the past, coordinates predicted, calls.
+    rewind: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def generator(self, salt: int = 0) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed * 1000003 + salt)
