@@ -70,6 +70,19 @@ def test_prepare_then_apply_verbatim(tmp_path, monkeypatch):
     assert (tmp_path / "model.unlearned.pt").exists()
 
 
+def test_apply_shows_the_calibrated_steps_and_the_rewind_cost(tmp_path_factory, tmp_path):
+    root = tiny_original(tmp_path_factory.getbasetemp())
+    r = CliRunner().invoke(apply, ["--model", str(root / "model.pt"), "--forget", str(root / "forget"),
+                                   "--retain", str(root / "retain"), "--method", "invwnn+", "--iterations", "2",
+                                   "--out", str(tmp_path / "m.pt")])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "m.json").read_text())
+    cal, rew = report["calibration"], report["rewind"]
+    assert set(cal) == {"lr", "repair_lr"} and report["config"]["lr"] is None
+    assert f"calibrated lr: {cal['lr']['lr']:.3g}" in r.output and "calibrated repair lr:" in r.output
+    assert rew["calls"] == 2 and 0 < rew["share"] < 1 and f"rewind: 2 x {rew['coordinates'] / 2:,.0f}" in r.output
+
+
 def test_bad_flags_and_missing_data_exit_2(tmp_path_factory):
     root = tiny_original(tmp_path_factory.getbasetemp())
     model = str(root / "model.pt")
