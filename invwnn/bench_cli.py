@@ -134,9 +134,9 @@ def _list(text: str) -> tuple[str, ...]:
 
 
 @click.command("panel")
-@click.option("--networks", default="resnet18,mobilenet_v3_small,convnext,vit_tv", show_default=True,
-              help="comma list of panel networks (invwnn.bench.panel.NETWORKS)")
-@click.option("--scenarios", default="class,random10,label-noise", show_default=True, help="comma list")
+@click.option("--networks", default=None,
+              help="comma list of resnet18, mobilenet_v3_small, convnext, vit_tv (invwnn.bench.panel.NETWORKS) [all]")
+@click.option("--scenarios", default=None, help="comma list of class, random10, label-noise [all]")
 @click.option("--seeds", type=click.IntRange(1, 100), default=None, help="number of seeds 0..N-1 [3; --quick: 1]")
 @click.option("--methods", default="all", show_default=True,
               help="'all' (every registered method but retrain) or a comma list")
@@ -165,7 +165,9 @@ def panel(networks, scenarios, seeds, methods, settings, out, cache_dir, data_ro
 
     torch.set_num_threads(threads)
     config = panel_mod.config_from(
-        _list(networks), quick, scenarios=_list(scenarios), seeds=tuple(range(seeds or (1 if quick else 3))),
+        _list(networks) if networks is not None else None, quick,
+        scenarios=_list(scenarios) if scenarios is not None else None,
+        seeds=tuple(range(seeds or (1 if quick else 3))),
         methods=panel_mod.METHODS if methods.strip() == "all" else _list(methods), settings=_list(settings),
         cache_dir=cache_dir, data_root=data_root, device=device)
     t0 = time.time()

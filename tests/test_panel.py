@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from invwnn.bench import panel, panel_report
@@ -16,14 +17,29 @@ METHODS = ("invwnn", "invwnn+", "neggrad+", "finetune")
 
 @pytest.fixture(scope="module")
 def miniature(tmp_path_factory):
+    """The miniature run as `invwnn panel` runs it: one torch thread (two are 3x slower on the
+    shared 2-core machine)."""
     root = tmp_path_factory.mktemp("panel")
     config = panel.config_from(tuple(panel.QUICK_NETWORKS), quick=True, scenarios=("random10",), seeds=(0,),
                                methods=METHODS, settings=("defaults",), cache_dir=str(root / "cache"))
-    return config, panel.run_panel(config, root / "out")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield config, panel.run_panel(config, root / "out")
+    finally:
+        torch.set_num_threads(threads)
+
+
+# Methods whose steps are calibrated on the model (docs/applier.md, "Calibrated steps"): they must move
+# forget error on every family. The baselines keep their fixed learning rates, and at those
+# neggrad+ (resnet18, convnext) and finetune (convnext) leave this miniature's forget error at 0
+# (docs/results.md, "Architecture panel"): their rows are checked for finite weights only.
+SCALE_FREE = ("invwnn", "invwnn+")
 
 
 @pytest.mark.learning
-def test_every_default_method_moves_forget_error_on_every_family_and_stays_finite(miniature):
+@pytest.mark.slow  # about 160 s on the shared 2-core machine, a third of it MobileNetV3's invwnn+
+def test_calibrated_methods_move_forget_error_on_every_family_and_all_stay_finite(miniature):
     config, rows = miniature
     refs = {r["network"]: r["original"] for r in rows.values() if r["method"] is None}
     assert set(refs) == set(panel.QUICK_NETWORKS)
@@ -32,7 +48,7 @@ def test_every_default_method_moves_forget_error_on_every_family_and_stays_finit
     assert len(runs) == len(METHODS) * len(refs) and not [r for r in runs if "error" in r]
     assert all(r["finite"] for r in runs), [(r["network"], r["method"]) for r in runs if not r["finite"]]
     still = [(r["network"], r["method"], round(r["UA"], 1), round(refs[r["network"]]["UA"], 1), r["stop_reason"])
-             for r in runs if not r["UA"] > refs[r["network"]]["UA"]]
+             for r in runs if r["method"] in SCALE_FREE and not r["UA"] > refs[r["network"]]["UA"]]
     assert not still, f"forget error not moved (network, method, UA, original's UA, stop): {still}"
 
 

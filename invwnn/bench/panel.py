@@ -78,7 +78,7 @@ NETWORKS = {net.family: net for net in (
 # The miniature (``--quick``, the tests): tiny widths, a few hundred images, seconds per network.
 QUICK_NETWORKS = {net.family: net for net in (
     PanelNet("resnet18", 8, 0, train_size=300, epochs=15),
-    PanelNet("mobilenet_v3_small", 8, 0, train_size=200, epochs=15),
+    PanelNet("mobilenet_v3_small", 8, 0, train_size=300, epochs=15),
     PanelNet("convnext", 8, 1, train_size=300, epochs=25),
     PanelNet("vit_tv", 32, 1, train_size=300, epochs=60, batch_size=32, lr=2e-3))}
 QUICK_TEST_SIZE = 200
@@ -247,15 +247,17 @@ def loaded_model(prep: prepare.Prepared) -> LoadedModel:
 
 def method_row(unit: Unit, prep: prepare.Prepared, ref: dict, config: PanelConfig) -> dict:
     """Run the unit's method through :func:`invwnn.apply.apply` on a copy of the original and
-    measure the result; ``{"error": ...}`` when the method cannot run here (an input error)."""
+    measure the result (``ref``: the group's reference row); ``{"error": ...}`` when the method
+    cannot run here (an input error). ``seconds``: the method's, guard checks excluded (the
+    report's); ``wall_seconds``: the whole ``apply`` call."""
     scn, device = prep.scenario, config.device
     loaded = loaded_model(prep)
-    t0 = time.perf_counter()
     try:
         method_config = REGISTRY[unit.method].config.from_dict(unit.overrides)
         rewinder = make_rewinder("learned", None, method_config, device) if unit.method in REWINDING else None
         ctx = Context(device=device, seed=unit.seed, rewinder=rewinder, rebuild=loaded.rebuild)
         torch.manual_seed(unit.seed)
+        t0 = time.perf_counter()
         report = apply(loaded, Data(scn.forget_split, scn.classes, scn.retain_split, scn.test, prep.codes),
                        unit.method, method_config, ctx, config.max_drop)
     except InputError as err:
@@ -264,9 +266,9 @@ def method_row(unit: Unit, prep: prepare.Prepared, ref: dict, config: PanelConfi
     model = loaded.model
     state = {k: v.cpu() for k, v in model.state_dict().items()}
     m = _measure(model, scn, device, unit.seed)
-    retrain_seconds = ref["retrain"]["seconds"]
     return {**m, "gap": gap(m, ref["retrain"]), "config": method_config.to_dict(),
-            "seconds": report["seconds"], "wall_seconds": wall, "time_ratio": report["seconds"] / retrain_seconds,
+            "seconds": report["seconds"], "wall_seconds": wall,
+            "time_ratio": report["seconds"] / ref["retrain"]["seconds"],
             "stop_reason": report["stop_reason"],
             "unchanged": all(torch.equal(v, state[k]) for k, v in prep.original.state_dict().items()),
             "finite": all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point()),
@@ -315,11 +317,12 @@ def _describe(row: dict) -> str:
             f"stop {row['stop_reason']}, {row['time_ratio']:.2f} x Retrain")
 
 
-def config_from(networks: tuple[str, ...], quick: bool, **fields: Any) -> PanelConfig:
-    """A :class:`PanelConfig` for network names (:data:`NETWORKS`, or with ``quick`` the
-    miniature's, with :data:`QUICK_TEST_SIZE` test images) and the other fields given (None: the
-    default)."""
+def config_from(networks: tuple[str, ...] | None, quick: bool, **fields: Any) -> PanelConfig:
+    """A :class:`PanelConfig` for network names (None: all) of :data:`NETWORKS`, or with ``quick``
+    of the miniature's (with :data:`QUICK_TEST_SIZE` test images), and the other fields given (None:
+    the default)."""
     table = QUICK_NETWORKS if quick else NETWORKS
+    networks = tuple(table) if networks is None else networks
     _names("network", networks, tuple(table))
     given = {"test_size": QUICK_TEST_SIZE if quick else None, **fields}
     return PanelConfig(nets=tuple(table[n] for n in networks), **{k: v for k, v in given.items() if v is not None})

@@ -99,8 +99,11 @@ def _stop(row: dict) -> str:
     return text
 
 
-def _pm(stats: tuple[float, float], digits: int = 1) -> str:
-    return "-" if math.isnan(stats[0]) else f"{stats[0]:.{digits}f} ± {stats[1]:.{digits}f}"
+def _pm(stats: tuple[float, float], n: int) -> str:
+    """Mean ± std (the mean alone for one value) of a (mean, std) pair over ``n`` values."""
+    if n == 0:
+        return "-"
+    return f"{stats[0]:.1f} ± {stats[1]:.1f}" if n > 1 else f"{stats[0]:.1f}"
 
 
 def markdown(config: panel.PanelConfig, blocks: list[dict], rows: dict[str, dict], command: str) -> str:
@@ -116,16 +119,16 @@ def markdown(config: panel.PanelConfig, blocks: list[dict], rows: dict[str, dict
            "excluded) over Retrain's training seconds; backoffs = the guard's, per run; stop = how the runs "
            "ended (budget, target, guard, non-finite), with the runs whose result is the original itself. "
            "`tuned (= defaults)`: the tuned values are the defaults, one run serves both rows.", "",
-           "| network | parameters | width, depth | training images | epochs | batch | "
+           "| network | parameters | width, depth | training images | epochs | batch | Adam step | "
            + " | ".join(f"Original train acc, {s}" for s in config.scenarios) + " | Original s | Retrain s |",
-           "|---|" + "---|" * (7 + len(config.scenarios))]
+           "|---|" + "---|" * (8 + len(config.scenarios))]
     for net in config.nets:
         mine = [b for b in blocks if b["network"] == net.family]
         params = next((b["params"] for b in mine if b["params"]), None)
         secs = [b for b in mine if b["seeds"]]
-        out.append(f"| {net.family} | {f'{params / 1e6:.2f}M' if params else '-'} | {net.width}, {net.depth} | "
-                   f"{net.train_size} | {net.epochs:g} | {net.batch_size} | "
-                   + " | ".join(_pm(b["original_train_acc"]) for b in mine) + " | "
+        out.append(f"| {net.family} | {f'{params / 1e6:.2f}M' if params else '-'} | {net.width}, {net.depth or '-'} | "
+                   f"{net.train_size} | {net.epochs:g} | {net.batch_size} | {net.lr:g} | "
+                   + " | ".join(_pm(b["original_train_acc"], len(b["seeds"])) for b in mine) + " | "
                    + (f"{np.mean([b['original_seconds'][0] for b in secs]):.0f} | "
                       f"{np.mean([b['retrain_seconds'][0] for b in secs]):.0f} |" if secs else "- | - |"))
     out.append("")
@@ -168,6 +171,8 @@ def plot(config: panel.PanelConfig, blocks: list[dict], path: Path) -> None:
             block = next(b for b in blocks if b["network"] == net.family and b["scenario"] == scenario)
             color, shift = colors[i % len(colors)], (i - (len(config.nets) - 1) / 2) * 0.12
             for setting, face in (("defaults", color), ("tuned", "none")):
+                if setting not in config.settings:
+                    continue
                 got = {r["name"]: r for r in block["rows"] if r["setting"].startswith(setting) and "gap" in r}
                 xs = [j + shift for j, m in enumerate(methods) if m in got]
                 ax.errorbar(xs, [got[m]["gap"] for m in methods if m in got],
