@@ -1,0 +1,41 @@
+"""Issue 22's targets read off a panel's units: per network and scenario, how far each method moved
+forget error toward Retrain's ((UA - Original's) / (Retrain's - Original's); 1 = all the way), test
+accuracy against the original's in the issue's reading (class: on the other classes' test images,
+at most 1 point lower; label-noise: at or above; random10: at most 1 point lower), and time and
+wall time over Retrain's training time.
+
+    .venv/bin/python scripts/panel_targets.py results/panel-quick/units.jsonl [--methods invwnn+,invwnn]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("units")
+    parser.add_argument("--methods", default="invwnn+,invwnn")
+    args = parser.parse_args()
+    rows = [json.loads(line) for line in open(args.units)]
+    ref = {(r["network"], r["scenario"], r["seed"]): r for r in rows if r.get("method") is None}
+    print("| method | network | scenario | seed | way to Retrain's UA | TA (reading) vs original's | TA kept | "
+          "time / Retrain | wall / Retrain | backoffs |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for method in args.methods.split(","):
+        for r in rows:
+            if r.get("method") != method or "UA" not in r:
+                continue
+            o = ref[(r["network"], r["scenario"], r["seed"])]
+            before, after = o["original"]["UA"], o["retrain"]["UA"]
+            way = (r["UA"] - before) / (after - before) if after != before else float("nan")
+            key = "acc:other_classes" if r["scenario"] == "class" else "TA"
+            ta, ta_o = r[key], o["original"][key]
+            kept = ta >= ta_o if r["scenario"] == "label-noise" else ta >= ta_o - 1
+            print(f"| {method} | {r['network']} | {r['scenario']} | {r['seed']} | {way:.2f} | {ta:.1f} vs {ta_o:.1f} | "
+                  f"{'yes' if kept else 'no'} | {r['time_ratio']:.2f} | {r['wall_seconds'] / o['retrain']['seconds']:.2f} | "
+                  f"{len(r['backoffs'])} |")
+
+
+if __name__ == "__main__":
+    main()
