@@ -17,10 +17,12 @@ METHODS = ("invwnn", "invwnn+", "neggrad+", "finetune")
 
 @pytest.fixture(scope="module")
 def miniature(tmp_path_factory):
-    """The miniature run as `invwnn panel` runs it: one torch thread (two are 3x slower on the
-    shared 2-core machine)."""
+    """The miniature run as `invwnn panel` runs it, on the class scenario (a whole class moves forget
+    error by whole tens of points; random10's 30 forget images move it by 3.3 points an image, a
+    knife edge between CPU code paths): one torch thread (two are 3x slower on the shared 2-core
+    machine)."""
     root = tmp_path_factory.mktemp("panel")
-    config = panel.config_from(tuple(panel.QUICK_NETWORKS), quick=True, scenarios=("random10",), seeds=(0,),
+    config = panel.config_from(tuple(panel.QUICK_NETWORKS), quick=True, scenarios=("class",), seeds=(0,),
                                methods=METHODS, settings=("defaults",), cache_dir=str(root / "cache"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -32,7 +34,7 @@ def miniature(tmp_path_factory):
 
 # Methods whose steps are calibrated on the model (docs/applier.md, "Calibrated steps"): they must move
 # forget error on every family. The baselines keep their fixed learning rates, and at those
-# neggrad+ (resnet18, convnext) and finetune (convnext) leave this miniature's forget error at 0
+# neggrad+ (resnet18) and finetune (resnet18, convnext) leave this miniature's forget error at 0
 # (docs/results.md, "Architecture panel"): their rows are checked for finite weights only.
 SCALE_FREE = ("invwnn", "invwnn+")
 
@@ -43,7 +45,10 @@ def test_calibrated_methods_move_forget_error_on_every_family_and_all_stay_finit
     config, rows = miniature
     refs = {r["network"]: r["original"] for r in rows.values() if r["method"] is None}
     assert set(refs) == set(panel.QUICK_NETWORKS)
-    assert all(r["train_acc"] >= 90 for r in refs.values()), refs  # the miniature's originals memorise
+    # the miniature's originals fit their training images (86-100% seen across CPU code paths; the
+    # ViT is the lowest) and keep less of the forget set than Retrain does: there is something to unlearn
+    assert all(r["train_acc"] >= 75 for r in refs.values()), refs
+    assert all(r["original"]["UA"] < r["retrain"]["UA"] for r in rows.values() if r["method"] is None), refs
     runs = [r for r in rows.values() if r["method"] is not None]
     assert len(runs) == len(METHODS) * len(refs) and not [r for r in runs if "error" in r]
     assert all(r["finite"] for r in runs), [(r["network"], r["method"]) for r in runs if not r["finite"]]
