@@ -16,6 +16,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from invwnn.forget import Split
 from invwnn.methods.loop import (PROBE_IMAGES, Context, Data, MethodConfig, Sampler, calibrate_lr,
                                  make_optimizer, opt, run_steps)
 from invwnn.metrics import accuracy
@@ -185,15 +186,17 @@ def probe_images(data: Data, ctx: Context) -> torch.Tensor:
     return split.x[idx.sort().values].to(ctx.device)
 
 
-def forget_lr(model: nn.Module, params: list[nn.Parameter], data: Data, config: Config, ctx: Context,
-              mask: list[torch.Tensor] | None = None) -> float:
-    """``config.lr``, or the step calibrated from ``config.step_size`` (recorded in ``ctx.calibration``)."""
-    if config.lr is not None:
-        return config.lr
-    x, y = Sampler(data.forget, config.batch_size, ctx.generator(7), ctx.device)()
+def step_lr(name: str, lr: float | None, step_size: float, split: Split, batch_size: int, salt: int,
+            model: nn.Module, params: list[nn.Parameter], data: Data, optimizer: str, ctx: Context,
+            mask: list[torch.Tensor] | None = None) -> float:
+    """``lr`` when given, else the lr calibrated from ``step_size`` along the cross-entropy gradient of
+    one seeded ``split`` minibatch (recorded as ``ctx.calibration[name]``)."""
+    if lr is not None:
+        return lr
+    x, y = Sampler(split, batch_size, ctx.generator(salt), ctx.device)()
     record = calibrate_lr(model, params, lambda: F.cross_entropy(model(x), y), probe_images(data, ctx),
-                          config.optimizer, config.step_size, mask)
-    ctx.calibration["lr"] = record
+                          optimizer, step_size, mask)
+    ctx.calibration[name] = record
     return record["lr"]
 
 
@@ -260,7 +263,8 @@ def rewind_loop(model: nn.Module, data: Data, config: Config, ctx: Context, *, n
     codes = codes.to(ctx.device)
     layers = torch.cat([torch.full((p.numel(),), i, dtype=torch.long) for i, p in enumerate(params)]).to(ctx.device)
     views = None if mask is None else _split(mask.to(ctx.device).float(), params)
-    lr = forget_lr(model, params, data, config, ctx, views)
+    lr = step_lr("lr", config.lr, config.step_size, data.forget, config.batch_size, 7, model, params, data,
+                 config.optimizer, ctx, views)
     opt_ = make_optimizer(config.optimizer, params, lr * ctx.step_scale)
     scale = ctx.step_scale
     sample = Sampler(data.forget, config.batch_size, ctx.generator(1), ctx.device)

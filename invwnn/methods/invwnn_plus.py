@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from invwnn.methods import invwnn
-from invwnn.methods.loop import Context, Data, Sampler, calibrate_lr, make_optimizer, opt, run_steps, saliency_masks
+from invwnn.methods.loop import Context, Data, Sampler, make_optimizer, opt, run_steps, saliency_masks
 from invwnn.models import InputError
 
 NAME = "invwnn+"
@@ -70,13 +70,8 @@ def run(model: nn.Module, data: Data, config: Config, ctx: Context) -> nn.Module
     if config.repair_steps:
         retain = data.need("retain", NAME)
         sample = Sampler(retain, config.repair_batch_size, ctx.generator(2), ctx.device)
-        lr = config.repair_lr
-        if lr is None:
-            x, y = Sampler(retain, config.repair_batch_size, ctx.generator(8), ctx.device)()
-            record = calibrate_lr(model, params, lambda: F.cross_entropy(model(x), y),
-                                  invwnn.probe_images(data, ctx), config.optimizer, config.repair_step_size)
-            ctx.calibration["repair_lr"] = record
-            lr = record["lr"]
+        lr = invwnn.step_lr("repair_lr", config.repair_lr, config.repair_step_size, retain, config.repair_batch_size,
+                            8, model, params, data, config.optimizer, ctx)
         opt_ = make_optimizer(config.optimizer, params, lr)
 
         def loss_fn(_: int) -> torch.Tensor:
