@@ -43,7 +43,7 @@ DEFAULT_MAX_DROP = 5.0  # percentage points of watched accuracy a method may los
 # those whose intermediate weights are no result either (task-vector's forget fine-tuning before the
 # negation, UNSIR's deliberate impair epoch, retrain's fresh network).
 GUARD_MODE = {"invwnn": "iteration", "invwnn+": "iteration", "task-vector": "end", "unsir": "end",
-              "fisher": "end", "mnemonic": "end", "retrain": "end"}
+              "fisher": "end", "mnemonic": "end", "retrain": "end", "ssd": "end"}
 
 
 def make_config(method: str, overrides: dict[str, Any]):

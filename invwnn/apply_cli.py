@@ -77,17 +77,50 @@ def _max_drop(text: str) -> float | None:
     return value
 
 
+_INPUT_FLAGS = [
+    click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
+                 help="Model file: the project's format, a torch.export .pt2 (a fixed batch size runs as "
+                      "micro-batches), TorchScript, safetensors weights (with --arch), or (with "
+                      "--trust-pickle) a pickled nn.Module."),
+    click.option("--arch", help="Architecture of safetensors weights: torchvision:NAME[:key=value,...], e.g. "
+                                "torchvision:resnet18:num_classes=10 (values: ints, floats, true/false, strings)."),
+    click.option("--forget", "forget_path", required=True, type=click.Path(),
+                 help="Data to forget: ImageFolder DIR (DIR/<class name>/*.png) or tensor file (x, y)."),
+    click.option("--retain", "retain_path", type=click.Path(), help="Retain data (same formats)."),
+    click.option("--test", "test_path", type=click.Path(), help="Test data (same formats)."),
+    click.option("--trust-pickle", is_flag=True, help="Allow loading a pickled nn.Module (runs code from the file)."),
+    click.option("--classes", help="Comma-separated class names, for model files that record none."),
+    click.option("--size", help="HxW input size (e.g. 28x28), for model files that record no preprocessing."),
+    click.option("--channels", type=click.IntRange(min=1), help="Input channels, for files without preprocessing."),
+    click.option("--mean", help="Per-channel mean(s) after scaling to [0, 1], comma-separated."),
+    click.option("--std", help="Per-channel std(s), comma-separated."),
+]
+
+
+def input_flags(fn):
+    """The flags that say where the model and data are and how to read them (apply, audit)."""
+    for flag in reversed(_INPUT_FLAGS):
+        fn = flag(fn)
+    return fn
+
+
+def inputs_from(model_path, arch, forget_path, retain_path, test_path, trust_pickle, classes, size, channels,
+                mean, std) -> Inputs:
+    """:class:`Inputs` from the values of :func:`input_flags`."""
+    hw = None
+    if size is not None:
+        try:
+            hw = tuple(int(v) for v in size.lower().split("x"))
+            assert len(hw) == 2
+        except (ValueError, AssertionError):
+            raise UserError(f"--size takes HxW, e.g. 28x28, got {size!r}") from None
+    return Inputs(model_path, forget_path, retain_path, test_path, trust_pickle,
+                  tuple(c.strip() for c in classes.split(",")) if classes else None, hw, channels,
+                  _floats(mean, "--mean"), _floats(std, "--std"), arch)
+
+
 @click.command("apply")
-@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
-              help="Model file: the project's format, a torch.export .pt2 (a fixed batch size runs as "
-                   "micro-batches), TorchScript, safetensors weights (with --arch), or (with "
-                   "--trust-pickle) a pickled nn.Module.")
-@click.option("--arch", help="Architecture of safetensors weights: torchvision:NAME[:key=value,...], e.g. "
-                             "torchvision:resnet18:num_classes=10 (values: ints, floats, true/false, strings).")
-@click.option("--forget", "forget_path", required=True, type=click.Path(),
-              help="Data to forget: ImageFolder DIR (DIR/<class name>/*.png) or tensor file (x, y).")
-@click.option("--retain", "retain_path", type=click.Path(), help="Retain data (same formats), for methods and the report.")
-@click.option("--test", "test_path", type=click.Path(), help="Test data (same formats), for the report.")
+@input_flags
 @click.option("--method", default="invwnn", show_default=True, type=click.Choice(list(REGISTRY)))
 @click.option("--out", type=click.Path(dir_okay=False), help="Unlearned model [default: beside the input, M.unlearned.EXT].")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="JSON report [default: the output's name with .json].")
@@ -97,12 +130,6 @@ def _max_drop(text: str) -> float | None:
                    "snapshots back, no checkpoint); reset (controls: write back each window's first value, "
                    "undoing the forget fine-tuning, so only invwnn+'s repair steps act); none (keep the "
                    "fine-tuned weights: no rewind, plus forget-set training).")
-@click.option("--trust-pickle", is_flag=True, help="Allow loading a pickled nn.Module (runs code from the file).")
-@click.option("--classes", help="Comma-separated class names, for model files that record none.")
-@click.option("--size", help="HxW input size (e.g. 28x28), for model files that record no preprocessing.")
-@click.option("--channels", type=click.IntRange(min=1), help="Input channels, for files without preprocessing.")
-@click.option("--mean", help="Per-channel mean(s) after scaling to [0, 1], comma-separated.")
-@click.option("--std", help="Per-channel std(s), comma-separated.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of every random choice; recorded in the report.")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
 @click.option("--max-drop", default=f"{DEFAULT_MAX_DROP:g}", show_default=True,
@@ -123,16 +150,8 @@ def apply(model_path, arch, forget_path, retain_path, test_path, method, out, re
     if wrong:
         raise UserError(f"--{wrong[0].replace('_', '-')} is not a setting of method {method}; "
                         f"its settings: {', '.join('--' + v.replace('_', '-') for v in sorted(valid))}")
-    hw = None
-    if size is not None:
-        try:
-            hw = tuple(int(v) for v in size.lower().split("x"))
-            assert len(hw) == 2
-        except (ValueError, AssertionError):
-            raise UserError(f"--size takes HxW, e.g. 28x28, got {size!r}") from None
-    inputs = Inputs(model_path, forget_path, retain_path, test_path, trust_pickle,
-                    tuple(c.strip() for c in classes.split(",")) if classes else None, hw, channels,
-                    _floats(mean, "--mean"), _floats(std, "--std"), arch)
+    inputs = inputs_from(model_path, arch, forget_path, retain_path, test_path, trust_pickle, classes, size,
+                         channels, mean, std)
     bound = _max_drop(max_drop)
     report = unlearn(inputs, method, given, out=out, report_path=report_path, rewinder=rewinder,
                      predictor=predictor, seed=seed, device=device, progress=not quiet, max_drop=bound,
@@ -144,6 +163,37 @@ def apply(model_path, arch, forget_path, retain_path, test_path, method, out, re
     inexact = f"; inexact: {len(report['inexact'])} note(s) in the report" if report["inexact"] else ""
     click.echo(f"{report['output']}: {method} in {report['seconds']:.1f} s, stopped: "
                f"{report['stop_reason']}; {shown}{inexact}")
+
+
+@click.command("audit")
+@input_flags
+@click.option("--references", default=4, show_default=True, type=click.IntRange(min=2),
+              help="Reference models to train on --retain (the first is the yardstick, scored against the others).")
+@click.option("--epochs", type=click.FloatRange(min=0, min_open=True),
+              help="References' epochs [default: the model file's recorded recipe, else 20].")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="References' Adam step [recorded, else 1e-3].")
+@click.option("--batch-size", type=click.IntRange(min=1), help="References' batch size [recorded, else 128].")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False),
+              help="JSON report [default: beside the model, M.audit.json].")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the first reference and of the attack.")
+@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
+@click.option("--quiet", is_flag=True, help="No progress bar; the verdict line only.")
+@input_errors
+def audit(model_path, arch, forget_path, retain_path, test_path, trust_pickle, classes, size, channels, mean, std,
+          references, epochs, lr, batch_size, report_path, seed, device, quiet):
+    """Membership inference (offline RMIA) on the FORGET images against models trained without them:
+    train --references models of MODEL's architecture on --retain, compare forget images with
+    held-out --test images of their classes, and say whether MODEL tells them apart more than a
+    model that never saw them."""
+    from invwnn.audit import AuditConfig, audit as run_audit, format_audit
+
+    inputs = inputs_from(model_path, arch, forget_path, retain_path, test_path, trust_pickle, classes, size,
+                         channels, mean, std)
+    config = AuditConfig(references=references, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                         device=device)
+    report = run_audit(inputs, config, report_path=report_path, progress=not quiet,
+                       warn=lambda text: click.echo(f"warning: {text}", err=True))
+    click.echo(report["verdict"] if quiet else format_audit(report))
 
 
 @click.command("report")

@@ -66,10 +66,13 @@ def _command(ctx: click.Context, name: str = "bench") -> str:
               help="torch threads; 1 is fastest on a shared 2-core machine")
 @click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
               help="worker processes (one method on one seed each, one torch thread each)")
+@click.option("--references", type=click.IntRange(0), default=4, show_default=True,
+              help="reference models for offline RMIA (Retrain and N - 1 more, trained on the retain set and "
+                   "cached); 0: no RMIA, JS or five-term gap")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors(InputError, ValueError)
 def bench(scenario, methods, seeds, out, quick, dataset, data_root, download, arch, width, train_size, test_size,
-          val_size, epochs, tuned, predictors, cache_dir, device, amp, threads, jobs, progress):
+          val_size, epochs, tuned, predictors, cache_dir, device, amp, threads, jobs, references, progress):
     """Build SCENARIO, train and cache the original and Retrain, run every method at equal
     forgetting and at its default budget, and write table.md, results.csv, results.json and plots."""
     import torch
@@ -83,7 +86,8 @@ def bench(scenario, methods, seeds, out, quick, dataset, data_root, download, ar
     overrides, record = ({}, None) if tuned == "none" else search.load(scenario, tuned)
     bench_config = runner.BenchConfig(methods=tuple(runner.method_names(methods)), seeds=tuple(range(n_seeds)),
                                       cache_dir=cache_dir, device=device, progress=progress,
-                                      method_overrides=overrides, jobs=jobs, amp=amp, predictors=tuple(predictors))
+                                      method_overrides=overrides, jobs=jobs, amp=amp, predictors=tuple(predictors),
+                                      references=references)
     if download:
         scenarios.fetch(config)
     out = out or f"results/{scenario}"
@@ -149,12 +153,15 @@ def _list(text: str) -> tuple[str, ...]:
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
               help="torch threads; 1 is fastest on a shared 2-core machine")
 @click.option("--quick", is_flag=True, help="the miniature: tiny widths, 300 training images, 200 test images")
+@click.option("--references", type=click.IntRange(0), default=0, show_default=True,
+              help="reference models for offline RMIA and the five-term gap (Retrain and N - 1 more; each costs "
+                   "about a Retrain per network, scenario and seed)")
 @click.option("--doc", type=click.Path(exists=True, dir_okay=False), default=None,
               help="also replace this document's '## Architecture panel' section (e.g. docs/results.md)")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors(InputError, ValueError)
-def panel(networks, scenarios, seeds, methods, settings, out, cache_dir, data_root, device, threads, quick, doc,
-          progress):
+def panel(networks, scenarios, seeds, methods, settings, out, cache_dir, data_root, device, threads, quick,
+          references, doc, progress):
     """Run the architecture panel (every method, as `invwnn apply` runs it, on torchvision networks
     against Retrain), skipping units already in OUT/units.jsonl, and write panel.md, panel.json and
     panel.png."""
@@ -169,7 +176,7 @@ def panel(networks, scenarios, seeds, methods, settings, out, cache_dir, data_ro
         scenarios=_list(scenarios) if scenarios is not None else None,
         seeds=tuple(range(seeds or (1 if quick else 3))),
         methods=panel_mod.METHODS if methods.strip() == "all" else _list(methods), settings=_list(settings),
-        cache_dir=cache_dir, data_root=data_root, device=device)
+        cache_dir=cache_dir, data_root=data_root, device=device, references=references)
     t0 = time.time()
     rows = panel_mod.run_panel(config, out, progress, log=lambda s: tqdm.write(s, file=sys.stderr))
     files = panel_report.write(config, rows, out, _command(click.get_current_context(), "panel"), doc)

@@ -13,7 +13,7 @@ from trajgen.spec import ALL_ARCHS, SpecError, parse_choices
 from trajgen.store import StoreError, probe_writable
 from invwnn import fit
 from invwnn.evaluate import evaluate_checkpoint
-from invwnn.apply_cli import apply, prepare, report
+from invwnn.apply_cli import apply, audit, prepare, report
 from invwnn.bench_cli import bench, panel, tune
 from invwnn.predictor import CheckpointError, describe, format_evaluation, read_checkpoint
 from invwnn.windows import CONTEXTS, WindowError
@@ -122,6 +122,7 @@ def evaluate(checkpoint, store, as_json, write, split_from):
 main.add_command(prepare)
 main.add_command(apply)
 main.add_command(report)
+main.add_command(audit)
 main.add_command(bench)
 main.add_command(tune)
 main.add_command(panel)

@@ -32,8 +32,10 @@ FEW = {
     "scrub": {"epochs": 1.0, "batch_size": 32},
     "boundary-shrink": {"epochs": 1.0, "batch_size": 32},
     **{m: {"epochs": 1.0, "batch_size": 32} for m in ("retrain", "finetune", "neggrad", "neggrad+",
-                                                      "random-label", "salun", "task-vector")},
+                                                      "random-label", "salun", "task-vector", "l1-sparse", "regun")},
     "mnemonic": {},
+    "ssd": {"samples": 16, "batch_size": 32},
+    "amun": {"epochs": 1.0, "batch_size": 32, "attack_steps": 3, "attack_rounds": 2},
 }
 CANNOT_RUN = {"retrain": "architecture", "mnemonic": "mnemonic codes"}  # neither file gives them
 

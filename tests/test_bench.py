@@ -100,7 +100,7 @@ def test_bad_flags_are_one_line_exit_2(tmp_path):
 @pytest.mark.learning
 def test_quick_bench_end_to_end(tmp_path):
     out, cache = tmp_path / "out", tmp_path / "cache"
-    base = ["--scenario", "backdoor", "--quick", "--train-size", "400", "--test-size", "200", "--epochs", "2",
+    base = ["--scenario", "backdoor", "--quick", "--train-size", "400", "--test-size", "400", "--epochs", "2",
             "--width", "8", "--out", str(out), "--cache-dir", str(cache), "--no-progress"]
     args = base + ["--methods", "invwnn,neggrad,task-vector,fisher,mnemonic"]
     r = CliRunner().invoke(bench, args, catch_exceptions=False)
@@ -119,6 +119,9 @@ def test_quick_bench_end_to_end(tmp_path):
         ref = run["retrain"]
         want = sum(abs(m["budget"][k] - ref[k]) for k in ("RA", "UA", "TA", "MIA")) / 4
         assert m["budget"]["gap"] == pytest.approx(want)
+        # RMIA against 4 references (Retrain scored against the other 3) and ReGUn's five-term gap
+        want5 = sum(abs(m["budget"][k] - ref[k]) for k in ("RA", "UA", "TA", "RMIA_acc", "RMIA_AUC")) / 5
+        assert m["budget"]["gap5"] == pytest.approx(want5) and 0 <= m["budget"]["RMIA_AUC"] <= 100
         eq = m["equal"]
         if m["stop_mode"] == "none":  # one-shot: reached iff its one result is at Retrain's UA
             assert eq["reached"] == (eq["UA"] >= target - 1e-9) and eq["stopped_at"] is None
@@ -139,7 +142,7 @@ def test_quick_bench_end_to_end(tmp_path):
     # a step method's last check is its final state
     assert run["methods"]["neggrad"]["trajectory"][-1]["step"] == run["methods"]["neggrad"]["optimizer_steps"]
     # and a step method that gets there is stopped at the first check that does, before its end
-    config = scenarios.scenario_config("backdoor", quick=True, train_size=400, test_size=200, epochs=2.0, width=8)
+    config = scenarios.scenario_config("backdoor", quick=True, train_size=400, test_size=400, epochs=2.0, width=8)
     prep = prepare.prepare_cached(config, 0, cache)
     fast = runner.BenchConfig(methods=("neggrad",), seeds=(0,), cache_dir=str(cache), progress=False,
                               method_overrides={"neggrad": {"lr": 0.05, "epochs": 10.0}})
@@ -156,7 +159,7 @@ def test_quick_bench_end_to_end(tmp_path):
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [r["name"] for r in rows[:2]] == ["Original", "Retrain"] and "ASR" in rows[0]
     table = (out / "table.md").read_text()
-    assert "| Retrain |" in table and "ASR" in table and "mnemonic" in table
+    assert "| Retrain |" in table and "ASR" in table and "mnemonic" in table and "RMIA AUC" in table
     # a rerun (a new process: nothing memoised) takes the original and the retrained model from the cache
     prepare._PREPARED.clear()
     r2 = CliRunner().invoke(bench, base + ["--methods", "neggrad"], catch_exceptions=False)

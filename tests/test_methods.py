@@ -22,7 +22,8 @@ SMALL = {  # shortest settings that still exercise each method's whole path
     "neggrad+": {"epochs": 1.0}, "random-label": {"epochs": 1.0}, "salun": {"epochs": 1.0},
     "boundary-shrink": {"epochs": 1.0}, "task-vector": {"epochs": 1.0}, "scrub": {"epochs": 1.0},
     "fisher": {"samples": 50}, "unsir": {"noise_size": 16, "noise_steps": 3, "retain_per_class": 20},
-    "mnemonic": {},
+    "mnemonic": {}, "ssd": {"samples": 200}, "l1-sparse": {"epochs": 1.0}, "regun": {"epochs": 1.0},
+    "amun": {"epochs": 1.0, "attack_steps": 5, "attack_rounds": 3},
 }
 
 
@@ -41,7 +42,8 @@ def setup(tmp_path_factory):
 
 def test_registry_covers_the_issue():
     assert set(REGISTRY) == {"invwnn", "invwnn+", "unsir", "mnemonic", "retrain", "finetune", "neggrad", "neggrad+",
-                             "random-label", "salun", "boundary-shrink", "task-vector", "scrub", "fisher"}
+                             "random-label", "salun", "boundary-shrink", "task-vector", "scrub", "fisher",
+                             "ssd", "l1-sparse", "amun", "regun"}
     for method in REGISTRY.values():
         cfg = method.config()
         assert type(cfg).from_dict(cfg.to_dict()) == cfg

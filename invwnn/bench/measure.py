@@ -14,6 +14,7 @@ from torch import nn
 
 from invwnn.forget import Split
 from invwnn.metrics import predict
+from invwnn.privacy import Attack
 
 
 def mia_from_confidence(member: np.ndarray, non_member: np.ndarray, forget: np.ndarray) -> float:
@@ -35,8 +36,9 @@ def _probs(model: nn.Module, split: Split, device: str) -> tuple[float, np.ndarr
 
 
 def measure(model: nn.Module, forget: Split, retain: Split, test: Split, device: str = "cpu",
-            seed: int = 0, extras: dict[str, Split] | None = None) -> dict[str, float]:
-    """RA, UA, TA, MIA (percent) and ``acc:<name>`` for every extra split."""
+            seed: int = 0, extras: dict[str, Split] | None = None, attack: Attack | None = None) -> dict[str, float]:
+    """RA, UA, TA, MIA (percent), ``acc:<name>`` for every extra split, and with ``attack`` its
+    RMIA and JS figures (:meth:`invwnn.privacy.Attack.figures`)."""
     n = min(len(retain), len(test))
     g = torch.Generator().manual_seed(seed)
     r_idx = torch.randperm(len(retain), generator=g)[:n]
@@ -48,9 +50,23 @@ def measure(model: nn.Module, forget: Split, retain: Split, test: Split, device:
            "MIA": mia_from_confidence(member, test_conf[t_idx.numpy()], forget_conf)}
     for name, split in (extras or {}).items():
         out[f"acc:{name}"] = _probs(model, split, device)[0]
+    if attack is not None:
+        out.update(attack.figures(model))
     return out
 
 
-def gap(metrics: dict, reference: dict) -> float:
-    """Mean of |RA-RA_r|, |UA-UA_r|, |TA-TA_r|, |MIA-MIA_r|."""
-    return float(np.mean([abs(metrics[k] - reference[k]) for k in ("RA", "UA", "TA", "MIA")]))
+GAP = ("RA", "UA", "TA", "MIA")  # the paper's gap (Table 1), with SalUn's SVC attack
+GAP5 = ("RA", "TA", "UA", "RMIA_acc", "RMIA_AUC")  # ReGUn's five terms (|UA diff| = |forget acc diff|)
+
+
+def gap(metrics: dict, reference: dict, terms: tuple[str, ...] = GAP) -> float:
+    """Mean of |metric - reference's| over ``terms`` (the paper's four by default)."""
+    return float(np.mean([abs(metrics[k] - reference[k]) for k in terms]))
+
+
+def gaps(metrics: dict, reference: dict) -> dict[str, float]:
+    """``gap`` (the paper's four terms) and, where both hold RMIA figures, ``gap5`` (ReGUn's five)."""
+    out = {"gap": gap(metrics, reference)}
+    if all(k in metrics and k in reference for k in GAP5):
+        out["gap5"] = gap(metrics, reference, GAP5)
+    return out

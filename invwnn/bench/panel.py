@@ -30,7 +30,7 @@ import torch
 from invwnn import metrics
 from invwnn.apply import DEFAULT_MAX_DROP, apply, make_rewinder
 from invwnn.bench import prepare, scenarios, search
-from invwnn.bench.measure import gap, measure
+from invwnn.bench.measure import gaps, measure
 from invwnn.bench.runner import ORDER, REWINDING
 from invwnn.forget import Split
 from invwnn.methods import REGISTRY, Context, Data
@@ -96,7 +96,8 @@ class PanelConfig:
     miniature), ``scenarios``, ``seeds``, ``methods`` (registry names), ``settings`` (``defaults``:
     library defaults; ``tuned``: the bench's tuning records), ``test_size`` test images a scenario,
     the guard's bound ``max_drop`` (points; ``invwnn apply``'s default), where originals and
-    Retrains are cached, and the device the methods run on."""
+    Retrains are cached, the device the methods run on, and ``references``: models trained on the
+    retain set for offline RMIA and the five-term gap (0: none; each costs about a Retrain)."""
 
     nets: tuple[PanelNet, ...] = tuple(NETWORKS.values())
     scenarios: tuple[str, ...] = SCENARIOS
@@ -108,8 +109,11 @@ class PanelConfig:
     cache_dir: str = "data/bench-cache"
     data_root: str | None = None
     device: str = "cpu"
+    references: int = 0
 
     def __post_init__(self) -> None:
+        if self.references == 1:
+            raise InputError("--references takes 0 (no RMIA) or at least 2 (Retrain and more)")
         _names("scenario", self.scenarios, SCENARIOS)
         _names("method", self.methods, METHODS)
         _names("setting", self.settings, SETTINGS)
@@ -168,14 +172,17 @@ def plan(config: PanelConfig) -> list[Unit]:
         for name in config.scenarios:
             scfg = scenario_config(net, name, config)
             tuned = search.load(name)[0] if "tuned" in config.settings else {}
+            # keys without RMIA stay those of the rows written before it existed
+            refs = (("references", config.references),) if config.references else ()
             for seed in config.seeds:
-                units.append(Unit(net, scfg, seed, _key(scfg.to_dict(), seed, "reference", prepare.CACHE_VERSION)))
+                units.append(Unit(net, scfg, seed, _key(scfg.to_dict(), seed, "reference", prepare.CACHE_VERSION,
+                                                        *refs)))
                 for method in config.methods:
                     by_key: dict[str, Unit] = {}
                     for setting in config.settings:
                         overrides = tuned.get(method, {}) if setting == "tuned" else {}
                         key = _key(scfg.to_dict(), seed, method, _resolved(method, overrides), config.max_drop,
-                                   config.device, prepare.CACHE_VERSION)
+                                   config.device, prepare.CACHE_VERSION, *refs)
                         same = by_key.get(key)
                         by_key[key] = Unit(net, scfg, seed, key, method, overrides,
                                            (same.settings if same else ()) + (setting,))
@@ -217,20 +224,23 @@ def _extras(scn: scenarios.Scenario) -> dict[str, Split]:
     return {"other_classes": scn.test.subset(keep.nonzero().squeeze(1))}
 
 
-def _measure(model: torch.nn.Module, scn: scenarios.Scenario, device: str, seed: int) -> dict[str, float]:
-    return measure(model, scn.forget_split, scn.retain_split, scn.test, device, seed, _extras(scn))
+def _measure(model: torch.nn.Module, prep: prepare.Prepared, config: PanelConfig, seed: int) -> dict[str, float]:
+    scn = prep.scenario
+    attack = prepare.attack_cached(prep, config.references, config.cache_dir) if config.references else None
+    device = str(next(model.parameters()).device)
+    return measure(model, scn.forget_split, scn.retain_split, scn.test, device, seed, _extras(scn), attack)
 
 
-def reference_row(unit: Unit, prep: prepare.Prepared) -> dict:
+def reference_row(unit: Unit, prep: prepare.Prepared, config: PanelConfig) -> dict:
     """Original and Retrain measured on the unit's splits, with their training seconds and training
     accuracy (percent; the original's on its whole training set as trained: how near memorised)."""
     scn = prep.scenario
     row: dict[str, Any] = {"sizes": scn.sizes(), "data": scn.fingerprint(), "params": nets.n_params(prep.original)}
     for which, model, split in (("original", prep.original, Split(scn.x, scn.y, "train")),
                                 ("retrain", prep.retrain, scn.retain_split)):
-        row[which] = {**_measure(model, scn, "cpu", unit.seed), "seconds": prep.meta[which]["seconds"],
+        row[which] = {**_measure(model, prep, config, unit.seed), "seconds": prep.meta[which]["seconds"],
                       "train_acc": metrics.accuracy(model, split.x, split.y), "cache_key": prep.meta[which]["cache_key"]}
-    row["original"]["gap"] = gap(row["original"], row["retrain"])
+    row["original"].update(gaps(row["original"], row["retrain"]))
     return row
 
 
@@ -265,8 +275,8 @@ def method_row(unit: Unit, prep: prepare.Prepared, ref: dict, config: PanelConfi
     wall = time.perf_counter() - t0
     model = loaded.model
     state = {k: v.cpu() for k, v in model.state_dict().items()}
-    m = _measure(model, scn, device, unit.seed)
-    return {**m, "gap": gap(m, ref["retrain"]), "config": method_config.to_dict(),
+    m = _measure(model, prep, config, unit.seed)
+    return {**m, **gaps(m, ref["retrain"]), "config": method_config.to_dict(),
             "seconds": report["seconds"], "wall_seconds": wall,
             "time_ratio": report["seconds"] / ref["retrain"]["seconds"],
             "stop_reason": report["stop_reason"],
@@ -292,7 +302,7 @@ def run_panel(config: PanelConfig, out: str | Path, progress: bool = False,
             bar.set_postfix_str(f"{'/'.join(map(str, unit.group))} {unit.method or 'original + Retrain'}")
             if unit.key not in done:
                 prep = prepare.prepare_cached(unit.scenario, unit.seed, config.cache_dir, config.device)
-                body = reference_row(unit, prep) if unit.method is None else \
+                body = reference_row(unit, prep, config) if unit.method is None else \
                     method_row(unit, prep, refs[unit.group], config)
                 row = {"key": unit.key, "network": unit.net.family, "scenario": unit.scenario.name,
                        "seed": unit.seed, "method": unit.method, "settings": list(unit.settings),

@@ -18,7 +18,9 @@ from invwnn.bench.report import mean_std, save_fig, versions
 from invwnn.models import atomic_write
 
 HEADING = "## Architecture panel"
-METRICS = ("RA", "UA", "TA", "MIA", "gap", "time_ratio", "backoffs", "acc:other_classes", "TA_gain")
+METRICS = ("RA", "UA", "TA", "MIA", "gap", "time_ratio", "backoffs", "acc:other_classes", "TA_gain", "gap5",
+           "RMIA_AUC", "RMIA_TPR1", "RMIA_tail", "JS_forget")
+PRIVACY = (("gap5", "gap5", 2), ("RMIA_AUC", "RMIA AUC", 1), ("RMIA_tail", "tail", 1))  # with --references
 # scenario -> its extra column: (row metric, header)
 EXTRA = {"class": ("acc:other_classes", "TA other classes"), "label-noise": ("TA_gain", "TA - Original's")}
 
@@ -118,7 +120,11 @@ def markdown(config: panel.PanelConfig, blocks: list[dict], rows: dict[str, dict
            "mean |metric - Retrain's| over the four; time / Retrain = the method's seconds (guard checks "
            "excluded) over Retrain's training seconds; backoffs = the guard's, per run; stop = how the runs "
            "ended (budget, target, guard, non-finite), with the runs whose result is the original itself. "
-           "`tuned (= defaults)`: the tuned values are the defaults, one run serves both rows.", "",
+           "`tuned (= defaults)`: the tuned values are the defaults, one run serves both rows."
+           + (f" With {config.references} reference models (`--references`): gap5 = ReGUn's five-term gap (RA, TA, "
+              "forget accuracy, offline RMIA accuracy and AUC), RMIA AUC of forget vs held-out images, tail = "
+              "forget images scored above Retrain's 95th percentile (invwnn.privacy)." if config.references else ""),
+           "",
            "| network | parameters | width, depth | training images | epochs | batch | Adam step | "
            + " | ".join(f"Original train acc, {s}" for s in config.scenarios) + " | Original s | Retrain s |",
            "|---|" + "---|" * (8 + len(config.scenarios))]
@@ -139,13 +145,15 @@ def markdown(config: panel.PanelConfig, blocks: list[dict], rows: dict[str, dict
                 f"(fingerprint {code}).", ""]
     for b in blocks:
         extra = EXTRA.get(b["scenario"])
-        head = ["method", "settings", "RA", "UA", "TA", "MIA", "gap", "time / Retrain", "backoffs", "stop",
+        privacy = [p for p in PRIVACY if any(p[0] in r for r in b["rows"])]
+        head = ["method", "settings", "RA", "UA", "TA", "MIA", "gap", *(p[1] for p in privacy), "time / Retrain",
+                "backoffs", "stop",
                 *([extra[1]] if extra else []), "seeds"]
         out += [f"## {b['network']} on {b['scenario']}: seeds {', '.join(map(str, b['seeds'])) or 'none yet'}", "",
                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in b["rows"]:
             cells = [r["name"], r["setting"], *(_cell(r, k) for k in ("RA", "UA", "TA", "MIA")), _cell(r, "gap", 2),
-                     _cell(r, "time_ratio", 2), _cell(r, "backoffs"), _stop(r),
+                     *(_cell(r, k, digits) for k, _, digits in privacy), _cell(r, "time_ratio", 2), _cell(r, "backoffs"), _stop(r),
                      *([_cell(r, extra[0])] if extra else []), str(r["n"])]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from invwnn import original as original_mod
+from invwnn import privacy
 from invwnn.bench import scenarios
 from invwnn.bench.pool import map_units
 from invwnn.methods import REGISTRY, Context, Data
@@ -127,8 +128,21 @@ def prepare(scn: scenarios.Scenario, cache_dir: str | Path, device: str = "cpu",
     if codes is not None:
         meta_o["mnemonic_codes_seed"] = seed + 7919
 
-    retrained = new_model(cfg, scn.x, len(scn.classes))
     rcfg = _retrain_config(cfg)
+    retrained, meta_r, key_r, hit_r = _retrain_cached(scn, seed, cache, device, progress, amp)
+    recipe = {k: pcfg.to_dict()[k] for k in ("epochs", "lr", "batch_size", "mnemonic_mix")}
+    recipe.update(optimizer="adam", overfit_steps=cfg.overfit_steps, amp=amp)
+    meta = {"original": {**meta_o, "cache_key": key_o, "cache_hit": hit_o, "config": recipe},
+            "retrain": {**meta_r, "cache_key": key_r, "cache_hit": hit_r, "config": rcfg.to_dict()}}
+    return Prepared(scn, orig, retrained, codes, meta)
+
+
+def _retrain_cached(scn: scenarios.Scenario, seed: int, cache: Path, device: str, progress: bool,
+                    amp: bool) -> tuple[Normalized, dict, str, bool]:
+    """A model trained from scratch on ``scn``'s retain set by the retrain method under ``seed``
+    (its initialisation and batch order), cached: (model, metadata, cache key, cache hit)."""
+    cfg, rcfg = scn.config, _retrain_config(scn.config)
+    retrained = new_model(cfg, scn.x, len(scn.classes))
 
     def train_retrain() -> dict:
         t0 = time.perf_counter()
@@ -136,17 +150,50 @@ def prepare(scn: scenarios.Scenario, cache_dir: str | Path, device: str = "cpu",
                       rebuild=lambda: new_model(cfg, scn.x, len(scn.classes)))
         data = Data(scn.forget_split, scn.classes, scn.retain_split)
         with autocast(device, amp):
-            fresh = REGISTRY["retrain"].run(copy.deepcopy(orig).to(device), data, rcfg, ctx)
+            fresh = REGISTRY["retrain"].run(copy.deepcopy(retrained).to(device), data, rcfg, ctx)
         retrained.load_state_dict(fresh.cpu().state_dict())
         return {"seconds": time.perf_counter() - t0}
 
-    key_r = cfg.key(seed, "retrain", rcfg.to_dict(), CACHE_VERSION, *precision)
-    meta_r, hit_r = _cached(cache / f"retrain-{key_r}.pt", retrained, train_retrain)
-    recipe = {k: pcfg.to_dict()[k] for k in ("epochs", "lr", "batch_size", "mnemonic_mix")}
-    recipe.update(optimizer="adam", overfit_steps=cfg.overfit_steps, amp=amp)
-    meta = {"original": {**meta_o, "cache_key": key_o, "cache_hit": hit_o, "config": recipe},
-            "retrain": {**meta_r, "cache_key": key_r, "cache_hit": hit_r, "config": rcfg.to_dict()}}
-    return Prepared(scn, orig, retrained, codes, meta)
+    # the scenario's seed names its data; a reference model's own seed only its training
+    extra = () if seed == scn.seed else (("reference", seed),)
+    key = cfg.key(scn.seed, "retrain", rcfg.to_dict(), CACHE_VERSION, *(("bf16-autocast",) if amp else ()), *extra)
+    meta, hit = _cached(cache / f"retrain-{key}.pt", retrained, train_retrain)
+    return retrained, meta, key, hit
+
+
+REFERENCE_SEED_STEP = 1000  # reference j trains under seed + 1000 j: no reported or tuning seed
+
+
+def references(prep: Prepared, k: int, cache_dir: str | Path, device: str = "cpu", amp: bool = False,
+               progress: bool = False) -> list[Normalized]:
+    """Retrain and ``k - 1`` more models trained like it on the retain set, each from its own
+    initialisation and batch order (seed + 1000 j), cached: the references of offline RMIA."""
+    scn = prep.scenario
+    more = [_retrain_cached(scn, scn.seed + REFERENCE_SEED_STEP * j, Path(cache_dir), device, progress, amp)[0]
+            for j in range(1, k)]
+    return [prep.retrain, *more]
+
+
+_ATTACKS: dict[tuple, privacy.Attack | InputError] = {}
+
+
+def attack_cached(prep: Prepared, k: int, cache_dir: str | Path, amp: bool = False) -> privacy.Attack:
+    """The RMIA attack on ``prep``'s forget set and test split (validation images in a tuning view)
+    with ``k`` references (:func:`references`), memoised in this process."""
+    scn = prep.scenario
+    key = (scn.config, scn.seed, "test" in scn.index, k, str(cache_dir), amp)
+    if key not in _ATTACKS:
+        if len(_ATTACKS) >= 32:
+            _ATTACKS.clear()
+        try:
+            privacy.attack_splits(scn.forget_split, scn.test, scn.seed)  # too few images: refuse before training
+            _ATTACKS[key] = privacy.Attack(references(prep, k, cache_dir, amp=amp), scn.forget_split, scn.test,
+                                           seed=scn.seed)
+        except InputError as err:
+            _ATTACKS[key] = err
+    if isinstance(_ATTACKS[key], InputError):
+        raise _ATTACKS[key]
+    return _ATTACKS[key]
 
 
 def _ce(model: nn.Module, sample: Sampler) -> torch.Tensor:

@@ -14,6 +14,9 @@ import numpy as np
 from invwnn.models import atomic_write
 
 METRICS = ("RA", "UA", "TA", "MIA", "gap", "seconds", "time_ratio")
+# with reference models (``--references``): ReGUn's five-term gap and the RMIA / JS figures
+PRIVACY = {"gap5": "gap5", "RMIA_AUC": "RMIA AUC", "RMIA_TPR1": "TPR@1%FPR", "RMIA_tail": "tail",
+           "JS_forget": "JS forget", "JS_test": "JS test"}
 PROTOCOLS = {"equal": "stopped at Retrain's UA", "budget": "default budget"}
 
 
@@ -48,6 +51,8 @@ def summarise(results: dict) -> list[dict]:
         for r in runs:
             m = dict(r[name])
             m.setdefault("gap", 0.0 if name == "retrain" else m.get("gap"))
+            if name == "retrain" and "RMIA_AUC" in m:
+                m.setdefault("gap5", 0.0)
             m.update(_extras(scenario, m, r["original"]))
             per_seed.append(m)
         rows.append(_row(name.capitalize(), "-", per_seed, len(runs)))
@@ -71,7 +76,7 @@ def summarise(results: dict) -> list[dict]:
 def _row(name: str, protocol: str, per_seed: list[dict], seeds: int) -> dict:
     """Mean and std of every metric over ``per_seed`` (``n`` of them) out of ``seeds`` seeds."""
     row = {"name": name, "protocol": protocol, "seeds": seeds, "n": len(per_seed)}
-    for k in (*METRICS, "TA_recovered", "ASR"):
+    for k in (*METRICS, *PRIVACY, "TA_recovered", "ASR"):
         if any(k in p for p in per_seed):
             row[k], row[f"{k}_std"] = mean_std([p.get(k) for p in per_seed])
     return row
@@ -97,7 +102,9 @@ def markdown(results: dict, rows: list[dict]) -> str:
     every seed."""
     scenario = results["scenario"]["name"]
     extra = [k for k in ("TA_recovered", "ASR") if any(k in r for r in rows)]
-    head = ["method", "RA", "UA", "TA", "MIA", "gap to Retrain", "time (s)", "time / Retrain", *extra]
+    privacy = [k for k in PRIVACY if any(k in r for r in rows)]
+    head = ["method", "RA", "UA", "TA", "MIA", "gap to Retrain", *(PRIVACY[k] for k in privacy), "time (s)",
+            "time / Retrain", *extra]
     out = [f"# {scenario}: {len(results['runs'])} seed(s) {', '.join(str(r['seed']) for r in results['runs'])}", "",
            f"Command: `{results.get('command', '')}`", "",
            "All figures in percent (mean ± std over seeds); gap = mean |metric - Retrain's| over RA, UA, "
@@ -105,7 +112,12 @@ def markdown(results: dict, rows: list[dict]) -> str:
            "Retrain's UA (count in the last column); rows that never reached it show none; bold = smallest gap "
            "among the rows that reached it in every seed. "
            + ("TA_recovered = TA - Original's TA. " if "TA_recovered" in extra else "")
-           + ("ASR = attack success rate on triggered test images of other classes. " if "ASR" in extra else ""),
+           + ("ASR = attack success rate on triggered test images of other classes. " if "ASR" in extra else "")
+           + ("gap5 = ReGUn's five-term gap: mean |difference to Retrain| over RA, TA, forget accuracy, RMIA "
+              "accuracy and RMIA AUC (offline RMIA against reference models trained on the retain set, Retrain "
+              "one of them, scored against the others); TPR@1%FPR and tail (forget images above Retrain's 95th "
+              "percentile) in percent; JS = Jensen-Shannon divergence to Retrain's outputs, in bits "
+              "(invwnn.privacy). " if privacy else ""),
            ""]
     refs = [r for r in rows if r["protocol"] == "-" and "error" not in r]
     failed = [r for r in rows if "error" in r]
@@ -117,9 +129,10 @@ def markdown(results: dict, rows: list[dict]) -> str:
         for r in refs + methods:
             cells = [r["name"] + (f" ({r['stop_mode']})" if r.get("stop_mode") and proto == "equal" else "")]
             if r.get("n") == 0:
-                cells += ["not reached in any seed"] + [""] * (6 + len(extra))
+                cells += ["not reached in any seed"] + [""] * (len(head) - 2)
             else:
-                cells += [_fmt(r, k) for k in ("RA", "UA", "TA", "MIA", "gap", "seconds", "time_ratio", *extra)]
+                cells += [_fmt(r, k) for k in ("RA", "UA", "TA", "MIA", "gap", *privacy, "seconds", "time_ratio",
+                                               *extra)]
             if r is best:
                 cells[0], cells[5] = f"**{cells[0]}**", f"**{cells[5]}**"
             if proto == "equal":
@@ -133,7 +146,7 @@ def markdown(results: dict, rows: list[dict]) -> str:
 
 def csv_text(results: dict, rows: list[dict]) -> str:
     cols = ["scenario", "name", "protocol", "seeds", "n", "stop_mode", "reached", "error"]
-    for k in (*METRICS, "TA_recovered", "ASR"):
+    for k in (*METRICS, *PRIVACY, "TA_recovered", "ASR"):
         cols += [k, f"{k}_std"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, cols, extrasaction="ignore")

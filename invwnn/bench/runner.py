@@ -20,6 +20,7 @@ import copy
 import hashlib
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -29,15 +30,16 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from invwnn.bench import scenarios
-from invwnn.bench.measure import gap, measure
+from invwnn.bench.measure import gaps, measure
 from invwnn.bench.pool import map_units
-from invwnn.bench.prepare import (CACHE_VERSION, Prepared, autocast, full_precision, new_model, prepare_all,
-                                   prepare_cached, time_retrain)
+from invwnn.bench.prepare import (CACHE_VERSION, Prepared, attack_cached, autocast, full_precision, new_model,
+                                   prepare_all, prepare_cached, time_retrain)
 from invwnn.forget import Split
 from invwnn.methods import REGISTRY, Context, Data
 from invwnn.methods.loop import trains
 from invwnn.models import InputError, is_finite
 from invwnn.predictor import CheckpointError, default_checkpoint, read_checkpoint
+from invwnn.privacy import Attack
 
 
 # bench name -> (registry name, rewinder kind for the rewinding methods). The suffixed rows are the
@@ -71,7 +73,7 @@ ORDER = (*(f"invwnn+{s}" for s, _ in REWINDER_ROWS), *(f"invwnn+-{k}" for k in P
          "finetune", "neggrad", "neggrad+", "random-label", "salun", "boundary-shrink", "task-vector",
          "scrub", "fisher", "unsir", "mnemonic")
 STOP_MODE = {"invwnn": "iteration", "invwnn+": "iteration", "task-vector": "alpha", "unsir": "none",
-             "mnemonic": "none", "fisher": "none"}  # everything else: "step"
+             "mnemonic": "none", "fisher": "none", "ssd": "none"}  # everything else: "step"
 
 
 def method_names(spec: str) -> list[str]:
@@ -94,7 +96,8 @@ class BenchConfig:
     checks, metrics and rewinder predictions stay float32); ``predictors``: checkpoints the
     learned rows (``invwnn``, ``invwnn+``) read instead of the shipped ones, each row the one whose
     window K is its snapshots (predictors trained on the bench's own architecture, as
-    ``scripts/paper_scale.sh`` does)."""
+    ``scripts/paper_scale.sh`` does); ``references``: models trained on the retain set for offline
+    RMIA (Retrain and ``references - 1`` more, :func:`invwnn.bench.prepare.references`; 0: none)."""
 
     methods: tuple[str, ...] = ORDER
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -107,8 +110,11 @@ class BenchConfig:
     jobs: int = 1
     amp: bool = False
     predictors: tuple[str, ...] = ()
+    references: int = 4
 
     def __post_init__(self) -> None:
+        if self.references == 1:
+            raise InputError("--references takes 0 (no RMIA) or at least 2 (Retrain and more)")
         if self.amp and not str(self.device).startswith("cuda"):
             raise InputError(f"mixed precision (--amp) needs a CUDA --device, got {self.device!r}")
 
@@ -284,7 +290,7 @@ def run_method(name: str, prep: Prepared, target_ua: float, bench: BenchConfig, 
         _alpha_sweep(model, prep.original, config.alpha, tracker)
     out = {"config": config.to_dict(), "stop_mode": mode,
            "rewinder": rewinder_desc,
-           "budget": _score(model, prep, seed, seconds), "trajectory": tracker.trajectory,
+           "budget": _score(model, prep, bench, seed, seconds), "trajectory": tracker.trajectory,
            "optimizer_steps": tracker.steps}
     if mode == "none":
         out["equal"] = {**out["budget"], "reached": out["budget"]["UA"] >= target_ua - 1e-9, "stopped_at": None}
@@ -293,7 +299,7 @@ def run_method(name: str, prep: Prepared, target_ua: float, bench: BenchConfig, 
     else:
         row, state = tracker.hit
         model.load_state_dict(state)
-        out["equal"] = {**_score(model, prep, seed, seconds if mode == "alpha" else row["seconds"]),
+        out["equal"] = {**_score(model, prep, bench, seed, seconds if mode == "alpha" else row["seconds"]),
                         "reached": True, "stopped_at": row}
     return out
 
@@ -323,9 +329,22 @@ def _alpha_sweep(model: nn.Module, original: nn.Module, alpha: float, tracker: T
         tracker.check(alpha=f * alpha)
 
 
-def _score(model: nn.Module, prep: Prepared, seed: int, seconds: float) -> dict:
+def attack_for(prep: Prepared, bench: BenchConfig) -> Attack | None:
+    """The RMIA attack of ``prep`` with ``bench.references`` references; None without references
+    or when the scenario's test split is too small for it (warned)."""
+    if not bench.references:
+        return None
+    try:
+        return attack_cached(prep, bench.references, bench.cache_dir, bench.amp)
+    except InputError as err:
+        warnings.warn(f"no RMIA on {prep.scenario.config.name} seed {prep.scenario.seed}: {err}", stacklevel=2)
+        return None
+
+
+def _score(model: nn.Module, prep: Prepared, bench: BenchConfig, seed: int, seconds: float) -> dict:
     scn = prep.scenario
-    m = measure(model, scn.forget_split, scn.retain_split, scn.test, prep_device(model), seed, scn.extras)
+    m = measure(model, scn.forget_split, scn.retain_split, scn.test, prep_device(model), seed, scn.extras,
+                attack_for(prep, bench))
     return {**m, "seconds": seconds}
 
 
@@ -353,12 +372,13 @@ def plan(config: scenarios.ScenarioConfig, bench: BenchConfig) -> tuple[list[dic
     for seed in bench.seeds:
         prep = prepare_cached(config, seed, bench.cache_dir, amp=bench.amp)
         scn = prep.scenario
-        ref = {which: measure(model, scn.forget_split, scn.retain_split, scn.test, "cpu", seed, scn.extras)
+        attack = attack_for(prep, bench)
+        ref = {which: measure(model, scn.forget_split, scn.retain_split, scn.test, "cpu", seed, scn.extras, attack)
                for which, model in (("original", prep.original), ("retrain", prep.retrain))}
         seed_run = {"seed": seed, "sizes": scn.sizes(), "data": scn.fingerprint(),
                     "original": {**ref["original"], **prep.meta["original"]},
                     "retrain": {**ref["retrain"], **prep.meta["retrain"]}, "methods": {}}
-        seed_run["original"]["gap"] = gap(ref["original"], ref["retrain"])
+        seed_run["original"].update(gaps(ref["original"], ref["retrain"]))
         seed_runs.append(seed_run)
         units += [(config, bench, seed, name, ref["retrain"]["UA"]) for name in bench.methods]
         if bench.jobs > 1:
@@ -380,7 +400,7 @@ def assemble(config: scenarios.ScenarioConfig, bench: BenchConfig, tuning: dict 
         ref_r = by_seed[seed]["retrain"]
         for proto in ("budget", "equal"):
             if proto in r:
-                r[proto]["gap"] = gap(r[proto], ref_r)
+                r[proto].update(gaps(r[proto], ref_r))
                 r[proto]["time_ratio"] = r[proto]["seconds"] / max(ref_r["seconds"], 1e-9)
         by_seed[seed]["methods"][name] = r
         log(f"seed {seed} {name}: " + (r["error"] if "error" in r else

@@ -61,8 +61,15 @@ SPACES: dict[str, dict[str, Param]] = {
     "fisher": {"alpha": ("log", 1e-8, 1e-5)},
     "unsir": {"impair_lr": ("log", 3e-3, 5e-2), "repair_lr": ("log", 3e-3, 3e-2), "noise_steps": ("choice", [20, 40])},
     "mnemonic": {"l1": ("log", 1e-4, 1e-2), "l2": ("log", 1.0, 100.0)},
+    # The 2026 yardstick's methods (issue 23): searchable (`invwnn tune --methods ...`) but not yet in
+    # runner.ORDER, so `bench` and the panel leave them out until their tuning records exist.
+    "ssd": {"alpha": ("log", 1.0, 100.0), "dampening": ("log", 0.1, 10.0)},
+    "l1-sparse": {"lr": ("log", 1e-3, 1e-1), "l1": ("log", 1e-5, 1e-3), "epochs": ("choice", [2.0, 5.0, 10.0])},
+    "amun": {"lr": ("log", 1e-3, 3e-2), "epochs": ("choice", [1.0, 2.0, 5.0, 10.0])},
+    "regun": {"lr": ("log", 1e-3, 3e-2), "retain_weight": ("uniform", 0.3, 0.95),
+              "epochs": ("choice", [2.0, 5.0, 10.0])},
 }
-assert set(SPACES) == set(runner.ORDER), "every bench method has a search space"
+assert set(runner.ORDER) <= set(SPACES), "every bench method has a search space"
 # Settings a row holds fixed in every trial, the defaults' trial included: the 500-run predictor was
 # trained on snapshots 4 steps apart, and the loop refuses a predictor of another spacing; its control
 # is the line in the same loop.
@@ -108,7 +115,7 @@ def _trial(args: tuple) -> dict:
     prep = prep_mod.prepare_cached(config, seed, cache_dir, device, tuning=True)
     ref = _reference(config, seed, cache_dir)
     bench = runner.BenchConfig(methods=(name,), seeds=(seed,), cache_dir=cache_dir, device=device,
-                               progress=False, method_overrides={name: overrides})
+                               progress=False, method_overrides={name: overrides}, references=0)
     r = runner.run_method(name, prep, ref["UA"], bench, seed)
     row = {"method": name, "overrides": overrides}
     if "error" in r:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from invwnn.methods import (boundary, finetune, fisher, invwnn, invwnn_plus, mnemonic, neggrad,
-                            neggrad_plus, random_label, retrain, scrub, task_vector, unsir)
+from invwnn.methods import (amun, boundary, finetune, fisher, invwnn, invwnn_plus, l1_sparse, mnemonic, neggrad,
+                            neggrad_plus, random_label, regun, retrain, scrub, ssd, task_vector, unsir)
 from invwnn.methods.loop import Context, Data, MethodConfig
 
 
@@ -37,6 +37,11 @@ REGISTRY: dict[str, Method] = {
     "task-vector": _entry(task_vector),
     "scrub": _entry(scrub),
     "fisher": _entry(fisher),
+    # the 2026 yardstick's leaders (BRIEF section 8; issue 23): not yet in the bench's ORDER
+    "ssd": _entry(ssd),
+    "l1-sparse": _entry(l1_sparse),
+    "amun": _entry(amun),
+    "regun": _entry(regun),
 }
 
 __all__ = ["REGISTRY", "Method", "Context", "Data", "MethodConfig"]
