@@ -4,6 +4,7 @@ from __future__ import annotations
 import shlex
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -106,7 +107,8 @@ def bench(scenario, methods, seeds, out, quick, dataset, data_root, download, ar
 @click.option("--methods", default="all", show_default=True, help="'all' or a comma-separated list")
 @click.option("--trials", type=click.IntRange(1), default=None, help="configurations per method [16: invwnn.bench.search.TRIALS]")
 @click.option("--seed", type=int, default=None, help="tuning seed, never a reported one [100]")
-@click.option("--out", default=None, help="record file [invwnn/bench/tuned/SCENARIO.json]")
+@click.option("--out", default=None, help="record file [invwnn/bench/tuned/SCENARIO.json]; the Optuna journal "
+              "of its trials goes beside it (SCENARIO.optuna.log), and a rerun resumes from it")
 @click.option("--quick", is_flag=True, help="the bench's --quick sizes")
 @click.option("--width", type=click.IntRange(1), default=None, help="network width")
 @click.option("--data-root", default=None, help="folder holding the dataset files")
@@ -124,13 +126,15 @@ def tune(scenario, methods, trials, seed, out, quick, width, data_root, cache_di
     torch.set_num_threads(1)
     config = scenarios.scenario_config(scenario, quick, width=width, data_root=data_root)
     from tqdm.auto import tqdm
+    path = Path(out) if out else search.tuned_path(scenario)
+    journal = search.journal_path(path)  # Optuna's studies, beside the record: a rerun resumes them
     record = search.tune(config, tuple(runner.method_names(methods)), trials or search.TRIALS,
                          search.TUNING_SEED if seed is None else seed, cache_dir, device, jobs, progress,
-                         log=lambda s: tqdm.write(s, file=sys.stderr))
+                         log=lambda s: tqdm.write(s, file=sys.stderr), storage=journal)
     record["command"] = _command(click.get_current_context(), "tune")
-    path = search.write(record, out or search.tuned_path(scenario))
+    path = search.write(record, path)
     click.echo(f"{scenario}: tuned {len(record['methods'])} methods x {record['trials_per_method']} trials "
-               f"in {record['wall_seconds']:.0f} s -> {path}")
+               f"in {record['wall_seconds']:.0f} s -> {path} (trials: {journal})")
 
 
 def _list(text: str) -> tuple[str, ...]:

@@ -3,8 +3,8 @@
 1. train (or find in the cache) each scenario's original and Retrain for the tuning seed and the
    reported seeds;
 2. search every method's hyperparameters on the tuning seed's validation split (`invwnn tune`'s
-   units: the same trials for every method, ablation and control) and write
-   invwnn/bench/tuned/<scenario>.json;
+   units: one Optuna study per method, the same number of trials for every method, ablation and
+   control) and write invwnn/bench/tuned/<scenario>.json, the trials in <scenario>.optuna.log beside it;
 3. bench every method with those choices on the reported seeds (`invwnn bench`'s units, with
    Retrain re-timed in the same pool) and write results/<scenario>/.
 
@@ -76,14 +76,18 @@ def _bench_key(scenario: str, unit: tuple) -> str:
 def _tune(configs: dict, methods: tuple[str, ...], args, command: str) -> None:
     """Search ``methods`` in every scenario and write the records. A record of other methods already
     in --tuned-dir is kept, with these methods' searches merged in (:func:`invwnn.bench.search.merge`)."""
-    tune_units = []  # key: scenario/method/trial number/fingerprint of the candidate
+    tune_units = []  # key: scenario/method's study/trial count; a unit is one method's whole study
     for name, config in configs.items():
-        units = search.trial_units(config, methods, args.trials, search.TUNING_SEED, args.cache_dir, args.device)
-        tune_units += [(f"{name}/{u[4]}/{i % args.trials}/{_fingerprint(u[4], u[5])}", u) for i, u in enumerate(units)]
-    rows = _pool(search._trial, tune_units, args.state / "tune.jsonl", args.jobs, "tune")
+        journal = search.journal_path(args.tuned_dir / f"{name}.json")  # a killed study resumes from it
+        units = search.trial_units(config, methods, args.trials, search.TUNING_SEED, args.cache_dir, args.device,
+                                   journal)
+        tune_units += [(f"{name}/{search.study_name(config, u[4], search.TUNING_SEED)}/{args.trials}", u)
+                       for u in units]
+    rows = _pool(search._study, tune_units, args.state / "tune-studies.jsonl", args.jobs, "tune")
     for name, config in configs.items():
-        mine = [rows[k] for k, _ in tune_units if k.startswith(f"{name}/")]
-        record = search.make_record(config, methods, args.trials, search.TUNING_SEED, mine, args.cache_dir)
+        mine = [r for k, _ in tune_units if k.startswith(f"{name}/") for r in rows[k]]
+        record = search.make_record(config, methods, args.trials, search.TUNING_SEED, mine, args.cache_dir,
+                                    search.journal_path(args.tuned_dir / f"{name}.json"))
         record["command"] = command
         path = args.tuned_dir / f"{name}.json"
         if path.is_file() and set(methods) != set(runner.ORDER):

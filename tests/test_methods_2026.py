@@ -65,7 +65,9 @@ def test_registered_searchable_and_not_yet_benched():
         cfg = REGISTRY[name].config()
         assert type(cfg).from_dict(cfg.to_dict()) == cfg
         assert name not in runner.ORDER and runner.BENCH_METHODS[name] == (name, None)
-        cands = search.candidates(name)
+        rows = search.search_method(name, search.TRIALS, search.TUNING_SEED,
+                                    lambda o: {"overrides": o, "reached": False, "gap": 1.0, "seconds": 1.0})
+        cands = [r["overrides"] for r in rows]
         assert len(cands) == search.TRIALS and cands[0] == {k: getattr(cfg, k) for k in search.SPACES[name]}
         for c in cands[1:]:
             for k, (kind, *args) in search.SPACES[name].items():

@@ -1,25 +1,48 @@
 """Hyperparameter search with the same budget for every method, on validation data only.
 
 Every bench method (each rewinder ablation and control on its own) gets ``trials`` configurations
-from one sampler: the method's library defaults first, then seeded random draws from its search
-space below (log-uniform learning rates, uniform reals, choices). Each configuration runs once on
-a tuning seed that no reported result uses, on :meth:`Scenario.for_tuning` (TA and MIA measured on
-the validation split, never on test images), under the bench's equal-forgetting protocol. The
-choice is the configuration that reached Retrain's forgetting with the smallest gap; if none
-reached it, the smallest gap at its end. Ties go to the faster one.
+from one Optuna study (:func:`search_method`): the method's library defaults first (an enqueued
+trial), then Optuna's TPE sampler over its search space below (log-uniform learning rates, uniform
+reals, choices), each trial's sampler seeded from ``(seed, method, trial index)``. Each
+configuration runs once on a tuning seed that no reported result uses, on
+:meth:`Scenario.for_tuning` (TA and MIA measured on the validation split, never on test images),
+under the bench's equal-forgetting protocol. The study minimises :func:`objective_value` (the gap
+to Retrain, plus :data:`UNREACHED` when the trial never reached Retrain's UA); a failed trial is
+told to Optuna as failed, not as a value. The choice (:func:`choose`) is the configuration that
+reached Retrain's forgetting with the smallest gap; if none reached it, the smallest gap at its
+end. Ties go to the faster one. Methods run in parallel (``jobs``), the trials of one method in
+sequence (TPE learns from the trials before).
 
 The record (``tuned/<scenario>.json``) holds the spaces, every trial, the choice, the data
 fingerprint of the tuning seed and the seconds each method's search took; ``invwnn bench``
-applies its choices by default and copies the record into ``results.json``.
+applies its choices by default and copies the record into ``results.json``. Every trial is also in
+an Optuna journal beside the record (``tuned/<scenario>.optuna.log``, the record's ``storage``),
+one study per method (its ``study``); a rerun on the same journal resumes (finished trials are
+reused, only the missing ones run). To inspect the trials::
+
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    storage = JournalStorage(JournalFileBackend("invwnn/bench/tuned/random10.optuna.log"))
+    print(optuna.get_all_study_names(storage))
+    study = optuna.load_study(study_name=record["methods"]["finetune"]["study"], storage=storage)
+    study.trials_dataframe()  # params, values, states; user_attrs_row: the bench's row per trial
+
+The packaged records made before issue 23 (``sampler``: "library defaults, then seeded random
+draws ...") came from a seeded random sampler and have no journal; they load the same way.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import random
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 
 from invwnn.bench import prepare as prep_mod
 from invwnn.bench import runner, scenarios
@@ -76,30 +99,137 @@ assert set(runner.ORDER) <= set(SPACES), "every bench method has a search space"
 FIXED: dict[str, dict[str, Any]] = {"invwnn+-runs500": {"every": 4}, "invwnn+-linear-every4": {"every": 4}}
 
 
-def _draw(param: Param, rng: random.Random) -> Any:
+UNREACHED = 1000.0  # added to the gap of a trial that never reached Retrain's UA (gaps are under 100 points)
+
+
+def defaults(name: str) -> dict:
+    """Bench method ``name``'s library defaults of its searched settings, written out (so a record
+    stays true if a default changes later), with the row's :data:`FIXED` settings."""
+    if name not in SPACES:
+        raise InputError(f"no search space for {name!r}")
+    config = REGISTRY[runner.BENCH_METHODS[name][0]].config()
+    return {**{k: getattr(config, k) for k in SPACES[name]}, **FIXED.get(name, {})}
+
+
+def _fits(param: Param, value: Any) -> bool:
+    """Whether ``value`` lies in ``param``'s space (a default may not: None is "calibrate", and a
+    default outside the choices is tried as it is, though the study cannot record it as a param)."""
+    kind, *args = param
+    if kind == "choice":
+        return value in args[0]
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and args[0] <= value <= args[1]
+
+
+def _suggest(trial: optuna.Trial, key: str, param: Param) -> Any:
     kind, *args = param
     if kind == "log":
-        lo, hi = args
-        return float(f"{lo * (hi / lo) ** rng.random():.3g}")
+        return trial.suggest_float(key, args[0], args[1], log=True)
     if kind == "uniform":
-        lo, hi = args
-        return float(f"{lo + (hi - lo) * rng.random():.3g}")
+        return trial.suggest_float(key, args[0], args[1])
     if kind == "choice":
-        return rng.choice(args[0])
+        return trial.suggest_categorical(key, list(args[0]))
     raise AssertionError(kind)
 
 
-def candidates(name: str, trials: int = TRIALS, seed: int = 0) -> list[dict]:
-    """The ``trials`` configurations (config field overrides) bench method ``name`` is tried with:
-    its library defaults first (written out, so a record stays true if a default changes later),
-    then random draws seeded by ``(seed, name)``; each with the row's :data:`FIXED` settings."""
+def trial_seed(seed: int, name: str, index: int) -> int:
+    """The seed of the TPE sampler that draws method ``name``'s ``index``-th trial: a fresh seeded
+    sampler per trial, so a resumed study draws what an uninterrupted one would have."""
+    return int(hashlib.sha256(f"{seed}:{name}:{index}".encode()).hexdigest()[:8], 16)
+
+
+def objective_value(row: dict) -> float:
+    """What the study minimises: the gap, plus :data:`UNREACHED` when the trial never reached
+    Retrain's UA (so reaching comes first, as in :func:`choose`)."""
+    return float(row["gap"]) + (0.0 if row["reached"] else UNREACHED)
+
+
+def sampler_text(seed: int) -> str:
+    return (f"optuna {optuna.__version__} TPESampler (default settings, direction minimize; objective: gap, "
+            f"+{UNREACHED:g} if Retrain's UA not reached; failed trials told as failed): trial 0 the library "
+            f"defaults (enqueued), trial i drawn by TPESampler(seed=int(sha256('{seed}:NAME:i').hexdigest()[:8], 16))")
+
+
+def _storage(storage: str | Path | optuna.storages.BaseStorage | None) -> optuna.storages.BaseStorage | None:
+    if storage is None or isinstance(storage, optuna.storages.BaseStorage):
+        return storage
+    Path(storage).parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(storage)))
+
+
+def journal_path(record_path: str | Path) -> Path:
+    """The Optuna journal beside a record: ``tuned/random10.json`` -> ``tuned/random10.optuna.log``."""
+    path = Path(record_path)
+    return path.with_name(f"{path.name[:-len('.json')] if path.name.endswith('.json') else path.name}.optuna.log")
+
+
+def study_name(config: scenarios.ScenarioConfig, name: str, seed: int) -> str:
+    """One study per scenario, method and tuning seed; its digest covers the scenario's settings
+    (not where its data lies), the method's space, its defaults and the predictor file it reads (if
+    any), so a changed search never resumes an old study."""
+    registry_name, kind = runner.BENCH_METHODS[name]
+    path = runner.predictor_path(kind, REGISTRY[registry_name].config.from_dict(FIXED.get(name, {}))) if kind else None
+    what = [{k: v for k, v in config.to_dict().items() if k != "data_root"}, SPACES[name], defaults(name),
+            hashlib.sha256(path.read_bytes()).hexdigest() if path else None]
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{config.name}/{name}/seed{seed}/{digest}"
+
+
+def _counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The study's finished trials in order: complete, or failed with a row (a trial killed mid-run
+    is failed without one, and not counted)."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+            if "row" in t.user_attrs]
+
+
+def search_method(name: str, trials: int, seed: int, objective: Callable[[dict], dict],
+                  storage: str | Path | optuna.storages.BaseStorage | None = None,
+                  study: str | None = None) -> list[dict]:
+    """Run (or resume) bench method ``name``'s study until it holds ``trials`` finished trials;
+    returns their rows in order (``objective(overrides)``'s row, with ``trial``, its Optuna number).
+
+    ``objective`` maps a configuration (config field overrides, :data:`FIXED` settings included) to
+    a row: ``reached``, ``gap`` and ``seconds``, or ``error``. Trial 0 is the library defaults
+    (:func:`defaults`); the others are TPE's, each drawn by a sampler seeded with
+    :func:`trial_seed`. ``storage``: an Optuna storage, a journal file, or None (in memory);
+    ``study``: the study's name there [``name``]. With a storage that already holds the study, its
+    finished trials are reused; a trial killed mid-run is marked failed and its configuration run
+    again. One process at a time per study."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     if name not in SPACES:
         raise InputError(f"no search space for {name!r}")
-    defaults = REGISTRY[runner.BENCH_METHODS[name][0]].config()
-    rng = random.Random(int(hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()[:12], 16))
     fixed = FIXED.get(name, {})
-    return [{**{k: getattr(defaults, k) for k in SPACES[name]}, **fixed}] + \
-        [{**{k: _draw(p, rng) for k, p in SPACES[name].items()}, **fixed} for _ in range(trials - 1)]
+    space = {k: p for k, p in SPACES[name].items() if k not in fixed}
+    base = defaults(name)
+    st = optuna.create_study(study_name=study or name, storage=_storage(storage), direction="minimize",
+                             sampler=optuna.samplers.TPESampler(seed=trial_seed(seed, name, 0)), load_if_exists=True)
+    if not st.trials:
+        st.enqueue_trial({k: base[k] for k, p in space.items() if _fits(p, base[k])}, user_attrs={"defaults": True})
+    for t in st.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # left by a killed run
+        row = t.user_attrs.get("row")
+        if row is not None:  # killed between its row and its tell
+            st.tell(t.number, *((None, TrialState.FAIL) if "error" in row else (objective_value(row),)))
+        else:  # killed mid-run: run its configuration again
+            st.tell(t.number, state=TrialState.FAIL)
+            st.enqueue_trial(t.params, user_attrs=t.user_attrs)
+    done = _counted(st)
+    while len(done) < trials:
+        st.sampler = optuna.samplers.TPESampler(seed=trial_seed(seed, name, len(done)))
+        trial = st.ask()
+        if trial.user_attrs.get("defaults"):
+            for k, p in space.items():
+                if _fits(p, base[k]):
+                    _suggest(trial, k, p)  # the enqueued default, recorded as the trial's param
+            overrides = dict(base)
+        else:
+            overrides = {**{k: _suggest(trial, k, p) for k, p in space.items()}, **fixed}
+        row = objective(overrides)
+        trial.set_user_attr("row", row)
+        if "error" in row:
+            st.tell(trial, state=TrialState.FAIL)
+        else:
+            st.tell(trial, objective_value(row))
+        done = _counted(st)
+    return [{**t.user_attrs["row"], "trial": t.number} for t in done[:trials]]
 
 
 def choose(rows: list[dict]) -> dict | None:
@@ -139,18 +269,31 @@ def _reference(config: scenarios.ScenarioConfig, seed: int, cache_dir: str) -> d
     return _REFERENCES[key]
 
 
+def _study(args: tuple) -> list[dict]:
+    """One method's whole search (pool worker): :func:`search_method` with :func:`_trial` as the
+    objective; rows carry the method's name."""
+    config, cache_dir, device, seed, name, trials, storage = args
+    rows = search_method(name, trials, seed, lambda o: _trial((config, cache_dir, device, seed, name, o)),
+                         storage, study_name(config, name, seed))
+    return [{**r, "method": name} for r in rows]
+
+
 def trial_units(config: scenarios.ScenarioConfig, methods: tuple[str, ...], trials: int, seed: int,
-                cache_dir: str, device: str) -> list[tuple]:
-    """The pool units of a search: every candidate of every method (see :func:`candidates`)."""
-    return [(config, cache_dir, device, seed, name, o) for name in methods for o in candidates(name, trials, seed)]
+                cache_dir: str, device: str, storage: str | Path | None = None) -> list[tuple]:
+    """The pool units of a search (for :func:`_study`): one per method, its trials in sequence in
+    one worker (TPE draws each trial from the ones before); ``storage``: the journal file."""
+    return [(config, cache_dir, device, seed, name, trials, None if storage is None else str(storage))
+            for name in methods]
 
 
 def make_record(config: scenarios.ScenarioConfig, methods: tuple[str, ...], trials: int, seed: int,
-                rows: list[dict], cache_dir: str) -> dict:
-    """The search record from every trial's row (:func:`_trial`), with each method's choice."""
+                rows: list[dict], cache_dir: str, storage: str | Path | None = None) -> dict:
+    """The search record from every trial's row (:func:`_study`), with each method's choice;
+    ``storage``: the journal the studies are in (the record keeps its file name only: it lies beside
+    the record) and each method's ``study``, its study's name there."""
     prep = prep_mod.prepare_cached(config, seed, cache_dir, tuning=True)
     record = {"scenario": config.to_dict(), "seed": seed, "trials_per_method": trials,
-              "sampler": f"library defaults, then seeded random draws (random.Random(sha256('{seed}:NAME')))",
+              "sampler": sampler_text(seed), "storage": None if storage is None else Path(storage).name,
               "objective": "on the validation split: reached Retrain's UA first, then smallest gap, then time",
               "data": prep.scenario.fingerprint(), "retrain_seconds": prep.meta["retrain"]["seconds"],
               "spaces": {n: SPACES[n] for n in methods}, "methods": {},
@@ -162,19 +305,23 @@ def make_record(config: scenarios.ScenarioConfig, methods: tuple[str, ...], tria
             "trials": len(mine), "chosen": best["overrides"] if best else {},
             "chosen_trial": mine.index(best) if best else None,
             "seconds": sum(r.get("seconds", 0.0) for r in mine if "error" not in r),
-            "rows": [{k: v for k, v in r.items() if k != "method"} for r in mine]}
+            "rows": [{k: v for k, v in r.items() if k != "method"} for r in mine],
+            "study": study_name(config, name, seed)}
     return record
 
 
 def tune(config: scenarios.ScenarioConfig, methods: tuple[str, ...] = runner.ORDER, trials: int = TRIALS,
          seed: int = TUNING_SEED, cache_dir: str = "data/bench-cache", device: str = "cpu", jobs: int = 1,
-         progress: bool = True, log: Callable[[str], None] = lambda s: None) -> dict:
-    """Search every method of ``methods`` on ``config``'s tuning seed; returns the record."""
+         progress: bool = True, log: Callable[[str], None] = lambda s: None,
+         storage: str | Path | None = None) -> dict:
+    """Search every method of ``methods`` on ``config``'s tuning seed; returns the record.
+    ``storage``: the Optuna journal file the studies go to (and resume from) [in memory]; methods
+    run in ``jobs`` processes, each method's trials in sequence."""
     t0 = time.time()
     prep_mod.prepare_all(config, (seed,), cache_dir, device, jobs=1, progress=progress)
-    units = trial_units(config, methods, trials, seed, cache_dir, device)
-    rows = map_units(_trial, units, jobs, f"tune {config.name}", progress)
-    record = make_record(config, methods, trials, seed, rows, cache_dir)
+    units = trial_units(config, methods, trials, seed, cache_dir, device, storage)
+    rows = [r for rs in map_units(_study, units, jobs, f"tune {config.name} (methods)", progress) for r in rs]
+    record = make_record(config, methods, trials, seed, rows, cache_dir, storage)
     for name, m in record["methods"].items():
         best = m["rows"][m["chosen_trial"]] if m["chosen_trial"] is not None else None
         log(f"{name}: " + (f"chose {best['overrides']} (gap {best['gap']:.2f}, reached {best['reached']})"
@@ -185,13 +332,15 @@ def tune(config: scenarios.ScenarioConfig, methods: tuple[str, ...] = runner.ORD
 
 def merge(old: dict, new: dict) -> dict:
     """``old`` record with ``new``'s methods (searched on the same scenario, seed, data and trial
-    count) put in; each merge is listed under ``updates`` (methods, date, versions, command)."""
+    count) put in; each merge is listed under ``updates`` (methods, date, versions, command, and the
+    sampler and journal of the new search)."""
     same = ("scenario", "seed", "trials_per_method", "data")
     if any(old.get(k) != new.get(k) for k in same):
         raise InputError("cannot merge tuning records of different scenarios, seeds, data or trial counts")
     out = {**old, "spaces": {**old["spaces"], **new["spaces"]}, "methods": {**old["methods"], **new["methods"]}}
     out["updates"] = [*old.get("updates", []), {"methods": sorted(new["methods"]), "date": new["date"],
-                                                 "versions": new["versions"], "command": new.get("command")}]
+                                                 "versions": new["versions"], "command": new.get("command"),
+                                                 **{k: new[k] for k in ("sampler", "storage") if k in new}}]
     return out
 
 

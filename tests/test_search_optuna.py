@@ -1,0 +1,148 @@
+"""The hyperparameter search's Optuna studies (invwnn.bench.search): the library defaults first,
+TPE seeded per trial, the same number of trials for every method, resumable from a journal, and
+`invwnn tune` writing a record and its journal. The study loop runs on a fake objective (no bench);
+one test runs the real thing on a tiny quick scenario."""
+from __future__ import annotations
+
+import json
+import math
+
+import optuna
+import pytest
+from click.testing import CliRunner
+
+from invwnn.bench import runner, search
+from invwnn.bench_cli import tune
+
+NEW = ("ssd", "l1-sparse", "amun", "regun")  # searchable, not yet bench rows
+
+
+class Fake:
+    """A stand-in for the bench: a smooth gap in log(lr) (or the first setting), reached above a
+    threshold, an error on request; counts its calls."""
+
+    def __init__(self, fail_on=(), interrupt_at=None):
+        self.calls, self.fail_on, self.interrupt_at = [], set(fail_on), interrupt_at
+
+    def __call__(self, overrides: dict) -> dict:
+        if self.interrupt_at is not None and len(self.calls) == self.interrupt_at:
+            raise KeyboardInterrupt  # a kill mid-trial
+        self.calls.append(overrides)
+        if len(self.calls) - 1 in self.fail_on:
+            return {"overrides": overrides, "error": "boom"}
+        x = next((v for v in overrides.values() if isinstance(v, float)), None) or 1e-3
+        g = abs(math.log10(x) + 2.0)
+        return {"overrides": overrides, "reached": g < 0.5, "gap": g, "seconds": 1.0 + g}
+
+
+def in_space(name: str, overrides: dict) -> bool:
+    for k, (kind, *args) in search.SPACES[name].items():
+        if k in search.FIXED.get(name, {}):
+            continue
+        v = overrides[k]
+        if not (v in args[0] if kind == "choice" else args[0] <= v <= args[1]):
+            return False
+    return True
+
+
+def test_every_method_gets_the_same_search_with_its_defaults_first():
+    for name in (*runner.ORDER, *NEW):
+        fake = Fake()
+        rows = search.search_method(name, search.TRIALS, search.TUNING_SEED, fake)
+        assert len(rows) == len(fake.calls) == search.TRIALS, name
+        base = runner.REGISTRY[runner.BENCH_METHODS[name][0]].config()
+        fixed = search.FIXED.get(name, {})
+        assert rows[0]["overrides"] == {**{k: getattr(base, k) for k in search.SPACES[name]}, **fixed}, name
+        assert rows[0]["overrides"] == search.defaults(name) and rows[0]["trial"] == 0
+        assert all(r["overrides"].items() >= fixed.items() for r in rows), name  # FIXED in every trial
+        assert all(in_space(name, r["overrides"]) for r in rows[1:]), name
+        assert len({json.dumps(r["overrides"], sort_keys=True) for r in rows}) > search.TRIALS // 2, name
+    # the line's horizon is searched; the controls keep the learned row's space without it
+    assert "horizon" in search.SPACES["invwnn+-linear"] and "horizon" not in search.SPACES["invwnn+-reset"]
+    assert search.FIXED["invwnn+-runs500"] == {"every": 4}
+
+
+def test_the_same_seed_draws_the_same_trials_and_another_seed_others():
+    runs = [search.search_method("neggrad+", 8, seed, Fake()) for seed in (100, 100, 101)]
+    assert runs[0] == runs[1]
+    assert runs[0][0] == runs[2][0]  # the defaults
+    assert [r["overrides"] for r in runs[0][1:]] != [r["overrides"] for r in runs[2][1:]]
+    assert search.search_method("neggrad+", 5, 100, Fake()) == runs[0][:5]  # prefix-stable
+
+
+def test_the_study_minimises_the_choice_rule_and_fails_the_errors(tmp_path):
+    journal = tmp_path / "s.optuna.log"
+    fake = Fake(fail_on={2, 5})
+    rows = search.search_method("finetune", 8, 100, fake, journal, "finetune-study")
+    study = optuna.load_study(study_name="finetune-study", storage=search._storage(journal))
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.FAIL) == 2 and len(study.trials) == 8
+    for t, row in zip(study.trials, rows):
+        assert t.user_attrs["row"] == {k: v for k, v in row.items() if k != "trial"}
+        if "error" in row:
+            assert t.state == optuna.trial.TrialState.FAIL and t.value is None
+        else:
+            assert t.value == pytest.approx(row["gap"] + (0 if row["reached"] else search.UNREACHED))
+    best = search.choose(rows)
+    ok = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert min(t.value for t in ok) == pytest.approx(search.objective_value(best))
+    assert search.objective_value({"reached": True, "gap": 9.0}) < search.objective_value({"reached": False, "gap": 0.1})
+
+
+def test_a_rerun_on_the_journal_resumes(tmp_path):
+    journal = tmp_path / "random10.optuna.log"
+    whole = search.search_method("salun", 6, 100, Fake())  # in memory, in one go
+    first = Fake()
+    assert search.search_method("salun", 3, 100, first, journal, "s") == whole[:3] and len(first.calls) == 3
+    again = Fake()
+    assert search.search_method("salun", 6, 100, again, journal, "s") == whole  # only the missing three ran
+    assert again.calls == [r["overrides"] for r in whole[3:]]
+    done = Fake()
+    assert search.search_method("salun", 6, 100, done, journal, "s") == whole and done.calls == []
+    # a run killed mid-trial: the trial is failed without a row, not counted, and its configuration reruns
+    killed = Fake(interrupt_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        search.search_method("salun", 6, 100, killed, tmp_path / "k.optuna.log", "s")
+    after = Fake()
+    rows = search.search_method("salun", 6, 100, after, tmp_path / "k.optuna.log", "s")
+    assert [r["overrides"] for r in rows] == [r["overrides"] for r in whole] and len(after.calls) == 4
+    assert [r["trial"] for r in rows] == [0, 1, 3, 4, 5, 6]  # trial 2 was the killed one
+    # another study in the same journal is another method's, untouched
+    assert search.search_method("neggrad", 2, 100, Fake(), journal, "n")[0]["overrides"] == search.defaults("neggrad")
+    assert sorted(optuna.get_all_study_names(search._storage(journal))) == ["n", "s"]
+
+
+def test_journal_sits_beside_the_record():
+    assert search.journal_path("x/tuned/random10.json").as_posix() == "x/tuned/random10.optuna.log"
+    assert search.journal_path(search.tuned_path("class")) == search.TUNED_DIR / "class.optuna.log"
+
+
+def test_tune_writes_a_record_and_its_journal_and_a_rerun_resumes(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "tuned" / "random10.json"
+    args = ["--scenario", "random10", "--quick", "--width", "4", "--methods", "neggrad,random-label", "--trials", "2",
+            "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--no-progress"]
+    r = CliRunner().invoke(tune, args, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    journal = tmp_path / "tuned" / "random10.optuna.log"
+    assert journal.is_file() and str(journal) in r.output
+    chosen, record = search.load("random10", out)
+    assert set(chosen) == {"neggrad", "random-label"} and record["storage"] == "random10.optuna.log"
+    assert "TPESampler" in record["sampler"] and optuna.__version__ in record["sampler"]
+    # no machine paths in the record but the command as given
+    assert str(tmp_path) not in json.dumps({k: v for k, v in json.loads(out.read_text()).items() if k != "command"})
+    storage = search._storage(journal)
+    for name, m in record["methods"].items():
+        assert m["trials"] == len(m["rows"]) == 2 and m["rows"][0]["overrides"] == search.defaults(name)
+        assert m["chosen"] == m["rows"][m["chosen_trial"]]["overrides"]
+        for row in m["rows"]:
+            assert {"overrides", "reached", "gap", "budget_gap", "seconds", "budget_seconds", "RA", "UA", "TA",
+                    "MIA"} <= set(row) or "error" in row
+        study = optuna.load_study(study_name=m["study"], storage=storage)
+        assert [t.user_attrs["row"]["overrides"] for t in study.trials] == [row["overrides"] for row in m["rows"]]
+    # a rerun finds every trial in the journal and runs none
+    monkeypatch.setattr(search, "_trial", lambda args: pytest.fail("a finished trial ran again"))
+    r2 = CliRunner().invoke(tune, args, catch_exceptions=False)
+    assert r2.exit_code == 0, r2.output
+    again = json.loads(out.read_text())
+    assert {n: m["rows"] for n, m in again["methods"].items()} == {n: m["rows"] for n, m in record["methods"].items()}
