@@ -1,0 +1,235 @@
+"""A rewinder trained on the unlearning objective itself (issue 24): the core, not yet the bench row.
+
+:class:`MetaRewinder` is a damped line plus a learned coordinate-wise correction,
+``past = line(w; horizon) + s(w) * g(z(w))``: ``s`` is the window's rms step, ``z`` the window in
+units of ``s`` relative to its last value, ``g`` a small MLP whose last layer starts at zero, so at
+initialisation it *is* the line and training moves it only where the objective says. Inputs and
+output are in units of the window's own step, so one rewinder serves every architecture.
+
+Meta-training unrolls one iteration of the invwnn+ loop on a counterfactual triple (a parent model,
+its forget set S, and the same training without S): fine-tune on S recording K snapshots, rewind
+with the rewinder (differentiable), a few repair steps on retain images, then the KL divergence of
+the unlearned model's predictions from the counterfactual's on S, on retain and on held-out images.
+Only the rewinder learns. Truncations, said plainly: the fine-tuning window is data (it does not
+depend on the rewinder in the first iteration; later iterations are not unrolled), and the repair
+steps are first order (their gradients are taken at the rewound weights but not differentiated, so
+the rewound weights pass their gradient straight through them).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from invwnn.forget import Split
+from invwnn.methods.invwnn import LinearRewinder
+from invwnn.models import param_kinds
+
+EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class MetaConfig:
+    """``k`` snapshots a window; the line's ``horizon`` (snapshot intervals before the window);
+    ``width`` hidden units of the correction."""
+
+    k: int = 5
+    horizon: float = 2.0
+    width: int = 32
+
+
+class MetaRewinder(nn.Module):
+    """``forward(windows (n, K) oldest first) -> (n,)``, the line's past plus the learned
+    correction; :meth:`rewind` is the loops' :class:`invwnn.methods.invwnn.Rewinder` interface."""
+
+    def __init__(self, config: MetaConfig = MetaConfig()):
+        super().__init__()
+        self.config = config
+        self.line = LinearRewinder(config.horizon)
+        self.correction = nn.Sequential(nn.Linear(config.k, config.width), nn.GELU(), nn.Linear(config.width, 1))
+        nn.init.zeros_(self.correction[-1].weight)
+        nn.init.zeros_(self.correction[-1].bias)
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        steps = windows.diff(dim=1)
+        scale = steps.pow(2).mean(1, keepdim=True).sqrt() + EPS  # (n, 1): the window's own step
+        z = (windows - windows[:, -1:]) / scale
+        return self.line.rewind(windows, None) + scale.squeeze(1) * self.correction(z).squeeze(1)
+
+    @torch.no_grad()
+    def rewind(self, windows: torch.Tensor, kinds: torch.Tensor, layers: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward(windows)
+
+    def describe(self) -> dict:
+        return {"rewinder": "meta", **asdict(self.config)}
+
+
+@dataclass(frozen=True)
+class Triple:
+    """A counterfactual triple: ``model`` (its weights are the parent's), the counterfactual's
+    weights ``counterfactual`` (name -> tensor, trained without ``forget``), and the images the
+    loop and the objective see."""
+
+    model: nn.Module
+    counterfactual: dict[str, torch.Tensor]
+    forget: Split
+    retain: Split
+    heldout: Split
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """One unrolled invwnn+ iteration: ``lr`` of the Adam forget steps (K - 1 of them, full forget
+    batches up to ``batch_size``), then ``repair_steps`` SGD steps at ``repair_lr`` on retain."""
+
+    lr: float = 1e-3
+    repair_steps: int = 4
+    repair_lr: float = 0.05
+    batch_size: int = 128
+
+
+def rewindable_names(model: nn.Module) -> list[str]:
+    """The parameters the loop rewinds: every one but norms (as :func:`invwnn.methods.invwnn.rewindable`)."""
+    return [n for n, k in param_kinds(model).items() if k != "norm"]
+
+
+def forget_window(model: nn.Module, params: dict[str, torch.Tensor], names: list[str], forget: Split, k: int,
+                  settings: LoopSettings, generator: torch.Generator) -> torch.Tensor:
+    """(n, K) snapshots of the ``names`` coordinates over K - 1 Adam steps on ``forget`` from
+    ``params`` (no gradient kept: the window is the rewinder's data)."""
+    work = {n: p.detach().clone().requires_grad_(n in names) for n, p in params.items()}
+    opt = torch.optim.Adam([work[n] for n in names], lr=settings.lr)
+    snaps = [torch.cat([work[n].detach().reshape(-1) for n in names])]
+    for _ in range(k - 1):
+        idx = torch.randperm(len(forget), generator=generator)[: settings.batch_size]
+        opt.zero_grad()
+        F.cross_entropy(functional_call(model, work, (forget.x[idx],)), forget.y[idx]).backward()
+        opt.step()
+        snaps.append(torch.cat([work[n].detach().reshape(-1) for n in names]))
+    return torch.stack(snaps, 1)
+
+
+def unroll(triple: Triple, rewinder: MetaRewinder, settings: LoopSettings, generator: torch.Generator
+           ) -> dict[str, torch.Tensor]:
+    """The triple's parent after one iteration of the loop with ``rewinder``: name -> tensor,
+    differentiable with respect to the rewinder's parameters only."""
+    model = triple.model
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    names = rewindable_names(model)
+    window = forget_window(model, params, names, triple.forget, rewinder.config.k, settings, generator)
+    flat = rewinder(window)
+    out, i = dict(params), 0
+    for n in names:
+        out[n] = flat[i: i + params[n].numel()].view_as(params[n])
+        i += params[n].numel()
+    for _ in range(settings.repair_steps):  # first order: the gradient is taken, not differentiated
+        idx = torch.randperm(len(triple.retain), generator=generator)[: settings.batch_size]
+        probe = {n: v.detach().requires_grad_(n in names) for n, v in out.items()}
+        loss = F.cross_entropy(functional_call(model, probe, (triple.retain.x[idx],)), triple.retain.y[idx])
+        grads = torch.autograd.grad(loss, [probe[n] for n in names])
+        for n, g in zip(names, grads):
+            out[n] = out[n] - settings.repair_lr * g
+    return out
+
+
+def distance(model: nn.Module, params: dict[str, torch.Tensor], counterfactual: dict[str, torch.Tensor],
+             images: torch.Tensor) -> torch.Tensor:
+    """KL(counterfactual || unlearned) of the predictive distributions, mean over ``images`` (nats)."""
+    with torch.no_grad():
+        target = F.log_softmax(functional_call(model, counterfactual, (images,)), 1)
+    pred = F.log_softmax(functional_call(model, params, (images,)), 1)
+    return F.kl_div(pred, target, log_target=True, reduction="batchmean")
+
+
+def objective(triple: Triple, params: dict[str, torch.Tensor], retain_sample: int = 256) -> torch.Tensor:
+    """The function-space distance the rewinder is trained on: KL to the counterfactual on the forget
+    set, on the first ``retain_sample`` retain images and on the held-out images, summed."""
+    m = triple.model
+    return (distance(m, params, triple.counterfactual, triple.forget.x)
+            + distance(m, params, triple.counterfactual, triple.retain.x[:retain_sample])
+            + distance(m, params, triple.counterfactual, triple.heldout.x))
+
+
+def meta_train(rewinder: MetaRewinder, triples: list[Triple], steps: int, lr: float = 3e-3,
+               settings: Callable[[random.Random], LoopSettings] = lambda rng: LoopSettings(), seed: int = 0,
+               log: Callable[[int, float], None] | None = None) -> list[float]:
+    """Adam on the rewinder's parameters: each step one triple and one draw of the loop's settings
+    (``settings(rng)``: sample them over the search ranges so the rewinder works wherever the search
+    takes it). Returns the objective of every step."""
+    rng = random.Random(seed)
+    generator = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(rewinder.parameters(), lr=lr)
+    history = []
+    for step in range(steps):
+        triple = rng.choice(triples)
+        loss = objective(triple, unroll(triple, rewinder, settings(rng), generator))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(loss.item())
+        if log is not None:
+            log(step, history[-1])
+    return history
+
+
+@torch.no_grad()
+def evaluate(rewinder: MetaRewinder, triples: list[Triple], settings: LoopSettings, seed: int = 0) -> float:
+    """Mean objective over ``triples`` after one iteration with ``rewinder`` (the same batches for
+    every rewinder compared under one ``seed``)."""
+    total = 0.0
+    for i, triple in enumerate(triples):
+        with torch.enable_grad():  # the forget window and the repair need gradients of the model
+            params = unroll(triple, rewinder, settings, torch.Generator().manual_seed(seed + i))
+        total += float(objective(triple, params))
+    return total / len(triples)
+
+
+def tuned_line(triples: list[Triple], settings: LoopSettings, horizons: tuple[float, ...], k: int = 5,
+               seed: int = 0) -> tuple[float, float]:
+    """The line's horizon with the smallest mean objective on ``triples`` (the control a learned
+    rewinder must beat): (horizon, its objective)."""
+    scores = {h: evaluate(MetaRewinder(MetaConfig(k=k, horizon=h)), triples, settings, seed) for h in horizons}
+    best = min(scores, key=scores.get)
+    return best, scores[best]
+
+
+def toy_triple(seed: int, images, n_train: int = 600, n_forget: int = 60, n_heldout: int = 300,
+               steps: int = 300) -> Triple:
+    """A small counterfactual triple: an MLP (196-64-10) on ``n_train`` Fashion-MNIST images pooled to
+    14x14 (``images``: a trajgen dataset), ``steps`` Adam steps; the counterfactual from the same
+    initialisation and batch draws restricted to the images outside the ``n_forget`` forgotten ones
+    (as ``trajgen twins`` pairs them); ``n_heldout`` test images."""
+    g = torch.Generator().manual_seed(seed)
+    pool = lambda x: F.avg_pool2d(x.float().reshape(len(x), 1, 28, 28) / 255, 2)  # noqa: E731
+    idx = torch.randperm(len(images.y_train), generator=g)[:n_train]
+    x, y = pool(images.x_train[idx]), images.y_train[idx].long()
+    forget = torch.zeros(n_train, dtype=torch.bool)
+    forget[:n_forget] = True
+    held = torch.randperm(len(images.y_test), generator=g)[:n_heldout]
+
+    def train(keep: torch.Tensor) -> nn.Module:
+        torch.manual_seed(seed)
+        net = nn.Sequential(nn.Flatten(), nn.Linear(196, 64), nn.ReLU(), nn.Linear(64, 10))
+        opt = torch.optim.Adam(net.parameters(), 3e-3)
+        draws, rows = torch.Generator().manual_seed(seed + 1), keep.nonzero().squeeze(1)
+        for _ in range(steps):
+            batch = rows[torch.randint(len(rows), (64,), generator=draws)]
+            opt.zero_grad()
+            F.cross_entropy(net(x[batch]), y[batch]).backward()
+            opt.step()
+        net.zero_grad(set_to_none=True)
+        return net
+
+    parent, twin = train(torch.ones(n_train, dtype=torch.bool)), train(~forget)
+    return Triple(parent, {n: p.detach() for n, p in twin.named_parameters()}, Split(x[forget], y[forget], "forget"),
+                  Split(x[~forget], y[~forget], "retain"),
+                  Split(pool(images.x_test[held]), images.y_test[held].long(), "heldout"))
+
+
+__all__ = ["tuned_line", "toy_triple", "MetaConfig", "MetaRewinder", "Triple", "LoopSettings", "unroll", "objective", "distance", "meta_train",
+           "evaluate", "forget_window", "rewindable_names"]
