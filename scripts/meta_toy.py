@@ -9,7 +9,7 @@ is (no unlearning), the line with its horizon tuned on the training triples for 
 the meta-trained rewinder: one correction for every lr (drawn from the listed ones at every step), on
 top of the line tuned at lr 0.01.
 
-    .venv/bin/python scripts/meta_toy.py [--train 6] [--heldout 4] [--steps 400]
+    .venv/bin/python scripts/meta_toy.py [--train 6] [--heldout 4] [--steps 400] [--lr 3e-4] [--per-lr]
 """
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=4, help="held-out triples (seeds 1000..)")
     parser.add_argument("--steps", type=int, default=400, help="meta-training steps")
     parser.add_argument("--lr", type=float, default=3e-4, help="meta-training Adam step")
+    parser.add_argument("--per-lr", action="store_true",
+                        help="train one correction for each forget lr, on the line tuned for it")
     args = parser.parse_args()
     torch.set_num_threads(1)
     t0 = time.time()
@@ -46,13 +48,17 @@ def main() -> None:
         settings = {lr: meta.LoopSettings(lr=lr, repair_steps=repair) for lr in FORGET_LRS}
         horizon, _ = meta.tuned_line(train, settings[1e-2], HORIZONS)
         rewinder = meta.MetaRewinder(meta.MetaConfig(horizon=horizon))
-        meta.meta_train(rewinder, train, args.steps, args.lr,
-                        settings=lambda rng: settings[rng.choice(FORGET_LRS)], seed=0)
+        if not args.per_lr:
+            meta.meta_train(rewinder, train, args.steps, args.lr,
+                            settings=lambda rng: settings[rng.choice(FORGET_LRS)], seed=0)
         parent = sum(float(meta.objective(t, {n: p.detach() for n, p in t.model.named_parameters()}))
                      for t in held) / len(held)
         for lr, s in settings.items():
             best, _ = meta.tuned_line(train, s, HORIZONS)  # the line gets its horizon tuned for each lr
             line = meta.evaluate(meta.MetaRewinder(meta.MetaConfig(horizon=best)), held, s, seed=7)
+            if args.per_lr:
+                rewinder = meta.MetaRewinder(meta.MetaConfig(horizon=best))
+                meta.meta_train(rewinder, train, args.steps, args.lr, settings=lambda rng, s=s: s, seed=0)
             learned = meta.evaluate(rewinder, held, s, seed=7)
             print(f"| {'forget-only' if repair == 0 else 'with repair'} | {lr:g} | {parent:.3f} | "
                   f"{line:.3f} ({best:g}) | {learned:.3f} | {learned / line:.2f} |")
