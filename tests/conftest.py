@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from trajgen.collect import CollectConfig, collect
 from trajgen import data as datasets
@@ -19,3 +20,13 @@ def small_store(tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("stores") / "small.zarr")
     collect(CollectConfig(store=path, runs=9, steps=128, every=2, workers=0, progress=False))
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Many small calls: torch's thread pool on a shared 2-core machine costs more than it gives.
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -40,13 +40,7 @@ FEW = {
 CANNOT_RUN = {"retrain": "architecture", "mnemonic": "mnemonic codes"}  # neither file gives them
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Many small calls: torch's thread pool on a shared 2-core machine costs more than it gives."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tensor_splits(out, x: torch.Tensor, y: torch.Tensor, sizes: dict[str, int]) -> dict[str, str]:

@@ -25,12 +25,7 @@ from invwnn.models import InputError
 NEW = ("ssd", "l1-sparse", "amun", "regun")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _read(root):
