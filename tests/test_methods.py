@@ -10,6 +10,7 @@ import torch
 from _apply_fixtures import tiny_original
 from invwnn import forget as forget_io
 from invwnn import models
+from invwnn.forget import Split
 from invwnn.methods import REGISTRY, Context, Data
 from invwnn.methods.invwnn import LinearRewinder, NoRewinder, rewindable
 from invwnn.methods.loop import saliency_masks
@@ -224,3 +225,22 @@ def test_the_rewind_records_its_cost_and_bfloat16_stays_close(setup):
     with pytest.raises(InputError, match="rewind-dtype"):
         REGISTRY["invwnn"].run(copy.deepcopy(loaded.model), data, REGISTRY["invwnn"].config(rewind_dtype="half"),
                                Context(rewinder=LinearRewinder(3.0)))
+
+
+def test_the_loop_stops_itself_when_the_forget_classes_are_gone_from_retain():
+    """A forget set whose classes the retain set lacks (class forgetting) ends the invwnn loops at
+    forget accuracy 0, what Retrain gives; an explicit target wins; with shared classes or no
+    retain set there is no target."""
+    from invwnn.methods.invwnn import Config, forget_target
+
+    def split(labels):
+        y = torch.tensor(labels)
+        return Split(torch.zeros(len(y), 1, 2, 2), y, "s")
+
+    classes = tuple("abc")
+    gone = Data(split([2, 2]), classes, split([0, 1, 0]))
+    shared = Data(split([1, 2]), classes, split([0, 1]))
+    assert forget_target(Config(), gone) == 0.0
+    assert forget_target(Config(target_forget_acc=40.0), gone) == 40.0
+    assert forget_target(Config(), shared) is None
+    assert forget_target(Config(), Data(split([2]), classes)) is None

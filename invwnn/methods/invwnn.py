@@ -173,7 +173,8 @@ class Config(MethodConfig):
     step_size: float = opt(STEP_SIZE, "without --lr: how far one optimizer step moves the outputs (rms change "
                                       "of the centred logits on 256 retain, else forget, images)")
     batch_size: int = opt(128, "minibatch size")
-    target_forget_acc: float | None = opt(None, "stop once forget accuracy (percent) is at or below this")
+    target_forget_acc: float | None = opt(None, "stop once forget accuracy (percent) is at or below this "
+                                                "[default: 0 when no forget class is in --retain, else none]")
     rewind_dtype: str = opt("float32", "precision of the learned rewind: float32, or bfloat16 (2.2x faster on "
                                        "CPUs with bfloat16 units, 0.5% of the rewind's length off)")
 
@@ -240,6 +241,19 @@ def run(model: nn.Module, data: Data, config: Config, ctx: Context) -> nn.Module
     return rewind_loop(model, data, config, ctx)
 
 
+def forget_target(config: Config, data: Data) -> float | None:
+    """The forget accuracy (percent) that ends the loop: ``--target-forget-acc``, else 0 when the
+    retain set holds none of the forget set's classes (a model trained without them, Retrain,
+    predicts them for no image: every further iteration would only cost retain and test accuracy),
+    else None (no target: nothing the data alone says tells where Retrain's forgetting lies)."""
+    if config.target_forget_acc is not None:
+        return config.target_forget_acc
+    if data.retain is not None and len(data.retain) and \
+            not set(data.forget_classes()) & set(data.retain.y.unique().tolist()):
+        return 0.0
+    return None
+
+
 def rewindable(model: nn.Module) -> tuple[list[nn.Parameter], torch.Tensor]:
     """The parameters InvWNN rewinds (every one but norms) and each coordinate's kind code (n,)."""
     named = dict(model.named_parameters())
@@ -282,6 +296,7 @@ def rewind_loop(model: nn.Module, data: Data, config: Config, ctx: Context, *, n
                 if p.grad is not None:
                     p.grad.mul_(m)
 
+    target = forget_target(config, data)
     k = config.snapshots
     history = torch.empty(k, codes.numel(), device=ctx.device)
     for it in range(config.iterations):
@@ -315,8 +330,7 @@ def rewind_loop(model: nn.Module, data: Data, config: Config, ctx: Context, *, n
             repair()
         if ctx.on_iteration is not None:
             ctx.on_iteration(it, model)
-        if config.target_forget_acc is not None and \
-                accuracy(model, data.forget.x, data.forget.y, ctx.device) <= config.target_forget_acc:
+        if target is not None and accuracy(model, data.forget.x, data.forget.y, ctx.device) <= target:
             ctx.stop_reason = "target"
             break
     return model
