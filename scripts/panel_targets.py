@@ -12,6 +12,25 @@ import argparse
 import json
 
 
+def budget_passes(config: dict, sizes: dict) -> int:
+    """Images an invwnn / invwnn+ run at ``config`` feeds forward and backward over its whole
+    budget (forget steps, then repair steps; calibration probes, rewinds and checks left out): a
+    count that does not depend on the machine or its load."""
+    steps = (config["snapshots"] - 1) * config["every"] + config["warmup"]
+    forget = config["iterations"] * steps * min(config["batch_size"], sizes["forget"])
+    repair = config["iterations"] * config.get("repair_steps", 0) * min(config.get("repair_batch_size", 0),
+                                                                        sizes["retain"])
+    return forget + repair
+
+
+def retrain_passes(row: dict, sizes: dict) -> float:
+    """Images Retrain feeds through: the retain set times the panel network's epochs."""
+    from invwnn.bench.panel import NETWORKS, QUICK_NETWORKS
+    net = NETWORKS.get(row["network"]) if sizes["train"] == NETWORKS[row["network"]].train_size \
+        else QUICK_NETWORKS[row["network"]]
+    return sizes["retain"] * net.epochs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("units")
@@ -20,8 +39,8 @@ def main() -> None:
     rows = [json.loads(line) for line in open(args.units)]
     ref = {(r["network"], r["scenario"], r["seed"]): r for r in rows if r.get("method") is None}
     print("| method | network | scenario | seed | way to Retrain's UA | TA (reading) vs original's | TA kept | "
-          "time / Retrain | wall / Retrain | backoffs |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "time / Retrain | wall / Retrain | budget passes / Retrain's | backoffs |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for method in args.methods.split(","):
         for r in rows:
             if r.get("method") != method or "UA" not in r:
@@ -34,6 +53,7 @@ def main() -> None:
             kept = ta >= ta_o if r["scenario"] == "label-noise" else ta >= ta_o - 1
             print(f"| {method} | {r['network']} | {r['scenario']} | {r['seed']} | {way:.2f} | {ta:.1f} vs {ta_o:.1f} | "
                   f"{'yes' if kept else 'no'} | {r['time_ratio']:.2f} | {r['wall_seconds'] / o['retrain']['seconds']:.2f} | "
+                  f"{budget_passes(r['config'], o['sizes']) / retrain_passes(r, o['sizes']):.2f} | "
                   f"{len(r['backoffs'])} |")
 
 
