@@ -136,9 +136,37 @@ def audit(inputs: Inputs, config: AuditConfig = AuditConfig(), *, report_path: s
                          "population": len(attack.population), "retain": len(data.retain)},
               "reference_seconds": seconds, "warnings": warnings, "versions": models.versions()}
     path = Path(report_path) if report_path else Path(inputs.model).with_suffix(".audit.json")
+    report["plot"] = str(path.with_suffix(".png"))
+    title = (f"RMIA AUC {figures['RMIA_AUC']:.1f}% (a reference: {attack.retrain['RMIA_AUC']:.1f}%): "
+             + report["verdict"].rsplit("): ", 1)[-1])
+    plot_scores(attack, model, title, Path(report["plot"]))
     models.atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
     report["report"] = str(path)
     return report
+
+
+def plot_scores(attack: Attack, model: nn.Module, title: str, path: Path) -> None:
+    """Histograms of the RMIA scores of the forget images and of the held-out images, under the
+    model (left) and under the yardstick, a reference that never saw the forget set (right)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from invwnn.bench.report import save_fig
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    bins = [i / 20 for i in range(21)]
+    for ax, (name, who) in zip(axes, (("the model", model), ("a reference (never saw the forget set)",
+                                                             attack.retrain_model))):
+        forget, heldout = attack.scores(who)
+        ax.hist(heldout, bins, density=True, alpha=0.55, label=f"held-out images ({len(heldout)})")
+        ax.hist(forget, bins, density=True, alpha=0.55, label=f"forget images ({len(forget)})")
+        ax.set_title(name)
+        ax.set_xlabel("RMIA score (share of population images beaten)")
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("density")
+    fig.suptitle(title, fontsize=9)
+    save_fig(fig, path)
 
 
 def format_audit(report: dict) -> str:
@@ -159,7 +187,7 @@ def format_audit(report: dict) -> str:
         f"retain accuracy     {a['RA']:6.1f}   {mean('RA'):6.1f}",
         f"test accuracy       {a['TA']:6.1f}   {mean('TA'):6.1f}",
         f"JS to the reference: forget {f['JS_forget']:.3f}, test {f['JS_test']:.3f} bits",
-        report["verdict"]])
+        report["verdict"], f"report {report['report']}, score histograms {report['plot']}"])
 
 
 __all__ = ["AuditConfig", "audit", "format_audit", "recipe", "train_references", "verdict", "standard_error"]

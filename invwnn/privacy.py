@@ -129,31 +129,35 @@ class Attack:
         self.device, self.a, self.gamma = device, a, gamma
         self.retrain_model = references[0]
         self.refs = [self._outputs(m) for m in references]
-        self.retrain = self.figures_of(self.refs[0], self.refs[1:], with_tail=False)
-        self.tail_threshold = float(np.quantile(self.retrain.pop("_forget_scores"), TAIL_QUANTILE))
-        self.retrain["RMIA_tail"] = 100.0 * (1 - TAIL_QUANTILE)
-        self.retrain.update(JS_forget=0.0, JS_test=0.0)
+        self.retrain_scores = self._scores(self.refs[0], self.refs[1:])
+        self.tail_threshold = float(np.quantile(self.retrain_scores[0], TAIL_QUANTILE))
+        self.retrain = {**self._figures(*self.retrain_scores), "RMIA_tail": 100.0 * (1 - TAIL_QUANTILE),
+                        "JS_forget": 0.0, "JS_test": 0.0}
 
     def _outputs(self, model: nn.Module) -> _Outputs:
         return _Outputs(*(predict(model, s.x, self.device) for s in (self.forget, self.heldout, self.population,
                                                                       self.test)))
 
-    def figures_of(self, target: _Outputs, refs: list[_Outputs], with_tail: bool = True) -> dict:
+    def _scores(self, target: _Outputs, refs: list[_Outputs]) -> tuple[np.ndarray, np.ndarray]:
         def probs(which: str, out: _Outputs) -> np.ndarray:
             return label_probs(getattr(out, which), getattr(self, which).y)
 
         prior = {w: offline_prior(np.stack([probs(w, r) for r in refs]), self.a)
                  for w in ("forget", "heldout", "population")}
         p_z, prior_z = probs("population", target), prior["population"]
-        forget = rmia_scores(probs("forget", target), prior["forget"], p_z, prior_z, self.gamma)
-        heldout = rmia_scores(probs("heldout", target), prior["heldout"], p_z, prior_z, self.gamma)
-        out = {"RMIA_AUC": auc(forget, heldout), "RMIA_TPR1": tpr_at_fpr(forget, heldout),
-               "RMIA_acc": best_accuracy(forget, heldout)}
-        if with_tail:
-            out["RMIA_tail"] = 100.0 * float((forget > self.tail_threshold).mean())
-        else:
-            out["_forget_scores"] = forget
-        return out
+        return tuple(rmia_scores(probs(w, target), prior[w], p_z, prior_z, self.gamma) for w in ("forget", "heldout"))
+
+    @staticmethod
+    def _figures(forget: np.ndarray, heldout: np.ndarray) -> dict[str, float]:
+        return {"RMIA_AUC": auc(forget, heldout), "RMIA_TPR1": tpr_at_fpr(forget, heldout),
+                "RMIA_acc": best_accuracy(forget, heldout)}
+
+    def scores(self, model: nn.Module) -> tuple[np.ndarray, np.ndarray]:
+        """RMIA scores in [0, 1] of the forget images (n_f,) and of the held-out candidates (n_h,)
+        under ``model``; Retrain itself (the first reference, the same object) against the others."""
+        if model is self.retrain_model:
+            return self.retrain_scores
+        return self._scores(self._outputs(model), self.refs)
 
     def figures(self, model: nn.Module) -> dict[str, float]:
         """RMIA_AUC, RMIA_TPR1 (TPR at 1% FPR), RMIA_acc, RMIA_tail (percent), JS_forget and
@@ -162,11 +166,11 @@ class Attack:
         if model is self.retrain_model:
             return dict(self.retrain)
         target = self._outputs(model)
-        out = self.figures_of(target, self.refs)
+        forget, heldout = self._scores(target, self.refs)
         retrain = self.refs[0]
-        out["JS_forget"] = float(js_divergence(target.forget, retrain.forget).mean())
-        out["JS_test"] = float(js_divergence(target.test, retrain.test).mean())
-        return out
+        return {**self._figures(forget, heldout), "RMIA_tail": 100.0 * float((forget > self.tail_threshold).mean()),
+                "JS_forget": float(js_divergence(target.forget, retrain.forget).mean()),
+                "JS_test": float(js_divergence(target.test, retrain.test).mean())}
 
 
 __all__ = ["Attack", "attack_splits", "offline_prior", "rmia_scores", "auc", "tpr_at_fpr", "best_accuracy", "js_divergence",

@@ -19,6 +19,7 @@ def test_audit_trains_references_and_writes_its_report(tmp_path_factory, tmp_pat
     assert r.exit_code == 0, r.output
     report = json.loads(report_path.read_text())
     assert r.output.strip().splitlines()[-1] == report["verdict"] and "AUC" in report["verdict"]
+    assert (tmp_path / "audit.png").stat().st_size > 0 and report["plot"] == str(tmp_path / "audit.png")
     assert report["recipe"]["epochs"] == 2 and report["recipe"]["from"].startswith("flags and the model file")
     assert len(report["references"]) == 2 and all(0 < ref["RA"] <= 100 for ref in report["references"])
     assert set(report["figures"]) >= {"RMIA_AUC", "RMIA_TPR1", "RMIA_acc", "RMIA_tail", "JS_forget", "JS_test"}
@@ -40,7 +41,7 @@ def test_audit_refuses_what_it_cannot_do_in_one_line(tmp_path_factory, tmp_path)
     for args, message in cases:
         r = CliRunner().invoke(main, ["audit", *args, "--report", str(tmp_path / "never.json"), "--quiet"])
         assert r.exit_code == 2 and message in r.output, (args, r.output)
-        assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "never.json").exists()
+        assert len(r.output.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
 
 
 def test_verdict_reads_the_auc_against_its_standard_error():
