@@ -162,10 +162,12 @@ def _list(text: str) -> tuple[str, ...]:
                    "about a Retrain per network, scenario and seed)")
 @click.option("--doc", type=click.Path(exists=True, dir_okay=False), default=None,
               help="also replace this document's '## Architecture panel' section (e.g. docs/results.md)")
+@click.option("--report-only", is_flag=True,
+              help="run nothing: write the tables from the units already in OUT (a panel stopped part-way)")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors(InputError, ValueError)
 def panel(networks, scenarios, seeds, methods, settings, out, cache_dir, data_root, device, threads, quick,
-          references, doc, progress):
+          references, doc, report_only, progress):
     """Run the architecture panel (every method, as `invwnn apply` runs it, on torchvision networks
     against Retrain), skipping units already in OUT/units.jsonl, and write panel.md, panel.json and
     panel.png."""
@@ -182,6 +184,7 @@ def panel(networks, scenarios, seeds, methods, settings, out, cache_dir, data_ro
         methods=panel_mod.METHODS if methods.strip() == "all" else _list(methods), settings=_list(settings),
         cache_dir=cache_dir, data_root=data_root, device=device, references=references)
     t0 = time.time()
-    rows = panel_mod.run_panel(config, out, progress, log=lambda s: tqdm.write(s, file=sys.stderr))
+    rows = panel_mod.read_units(out) if report_only else \
+        panel_mod.run_panel(config, out, progress, log=lambda s: tqdm.write(s, file=sys.stderr))
     files = panel_report.write(config, rows, out, _command(click.get_current_context(), "panel"), doc)
     click.echo(f"panel: {len(panel_mod.plan(config))} units, {len(files)} files in {out} ({time.time() - t0:.0f} s)")

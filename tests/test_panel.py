@@ -98,6 +98,11 @@ def test_resume_skips_done_units_and_the_doc_section_is_idempotent(tmp_path, mon
     assert (tmp_path / "out" / "units.jsonl").read_text() == units
     assert doc.read_text() == first
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"units.jsonl", "panel.md", "panel.json", "panel.png"}
+    # --report-only runs nothing, even for a network never run: its tables say so
+    wider = [a if a != "convnext" else "convnext,resnet18" for a in args]
+    r = run(*wider, "--report-only")
+    assert r.exit_code == 0, r.output
+    assert "resnet18 on random10: seeds none yet" in (tmp_path / "out" / "panel.md").read_text()
 
 
 def test_section_replacement_appends_a_missing_section_and_is_idempotent():
