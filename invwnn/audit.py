@@ -114,7 +114,7 @@ def audit(inputs: Inputs, config: AuditConfig = AuditConfig(), *, report_path: s
     torch.manual_seed(config.seed)
     refs = train_references(loaded, data, config, progress)
     seconds = time.perf_counter() - t0
-    attack = Attack(refs, data.forget, data.test, config.device, config.seed)
+    attack = Attack(refs, data.forget, data.test, config.seed)
     figures = attack.figures(model)
     acc = lambda m, s: metrics.accuracy(m, s.x, s.y, config.device)  # noqa: E731
     own = {"RA": acc(model, data.retain), "TA": acc(model, data.test), "forget_acc": acc(model, data.forget)}

@@ -118,15 +118,16 @@ class _Outputs:
 class Attack:
     """Offline RMIA and JS to Retrain for one forget set. ``references``: models trained without
     the forget set (the first is Retrain); ``forget``, ``test``: the splits; ``seed`` cuts the test
-    set into population and held-out candidates. :meth:`figures` scores any model against them."""
+    set into population and held-out candidates. :meth:`figures` scores any model against them, on
+    the device it is on."""
 
-    def __init__(self, references: list[nn.Module], forget: Split, test: Split, device: str = "cpu",
-                 seed: int = 0, a: float = OFFLINE_A, gamma: float = GAMMA):
+    def __init__(self, references: list[nn.Module], forget: Split, test: Split, seed: int = 0,
+                 a: float = OFFLINE_A, gamma: float = GAMMA):
         if len(references) < 2:
             raise InputError("RMIA needs at least 2 reference models (Retrain and one more)")
         heldout, population = attack_splits(forget, test, seed)
         self.forget, self.heldout, self.population, self.test = forget, heldout, population, test
-        self.device, self.a, self.gamma = device, a, gamma
+        self.a, self.gamma = a, gamma
         self.retrain_model = references[0]
         self.refs = [self._outputs(m) for m in references]
         self.retrain_scores = self._scores(self.refs[0], self.refs[1:])
@@ -135,8 +136,9 @@ class Attack:
                         "JS_forget": 0.0, "JS_test": 0.0}
 
     def _outputs(self, model: nn.Module) -> _Outputs:
-        return _Outputs(*(predict(model, s.x, self.device) for s in (self.forget, self.heldout, self.population,
-                                                                      self.test)))
+        device = next(model.parameters()).device
+        return _Outputs(*(predict(model, s.x, device) for s in (self.forget, self.heldout, self.population,
+                                                                 self.test)))
 
     def _scores(self, target: _Outputs, refs: list[_Outputs]) -> tuple[np.ndarray, np.ndarray]:
         def probs(which: str, out: _Outputs) -> np.ndarray:

@@ -226,7 +226,8 @@ def _extras(scn: scenarios.Scenario) -> dict[str, Split]:
 
 def _measure(model: torch.nn.Module, prep: prepare.Prepared, config: PanelConfig, seed: int) -> dict[str, float]:
     scn = prep.scenario
-    attack = prepare.attack_cached(prep, config.references, config.cache_dir) if config.references else None
+    attack = prepare.attack_cached(prep, config.references, config.cache_dir, config.device) \
+        if config.references else None
     device = str(next(model.parameters()).device)
     return measure(model, scn.forget_split, scn.retain_split, scn.test, device, seed, _extras(scn), attack)
 

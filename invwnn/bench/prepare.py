@@ -177,9 +177,10 @@ def references(prep: Prepared, k: int, cache_dir: str | Path, device: str = "cpu
 _ATTACKS: dict[tuple, privacy.Attack | InputError] = {}
 
 
-def attack_cached(prep: Prepared, k: int, cache_dir: str | Path, amp: bool = False) -> privacy.Attack:
+def attack_cached(prep: Prepared, k: int, cache_dir: str | Path, device: str = "cpu",
+                  amp: bool = False) -> privacy.Attack:
     """The RMIA attack on ``prep``'s forget set and test split (validation images in a tuning view)
-    with ``k`` references (:func:`references`), memoised in this process."""
+    with ``k`` references (:func:`references`, trained on ``device``), memoised in this process."""
     scn = prep.scenario
     key = (scn.config, scn.seed, "test" in scn.index, k, str(cache_dir), amp)
     if key not in _ATTACKS:
@@ -187,8 +188,8 @@ def attack_cached(prep: Prepared, k: int, cache_dir: str | Path, amp: bool = Fal
             _ATTACKS.clear()
         try:
             privacy.attack_splits(scn.forget_split, scn.test, scn.seed)  # too few images: refuse before training
-            _ATTACKS[key] = privacy.Attack(references(prep, k, cache_dir, amp=amp), scn.forget_split, scn.test,
-                                           seed=scn.seed)
+            _ATTACKS[key] = privacy.Attack(references(prep, k, cache_dir, device, amp), scn.forget_split,
+                                           scn.test, seed=scn.seed)
         except InputError as err:
             _ATTACKS[key] = err
     if isinstance(_ATTACKS[key], InputError):

@@ -335,7 +335,7 @@ def attack_for(prep: Prepared, bench: BenchConfig) -> Attack | None:
     if not bench.references:
         return None
     try:
-        return attack_cached(prep, bench.references, bench.cache_dir, bench.amp)
+        return attack_cached(prep, bench.references, bench.cache_dir, bench.device, bench.amp)
     except InputError as err:
         warnings.warn(f"no RMIA on {prep.scenario.config.name} seed {prep.scenario.seed}: {err}", stacklevel=2)
         return None
