@@ -23,6 +23,13 @@ def budget_passes(config: dict, sizes: dict) -> int:
     return forget + repair
 
 
+def passes(row: dict, sizes: dict) -> str:
+    """The budget's image passes over Retrain's, for the invwnn loops ("-" for other methods)."""
+    if "snapshots" not in row["config"]:
+        return "-"
+    return f"{budget_passes(row['config'], sizes) / retrain_passes(row, sizes):.2f}"
+
+
 def retrain_passes(row: dict, sizes: dict) -> float:
     """Images Retrain feeds through: the retain set times the panel network's epochs."""
     from invwnn.bench.panel import NETWORKS, QUICK_NETWORKS
@@ -53,7 +60,7 @@ def main() -> None:
             kept = ta >= ta_o if r["scenario"] == "label-noise" else ta >= ta_o - 1
             print(f"| {method} | {r['network']} | {r['scenario']} | {r['seed']} | {way:.2f} | {ta:.1f} vs {ta_o:.1f} | "
                   f"{'yes' if kept else 'no'} | {r['time_ratio']:.2f} | {r['wall_seconds'] / o['retrain']['seconds']:.2f} | "
-                  f"{budget_passes(r['config'], o['sizes']) / retrain_passes(r, o['sizes']):.2f} | "
+                  f"{passes(r, o['sizes'])} | "
                   f"{len(r['backoffs'])} |")
 
 
