@@ -187,7 +187,6 @@ def share(pairs: int, steps: int) -> None:
 
     from trajgen import data as datasets
     from trajgen.collect import CollectConfig, plan
-    from trajgen.nets import layer_table
     from trajgen.train import build_model, snapshots
 
     torch.set_num_threads(1)

@@ -2,7 +2,6 @@
 restricted unpickler, the one-line error when nothing is found, and Fashion-MNIST as 3x32x32."""
 import os
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest

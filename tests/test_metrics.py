@@ -1,7 +1,6 @@
 """Metrics: the SalUn gap and an MIA that tells members from non-members on a real model."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 

@@ -6,7 +6,6 @@ import pytest
 import torch
 import zarr
 
-from trajgen import data as datasets
 from trajgen import nets, store
 from trajgen.collect import train_to_store
 from trajgen.spec import OptimSpec, draw_run
