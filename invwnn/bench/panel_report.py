@@ -18,6 +18,11 @@ from invwnn.bench.report import mean_std, save_fig, versions
 from invwnn.models import atomic_write
 
 HEADING = "## Architecture panel"
+_TUNED = ("at the bench's tuned values (`invwnn/bench/tuned/<scenario>.json`, chosen on the bench's CNN; "
+          "nothing tuned per network)")
+SETTINGS_TEXT = {("defaults",): "at its library defaults (nothing tuned)", ("tuned",): _TUNED,
+                 ("defaults", "tuned"): f"at its library defaults and {_TUNED}",
+                 ("tuned", "defaults"): f"at its library defaults and {_TUNED}"}
 METRICS = ("RA", "UA", "TA", "MIA", "gap", "time_ratio", "backoffs", "acc:other_classes", "TA_gain", "gap5",
            "RMIA_AUC", "RMIA_TPR1", "RMIA_tail", "JS_forget")
 PRIVACY = (("gap5", "gap5", 2), ("RMIA_AUC", "RMIA AUC", 1), ("RMIA_tail", "tail", 1))  # with --references
@@ -114,8 +119,7 @@ def markdown(config: panel.PanelConfig, blocks: list[dict], rows: dict[str, dict
     out = ["# Architecture panel", "", f"Command: `{command}`", "",
            "Networks the project does not build itself, on Fashion-MNIST as 3x32x32, each method run through "
            "`invwnn.apply.apply` (what `invwnn apply` runs, guard at its default bound of "
-           f"{config.max_drop:g} points) at its library defaults and at the bench's tuned values "
-           "(`invwnn/bench/tuned/<scenario>.json`, chosen on the bench's CNN; nothing tuned per network). "
+           f"{config.max_drop:g} points) " + SETTINGS_TEXT[tuple(config.settings)] + ". "
            "RA, UA, TA, MIA in percent on the retain, forget and test splits (mean ± std over seeds); gap = "
            "mean |metric - Retrain's| over the four; time / Retrain = the method's seconds (guard checks "
            "excluded) over Retrain's training seconds; backoffs = the guard's, per run; stop = how the runs "
