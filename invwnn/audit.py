@@ -28,9 +28,8 @@ from invwnn import metrics, models
 from invwnn.apply import Inputs, load_inputs
 from invwnn.methods import REGISTRY, Context, Data
 from invwnn.models import InputError, LoadedModel
-from invwnn.privacy import Attack
+from invwnn.privacy import REFERENCE_SEED_STEP, Attack
 
-SEED_STEP = 1000  # reference j trains under seed + 1000 j
 MISMATCH = 10.0  # points of retain accuracy between model and references that draw a warning
 
 
@@ -65,7 +64,7 @@ def train_references(loaded: LoadedModel, data: Data, config: AuditConfig, progr
     rcfg, _ = recipe(loaded, config)
     out = []
     for j in tqdm(range(config.references), desc="references", disable=not progress, leave=False):
-        ctx = Context(device=config.device, seed=config.seed + SEED_STEP * j, rebuild=loaded.rebuild)
+        ctx = Context(device=config.device, seed=config.seed + REFERENCE_SEED_STEP * j, rebuild=loaded.rebuild)
         out.append(REGISTRY["retrain"].run(loaded.model, data, rcfg, ctx).eval())
     return out
 

@@ -33,6 +33,7 @@ from invwnn.metrics import predict
 from invwnn.models import InputError
 
 OFFLINE_A = 0.3
+REFERENCE_SEED_STEP = 1000  # reference j trains under seed + 1000 j (bench and audit alike)
 GAMMA = 1.0
 TAIL_QUANTILE = 0.95
 FPR = 0.01

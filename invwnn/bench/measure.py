@@ -36,7 +36,8 @@ def _probs(model: nn.Module, split: Split, device: str) -> tuple[float, np.ndarr
 
 
 def measure(model: nn.Module, forget: Split, retain: Split, test: Split, device: str = "cpu",
-            seed: int = 0, extras: dict[str, Split] | None = None, attack: Attack | None = None) -> dict[str, float]:
+            seed: int = 0, extras: dict[str, Split] | None = None,
+            attack: Attack | None = None) -> dict[str, float]:
     """RA, UA, TA, MIA (percent), ``acc:<name>`` for every extra split, and with ``attack`` its
     RMIA and JS figures (:meth:`invwnn.privacy.Attack.figures`)."""
     n = min(len(retain), len(test))

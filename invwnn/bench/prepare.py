@@ -161,16 +161,13 @@ def _retrain_cached(scn: scenarios.Scenario, seed: int, cache: Path, device: str
     return retrained, meta, key, hit
 
 
-REFERENCE_SEED_STEP = 1000  # reference j trains under seed + 1000 j: no reported or tuning seed
-
-
 def references(prep: Prepared, k: int, cache_dir: str | Path, device: str = "cpu", amp: bool = False,
                progress: bool = False) -> list[Normalized]:
     """Retrain and ``k - 1`` more models trained like it on the retain set, each from its own
     initialisation and batch order (seed + 1000 j), cached: the references of offline RMIA."""
     scn = prep.scenario
-    more = [_retrain_cached(scn, scn.seed + REFERENCE_SEED_STEP * j, Path(cache_dir), device, progress, amp)[0]
-            for j in range(1, k)]
+    seeds = [scn.seed + privacy.REFERENCE_SEED_STEP * j for j in range(1, k)]
+    more = [_retrain_cached(scn, seed, Path(cache_dir), device, progress, amp)[0] for seed in seeds]
     return [prep.retrain, *more]
 
 
