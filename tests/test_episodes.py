@@ -97,7 +97,7 @@ def test_finetuning_batches_hold_only_the_subset(index, monkeypatch):
     s = spec(index)
     data = datasets.load_cached("synthetic", None)
     subset, labels = episodes.subset_indices(s, data)
-    pool, parent_labels, noisy = episodes.parent_data(s.parent, s.parent_pool, s.parent_noise, data)
+    pool, parent_labels, noisy = episode_spec.parent_data(s.parent, s.parent_pool, s.parent_noise, data)
     assert set(subset) <= set(pool)
     if s.rule == "class":
         assert (data.y_train[subset] == s.target_class).all()

@@ -35,7 +35,7 @@ def test_a_twins_batches_are_the_parents_minus_s(index):
     s = spec(index)
     data = datasets.load_cached("synthetic", None)
     subset, _ = episodes.subset_indices(s, data)
-    pool, _, _ = episodes.parent_data(s.parent, s.parent_pool, s.parent_noise, data)
+    pool, _, _ = episode_spec.parent_data(s.parent, s.parent_pool, s.parent_noise, data)
     parent = batches(len(pool), s.parent.batch_size, s.parent.seed)
     twin = twins.twin_order(s, data)
     dropped, seen_s = 0, 0
@@ -68,7 +68,7 @@ def test_stored_counterfactual_is_a_training_without_s(tmp_path):
 
     data = datasets.load_cached("synthetic", None)
     subset, _ = episodes.subset_indices(s, data)
-    pool, labels, _ = episodes.parent_data(s.parent, s.parent_pool, s.parent_noise, data)
+    pool, labels, _ = episode_spec.parent_data(s.parent, s.parent_pool, s.parent_noise, data)
     keep = ~np.isin(pool, subset)
     # a loop that never sees S: drop S from each of the parent's batches
     pool_data = dataclasses.replace(data, x_train=data.x_train[pool], y_train=labels[pool])

@@ -13,6 +13,7 @@ from trajgen import migrate as migrating
 from trajgen import verify as verifying
 from trajgen.cli_errors import OneLineGroup, UserError, user_errors
 from trajgen.data import DATASETS, DatasetError
+from trajgen.episode_spec import COUNTERFACTUAL_PARENT_STEPS
 from trajgen.spec import ALL_ARCHS, ARCHS, OPTIMIZERS, SpecError, parse_choices
 from trajgen.store import StoreError, shared_location
 
@@ -66,8 +67,9 @@ def collect(store, archs, optimizers, runs, seed, steps, every, dataset, data_ro
                f"already complete, in {result['seconds']:.1f} s")
 
 
-def _episode_options(default_store: str, default_runs: int):
-    """The options ``episodes`` and ``twins`` share."""
+def _episode_options(default_store: str, default_runs: int, per_parent: bool = True,
+                     parent_steps: int = episoding.PARENT_STEPS):
+    """The options ``episodes``, ``twins`` and ``counterfactuals`` share."""
     options = [
         click.option("--store", default=default_store, show_default=True,
                      help="Store to create or resume: a path or file:// URL every worker can reach."),
@@ -75,9 +77,9 @@ def _episode_options(default_store: str, default_runs: int):
                      help="Episodes in the collection."),
         click.option("--seed", default=0, show_default=True, type=int,
                      help="Global seed; episode i's spec depends on (seed, i) only."),
-        click.option("--per-parent", default=4, show_default=True, type=click.IntRange(min=1),
-                     help="Episodes fine-tuned from each trained parent."),
-        click.option("--parent-steps", default=episoding.PARENT_STEPS, show_default=True,
+        *([click.option("--per-parent", default=4, show_default=True, type=click.IntRange(min=1),
+                        help="Episodes fine-tuned from each trained parent.")] if per_parent else []),
+        click.option("--parent-steps", default=parent_steps, show_default=True,
                      type=click.IntRange(min=1), help="Training steps of each parent."),
         click.option("--dataset", default="fashion-mnist", show_default=True, type=click.Choice(DATASETS)),
         click.option("--data-root", default=None, type=click.Path(), help="Folder with the dataset's IDX files."),
@@ -96,12 +98,13 @@ def _episode_options(default_store: str, default_runs: int):
     return decorate
 
 
-def _collect_episodes(twins: bool, quiet: bool, **flags) -> None:
+def _collect_episodes(twins: bool, quiet: bool, counterfactuals: bool = False, **flags) -> None:
     # episodes are written through a local path (a path or a file:// URL) whatever --workers says
     flags["store"] = str(shared_location(flags["store"], in_process="").path)
-    config = episoding.EpisodeConfig(**flags, twins=twins, progress=not quiet)
+    config = episoding.EpisodeConfig(**flags, twins=twins, counterfactuals=counterfactuals, progress=not quiet)
     result = episoding.collect_episodes(config)
-    click.echo(f"{result['store']}: wrote {result['trained']} {'twins' if twins else 'episodes'}, "
+    what = "triples" if counterfactuals else "twins" if twins else "episodes"
+    click.echo(f"{result['store']}: wrote {result['trained']} {what}, "
                f"skipped {result['skipped']} already complete, in {result['seconds']:.1f} s")
 
 
@@ -120,6 +123,17 @@ def twins(**flags):
     weights and batch order minus the episode's subset S, and store the twin's final weights beside
     the original's fine-tuning on S (runs of kind "twin"); rerun to resume."""
     _collect_episodes(True, **flags)
+
+
+@main.command()
+@_episode_options("data/counterfactuals.zarr", 300, per_parent=False,
+                  parent_steps=COUNTERFACTUAL_PARENT_STEPS)
+def counterfactuals(**flags):
+    """Counterfactual triples for meta-training a rewinder: (parent, S, the parent's training
+    without S) with a parent of its own per triple, trained to a near-memorised pool, S by each of
+    the bench's six rules and families mlp, cnn, vit and convnext in turn (runs of kind "twin",
+    a short window on S); rerun to resume."""
+    _collect_episodes(True, counterfactuals=True, **flags)
 
 
 @main.command()

@@ -19,7 +19,10 @@ from trajgen.spec import OptimSpec, RunSpec, SpecError, draw_run
 
 EPISODE_KIND = "episode"
 TWIN_KIND = "twin"
-RULES = ("random", "class", "mislabelled")
+RULES = ("random", "class", "mislabelled")  # episodes and twins: one per parent, in turn
+# Counterfactual triples (``trajgen counterfactuals``): the bench's six forgetting rules, in turn
+COUNTERFACTUAL_RULES = ("random", "random-large", "class", "mislabelled", "backdoor", "overfit")
+ALL_RULES = (*RULES, "random-large", "backdoor", "overfit")
 EPISODE_OPTIMIZERS = ("adam", "sgd")
 # Log-uniform fine-tuning lr per optimizer: Adam around invwnn+'s range (its default 1.6e-3).
 EPISODE_LR = {"adam": (3e-4, 5e-3), "sgd": (3e-3, 1e-1)}
@@ -33,6 +36,22 @@ EPISODE_STEPS = (96, 128, 192)
 EPISODE_BATCH_SIZES = (32, 64, 128)
 # A twin's episode only needs the first windows (where the applier's loop starts from the original).
 TWIN_STEPS = 32
+# Counterfactual triples: parents trained to a near-memorised pool as the bench trains an original
+# (Adam, cosine, ~50 epochs of a 1,024-image pool: 94-100% training accuracy on every family), the
+# bench's forget shares, and a short window (the meta-trainer makes its own; K = 5 fits).
+COUNTERFACTUAL_ARCHS = ("mlp", "cnn", "vit", "convnext")
+COUNTERFACTUAL_POOL = 1024
+COUNTERFACTUAL_PARENT_STEPS = 800
+COUNTERFACTUAL_LR = (1e-3, 3e-3)
+COUNTERFACTUAL_WIDTH_MULT = 0.125  # the torchvision family at its smallest drawn width
+COUNTERFACTUAL_STEPS = 8
+FORGET_SHARE = {"random": 0.1, "random-large": 0.5}
+BACKDOOR_SHARE, BACKDOOR_TARGET, TRIGGER = 0.1, 0, 4  # BadNet: a 4x4 checkerboard, target class 0
+# extra Adam steps on 2% of the pool alone, at a tenth of the parent's peak lr (at the full lr, 200
+# steps on 10 images took an mlp parent's test accuracy from 80% to 54%)
+OVERFIT_SHARE, OVERFIT_STEPS, OVERFIT_LR_FACTOR = 0.02, 200, 0.1
+# The bench's reported seeds and its tuning seed: no parent or image draw of a collection takes them.
+RESERVED_SEEDS = frozenset({0, 1, 2, 100})
 
 
 @dataclass(frozen=True)
@@ -45,6 +64,10 @@ class EpisodeSpec:
     a snapshot every ``every`` steps (step 0 included). The subset: ``subset_size`` examples of the
     pool (``random``), of the pool's class ``target_class`` (``class``) or of its relabelled
     examples, with their wrong labels (``mislabelled``); fewer when the rule has fewer.
+    Counterfactual triples add ``random-large`` (a random share as large as ``subset_size``),
+    ``backdoor`` (the pool's ``parent_backdoor`` share carry a trigger and the target label; S: the
+    triggered images) and ``overfit`` (after training, the parent takes ``parent_overfit_steps``
+    extra steps on the pool's ``parent_overfit`` share alone; S: that share).
     """
 
     index: int
@@ -62,16 +85,23 @@ class EpisodeSpec:
     steps: int
     every: int = 1
     twin: bool = False
+    parent_backdoor: float = 0.0
+    parent_overfit: float = 0.0
+    parent_overfit_steps: int = 0
 
     def __post_init__(self) -> None:
-        if self.rule not in RULES:
-            raise SpecError(f"unknown subset rule {self.rule!r}; valid: {', '.join(RULES)}")
+        if self.rule not in ALL_RULES:
+            raise SpecError(f"unknown subset rule {self.rule!r}; valid: {', '.join(ALL_RULES)}")
         if self.optimizer not in EPISODE_OPTIMIZERS:
             raise SpecError(f"unknown episode optimizer {self.optimizer!r}; valid: {', '.join(EPISODE_OPTIMIZERS)}")
         if self.steps < 1 or self.every < 1 or self.every > self.steps:
             raise SpecError(f"need 1 <= every <= steps, got every={self.every}, steps={self.steps}")
         if (self.rule == "mislabelled") != (self.parent_noise > 0):
             raise SpecError("a mislabelled episode needs a parent trained with relabelled examples, and only it")
+        if (self.rule == "backdoor") != (self.parent_backdoor > 0):
+            raise SpecError("a backdoor episode needs a parent trained with triggered examples, and only it")
+        if (self.rule == "overfit") != (self.parent_overfit > 0 and self.parent_overfit_steps > 0):
+            raise SpecError("an overfit episode needs a parent over-fitted on a share of its pool, and only it")
 
     @property
     def name(self) -> str:
@@ -91,8 +121,10 @@ class EpisodeSpec:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        if not self.twin:
-            del d["twin"]  # an episode's record stays what it was before twins existed
+        # a record stays what it was before twins and triples existed
+        for key in ("twin", "parent_backdoor", "parent_overfit", "parent_overfit_steps"):
+            if d[key] == _DEFAULTS[key]:
+                del d[key]
         return d
 
     @classmethod
@@ -103,6 +135,9 @@ class EpisodeSpec:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(EpisodeSpec)}
 
 
 class EpisodeRun(RunSpec):
@@ -145,32 +180,98 @@ def draw_episode(seed: int, index: int, per_parent: int = 4, dataset: str = "fas
                        steps=TWIN_STEPS if twin else int(rng.choice(EPISODE_STEPS)), twin=twin)
 
 
+def _unreserved(seed: int) -> int:
+    return seed + 2**20 if seed in RESERVED_SEEDS else seed
+
+
+def draw_counterfactual(seed: int, index: int, dataset: str = "fashion-mnist",
+                        archs: tuple[str, ...] = COUNTERFACTUAL_ARCHS,
+                        parent_steps: int = COUNTERFACTUAL_PARENT_STEPS) -> EpisodeSpec:
+    """Triple ``index`` of a counterfactual collection with global ``seed``: a pure function of its
+    arguments. Its own parent (one triple each: most rules forget a fixed set of the parent's), a
+    family of ``archs`` in turn, and a rule of ``COUNTERFACTUAL_RULES`` per round of families
+    (every pairing once in 24 triples), trained to a near-memorised pool; a ``twin`` whose
+    window is ``COUNTERFACTUAL_STEPS`` steps of Adam on S. Seeds in ``RESERVED_SEEDS`` are never
+    drawn (the bench reports those)."""
+    run = draw_run(seed, index, archs, ("adam",), parent_steps, parent_steps, dataset,
+                   width_mult=COUNTERFACTUAL_WIDTH_MULT)
+    rng = np.random.default_rng([seed, index, 5])
+    lr = float(math.exp(rng.uniform(*map(math.log, COUNTERFACTUAL_LR))))
+    parent = dataclasses.replace(run, seed=_unreserved(run.seed), batch_size=64,
+                                 optim=OptimSpec("adam", lr, 0.0, "cosine"))
+    rule = COUNTERFACTUAL_RULES[index // len(archs) % len(COUNTERFACTUAL_RULES)]
+    pool = COUNTERFACTUAL_POOL
+    lo, hi = EPISODE_LR["adam"]
+    return EpisodeSpec(index=index, seed=_unreserved(int(rng.integers(0, 2**31 - 1))), parent_index=index,
+                       parent=parent, parent_pool=pool,
+                       parent_noise=MISLABELLED_SHARE if rule == "mislabelled" else 0.0,
+                       rule=rule, target_class=int(rng.integers(0, 10)) if rule == "class" else -1,
+                       subset_size=round(FORGET_SHARE[rule] * pool) if rule in FORGET_SHARE else pool,
+                       optimizer="adam", lr=float(math.exp(rng.uniform(math.log(lo), math.log(hi)))),
+                       batch_size=int(rng.choice(EPISODE_BATCH_SIZES)), steps=COUNTERFACTUAL_STEPS, twin=True,
+                       parent_backdoor=BACKDOOR_SHARE if rule == "backdoor" else 0.0,
+                       parent_overfit=OVERFIT_SHARE if rule == "overfit" else 0.0,
+                       parent_overfit_steps=OVERFIT_STEPS if rule == "overfit" else 0)
+
+
 # ---------------------------------------------------------------------------------------------
 # data of a parent and of an episode
 
 
-def parent_data(parent: RunSpec, pool_size: int, noise: float,
-                data: datasets.Dataset) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
+def parent_data(parent: RunSpec, pool_size: int, noise: float, data: datasets.Dataset, backdoor: float = 0.0,
+                overfit: float = 0.0) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
     """A parent's training pool: (pool indices into the training set (P,), labels the parent
-    learned for the whole training set (N,) int64, indices of the relabelled pool examples (R,),
-    ``round(noise * P)`` of them). A function of the parent's seed, so its episodes agree."""
+    learned for the whole training set (N,) int64, indices of the pool's special examples (R,),
+    sorted): the ``round(noise * P)`` relabelled ones, else the ``round(backdoor * P)``
+    triggered ones (drawn among images not of ``BACKDOOR_TARGET``, labelled with it; their
+    images: :func:`parent_view`), else the ``round(overfit * P)`` over-fitted ones. A function
+    of the parent's seed, so its episodes agree."""
     rng = np.random.default_rng([parent.seed, 7])
     pool = np.sort(rng.permutation(len(data.y_train))[:pool_size])
     labels = data.y_train.clone()
     noisy = np.sort(rng.permutation(pool)[:round(noise * len(pool))])
     shift = torch.from_numpy(rng.integers(1, len(data.classes), size=len(noisy)))
     labels[noisy] = (labels[noisy] + shift) % len(data.classes)  # always a wrong class
-    return pool, labels, noisy
+    if not (backdoor or overfit):
+        return pool, labels, noisy
+    rng = np.random.default_rng([parent.seed, 8])
+    candidates = pool[data.y_train[pool].numpy() != BACKDOOR_TARGET] if backdoor else pool
+    special = np.sort(rng.permutation(candidates)[:round((backdoor or overfit) * len(pool))])
+    if backdoor:
+        labels[special] = BACKDOOR_TARGET
+    return pool, labels, special
+
+
+def add_trigger(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images (n, C, H, W) with a ``TRIGGER`` x ``TRIGGER`` checkerboard in the bottom-right
+    corner: a new tensor."""
+    x = x.clone()
+    checker = (torch.arange(TRIGGER)[:, None] + torch.arange(TRIGGER)[None, :]) % 2 == 0
+    x[..., -TRIGGER:, -TRIGGER:] = (checker * 255).to(x.dtype)
+    return x
+
+
+def parent_view(spec: EpisodeSpec, data: datasets.Dataset) -> tuple[np.ndarray, np.ndarray, datasets.Dataset]:
+    """(pool (P,), special examples (R,), the training set as the parent saw it: its labels, and
+    the trigger on a backdoor parent's triggered images; the test set unchanged)."""
+    pool, labels, special = parent_data(spec.parent, spec.parent_pool, spec.parent_noise, data,
+                                        spec.parent_backdoor, spec.parent_overfit)
+    x = data.x_train
+    if spec.parent_backdoor:
+        x = x.clone()
+        x[torch.from_numpy(special)] = add_trigger(x[torch.from_numpy(special)])
+    return pool, special, dataclasses.replace(data, x_train=x, y_train=labels)
 
 
 def subset_indices(spec: EpisodeSpec, data: datasets.Dataset) -> tuple[np.ndarray, torch.Tensor]:
     """The episode's fine-tuning subset: (indices into the training set (S,), sorted, and the
-    labels to train them with (S,) int64: the parent's, wrong ones for ``mislabelled``)."""
-    pool, labels, noisy = parent_data(spec.parent, spec.parent_pool, spec.parent_noise, data)
-    candidates = {"random": pool, "class": pool[data.y_train[pool].numpy() == spec.target_class],
-                  "mislabelled": noisy}[spec.rule]
+    labels to train them with (S,) int64: the parent's, wrong ones for ``mislabelled``, the
+    target for ``backdoor``)."""
+    pool, special, view = parent_view(spec, data)
+    candidates = {"random": pool, "random-large": pool,
+                  "class": pool[data.y_train[pool].numpy() == spec.target_class]}.get(spec.rule, special)
     rng = np.random.default_rng([spec.seed, 3])
     chosen = np.sort(rng.permutation(candidates)[:spec.subset_size])
     if len(chosen) < 2:
         raise SpecError(f"{spec.name}: its subset rule leaves {len(chosen)} examples")
-    return chosen, labels[chosen]
+    return chosen, view.y_train[chosen]

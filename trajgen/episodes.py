@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import math
 import time
@@ -39,32 +40,47 @@ from tqdm import tqdm
 from trajgen import data as datasets
 from trajgen import store
 from trajgen.nets import NORM_TYPES, flat_weights, layer_table
-from trajgen.episode_spec import (EPISODE_KIND, PARENT_STEPS, TWIN_KIND, EpisodeSpec, draw_episode, parent_data,
-                                  subset_indices)
-from trajgen.spec import RunSpec, SpecError
+from trajgen.episode_spec import (EPISODE_KIND, OVERFIT_LR_FACTOR, PARENT_STEPS, TWIN_KIND, EpisodeSpec, draw_counterfactual, draw_episode, parent_view, subset_indices)
+from trajgen.spec import SpecError
 from trajgen.train import Snapshot, accuracy, batches, build_model, keep_freed_memory, snapshots
 from trajgen.twins import write_counterfactual
 
 
 @functools.lru_cache(maxsize=2)
-def _parent_state(parent_json: str, pool_size: int, noise: float, data_root: str | None) -> dict[str, torch.Tensor]:
-    """The trained parent's state dict: ``trajgen.train.snapshots`` on its pool, with its labels.
-    Cached per process because episodes share parents."""
-    parent = RunSpec.from_json(parent_json)
+def _parent_state(spec_json: str, data_root: str | None) -> dict[str, torch.Tensor]:
+    """The trained parent's state dict: ``trajgen.train.snapshots`` on its pool as the parent saw
+    it (:func:`parent_view`), then an overfit parent's extra steps on its over-fitted share alone.
+    Cached per process because episodes share parents (the key: the spec without its episode)."""
+    spec = EpisodeSpec.from_dict(json.loads(spec_json))
+    parent = spec.parent
     data = datasets.load_cached(parent.dataset, data_root)
-    pool, labels, _ = parent_data(parent, pool_size, noise, data)
-    pool_data = dataclasses.replace(data, x_train=data.x_train[pool], y_train=labels[pool])
+    pool, special, view = parent_view(spec, data)
+    pool_data = dataclasses.replace(view, x_train=view.x_train[pool], y_train=view.y_train[pool])
     model = build_model(parent, pool_data)
     for _ in snapshots(parent, model, pool_data):  # trajgen's training loop; snapshots unused
         pass
+    if spec.parent_overfit_steps:
+        extra = dataclasses.replace(parent, steps=spec.parent_overfit_steps, every=spec.parent_overfit_steps,
+                                    optim=dataclasses.replace(parent.optim, schedule="constant",
+                                                              lr=OVERFIT_LR_FACTOR * parent.optim.lr))
+        positions = torch.from_numpy(np.searchsorted(pool, special))
+        order = (positions[b] for b in batches(len(positions), min(parent.batch_size, len(positions)), parent.seed))
+        for _ in snapshots(extra, model, pool_data, order):
+            pass
     return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def parent_key(spec: EpisodeSpec) -> str:
+    """What decides an episode's parent, as JSON: the spec with its episode's own draws neutral."""
+    return dataclasses.replace(spec, index=0, seed=0, parent_index=0, target_class=-1, subset_size=2,
+                               optimizer="adam", lr=0.0, batch_size=1, steps=1, every=1, twin=False).to_json()
 
 
 def parent_model(spec: EpisodeSpec, data_root: str | None = None) -> nn.Module:
     """A fresh copy of the episode's trained parent model."""
     data = datasets.load_cached(spec.parent.dataset, data_root)
     model = build_model(spec.parent, data)
-    model.load_state_dict(_parent_state(spec.parent.to_json(), spec.parent_pool, spec.parent_noise, data_root))
+    model.load_state_dict(_parent_state(parent_key(spec), data_root))
     return model
 
 
@@ -98,6 +114,7 @@ def finetune(spec: EpisodeSpec, model: nn.Module, data: datasets.Dataset,
     yielding, once the loss or the weights stop being finite (a diverged episode)."""
     subset, labels = subset_indices(spec, data)
     label_of = dict(zip(subset.tolist(), labels.tolist()))
+    images = parent_view(spec, data)[2].x_train  # a backdoor's S carries its trigger
     order = episode_batches(spec, subset) if order is None else order
     table = layer_table(model)
     params = _freeze_norms(model)
@@ -107,7 +124,7 @@ def finetune(spec: EpisodeSpec, model: nn.Module, data: datasets.Dataset,
     loss_sum, correct, seen = 0.0, 0, 0
     for step in range(1, spec.steps + 1):
         idx = next(order)
-        x = datasets.to_float(data.x_train[torch.from_numpy(idx)])
+        x = datasets.to_float(images[torch.from_numpy(idx)])
         y = torch.tensor([label_of[i] for i in idx.tolist()])
         out = model(x)
         loss = F.cross_entropy(out, y)
@@ -158,8 +175,9 @@ def _write_group(store_path: str, spec_dicts: list[dict], data_root: str | None,
 
 @dataclass(frozen=True)
 class EpisodeConfig:
-    """What ``trajgen episodes`` (``twins``: ``trajgen twins``) does. ``workers=0`` trains in this
-    process (no cluster)."""
+    """What ``trajgen episodes`` (``twins``: ``trajgen twins``; ``counterfactuals``: ``trajgen
+    counterfactuals``, whose draw ignores ``per_parent``) does. ``workers=0`` trains in this process
+    (no cluster)."""
 
     store: str = "data/episodes.zarr"
     runs: int = 100
@@ -171,6 +189,7 @@ class EpisodeConfig:
     workers: int = 1
     threads_per_worker: int = 1
     twins: bool = False
+    counterfactuals: bool = False
     progress: bool = field(default=True, compare=False)
 
 
@@ -178,6 +197,9 @@ def plan(config: EpisodeConfig) -> list[EpisodeSpec]:
     """The specs of episodes 0 .. runs-1: a pure function of the config."""
     if config.runs < 1:
         raise SpecError(f"--runs must be at least 1, got {config.runs}")
+    if config.counterfactuals:
+        return [draw_counterfactual(config.seed, i, config.dataset, parent_steps=config.parent_steps)
+                for i in range(config.runs)]
     return [draw_episode(config.seed, i, config.per_parent, config.dataset, parent_steps=config.parent_steps,
                          twin=config.twins) for i in range(config.runs)]
 

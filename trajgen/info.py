@@ -15,7 +15,7 @@ def disk_bytes(path: Path) -> int:
 
 
 def describe(path: str | Path) -> dict[str, Any]:
-    """Runs by architecture and optimizer, sizes, compression, how many runs record a sample of
+    """Runs by architecture, optimizer and (episodes, twins, triples) forgetting rule, sizes, compression, how many runs record a sample of
     their coordinates, and final test accuracy spread of the complete runs in the store at ``path``. Reads the index and one listing of ``runs/``;
     the bytes on disk are the runs' recorded sizes (a version-1 store's files are walked)."""
     loc = store.location(path)
@@ -30,6 +30,8 @@ def describe(path: str | Path) -> dict[str, Any]:
     recorded = [s.get("bytes_stored") for s in entries]
     on_disk = (sum(r or 0 for r in recorded) if None not in recorded or loc.path is None
                else disk_bytes(loc.path))
+    rules = Counter(root["runs"][name].attrs["episode"]["rule"] for name in sorted(complete)
+                    if "episode" in root["runs"][name].attrs)  # episodes, twins and triples
     spread = ({"min": float(accs.min()), "median": float(np.median(accs)), "max": float(accs.max())}
               if len(accs) else None)
     return {
@@ -40,6 +42,7 @@ def describe(path: str | Path) -> dict[str, Any]:
         "incomplete": len([n for n in present if n not in complete]),
         "by_arch": dict(sorted(Counter(s["arch"] for s in entries).items())),
         "by_optimizer": dict(sorted(Counter(s["optimizer"] for s in entries).items())),
+        "by_rule": dict(sorted(rules.items())),
         "coordinates": int(sum(s["n_coords"] for s in entries)),
         "snapshots": int(sum(s["n_snapshots"] for s in entries)),
         "values": int(raw // 4),
@@ -60,6 +63,7 @@ def format_description(d: dict[str, Any]) -> str:
         f"runs          {d['runs']} complete, {d['diverged']} of them diverged, {d['incomplete']} incomplete",
         f"by arch       {counts(d['by_arch'])}",
         f"by optimizer  {counts(d['by_optimizer'])}",
+        *([f"by rule       {counts(d['by_rule'])}"] if d.get("by_rule") else []),
         f"coordinates   {d['coordinates']:,} in all; {d['snapshots']:,} snapshots; {d['values']:,} values",
         *([f"sampled       {d['sampled_runs']} runs record a sample of their coordinates (--coords)"]
           if d.get("sampled_runs") else []),

@@ -367,3 +367,22 @@ def load_flat_weights(model: nn.Module, flat: torch.Tensor, table: list[Layer] |
     for layer in table:
         chunk = flat[layer.offset: layer.offset + layer.numel]
         params[layer.name].copy_(chunk.view(layer.shape))
+
+
+def flat_buffers(model: nn.Module) -> torch.Tensor:
+    """The floating-point buffers (norm statistics) in ``named_buffers`` order: a new 1-D tensor
+    (empty where there are none)."""
+    bufs = [b.detach().reshape(-1).float() for _, b in model.named_buffers() if b.is_floating_point()]
+    return torch.cat(bufs) if bufs else torch.zeros(0)
+
+
+@torch.no_grad()
+def load_flat_buffers(model: nn.Module, flat: torch.Tensor) -> None:
+    """Write a vector from :func:`flat_buffers` back into ``model``'s buffers."""
+    i = 0
+    for _, b in model.named_buffers():
+        if b.is_floating_point():
+            b.copy_(flat[i: i + b.numel()].view_as(b))
+            i += b.numel()
+    if i != flat.numel():
+        raise ValueError(f"{flat.numel()} buffer values for a model with {i}")

@@ -74,7 +74,8 @@ ARRAY_DTYPES = {"history": np.float32, "kind": np.uint8, "layer": np.uint16, "po
                 "step": np.int64, "loss": np.float32, "acc": np.float32}
 # Arrays only some runs hold: a twin episode's counterfactual weights (n_coords,) (trajgen.twins);
 # a sampled run's coordinate positions (n_coords,) (trajgen.nets.sample_coords).
-OPTIONAL_DTYPES = {"counterfactual": np.float32, "coords": np.int64}
+OPTIONAL_DTYPES = {"counterfactual": np.float32, "coords": np.int64, "parent_buffers": np.float32,
+                   "counterfactual_buffers": np.float32}
 SUMMARY_KEYS = ("arch", "optimizer", "n_coords", "n_snapshots", "final_test_acc", "diverged")
 # zarr warns, on every read of an array's metadata, that numcodecs' PCodec is not in the Zarr v3
 # specification; the store says so above, once, and readers need not repeat it.

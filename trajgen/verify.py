@@ -52,6 +52,8 @@ def check_run(group, name: str) -> list[str]:
         arrays.update({k: group[k] for k in store.OPTIONAL_DTYPES if k in group})
         if attrs.get("kind") == "twin" and "counterfactual" not in arrays:
             return [f"{name}: a twin run without its counterfactual weights"]
+        if ("parent_buffers" in arrays) != ("counterfactual_buffers" in arrays):
+            return [f"{name}: norm statistics of only one of the parent and its twin"]
         diverged = bool(attrs["diverged"])
         float(attrs["final_test_acc"])
     except Exception as err:  # a missing attribute or array, of any zarr error type
@@ -127,6 +129,8 @@ def _layout_problems(name: str, spec: RunSpec, layers: list[Layer], arrays: dict
                    ("loss", n_snap), ("acc", n_snap), ("counterfactual", n_coords)):
         if key in arrays and arrays[key].shape != (n,):
             problems.append(f"{name}: {key} has shape {arrays[key].shape}, expected ({n},)")
+    if "parent_buffers" in arrays and arrays["parent_buffers"].shape != arrays["counterfactual_buffers"].shape:
+        problems.append(f"{name}: the parent's and the twin's norm statistics differ in length")
     return problems
 
 
