@@ -8,11 +8,13 @@ from pathlib import Path
 import click
 
 from trajgen.cli_errors import OneLineGroup, UserError, user_errors
+from trajgen.data import DatasetError
 from trajgen.nets import KINDS
 from trajgen.spec import ALL_ARCHS, SpecError, parse_choices
 from trajgen.store import StoreError, probe_writable
 from invwnn import fit
 from invwnn.evaluate import evaluate_checkpoint
+from invwnn.models import InputError
 from invwnn.apply_cli import apply, audit, prepare, report
 from invwnn.bench_cli import bench, panel, tune
 from invwnn.predictor import CheckpointError, describe, format_evaluation, read_checkpoint
@@ -83,6 +85,45 @@ def train(store, out, k, u, kinds, width, kind_dim, clip, steps, max_windows, ba
     p = result["provenance"]
     click.echo(f"{out}: {p['train_runs']} training runs, {p['windows_seen']:,} windows in {p['train_seconds']} s "
                f"(final validation error reached after {p['seconds_to_final_val']} s)")
+
+
+@main.command("meta-train")
+@click.option("--store", default="data/counterfactuals.zarr", show_default=True,
+              help="Store of counterfactual triples (trajgen counterfactuals).")
+@click.option("--out", default="data/meta_rewinder.pt", show_default=True, help="Checkpoint to write (atomically).")
+@click.option("--steps", default=600, show_default=True, type=click.IntRange(min=1), help="Meta-training steps (one triple each).")
+@click.option("--lr", default=3e-3, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Adam learning rate of the rewinder.")
+@click.option("--window", "k", default=5, show_default=True, type=click.IntRange(min=2), help="K: snapshots per window.")
+@click.option("--width", default=32, show_default=True, type=click.IntRange(min=1), help="Hidden units of the correction.")
+@click.option("--holdout-archs", default="convnext", show_default=True,
+              help="Families held out entirely (the evaluation's unseen family); empty: none.")
+@click.option("--holdout-every", default=5, show_default=True, type=click.IntRange(min=2),
+              help="Hold out every n-th parent of the other families.")
+@click.option("--eval-triples", default=24, show_default=True, type=click.IntRange(min=1),
+              help="Triples per held-out set, and for tuning the line.")
+@click.option("--data-root", default=None, type=click.Path(), help="Folder with the dataset's IDX files.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="torch threads.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@user_errors(InputError, DatasetError, SpecError, StoreError)
+def meta_train(store, out, steps, lr, k, width, holdout_archs, holdout_every, eval_triples, data_root, threads, seed,
+               quiet):
+    """Train the rewinder on the unlearning objective itself: unroll one iteration of the invwnn+
+    loop (and of the forget-only loop) on each triple of STORE and minimise the unlearned model's
+    KL to the counterfactual; then compare it on held-out parents and a held-out family with the
+    tuned line, reset and the regression predictor; write --out."""
+    from invwnn import meta_train as meta_training
+
+    check_output(Path(out))
+    archs = parse_choices("architecture", holdout_archs, ALL_ARCHS) if holdout_archs else ()
+    config = meta_training.MetaTrainConfig(store=store, out=out, steps=steps, lr=lr, k=k, width=width,
+                                           holdout_archs=archs, holdout_every=holdout_every,
+                                           eval_triples=eval_triples, data_root=data_root, seed=seed,
+                                           threads=threads)
+    record = meta_training.run(config, progress=not quiet, log=click.echo)
+    t = record["training"]
+    click.echo(f"{out}: {record['data']['triples']['train']} training triples, {t['steps']} steps in {t['seconds']} s; "
+               f"objective {t['objective_first']:.4f} -> {t['objective_last']:.4f}")
 
 
 @main.command()

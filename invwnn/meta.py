@@ -18,8 +18,8 @@ the rewound weights pass their gradient straight through them).
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
-from typing import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +27,9 @@ from torch import nn
 from torch.func import functional_call
 
 from invwnn.forget import Split
-from invwnn.methods.invwnn import LinearRewinder
+from invwnn.methods.invwnn import LinearRewinder, Rewinder
 from invwnn.models import param_kinds
+from trajgen.nets import KINDS
 
 EPS = 1e-12
 
@@ -80,17 +81,21 @@ class Triple:
     forget: Split
     retain: Split
     heldout: Split
+    counterfactual_buffers: dict[str, torch.Tensor] = field(default_factory=dict)  # its norm statistics
 
 
 @dataclass(frozen=True)
 class LoopSettings:
     """One unrolled invwnn+ iteration: ``lr`` of the Adam forget steps (K - 1 of them, full forget
-    batches up to ``batch_size``), then ``repair_steps`` SGD steps at ``repair_lr`` on retain."""
+    batches up to ``batch_size``), then ``repair_steps`` steps at ``repair_lr`` on retain, plain
+    gradient steps (``"sgd"``) or Adam's from fresh moments (``"adam"``, as invwnn+ repairs);
+    ``repair_steps`` 0 is the forget-only loop."""
 
     lr: float = 1e-3
     repair_steps: int = 4
     repair_lr: float = 0.05
     batch_size: int = 128
+    repair_optimizer: str = "sgd"
 
 
 def rewindable_names(model: nn.Module) -> list[str]:
@@ -114,32 +119,48 @@ def forget_window(model: nn.Module, params: dict[str, torch.Tensor], names: list
     return torch.stack(snaps, 1)
 
 
-def unroll(triple: Triple, rewinder: MetaRewinder, settings: LoopSettings, generator: torch.Generator
+def _kinds(model: nn.Module, names: list[str]) -> torch.Tensor:
+    """(n,) kind codes (index into ``trajgen.nets.KINDS``) of the ``names`` coordinates."""
+    kinds, params = param_kinds(model), dict(model.named_parameters())
+    return torch.cat([torch.full((params[n].numel(),), KINDS.index(kinds[n]), dtype=torch.long) for n in names])
+
+
+def unroll(triple: Triple, rewinder: MetaRewinder | Rewinder, settings: LoopSettings, generator: torch.Generator
            ) -> dict[str, torch.Tensor]:
     """The triple's parent after one iteration of the loop with ``rewinder``: name -> tensor,
-    differentiable with respect to the rewinder's parameters only."""
+    differentiable with respect to a :class:`MetaRewinder`'s parameters only. Any other
+    :class:`invwnn.methods.invwnn.Rewinder` (the line, reset, a regression predictor) is called
+    without gradient, with a K = 5 window unless it has its own ``k``."""
     model = triple.model
     params = {n: p.detach() for n, p in model.named_parameters()}
     names = rewindable_names(model)
-    window = forget_window(model, params, names, triple.forget, rewinder.config.k, settings, generator)
-    flat = rewinder(window)
+    k = rewinder.config.k if isinstance(rewinder, MetaRewinder) else getattr(rewinder, "k", 5)
+    window = forget_window(model, params, names, triple.forget, k, settings, generator)
+    flat = rewinder(window) if isinstance(rewinder, MetaRewinder) else rewinder.rewind(window, _kinds(model, names))
     out, i = dict(params), 0
     for n in names:
         out[n] = flat[i: i + params[n].numel()].view_as(params[n])
         i += params[n].numel()
-    for _ in range(settings.repair_steps):  # first order: the gradient is taken, not differentiated
+    moments: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for step in range(1, settings.repair_steps + 1):  # first order: the gradient is taken, not differentiated
         idx = torch.randperm(len(triple.retain), generator=generator)[: settings.batch_size]
         probe = {n: v.detach().requires_grad_(n in names) for n, v in out.items()}
         loss = F.cross_entropy(functional_call(model, probe, (triple.retain.x[idx],)), triple.retain.y[idx])
         grads = torch.autograd.grad(loss, [probe[n] for n in names])
         for n, g in zip(names, grads):
+            if settings.repair_optimizer == "adam":  # torch's Adam defaults, bias-corrected
+                m, v = moments.get(n, (torch.zeros_like(g), torch.zeros_like(g)))
+                m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+                moments[n] = (m, v)
+                g = (m / (1 - 0.9**step)) / ((v / (1 - 0.999**step)).sqrt() + 1e-8)
             out[n] = out[n] - settings.repair_lr * g
     return out
 
 
 def distance(model: nn.Module, params: dict[str, torch.Tensor], counterfactual: dict[str, torch.Tensor],
              images: torch.Tensor) -> torch.Tensor:
-    """KL(counterfactual || unlearned) of the predictive distributions, mean over ``images`` (nats)."""
+    """KL(counterfactual || unlearned) of the predictive distributions, mean over ``images`` (nats);
+    ``counterfactual`` may hold buffers (norm statistics) besides the weights."""
     with torch.no_grad():
         target = F.log_softmax(functional_call(model, counterfactual, (images,)), 1)
     pred = F.log_softmax(functional_call(model, params, (images,)), 1)
@@ -149,13 +170,13 @@ def distance(model: nn.Module, params: dict[str, torch.Tensor], counterfactual: 
 def objective(triple: Triple, params: dict[str, torch.Tensor], retain_sample: int = 256) -> torch.Tensor:
     """The function-space distance the rewinder is trained on: KL to the counterfactual on the forget
     set, on the first ``retain_sample`` retain images and on the held-out images, summed."""
-    m = triple.model
-    return (distance(m, params, triple.counterfactual, triple.forget.x)
-            + distance(m, params, triple.counterfactual, triple.retain.x[:retain_sample])
-            + distance(m, params, triple.counterfactual, triple.heldout.x))
+    m, cf = triple.model, {**triple.counterfactual, **triple.counterfactual_buffers}
+    return (distance(m, params, cf, triple.forget.x)
+            + distance(m, params, cf, triple.retain.x[:retain_sample])
+            + distance(m, params, cf, triple.heldout.x))
 
 
-def meta_train(rewinder: MetaRewinder, triples: list[Triple], steps: int, lr: float = 3e-3,
+def meta_train(rewinder: MetaRewinder, triples: Sequence[Triple], steps: int, lr: float = 3e-3,
                settings: Callable[[random.Random], LoopSettings] = lambda rng: LoopSettings(), seed: int = 0,
                log: Callable[[int, float], None] | None = None) -> list[float]:
     """Adam on the rewinder's parameters: each step one triple and one draw of the loop's settings
@@ -178,7 +199,8 @@ def meta_train(rewinder: MetaRewinder, triples: list[Triple], steps: int, lr: fl
 
 
 @torch.no_grad()
-def evaluate(rewinder: MetaRewinder, triples: list[Triple], settings: LoopSettings, seed: int = 0) -> float:
+def evaluate(rewinder: MetaRewinder | Rewinder, triples: Sequence[Triple], settings: LoopSettings,
+             seed: int = 0) -> float:
     """Mean objective over ``triples`` after one iteration with ``rewinder`` (the same batches for
     every rewinder compared under one ``seed``)."""
     total = 0.0
@@ -189,7 +211,7 @@ def evaluate(rewinder: MetaRewinder, triples: list[Triple], settings: LoopSettin
     return total / len(triples)
 
 
-def tuned_line(triples: list[Triple], settings: LoopSettings, horizons: tuple[float, ...], k: int = 5,
+def tuned_line(triples: Sequence[Triple], settings: LoopSettings, horizons: tuple[float, ...], k: int = 5,
                seed: int = 0) -> tuple[float, float]:
     """The line's horizon with the smallest mean objective on ``triples`` (the control a learned
     rewinder must beat): (horizon, its objective)."""

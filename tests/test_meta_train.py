@@ -1,0 +1,99 @@
+"""`invwnn meta-train` on a store of counterfactual triples: triples rebuilt from the store (a
+BatchNorm parent's function included), the gradient reaching the rewinder only on every family, the
+settings drawn over invwnn+'s search ranges, a checkpoint recording objective, data and unroll,
+and one-line errors."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from invwnn import meta, meta_train
+from invwnn.bench import search
+from invwnn.cli import main
+from trajgen import episode_spec, episodes
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the parent rebuilt below must train as the store's did
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, one_thread):
+    """Six triples on the synthetic task: random (mlp, cnn, vit, convnext), random-large (mlp, cnn)."""
+    path = tmp_path_factory.mktemp("cf") / "c.zarr"
+    episodes.collect_episodes(episodes.EpisodeConfig(store=str(path), runs=6, parent_steps=12, dataset="synthetic",
+                                                     workers=0, twins=True, counterfactuals=True, progress=False))
+    return str(path)
+
+
+def test_a_triple_is_the_parent_its_twin_and_the_images_the_loop_sees(store):
+    triple = meta_train.load_triple(store, "twin-000001", retain_images=64, heldout_images=32)  # a cnn: BatchNorm
+    spec = episode_spec.draw_counterfactual(0, 1, "synthetic", parent_steps=12)
+    parent = episodes.parent_model(spec).eval()
+    x = triple.heldout.x
+    torch.testing.assert_close(triple.model(x), parent(x))  # weights and norm statistics
+    assert len(triple.retain) == 64 and len(triple.heldout) == 32 and len(triple.forget) == spec.subset_size
+    assert triple.counterfactual_buffers and not triple.model.training
+    # the counterfactual is at distance 0 from itself; its weights under the parent's norm
+    # statistics (which the loop keeps frozen) are not: the statistics are part of the target
+    cf = {**triple.counterfactual, **triple.counterfactual_buffers}
+    assert float(meta.objective(triple, cf)) == pytest.approx(0.0, abs=1e-6)
+    assert float(meta.objective(triple, dict(triple.counterfactual))) > 1e-5
+    assert float(meta.objective(triple, {n: p.detach() for n, p in triple.model.named_parameters()})) > 0
+
+
+@pytest.mark.parametrize("name", ["twin-000000", "twin-000001", "twin-000002", "twin-000003"])  # mlp, cnn, vit, convnext
+def test_the_gradient_reaches_the_rewinder_and_nothing_else_on_every_family(store, name):
+    triple = meta_train.load_triple(store, name, retain_images=32, heldout_images=16)
+    rewinder = meta.MetaRewinder()
+    settings = meta_train.draw_settings(random.Random(1))
+    meta.objective(triple, meta.unroll(triple, rewinder, settings, torch.Generator().manual_seed(0))).backward()
+    assert rewinder.correction[-1].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in triple.model.parameters())
+
+
+def test_settings_are_drawn_over_invwnn_plus_search_ranges():
+    space = search.SPACES["invwnn+"]
+    for name in ("lr", "repair_lr", "repair_steps", "batch_size"):
+        got = meta_train.SETTINGS_SPACE[name]
+        want = space[name]
+        if name == "repair_steps":  # 0 adds the forget-only loop to the search's choices
+            assert set(got[1]) - {0} <= set(want[1]) and 0 in got[1]
+        else:
+            assert got == want, name
+    draws = [meta_train.draw_settings(random.Random(i)) for i in range(40)]
+    assert all(3e-4 <= d.lr <= 5e-3 and d.repair_optimizer == "adam" for d in draws)
+    assert {d.repair_steps for d in draws} == {0, 2, 4, 8}
+
+
+def test_meta_train_command_writes_a_checkpoint_that_records_what_it_was_trained_on(store, tmp_path):
+    out = tmp_path / "m.pt"
+    r = CliRunner().invoke(main, ["meta-train", "--store", store, "--out", str(out), "--steps", "4",
+                                  "--eval-triples", "2", "--quiet"])
+    assert r.exit_code == 0, r.output
+    rewinder, record = meta_train.load(out)
+    assert record["objective"] == meta_train.OBJECTIVE and record["unroll"]["iterations"] == 1
+    assert record["data"]["triples"] == {"train": 4, "heldout_parents": 1, "heldout_family": 1}
+    assert "twin-000003" not in record["data"]["train_names"]  # convnext: the held-out family
+    assert set(record["evaluation"]["heldout_family"]) >= {"meta", "line", "reset", "regression"}
+    assert rewinder.config.horizon in meta_train.HORIZONS and out.stat().st_size < 100_000
+    assert "objective" in r.output and "heldout_family" in r.output
+
+
+def test_meta_train_refuses_a_store_without_triples_and_a_foreign_checkpoint(tmp_path):
+    plain = tmp_path / "e.zarr"
+    episodes.collect_episodes(episodes.EpisodeConfig(store=str(plain), runs=1, parent_steps=4, dataset="synthetic",
+                                                     workers=0, progress=False))
+    r = CliRunner().invoke(main, ["meta-train", "--store", str(plain), "--out", str(tmp_path / "m.pt"), "--quiet"])
+    assert r.exit_code != 0 and "no counterfactual triples" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "m.pt").exists()
+    torch.save({"format": "something else"}, tmp_path / "x.pt")
+    with pytest.raises(meta_train.InputError, match="not a meta-trained rewinder"):
+        meta_train.load(tmp_path / "x.pt")
