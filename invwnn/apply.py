@@ -34,7 +34,7 @@ from invwnn.models import InputError, LoadedModel
 # learned: the trained predictor; linear: a least-squares line extrapolated --horizon snapshots back;
 # reset: back to each window's first value (undoes the forget fine-tuning; "repair only" control);
 # none: keep the fine-tuned weights (no rewind, plus forget-set training)
-REWINDERS = ("learned", "linear", "reset", "none")
+REWINDERS = ("learned", "linear", "reset", "none", "meta")
 
 DEFAULT_MAX_DROP = 5.0  # percentage points of watched accuracy a method may lose (docs/applier.md)
 # When the guard checks each method (default "step": after optimizer steps of optimizers that train
@@ -65,6 +65,15 @@ def make_rewinder(kind: str, predictor: str | None, config, device: str = "cpu")
         return NoRewinder()
     if kind == "reset":
         return ResetRewinder()
+    if kind == "meta":
+        from invwnn.meta import StretchedMeta
+        from invwnn.meta_train import load
+        if predictor is None:
+            raise InputError("--rewinder meta needs --predictor: a checkpoint of invwnn meta-train")
+        meta, _ = load(predictor)
+        if meta.config.k != config.snapshots:
+            raise InputError(f"--snapshots {config.snapshots} does not match the meta rewinder's window K = {meta.config.k}")
+        return StretchedMeta(meta.to(device), predictor, config.horizon)
     rewinder = load_rewinder(predictor, device, config.snapshots, config.every, config.horizon,
                              (config.optimizer, config.lr))
     if rewinder.k != config.snapshots:

@@ -129,7 +129,8 @@ def inputs_from(model_path, arch, forget_path, retain_path, test_path, trust_pic
               help="invwnn, invwnn+: learned (the predictor); linear (least-squares line extrapolated --horizon "
                    "snapshots back, no checkpoint); reset (controls: write back each window's first value, "
                    "undoing the forget fine-tuning, so only invwnn+'s repair steps act); none (keep the "
-                   "fine-tuned weights: no rewind, plus forget-set training).")
+                   "fine-tuned weights: no rewind, plus forget-set training); meta (a rewinder of invwnn "
+                   "meta-train, given with --predictor).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of every random choice; recorded in the report.")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
 @click.option("--max-drop", default=f"{DEFAULT_MAX_DROP:g}", show_default=True,

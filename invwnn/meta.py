@@ -71,6 +71,33 @@ class MetaRewinder(nn.Module):
 
 
 @dataclass(frozen=True)
+class StretchedMeta:
+    """A trained :class:`MetaRewinder` in the unlearning loop, its rewind stretched to ``horizon``
+    as :class:`invwnn.methods.invwnn.LearnedRewinder` stretches a predictor's (``w0 + (past - w0)
+    * horizon / h``, ``h``: the rewinder's own line horizon; None: as trained), so it has the
+    same one length knob in the bench's search."""
+
+    rewinder: MetaRewinder
+    path: str
+    horizon: float | None = None
+
+    @property
+    def k(self) -> int:
+        return self.rewinder.config.k
+
+    def rewind(self, windows: torch.Tensor, kinds: torch.Tensor, layers: torch.Tensor | None = None) -> torch.Tensor:
+        past = self.rewinder.rewind(windows, kinds)
+        if self.horizon is None or self.horizon == self.rewinder.config.horizon:
+            return past
+        first = windows[:, 0]
+        return first + (past - first) * (self.horizon / self.rewinder.config.horizon)
+
+    def describe(self) -> dict:
+        return {**self.rewinder.describe(), "predictor": self.path,
+                "horizon": self.rewinder.config.horizon if self.horizon is None else self.horizon}
+
+
+@dataclass(frozen=True)
 class Triple:
     """A counterfactual triple: ``model`` (its weights are the parent's), the counterfactual's
     weights ``counterfactual`` (name -> tensor, trained without ``forget``), and the images the

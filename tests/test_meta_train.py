@@ -97,3 +97,35 @@ def test_meta_train_refuses_a_store_without_triples_and_a_foreign_checkpoint(tmp
     torch.save({"format": "something else"}, tmp_path / "x.pt")
     with pytest.raises(meta_train.InputError, match="not a meta-trained rewinder"):
         meta_train.load(tmp_path / "x.pt")
+
+
+def test_a_meta_checkpoint_unlearns_through_apply_and_at_initialisation_is_the_line(tmp_path_factory, tmp_path):
+    """`--rewinder meta --predictor m.pt`: an untrained rewinder at horizon 3 writes exactly what
+    `--rewinder linear --horizon 3` writes; its K must match --snapshots; a stretched horizon
+    scales its rewind."""
+    from dataclasses import asdict
+
+    from _apply_fixtures import tiny_original
+    from invwnn.apply import Inputs, unlearn
+
+    root = tiny_original(tmp_path_factory.getbasetemp())
+    path = tmp_path / "m.pt"
+    rewinder = meta.MetaRewinder(meta.MetaConfig(k=5, horizon=3.0))
+    meta_train.save(rewinder, {"format": meta_train.FORMAT, "version": 1, "config": asdict(rewinder.config)}, path)
+    inputs = Inputs(str(root / "model.pt"), str(root / "forget"), test=str(root / "test"))
+    given = {"iterations": 2, "snapshots": 5, "horizon": 3.0, "lr": 1e-3}
+    report = unlearn(inputs, "invwnn", given, out=str(tmp_path / "meta.pt"), rewinder="meta", predictor=str(path),
+                     max_drop=None)
+    unlearn(inputs, "invwnn", given, out=str(tmp_path / "line.pt"), rewinder="linear", max_drop=None)
+    assert report["rewinder"]["rewinder"] == "meta" and report["rewinder"]["predictor"] == str(path)
+    a, b = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("meta", "line"))
+    original = torch.load(root / "model.pt", weights_only=True)
+    weights = [k for k, v in a["state_dict"].items() if v.is_floating_point()]
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in weights)
+    assert any(not torch.equal(a["state_dict"][k], original["state_dict"][k]) for k in weights)
+    with pytest.raises(meta_train.InputError, match="window K = 5"):
+        unlearn(inputs, "invwnn", {**given, "snapshots": 7}, out=str(tmp_path / "x.pt"), rewinder="meta",
+                predictor=str(path), max_drop=None)
+    windows = torch.randn(100, 5).cumsum(1)
+    stretched = meta.StretchedMeta(rewinder, str(path), 6.0).rewind(windows, None)
+    torch.testing.assert_close(stretched - windows[:, 0], 2 * (rewinder.rewind(windows, None) - windows[:, 0]))
