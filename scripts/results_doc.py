@@ -78,31 +78,41 @@ def overview(results: Path) -> str:
     summaries = {name: report.summarise(res) for name, res in done.items()}
     rows = {name: {(r["name"], r["protocol"]): r for r in summ} for name, summ in summaries.items()}
     methods = [m for m in ORDER if any((m, "equal") in rows[s] for s in done)]
+    gaps = {"gap": "Gap to Retrain (the paper's four terms: RA, UA, TA, SVC MIA)"}
+    if any("gap5" in r for summ in summaries.values() for r in summ):
+        gaps["gap5"] = ("Five-term gap to Retrain (ReGUn's: RA, TA, forget accuracy, RMIA accuracy and AUC against "
+                        "reference models; `-` where a bench ran without `--references`)")
     out = []
-    for proto, title in report.PROTOCOLS.items():
-        note = ("mean ± std over the seeds that reached Retrain's UA, (k/n) seeds; bold: smallest among the rows "
-                "that reached it in every seed" if proto == "equal" else
-                "mean ± std over seeds; bold: smallest of the scenario")
-        out += [f"Gap to Retrain, {title} ({note}):\n",
-                "| method | " + " | ".join(done) + " |", "|---|" + "---|" * len(done)]
-        best = {s: report.best_row([r for r in summaries[s] if r["protocol"] == proto]) for s in done}
-        for name in ["Original", *methods]:
-            cells = []
-            for s in done:
-                r = rows[s].get((name, "-" if name == "Original" else proto))
-                if r is None or "error" in r:
-                    cells.append("-")
-                    continue
-                if "gap" not in r:
-                    cells.append(f"not reached (0/{r['seeds']})")
-                    continue
-                text = f"{r['gap']:.2f} ± {r['gap_std']:.2f}"
-                if proto == "equal" and name != "Original":
-                    text += f" ({r['reached']}/{r['seeds']})"
-                cells.append(f"**{text}**" if r is best[s] else text)
-            out.append(f"| {name} | " + " | ".join(cells) + " |")
-        out.append("")
+    for key, what in gaps.items():
+        for proto, title in report.PROTOCOLS.items():
+            out += _gap_table(key, f"{what}, {title}", proto, ["Original", *methods], done, summaries, rows)
     return "\n".join(out) + "\n"
+
+
+def _gap_table(key: str, title: str, proto: str, names: list[str], done: dict, summaries: dict, rows: dict) -> list[str]:
+    note = ("mean ± std over the seeds that reached Retrain's UA, (k/n) seeds; bold: smallest among the rows "
+            "that reached it in every seed" if proto == "equal" else "mean ± std over seeds; bold: smallest of the scenario")
+    out = [f"{title} ({note}):\n", "| method | " + " | ".join(done) + " |", "|---|" + "---|" * len(done)]
+    best = {s: report.best_row([r for r in summaries[s] if r["protocol"] == proto], key) for s in done}
+    for name in names:
+        cells = []
+        for s in done:
+            r = rows[s].get((name, "-" if name == "Original" else proto))
+            if r is None or "error" in r:
+                cells.append("-")
+                continue
+            if "gap" not in r:
+                cells.append(f"not reached (0/{r['seeds']})")
+                continue
+            if key not in r:
+                cells.append("-")
+                continue
+            text = f"{r[key]:.2f} ± {r[f'{key}_std']:.2f}"
+            if proto == "equal" and name != "Original":
+                text += f" ({r['reached']}/{r['seeds']})"
+            cells.append(f"**{text}**" if r is best[s] else text)
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return out + [""]
 
 
 def section(results: Path, plots: Path) -> str:

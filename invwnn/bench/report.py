@@ -82,11 +82,11 @@ def _row(name: str, protocol: str, per_seed: list[dict], seeds: int) -> dict:
     return row
 
 
-def best_row(rows: list[dict]) -> dict | None:
-    """The row with the smallest gap among those complete over every seed (at equal forgetting:
-    reached Retrain's UA in every seed); None if there is none."""
-    full = [r for r in rows if r.get("n") == r["seeds"] and "gap" in r and not math.isnan(r["gap"])]
-    return min(full, key=lambda r: r["gap"], default=None)
+def best_row(rows: list[dict], key: str = "gap") -> dict | None:
+    """The row with the smallest ``key`` (``gap``, or ``gap5``) among those complete over every seed
+    (at equal forgetting: reached Retrain's UA in every seed); None if there is none."""
+    full = [r for r in rows if r.get("n") == r["seeds"] and key in r and not math.isnan(r[key])]
+    return min(full, key=lambda r: r[key], default=None)
 
 
 def _fmt(row: dict, k: str, digits: int = 2) -> str:
