@@ -104,6 +104,15 @@ def test_a_triple_store_rebuilds_parent_and_counterfactual_with_their_norm_stati
                                     workers=0, twins=True, counterfactuals=True, progress=False)
     assert episodes.collect_episodes(config)["trained"] == 2
     assert episodes.collect_episodes(config)["skipped"] == 2
+    # a kill while twin-000001 was written leaves it incomplete: the rerun rewrites it bit for bit
+    root = store.open_store(path, mode="a")
+    before = {k: a[:] for k, a in root["runs"]["twin-000001"].arrays()}
+    root["runs"]["twin-000001"].attrs["complete"] = False
+    assert episodes.collect_episodes(config)["trained"] == 1
+    after = {k: a[:] for k, a in store.open_store(path)["runs"]["twin-000001"].arrays()}
+    assert before.keys() == after.keys() and "counterfactual_buffers" in after
+    for key in before:
+        np.testing.assert_array_equal(before[key], after[key])
     assert verify.verify(path).ok
     described = store_info.describe(path)
     assert described["by_rule"] == {"random": 2}
