@@ -101,13 +101,17 @@ def train(store, out, k, u, kinds, width, kind_dim, clip, steps, max_windows, ba
               help="Hold out every n-th parent of the other families.")
 @click.option("--eval-triples", default=24, show_default=True, type=click.IntRange(min=1),
               help="Triples per held-out set, and for tuning the line.")
+@click.option("--lead", default=2, show_default=True, type=click.IntRange(min=0),
+              help="Up to this many loop iterations run as data before the one the gradient goes through.")
+@click.option("--iterations", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Loop iterations before the distance is measured (tuning the line, evaluating).")
 @click.option("--data-root", default=None, type=click.Path(), help="Folder with the dataset's IDX files.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="torch threads.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors(InputError, DatasetError, SpecError, StoreError)
-def meta_train(store, out, steps, lr, k, width, holdout_archs, holdout_every, eval_triples, data_root, threads, seed,
-               quiet):
+def meta_train(store, out, steps, lr, k, width, holdout_archs, holdout_every, eval_triples, lead, iterations, data_root,
+               threads, seed, quiet):
     """Train the rewinder on the unlearning objective itself: unroll one iteration of the invwnn+
     loop (and of the forget-only loop) on each triple of STORE and minimise the unlearned model's
     KL to the counterfactual; then compare it on held-out parents and a held-out family with the
@@ -118,8 +122,8 @@ def meta_train(store, out, steps, lr, k, width, holdout_archs, holdout_every, ev
     archs = parse_choices("architecture", holdout_archs, ALL_ARCHS) if holdout_archs else ()
     config = meta_training.MetaTrainConfig(store=store, out=out, steps=steps, lr=lr, k=k, width=width,
                                            holdout_archs=archs, holdout_every=holdout_every,
-                                           eval_triples=eval_triples, data_root=data_root, seed=seed,
-                                           threads=threads)
+                                           eval_triples=eval_triples, lead=lead, iterations=iterations,
+                                           data_root=data_root, seed=seed, threads=threads)
     record = meta_training.run(config, progress=not quiet, log=click.echo)
     t = record["training"]
     click.echo(f"{out}: {record['data']['triples']['train']} training triples, {t['steps']} steps in {t['seconds']} s; "

@@ -10,10 +10,11 @@ Meta-training unrolls one iteration of the invwnn+ loop on a counterfactual trip
 its forget set S, and the same training without S): fine-tune on S recording K snapshots, rewind
 with the rewinder (differentiable), a few repair steps on retain images, then the KL divergence of
 the unlearned model's predictions from the counterfactual's on S, on retain and on held-out images.
-Only the rewinder learns. Truncations, said plainly: the fine-tuning window is data (it does not
-depend on the rewinder in the first iteration; later iterations are not unrolled), and the repair
-steps are first order (their gradients are taken at the rewound weights but not differentiated, so
-the rewound weights pass their gradient straight through them).
+Only the rewinder learns. Truncations, said plainly: the gradient goes through one iteration; the
+iterations before it (``lead``, drawn per step) run as data, so the rewinder meets the states later
+iterations start from without being differentiated through them; the fine-tuning window is data;
+the repair steps are first order (their gradients are taken at the rewound weights but not
+differentiated, so the rewound weights pass their gradient straight through them).
 """
 from __future__ import annotations
 
@@ -152,14 +153,15 @@ def _kinds(model: nn.Module, names: list[str]) -> torch.Tensor:
     return torch.cat([torch.full((params[n].numel(),), KINDS.index(kinds[n]), dtype=torch.long) for n in names])
 
 
-def unroll(triple: Triple, rewinder: MetaRewinder | Rewinder, settings: LoopSettings, generator: torch.Generator
-           ) -> dict[str, torch.Tensor]:
-    """The triple's parent after one iteration of the loop with ``rewinder``: name -> tensor,
-    differentiable with respect to a :class:`MetaRewinder`'s parameters only. Any other
-    :class:`invwnn.methods.invwnn.Rewinder` (the line, reset, a regression predictor) is called
-    without gradient, with a K = 5 window unless it has its own ``k``."""
+def unroll(triple: Triple, rewinder: MetaRewinder | Rewinder, settings: LoopSettings, generator: torch.Generator,
+           start: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The triple's parent (or ``start``: the weights after earlier iterations) after one iteration
+    of the loop with ``rewinder``: name -> tensor, differentiable with respect to a
+    :class:`MetaRewinder`'s parameters only. Any other :class:`invwnn.methods.invwnn.Rewinder`
+    (the line, reset, a regression predictor) is called without gradient, with a K = 5 window
+    unless it has its own ``k``."""
     model = triple.model
-    params = {n: p.detach() for n, p in model.named_parameters()}
+    params = {n: p.detach() for n, p in (start.items() if start else model.named_parameters())}
     names = rewindable_names(model)
     k = rewinder.config.k if isinstance(rewinder, MetaRewinder) else getattr(rewinder, "k", 5)
     window = forget_window(model, params, names, triple.forget, k, settings, generator)
@@ -203,19 +205,32 @@ def objective(triple: Triple, params: dict[str, torch.Tensor], retain_sample: in
             + distance(m, params, cf, triple.heldout.x))
 
 
+def run_iterations(triple: Triple, rewinder: MetaRewinder | Rewinder, settings: LoopSettings,
+                   generator: torch.Generator, iterations: int) -> dict[str, torch.Tensor] | None:
+    """The weights after ``iterations`` iterations of the loop, detached (None for 0: the parent)."""
+    params = None
+    for _ in range(iterations):
+        params = {n: v.detach() for n, v in unroll(triple, rewinder, settings, generator, params).items()}
+    return params
+
+
 def meta_train(rewinder: MetaRewinder, triples: Sequence[Triple], steps: int, lr: float = 3e-3,
                settings: Callable[[random.Random], LoopSettings] = lambda rng: LoopSettings(), seed: int = 0,
-               log: Callable[[int, float], None] | None = None) -> list[float]:
+               log: Callable[[int, float], None] | None = None, lead: int = 0) -> list[float]:
     """Adam on the rewinder's parameters: each step one triple and one draw of the loop's settings
     (``settings(rng)``: sample them over the search ranges so the rewinder works wherever the search
-    takes it). Returns the objective of every step."""
+    takes it), then up to ``lead`` iterations (drawn uniformly from 0..lead) run as data, detached,
+    before the one iteration the gradient goes through (truncated unrolling: the rewinder meets the
+    states later iterations start from). Returns the objective of every step."""
     rng = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(rewinder.parameters(), lr=lr)
     history = []
     for step in range(steps):
         triple = rng.choice(triples)
-        loss = objective(triple, unroll(triple, rewinder, settings(rng), generator))
+        drawn = settings(rng)
+        start = run_iterations(triple, rewinder, drawn, generator, rng.randint(0, lead))
+        loss = objective(triple, unroll(triple, rewinder, drawn, generator, start))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -227,13 +242,13 @@ def meta_train(rewinder: MetaRewinder, triples: Sequence[Triple], steps: int, lr
 
 @torch.no_grad()
 def evaluate(rewinder: MetaRewinder | Rewinder, triples: Sequence[Triple], settings: LoopSettings,
-             seed: int = 0) -> float:
-    """Mean objective over ``triples`` after one iteration with ``rewinder`` (the same batches for
-    every rewinder compared under one ``seed``)."""
+             seed: int = 0, iterations: int = 1) -> float:
+    """Mean objective over ``triples`` after ``iterations`` iterations with ``rewinder`` (the same
+    batches for every rewinder compared under one ``seed``)."""
     total = 0.0
     for i, triple in enumerate(triples):
         with torch.enable_grad():  # the forget window and the repair need gradients of the model
-            params = unroll(triple, rewinder, settings, torch.Generator().manual_seed(seed + i))
+            params = run_iterations(triple, rewinder, settings, torch.Generator().manual_seed(seed + i), iterations)
         total += float(objective(triple, params))
     return total / len(triples)
 

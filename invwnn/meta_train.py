@@ -7,9 +7,9 @@ the rest (training). Before training, the line's horizon is tuned on training tr
 rewinder starts as that line (its correction is zero-initialised) and each step draws the loop's
 settings over invwnn+'s search ranges (:data:`SETTINGS_SPACE`; repair steps 0 is the forget-only
 loop), so it is trained wherever the search takes it. The evaluation compares, on both held-out
-sets, the function-space distance after one iteration for the meta-trained rewinder, the tuned
-line, the reset control ("repair only") and the shipped regression predictor, all under the same
-draws of settings and batches.
+sets, the function-space distance after ``iterations`` loop iterations for the meta-trained
+rewinder, the tuned line, the reset control ("repair only") and the shipped K = 5 regression
+predictor, all under the same draws of settings and batches.
 """
 from __future__ import annotations
 
@@ -50,7 +50,9 @@ class MetaTrainConfig:
     """``steps`` Adam steps at ``lr`` on the rewinder (``k``, ``width``: :class:`MetaConfig`);
     ``holdout_archs``: families held out entirely; ``holdout_every``: every n-th parent of the
     other families held out; ``eval_triples``: at most this many per held-out set and for tuning
-    the line; ``retain_images`` / ``heldout_images``: retain and test images per triple."""
+    the line; ``retain_images`` / ``heldout_images``: retain and test images per triple; ``lead``:
+    iterations run as data before the differentiated one (up to, drawn per step); ``iterations``:
+    loop iterations before the distance is measured when tuning the line and evaluating."""
 
     store: str = "data/counterfactuals.zarr"
     out: str = "data/meta_rewinder.pt"
@@ -63,6 +65,8 @@ class MetaTrainConfig:
     eval_triples: int = 24
     retain_images: int = 256
     heldout_images: int = 256
+    lead: int = 2
+    iterations: int = 3
     data_root: str | None = None
     seed: int = 0
     threads: int = 1
@@ -154,12 +158,13 @@ def _spread(names: list[str], n: int, seed: int) -> list[str]:
     return sorted(random.Random(seed).sample(names, min(n, len(names))))
 
 
-def compare(rewinders: dict[str, Any], triples: TripleSource, draws: int, seed: int) -> dict[str, float]:
-    """Mean objective of each rewinder over ``triples`` x ``draws`` settings (the same draws and
-    batches for every rewinder)."""
+def compare(rewinders: dict[str, Any], triples: TripleSource, draws: int, seed: int,
+            iterations: int = 1) -> dict[str, float]:
+    """Mean objective of each rewinder over ``triples`` x ``draws`` settings after ``iterations``
+    loop iterations (the same draws and batches for every rewinder)."""
     rng = random.Random(seed)
     settings = [draw_settings(rng) for _ in range(draws)]
-    return {name: sum(evaluate(r, triples, s, seed + j) for j, s in enumerate(settings)) / draws
+    return {name: sum(evaluate(r, triples, s, seed + j, iterations) for j, s in enumerate(settings)) / draws
             for name, r in rewinders.items()}
 
 
@@ -170,13 +175,14 @@ def run(config: MetaTrainConfig, progress: bool = True, log: Callable[[str], Non
     names = split_names(config.store, config.holdout_archs, config.holdout_every)
     train = TripleSource(config, names["train"])
     tune = TripleSource(config, _spread(names["train"], config.eval_triples, config.seed))
-    line_scores = compare({h: LinearRewinder(h) for h in HORIZONS}, tune, EVAL_DRAWS, config.seed)
+    line_scores = compare({h: LinearRewinder(h) for h in HORIZONS}, tune, EVAL_DRAWS, config.seed, config.iterations)
     horizon = min(line_scores, key=line_scores.get)
     log(f"line horizon {horizon} (objective {line_scores[horizon]:.4f} on {len(tune)} training triples)")
     rewinder = MetaRewinder(MetaConfig(config.k, horizon, config.width))
     bar = tqdm(total=config.steps, desc="meta-train", unit="step", disable=not progress)
     history = meta_train(rewinder, train, config.steps, config.lr, draw_settings, config.seed,
-                         log=lambda step, loss: (bar.update(1), bar.set_postfix(objective=f"{loss:.3f}")))
+                         log=lambda step, loss: (bar.update(1), bar.set_postfix(objective=f"{loss:.3f}")),
+                         lead=config.lead)
     bar.close()
     train_seconds = time.perf_counter() - started
 
@@ -186,16 +192,17 @@ def run(config: MetaTrainConfig, progress: bool = True, log: Callable[[str], Non
     for part in ("heldout_parents", "heldout_family"):
         triples = TripleSource(config, _spread(names[part], config.eval_triples, config.seed))
         if len(triples):
-            scores = compare(controls, triples, EVAL_DRAWS, config.seed + 1)
+            scores = compare(controls, triples, EVAL_DRAWS, config.seed + 1, config.iterations)
             evaluation[part] = {"triples": len(triples), **scores, "meta_over_line": scores["meta"] / scores["line"]}
             log(f"{part} ({len(triples)} triples): " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
     window = max(1, min(50, len(history) // 2))
     record = {
         "format": FORMAT, "version": 1, "config": asdict(rewinder.config), "objective": OBJECTIVE,
-        "unroll": {"iterations": 1, "forget_steps": config.k - 1, "forget_optimizer": "adam",
+        "unroll": {"iterations": 1, "lead_iterations": f"0..{config.lead} run as data before it, drawn per step",
+                   "evaluated_after": config.iterations, "forget_steps": config.k - 1, "forget_optimizer": "adam",
                    "repair": "first order (gradients taken at the rewound weights, not differentiated), "
                              "Adam from fresh moments", "settings_space": SETTINGS_SPACE,
-                   "later_iterations": "not unrolled (the window is data)"},
+                   "window": "data (the forget steps do not depend on the rewinder within an iteration)"},
         "data": {"store": config.store, "triples": {k: len(v) for k, v in names.items()},
                  "holdout_archs": list(config.holdout_archs), "holdout_every": config.holdout_every,
                  "train_names": names["train"]},
