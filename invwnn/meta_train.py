@@ -208,7 +208,7 @@ def run(config: MetaTrainConfig, progress: bool = True, log: Callable[[str], Non
                  "train_names": names["train"]},
         "training": {"steps": config.steps, "lr": config.lr, "seed": config.seed, "seconds": round(train_seconds, 1),
                      "objective_first": sum(history[:window]) / window, "objective_last": sum(history[-window:]) / window,
-                     "line_horizons": line_scores},
+                     "line_horizons": line_scores, "objective_history": [round(v, 5) for v in history]},
         "evaluation": evaluation,
     }
     save(rewinder, record, config.out)
