@@ -23,6 +23,7 @@ distributions, averaged over the forget set and over the test set.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -93,15 +94,21 @@ def js_divergence(p: torch.Tensor, q: torch.Tensor) -> np.ndarray:
 MIN_IMAGES = 10
 
 
-def attack_splits(forget: Split, test: Split, seed: int) -> tuple[Split, Split]:
+def attack_splits(forget: Split, test: Split, seed: int,
+                  like_forget: Callable[[Split], Split] | None = None) -> tuple[Split, Split]:
     """(held-out candidates, population): ``test`` cut in two by a permutation seeded from ``seed``,
-    the candidates kept to the forget set's classes; refuses fewer than :data:`MIN_IMAGES` in either."""
+    the candidates kept to the forget set's classes, or made like the forget set by
+    ``like_forget`` (for a forget set that is not a sample of clean images: mislabelled ones get
+    wrong labels, triggered ones the trigger and the target label; clean held-out candidates would
+    score far below such a forget set whatever the model, since no reference gives their labels
+    any probability); refuses fewer than :data:`MIN_IMAGES` in either."""
     if len(forget) == 0:
         raise InputError("RMIA needs a non-empty forget set")
     perm = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed + 4242))
     half = len(test) // 2
     population, candidates = test.subset(perm[:half].sort().values), test.subset(perm[half:].sort().values)
-    heldout = candidates.subset(torch.isin(candidates.y, forget.y.unique()).nonzero().squeeze(1))
+    heldout = (like_forget(candidates) if like_forget is not None
+               else candidates.subset(torch.isin(candidates.y, forget.y.unique()).nonzero().squeeze(1)))
     if len(population) < MIN_IMAGES or len(heldout) < MIN_IMAGES:
         raise InputError(f"RMIA needs test images: {len(population)} population and {len(heldout)} held-out "
                          f"images of the forget set's classes (at least {MIN_IMAGES} each)")
@@ -119,14 +126,14 @@ class _Outputs:
 class Attack:
     """Offline RMIA and JS to Retrain for one forget set. ``references``: models trained without
     the forget set (the first is Retrain); ``forget``, ``test``: the splits; ``seed`` cuts the test
-    set into population and held-out candidates. :meth:`figures` scores any model against them, on
+    set into population and held-out candidates (``like_forget``: see :func:`attack_splits`). :meth:`figures` scores any model against them, on
     the device it is on."""
 
     def __init__(self, references: list[nn.Module], forget: Split, test: Split, seed: int = 0,
-                 a: float = OFFLINE_A, gamma: float = GAMMA):
+                 a: float = OFFLINE_A, gamma: float = GAMMA, like_forget: Callable[[Split], Split] | None = None):
         if len(references) < 2:
             raise InputError("RMIA needs at least 2 reference models (Retrain and one more)")
-        heldout, population = attack_splits(forget, test, seed)
+        heldout, population = attack_splits(forget, test, seed, like_forget)
         self.forget, self.heldout, self.population, self.test = forget, heldout, population, test
         self.a, self.gamma = a, gamma
         self.retrain_model = references[0]

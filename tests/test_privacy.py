@@ -92,3 +92,33 @@ def test_attack_refuses_too_little_data():
         privacy.Attack(refs[:1], _noise(10, 0), _noise(100, 1))
     with pytest.raises(ValueError, match="held-out images"):
         privacy.Attack(refs, _noise(10, 0), _noise(12, 1))
+
+
+@pytest.mark.parametrize("name", ["label-noise", "backdoor", "random10"])
+def test_held_out_candidates_are_drawn_like_the_forget_set(name):
+    """A mislabelled forget set is compared with mislabelled held-out images, a triggered one with
+    triggered images of other classes under the target label (clean candidates would score below
+    any such forget set: no reference gives their labels probability); a clean one keeps clean
+    images of its classes. The population stays clean, and the draw is the same every call."""
+    from invwnn.bench import scenarios
+
+    config = scenarios.ScenarioConfig(name=name, dataset="synthetic", train_size=400, test_size=400, val_size=100,
+                                      forget_fraction=0.2)
+    scn = scenarios.build(config, 0)
+    like = scn.like_forget()
+    heldout, population = privacy.attack_splits(scn.forget_split, scn.test, scn.seed, like)
+    _, clean = privacy.attack_splits(scn.forget_split, scn.test, scn.seed)
+    assert torch.equal(population.y, clean.y) and torch.equal(population.x, clean.x)
+    if name == "random10":
+        assert like is None
+        return
+    again, _ = privacy.attack_splits(scn.forget_split, scn.test, scn.seed, like)
+    assert torch.equal(heldout.y, again.y) and torch.equal(heldout.x, again.x)
+    perm = torch.randperm(len(scn.test), generator=torch.Generator().manual_seed(scn.seed + 4242))
+    base = scn.test.subset(perm[len(scn.test) // 2:].sort().values)
+    if name == "label-noise":
+        assert torch.equal(heldout.x, base.x) and (heldout.y != base.y).all()
+    else:
+        assert (heldout.y == config.target_label).all() and scenarios.has_trigger(heldout.x, config.trigger_size).all()
+        assert len(heldout) == int((base.y != config.target_label).sum())
+        assert not scenarios.has_trigger(population.x, config.trigger_size).any()

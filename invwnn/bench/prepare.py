@@ -184,9 +184,10 @@ def attack_cached(prep: Prepared, k: int, cache_dir: str | Path, device: str = "
         if len(_ATTACKS) >= 32:
             _ATTACKS.clear()
         try:
-            privacy.attack_splits(scn.forget_split, scn.test, scn.seed)  # too few images: refuse before training
+            like = scn.like_forget()
+            privacy.attack_splits(scn.forget_split, scn.test, scn.seed, like)  # too few images: refuse before training
             _ATTACKS[key] = privacy.Attack(references(prep, k, cache_dir, device, amp), scn.forget_split,
-                                           scn.test, seed=scn.seed)
+                                           scn.test, seed=scn.seed, like_forget=like)
         except InputError as err:
             _ATTACKS[key] = err
     if isinstance(_ATTACKS[key], InputError):

@@ -101,6 +101,27 @@ class Scenario:
     def retain_split(self) -> Split:
         return Split(self.x[~self.forget], self.y[~self.forget], "retain")
 
+    def like_forget(self) -> Callable[[Split], Split] | None:
+        """What makes held-out images like the forget set, for RMIA's held-out candidates
+        (:func:`invwnn.privacy.attack_splits`): label-noise, each image a wrong label drawn from
+        this scenario's seed; backdoor, the images not of the target class with the trigger and
+        the target label. None where the forget set is a sample of clean images (the attack keeps
+        the held-out images of the forget set's classes)."""
+        if self.config.name == "label-noise":
+            seed, n = self.seed + VAL_SEED_OFFSET + 1, len(self.classes)
+            return lambda split: Split(split.x, random_wrong(split.y, n, torch.Generator().manual_seed(seed)),
+                                       "held-out, mislabelled")
+        if self.config.name == "backdoor":
+            cfg = self.config
+
+            def triggered(split: Split) -> Split:
+                keep = split.y != cfg.target_label
+                x_u8 = (split.x[keep] * 255).round().to(torch.uint8)
+                return Split(datasets.to_float(add_trigger(x_u8, cfg.trigger_size)),
+                             torch.full((int(keep.sum()),), cfg.target_label), "held-out, triggered")
+            return triggered
+        return None
+
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.y), "forget": int(self.forget.sum()),
                 "retain": int((~self.forget).sum()), "test": len(self.test),
