@@ -99,6 +99,8 @@ def train(store, out, k, u, kinds, width, kind_dim, clip, steps, max_windows, ba
               help="Families held out entirely (the evaluation's unseen family); empty: none.")
 @click.option("--holdout-every", default=5, show_default=True, type=click.IntRange(min=2),
               help="Hold out every n-th parent of the other families.")
+@click.option("--first", default=None, type=click.IntRange(min=1),
+              help="Only triples of index below this (the same data while a collection grows).")
 @click.option("--eval-triples", default=24, show_default=True, type=click.IntRange(min=1),
               help="Triples per held-out set, and for tuning the line.")
 @click.option("--lead", default=2, show_default=True, type=click.IntRange(min=0),
@@ -110,8 +112,8 @@ def train(store, out, k, u, kinds, width, kind_dim, clip, steps, max_windows, ba
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors(InputError, DatasetError, SpecError, StoreError)
-def meta_train(store, out, steps, lr, k, width, holdout_archs, holdout_every, eval_triples, lead, iterations, data_root,
-               threads, seed, quiet):
+def meta_train(store, out, steps, lr, k, width, holdout_archs, holdout_every, first, eval_triples, lead, iterations,
+               data_root, threads, seed, quiet):
     """Train the rewinder on the unlearning objective itself: unroll one iteration of the invwnn+
     loop (and of the forget-only loop) on each triple of STORE and minimise the unlearned model's
     KL to the counterfactual; then compare it on held-out parents and a held-out family with the
@@ -121,7 +123,7 @@ def meta_train(store, out, steps, lr, k, width, holdout_archs, holdout_every, ev
     check_output(Path(out))
     archs = parse_choices("architecture", holdout_archs, ALL_ARCHS) if holdout_archs else ()
     config = meta_training.MetaTrainConfig(store=store, out=out, steps=steps, lr=lr, k=k, width=width,
-                                           holdout_archs=archs, holdout_every=holdout_every,
+                                           holdout_archs=archs, holdout_every=holdout_every, first=first,
                                            eval_triples=eval_triples, lead=lead, iterations=iterations,
                                            data_root=data_root, seed=seed, threads=threads)
     record = meta_training.run(config, progress=not quiet, log=click.echo)

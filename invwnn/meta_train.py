@@ -62,6 +62,7 @@ class MetaTrainConfig:
     width: int = 32
     holdout_archs: tuple[str, ...] = ("convnext",)
     holdout_every: int = 5
+    first: int | None = None
     eval_triples: int = 24
     retain_images: int = 256
     heldout_images: int = 256
@@ -134,8 +135,10 @@ class TripleSource:
         return self._load(self.names[i])
 
 
-def split_names(store_path: str, holdout_archs: tuple[str, ...], holdout_every: int) -> dict[str, list[str]]:
-    """The store's complete, finite twin runs as ``train`` / ``heldout_parents`` / ``heldout_family``."""
+def split_names(store_path: str, holdout_archs: tuple[str, ...], holdout_every: int,
+                first: int | None = None) -> dict[str, list[str]]:
+    """The store's complete, finite twin runs (of index below ``first``) as ``train`` /
+    ``heldout_parents`` / ``heldout_family``."""
     root = trajstore.open_store(store_path)
     out: dict[str, list[str]] = {"train": [], "heldout_parents": [], "heldout_family": []}
     for name in trajstore.complete_in(root, trajstore.index(root)):
@@ -143,6 +146,8 @@ def split_names(store_path: str, holdout_archs: tuple[str, ...], holdout_every: 
         if "twin" not in attrs:
             continue
         spec = EpisodeSpec.from_dict(attrs["episode"])
+        if first is not None and spec.index >= first:
+            continue
         if spec.parent.arch.family in holdout_archs:
             out["heldout_family"].append(name)
         elif spec.parent_index % holdout_every == holdout_every - 1:
@@ -172,7 +177,7 @@ def run(config: MetaTrainConfig, progress: bool = True, log: Callable[[str], Non
     """Tune the line, meta-train, evaluate on both held-out sets, write the checkpoint; returns its record."""
     torch.set_num_threads(config.threads)
     started = time.perf_counter()
-    names = split_names(config.store, config.holdout_archs, config.holdout_every)
+    names = split_names(config.store, config.holdout_archs, config.holdout_every, config.first)
     train = TripleSource(config, names["train"])
     tune = TripleSource(config, _spread(names["train"], config.eval_triples, config.seed))
     line_scores = compare({h: LinearRewinder(h) for h in HORIZONS}, tune, EVAL_DRAWS, config.seed, config.iterations)
@@ -205,6 +210,7 @@ def run(config: MetaTrainConfig, progress: bool = True, log: Callable[[str], Non
                    "window": "data (the forget steps do not depend on the rewinder within an iteration)"},
         "data": {"store": config.store, "triples": {k: len(v) for k, v in names.items()},
                  "holdout_archs": list(config.holdout_archs), "holdout_every": config.holdout_every,
+                 "first": config.first,
                  "train_names": names["train"]},
         "training": {"steps": config.steps, "lr": config.lr, "seed": config.seed, "seconds": round(train_seconds, 1),
                      "objective_first": sum(history[:window]) / window, "objective_last": sum(history[-window:]) / window,
