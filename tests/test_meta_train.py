@@ -129,3 +129,21 @@ def test_a_meta_checkpoint_unlearns_through_apply_and_at_initialisation_is_the_l
     windows = torch.randn(100, 5).cumsum(1)
     stretched = meta.StretchedMeta(rewinder, str(path), 6.0).rewind(windows, None)
     torch.testing.assert_close(stretched - windows[:, 0], 2 * (rewinder.rewind(windows, None) - windows[:, 0]))
+
+
+def test_the_shipped_meta_rewinder_loads_records_its_training_and_serves_a_bench_row():
+    from invwnn.bench import runner
+    from invwnn.methods import REGISTRY
+
+    path = runner.predictor_path("meta", None)
+    rewinder, record = meta_train.load(path)
+    assert record["objective"] == meta_train.OBJECTIVE and record["unroll"]["lead_iterations"].startswith("0..")
+    assert record["data"]["triples"]["train"] > 0 and len(record["training"]["objective_history"]) == record["training"]["steps"]
+    assert set(record["evaluation"]) == {"heldout_parents", "heldout_family"}
+    shipped = sum(p.stat().st_size for p in path.parent.glob("*.pt"))
+    assert shipped < 5 * 2**20  # every shipped predictor together
+    assert runner.BENCH_METHODS["invwnn+-meta"] == ("invwnn+", "meta") and "invwnn+-meta" in search.SPACES
+    loop_rewinder, desc = runner.make_rewinder("meta", REGISTRY["invwnn+"].config(), "cpu")
+    assert desc["rewinder"] == "meta" and len(desc["sha256"]) == 64
+    windows = torch.randn(50, rewinder.config.k).cumsum(1)
+    assert torch.isfinite(loop_rewinder.rewind(windows, None)).all()

@@ -62,11 +62,15 @@ PREDICTOR_FILES = {"episodes": "episode_predictor_k5.pt", "episodes-context": "e
 # loop (a snapshot every 4 steps, see search.FIXED), isolates that row's predictor from its spacing;
 # -linear-spacing searches the spacing (1, 2 or 4 steps) with the rest of the line's settings.
 LINE_ROWS = {"invwnn+-linear-every4": ("invwnn+", "linear"), "invwnn+-linear-spacing": ("invwnn+", "linear")}
+# The rewinder meta-trained on the unlearning objective (`invwnn meta-train`, issue 24); not in ORDER
+# until its searches exist in every scenario.
+META_FILES = {"meta": "meta_rewinder_k5.pt"}
 BENCH_METHODS: dict[str, tuple[str, str | None]] = {
     **{name: (name, None) for name in REGISTRY if name not in ("retrain", *REWINDING)},
     **{f"{name}{suffix}": (name, kind) for name in REWINDING for suffix, kind in REWINDER_ROWS},
     **{f"invwnn+-{kind}": ("invwnn+", kind) for kind in PREDICTOR_FILES},
     **LINE_ROWS,
+    **{f"invwnn+-{kind}": ("invwnn+", kind) for kind in META_FILES},
 }
 ORDER = (*(f"invwnn+{s}" for s, _ in REWINDER_ROWS), *(f"invwnn+-{k}" for k in PREDICTOR_FILES), *LINE_ROWS,
          *(f"invwnn{s}" for s, _ in REWINDER_ROWS),
@@ -128,8 +132,8 @@ def predictor_path(kind: str | None, config, predictors: tuple[str, ...] = ()) -
     """The checkpoint a rewinder ``kind`` reads for an invwnn ``config`` (None: it reads none):
     learned, the first of ``predictors`` whose window K is the config's snapshots, else the shipped
     predictor of that window; episodes / twins, :data:`PREDICTOR_FILES`."""
-    if kind in PREDICTOR_FILES:
-        return Path(__file__).parents[1] / "predictors" / PREDICTOR_FILES[kind]
+    if kind in PREDICTOR_FILES or kind in META_FILES:
+        return Path(__file__).parents[1] / "predictors" / {**PREDICTOR_FILES, **META_FILES}[kind]
     if kind != "learned":
         return None
     for path in predictors:
@@ -147,7 +151,9 @@ def make_rewinder(kind: str, config, device: str, predictors: tuple[str, ...] = 
     description; a learned one's description carries the checkpoint's sha256, as the checkpoint
     may change."""
     from invwnn.apply import make_rewinder as apply_rewinder
-    if kind in PREDICTOR_FILES or (kind == "learned" and predictors):
+    if kind in META_FILES:
+        rewinder = apply_rewinder("meta", str(predictor_path(kind, config)), config, device)
+    elif kind in PREDICTOR_FILES or (kind == "learned" and predictors):
         rewinder = apply_rewinder("learned", str(predictor_path(kind, config, predictors)), config, device)
     else:
         rewinder = apply_rewinder(kind, None, config, device)

@@ -68,7 +68,7 @@ _HORIZON = {"horizon": ("uniform", 0.5, 4.0)}
 SPACES: dict[str, dict[str, Param]] = {
     "invwnn+": {**_INVWNN_PLUS, **_HORIZON}, "invwnn+-linear": {**_INVWNN_PLUS, **_HORIZON},
     "invwnn+-reset": _INVWNN_PLUS, "invwnn+-none": _INVWNN_PLUS,
-    **{f"invwnn+-{kind}": {**_INVWNN_PLUS, **_HORIZON} for kind in runner.PREDICTOR_FILES},
+    **{f"invwnn+-{kind}": {**_INVWNN_PLUS, **_HORIZON} for kind in (*runner.PREDICTOR_FILES, *runner.META_FILES)},
     "invwnn+-linear-every4": {**_INVWNN_PLUS, **_HORIZON},
     "invwnn+-linear-spacing": {**_INVWNN_PLUS, **_HORIZON, "every": ("choice", [1, 2, 4])},
     "invwnn": _INVWNN, "invwnn-linear": {**_INVWNN, **_HORIZON}, "invwnn-reset": _INVWNN, "invwnn-none": _INVWNN,
