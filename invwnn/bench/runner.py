@@ -62,8 +62,7 @@ PREDICTOR_FILES = {"episodes": "episode_predictor_k5.pt", "episodes-context": "e
 # loop (a snapshot every 4 steps, see search.FIXED), isolates that row's predictor from its spacing;
 # -linear-spacing searches the spacing (1, 2 or 4 steps) with the rest of the line's settings.
 LINE_ROWS = {"invwnn+-linear-every4": ("invwnn+", "linear"), "invwnn+-linear-spacing": ("invwnn+", "linear")}
-# The rewinder meta-trained on the unlearning objective (`invwnn meta-train`, issue 24); not in ORDER
-# until its searches exist in every scenario.
+# The rewinder meta-trained on the unlearning objective (`invwnn meta-train`, issue 24).
 META_FILES = {"meta": "meta_rewinder_k5.pt"}
 BENCH_METHODS: dict[str, tuple[str, str | None]] = {
     **{name: (name, None) for name in REGISTRY if name not in ("retrain", *REWINDING)},
@@ -73,6 +72,7 @@ BENCH_METHODS: dict[str, tuple[str, str | None]] = {
     **{f"invwnn+-{kind}": ("invwnn+", kind) for kind in META_FILES},
 }
 ORDER = (*(f"invwnn+{s}" for s, _ in REWINDER_ROWS), *(f"invwnn+-{k}" for k in PREDICTOR_FILES), *LINE_ROWS,
+         *(f"invwnn+-{k}" for k in META_FILES),
          *(f"invwnn{s}" for s, _ in REWINDER_ROWS),
          "finetune", "neggrad", "neggrad+", "random-label", "salun", "boundary-shrink", "task-vector",
          "scrub", "fisher", "unsir", "mnemonic", "ssd", "l1-sparse", "regun")
