@@ -295,5 +295,5 @@ def toy_triple(seed: int, images, n_train: int = 600, n_forget: int = 60, n_held
                   Split(pool(images.x_test[held]), images.y_test[held].long(), "heldout"))
 
 
-__all__ = ["tuned_line", "toy_triple", "MetaConfig", "MetaRewinder", "Triple", "LoopSettings", "unroll", "objective", "distance", "meta_train",
+__all__ = ["tuned_line", "toy_triple", "MetaConfig", "MetaRewinder", "StretchedMeta", "run_iterations", "Triple", "LoopSettings", "unroll", "objective", "distance", "meta_train",
            "evaluate", "forget_window", "rewindable_names"]
