@@ -251,11 +251,17 @@ def add_trigger(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def episode_parent_data(spec: EpisodeSpec, data: datasets.Dataset) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
+    """:func:`parent_data` of ``spec``'s parent: (pool, labels, special examples), no image copied."""
+    return parent_data(spec.parent, spec.parent_pool, spec.parent_noise, data, spec.parent_backdoor,
+                       spec.parent_overfit)
+
+
 def parent_view(spec: EpisodeSpec, data: datasets.Dataset) -> tuple[np.ndarray, np.ndarray, datasets.Dataset]:
     """(pool (P,), special examples (R,), the training set as the parent saw it: its labels, and
-    the trigger on a backdoor parent's triggered images; the test set unchanged)."""
-    pool, labels, special = parent_data(spec.parent, spec.parent_pool, spec.parent_noise, data,
-                                        spec.parent_backdoor, spec.parent_overfit)
+    the trigger on a backdoor parent's triggered images (a copy of the training images, for that
+    rule only); the test set unchanged)."""
+    pool, labels, special = episode_parent_data(spec, data)
     x = data.x_train
     if spec.parent_backdoor:
         x = x.clone()
@@ -267,11 +273,11 @@ def subset_indices(spec: EpisodeSpec, data: datasets.Dataset) -> tuple[np.ndarra
     """The episode's fine-tuning subset: (indices into the training set (S,), sorted, and the
     labels to train them with (S,) int64: the parent's, wrong ones for ``mislabelled``, the
     target for ``backdoor``)."""
-    pool, special, view = parent_view(spec, data)
+    pool, labels, special = episode_parent_data(spec, data)
     candidates = {"random": pool, "random-large": pool,
                   "class": pool[data.y_train[pool].numpy() == spec.target_class]}.get(spec.rule, special)
     rng = np.random.default_rng([spec.seed, 3])
     chosen = np.sort(rng.permutation(candidates)[:spec.subset_size])
     if len(chosen) < 2:
         raise SpecError(f"{spec.name}: its subset rule leaves {len(chosen)} examples")
-    return chosen, view.y_train[chosen]
+    return chosen, labels[chosen]

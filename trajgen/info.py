@@ -16,7 +16,7 @@ def disk_bytes(path: Path) -> int:
 
 def describe(path: str | Path) -> dict[str, Any]:
     """Runs by architecture, optimizer and (episodes, twins, triples) forgetting rule, sizes, compression, how many runs record a sample of
-    their coordinates, and final test accuracy spread of the complete runs in the store at ``path``. Reads the index and one listing of ``runs/``;
+    their coordinates, and final test accuracy spread of the complete runs in the store at ``path``. Reads the index, one listing of ``runs/`` and the attributes of episode and twin runs;
     the bytes on disk are the runs' recorded sizes (a version-1 store's files are walked)."""
     loc = store.location(path)
     root = store.open_store(loc)
@@ -30,8 +30,9 @@ def describe(path: str | Path) -> dict[str, Any]:
     recorded = [s.get("bytes_stored") for s in entries]
     on_disk = (sum(r or 0 for r in recorded) if None not in recorded or loc.path is None
                else disk_bytes(loc.path))
+    # episodes, twins and triples (their groups' names say so: a plain collection reads no attributes)
     rules = Counter(root["runs"][name].attrs["episode"]["rule"] for name in sorted(complete)
-                    if "episode" in root["runs"][name].attrs)  # episodes, twins and triples
+                    if name.startswith(("episode-", "twin-")))
     spread = ({"min": float(accs.min()), "median": float(np.median(accs)), "max": float(accs.max())}
               if len(accs) else None)
     return {

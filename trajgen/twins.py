@@ -41,7 +41,7 @@ from torch import nn
 
 from trajgen import data as datasets
 from trajgen import store
-from trajgen.episode_spec import EpisodeSpec, parent_view, subset_indices
+from trajgen.episode_spec import EpisodeSpec, episode_parent_data, parent_view, subset_indices
 from trajgen.nets import flat_buffers, flat_weights, layer_table
 from trajgen.train import accuracy, batches, build_model, snapshots
 
@@ -57,7 +57,7 @@ def twin_order(spec: EpisodeSpec, data: datasets.Dataset, dropped: list[torch.Te
     (:func:`trajgen.train.batches` seeded by the parent, or by ``seed``) with the positions of S
     removed from each batch. Batches left empty are not yielded (appended to ``dropped`` if
     given). Endless."""
-    pool = parent_view(spec, data)[0]
+    pool = episode_parent_data(spec, data)[0]
     subset, _ = subset_indices(spec, data)
     in_s = torch.from_numpy(np.isin(pool, subset))
     for idx in batches(len(pool), spec.parent.batch_size, spec.parent.seed if seed is None else seed):
@@ -70,7 +70,7 @@ def twin_order(spec: EpisodeSpec, data: datasets.Dataset, dropped: list[torch.Te
 
 def training_indices(spec: EpisodeSpec, data: datasets.Dataset, positions: torch.Tensor) -> np.ndarray:
     """Pool positions (as :func:`twin_order` yields) -> indices into the training set."""
-    return parent_view(spec, data)[0][positions.numpy()]
+    return episode_parent_data(spec, data)[0][positions.numpy()]
 
 
 def twin_model(spec: EpisodeSpec, data_root: str | None = None, seed: int | None = None) -> tuple[nn.Module, int]:
