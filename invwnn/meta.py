@@ -28,7 +28,7 @@ from torch import nn
 from torch.func import functional_call
 
 from invwnn.forget import Split
-from invwnn.methods.invwnn import LinearRewinder, Rewinder
+from invwnn.methods.invwnn import LinearRewinder, Rewinder, stretched
 from invwnn.models import param_kinds
 from trajgen.nets import KINDS
 
@@ -87,11 +87,8 @@ class StretchedMeta:
         return self.rewinder.config.k
 
     def rewind(self, windows: torch.Tensor, kinds: torch.Tensor, layers: torch.Tensor | None = None) -> torch.Tensor:
-        past = self.rewinder.rewind(windows, kinds)
-        if self.horizon is None or self.horizon == self.rewinder.config.horizon:
-            return past
-        first = windows[:, 0]
-        return first + (past - first) * (self.horizon / self.rewinder.config.horizon)
+        h = self.rewinder.config.horizon
+        return stretched(windows, self.rewinder.rewind(windows, kinds), 1.0 if self.horizon is None else self.horizon / h)
 
     def describe(self) -> dict:
         return {**self.rewinder.describe(), "predictor": self.path,

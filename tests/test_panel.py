@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from invwnn.bench import panel, panel_report
 from invwnn.cli import main
 
-METHODS = ("invwnn", "invwnn+", "neggrad+", "finetune")
+METHODS = ("invwnn", "invwnn+", "neggrad+", "finetune", "invwnn-meta")
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,8 @@ def test_calibrated_methods_move_forget_error_on_every_family_and_all_stay_finit
     runs = [r for r in rows.values() if r["method"] is not None]
     assert len(runs) == len(METHODS) * len(refs) and not [r for r in runs if "error" in r]
     assert all(r["finite"] for r in runs), [(r["network"], r["method"]) for r in runs if not r["finite"]]
+    # a rewinder row runs its base loop with the row's fixed settings: the meta rewinder's window K = 5
+    assert {r["config"]["snapshots"] for r in runs if r["method"] == "invwnn-meta"} == {5}
     still = [(r["network"], r["method"], round(r["UA"], 1), round(refs[r["network"]]["UA"], 1), r["stop_reason"])
              for r in runs if r["method"] in SCALE_FREE and not r["UA"] > refs[r["network"]]["UA"]]
     assert not still, f"forget error not moved (network, method, UA, original's UA, stop): {still}"

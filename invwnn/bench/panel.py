@@ -28,10 +28,10 @@ from typing import Any, Callable
 import torch
 
 from invwnn import metrics
-from invwnn.apply import DEFAULT_MAX_DROP, apply, make_rewinder
+from invwnn.apply import DEFAULT_MAX_DROP, apply
 from invwnn.bench import prepare, scenarios, search
 from invwnn.bench.measure import gaps, measure
-from invwnn.bench.runner import ORDER, REWINDING
+from invwnn.bench.runner import BENCH_METHODS, ORDER, make_rewinder
 from invwnn.forget import Split
 from invwnn.methods import REGISTRY, Context, Data
 from invwnn.models import InputError, LoadedModel, Preprocess, atomic_write
@@ -41,7 +41,10 @@ from trajgen.spec import make_arch
 PANEL_VERSION = 1  # bump when a unit's result would change for reasons its key does not hold
 SCENARIOS = ("class", "random10", "label-noise")
 SETTINGS = ("defaults", "tuned")
-METHODS = tuple(name for name in ORDER if name in REGISTRY)  # every method but retrain, the reference
+# Beside every registered method but retrain (the reference), the rewinder rows issue 24 judges on
+# the panel: the meta-trained rewinder and the line, with retain data (invwnn+) and without (invwnn).
+REWINDER_ROWS = ("invwnn+-linear", "invwnn+-meta", "invwnn-linear", "invwnn-meta")
+METHODS = (*(name for name in ORDER if name in REGISTRY), *REWINDER_ROWS)
 DATASET = "fashion-mnist-rgb"
 UNITS_FILE = "units.jsonl"
 # what the method rows' "code" fingerprint covers: the methods and the guard, what the panel tests
@@ -160,7 +163,7 @@ def _key(*parts: Any) -> str:
 def _resolved(method: str, overrides: dict) -> dict | str:
     """The config ``method`` runs with (field -> value), or why the overrides do not fit it."""
     try:
-        return REGISTRY[method].config.from_dict(overrides).to_dict()
+        return REGISTRY[BENCH_METHODS[method][0]].config.from_dict(overrides).to_dict()
     except InputError as err:
         return f"error: {err}"
 
@@ -180,7 +183,8 @@ def plan(config: PanelConfig) -> list[Unit]:
                 for method in config.methods:
                     by_key: dict[str, Unit] = {}
                     for setting in config.settings:
-                        overrides = tuned.get(method, {}) if setting == "tuned" else {}
+                        overrides = {**search.FIXED.get(method, {}),
+                                     **(tuned.get(method, {}) if setting == "tuned" else {})}
                         key = _key(scfg.to_dict(), seed, method, _resolved(method, overrides), config.max_drop,
                                    config.device, prepare.CACHE_VERSION, *refs)
                         same = by_key.get(key)
@@ -264,13 +268,14 @@ def method_row(unit: Unit, prep: prepare.Prepared, ref: dict, config: PanelConfi
     scn, device = prep.scenario, config.device
     loaded = loaded_model(prep)
     try:
-        method_config = REGISTRY[unit.method].config.from_dict(unit.overrides)
-        rewinder = make_rewinder("learned", None, method_config, device) if unit.method in REWINDING else None
+        name, kind = BENCH_METHODS[unit.method]
+        method_config = REGISTRY[name].config.from_dict(unit.overrides)
+        rewinder = make_rewinder(kind, method_config, device)[0] if kind else None
         ctx = Context(device=device, seed=unit.seed, rewinder=rewinder, rebuild=loaded.rebuild)
         torch.manual_seed(unit.seed)
         t0 = time.perf_counter()
         report = apply(loaded, Data(scn.forget_split, scn.classes, scn.retain_split, scn.test, prep.codes),
-                       unit.method, method_config, ctx, config.max_drop)
+                       name, method_config, ctx, config.max_drop)
     except InputError as err:
         return {"error": str(err).splitlines()[0]}
     wall = time.perf_counter() - t0

@@ -69,7 +69,7 @@ BENCH_METHODS: dict[str, tuple[str, str | None]] = {
     **{f"{name}{suffix}": (name, kind) for name in REWINDING for suffix, kind in REWINDER_ROWS},
     **{f"invwnn+-{kind}": ("invwnn+", kind) for kind in PREDICTOR_FILES},
     **LINE_ROWS,
-    **{f"invwnn+-{kind}": ("invwnn+", kind) for kind in META_FILES},
+    **{f"{name}-{kind}": (name, kind) for name in REWINDING for kind in META_FILES},
 }
 ORDER = (*(f"invwnn+{s}" for s, _ in REWINDER_ROWS), *(f"invwnn+-{k}" for k in PREDICTOR_FILES), *LINE_ROWS,
          *(f"invwnn+-{k}" for k in META_FILES),

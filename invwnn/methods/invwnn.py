@@ -84,6 +84,14 @@ class ResetRewinder:
         return {"rewinder": "reset"}
 
 
+def stretched(windows: torch.Tensor, past: torch.Tensor, stretch: float) -> torch.Tensor:
+    """``past`` (n,) moved ``stretch`` times as far from each window's first value (windows: n, K)."""
+    if stretch == 1.0:
+        return past
+    first = windows[:, 0]
+    return first + (past - first) * stretch
+
+
 @dataclass(frozen=True)
 class LearnedRewinder:
     """The trained past-weight predictor (``invwnn train``); its K is fixed by its checkpoint, so
@@ -120,11 +128,8 @@ class LearnedRewinder:
         return 1.0 if self.horizon is None else self.horizon / self.model.config.u
 
     def rewind(self, windows: torch.Tensor, kinds: torch.Tensor, layers: torch.Tensor | None = None) -> torch.Tensor:
-        past = predict_past(self.model, windows, kinds, self.context(windows, layers))
-        if self.stretch == 1.0:
-            return past
-        first = windows[:, 0]
-        return first + (past - first) * self.stretch
+        return stretched(windows, predict_past(self.model, windows, kinds, self.context(windows, layers)),
+                         self.stretch)
 
     def describe(self) -> dict:
         return {"rewinder": "learned", "predictor": self.path, "k": self.k, "trained_horizon": self.model.config.u,
