@@ -4,6 +4,10 @@ accuracy against the original's in the issue's reading (class: on the other clas
 at most 1 point lower; label-noise: at or above; random10: at most 1 point lower), and time and
 wall time over Retrain's training time.
 
+With ``--pairs A:B,...`` it prints instead, per pair, the gap to Retrain of row A and row B in
+every cell both ran, and per network their mean over its scenarios (issue 24's panel target: the
+meta-trained rewinder against the line, ``invwnn+-meta:invwnn+-linear,invwnn-meta:invwnn-linear``).
+
     .venv/bin/python scripts/panel_targets.py results/panel-quick/units.jsonl [--methods invwnn+,invwnn]
 """
 from __future__ import annotations
@@ -38,12 +42,36 @@ def retrain_passes(row: dict, sizes: dict) -> float:
     return sizes["retain"] * net.epochs
 
 
+def pairs(rows: list[dict], spec: str) -> None:
+    """The gap tables of ``--pairs``: cells where both rows ran at their defaults, then per-network means."""
+    gap = {(r["method"], r["network"], r["scenario"], r["seed"]): r["gap"] for r in rows
+           if "gap" in r and "defaults" in r["settings"]}
+    for pair in spec.split(","):
+        a, b = pair.split(":")
+        cells = sorted({k[1:] for k in gap if k[0] == a} & {k[1:] for k in gap if k[0] == b})
+        print(f"\n| network | scenario | seed | {a} gap | {b} gap | smaller |\n|---|---|---|---|---|---|")
+        by_net: dict[str, list[tuple[float, float]]] = {}
+        for cell in cells:
+            ga, gb = gap[(a, *cell)], gap[(b, *cell)]
+            by_net.setdefault(cell[0], []).append((ga, gb))
+            print(f"| {' | '.join(map(str, cell))} | {ga:.2f} | {gb:.2f} | {a if ga < gb else b} |")
+        wins = 0
+        for net, got in by_net.items():
+            ma, mb = (sum(g[i] for g in got) / len(got) for i in (0, 1))
+            wins += ma < mb
+            print(f"| {net} | mean of {len(got)} | | {ma:.2f} | {mb:.2f} | {a if ma < mb else b} |")
+        print(f"\n{a} has the smaller mean gap on {wins} of {len(by_net)} networks")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("units")
     parser.add_argument("--methods", default="invwnn+,invwnn")
+    parser.add_argument("--pairs", default=None, help="A:B,... rows whose gaps to compare, cell by cell")
     args = parser.parse_args()
     rows = [json.loads(line) for line in open(args.units)]
+    if args.pairs:
+        return pairs(rows, args.pairs)
     ref = {(r["network"], r["scenario"], r["seed"]): r for r in rows if r.get("method") is None}
     print("| method | network | scenario | seed | way to Retrain's UA | TA (reading) vs original's | TA kept | "
           "time / Retrain | wall / Retrain | budget passes / Retrain's | backoffs |")

@@ -68,15 +68,20 @@ def tuning(results: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _benched(results: Path) -> tuple[dict[str, dict], dict[str, list[dict]]]:
+    """Each scenario's ``results.json`` under ``results`` and its summary rows (report.summarise)."""
+    done = {name: json.loads((results / name / "results.json").read_text()) for name in SCENARIOS
+            if (results / name / "results.json").is_file()}
+    return done, {name: report.summarise(res) for name, res in done.items()}
+
+
 def overview(results: Path) -> str:
     """Gap to Retrain per method and scenario for both protocols. At equal forgetting: mean over
     the seeds that reached Retrain's UA, with the count; bold only for the best row of a scenario
     among those that reached it in every seed."""
-    done = {name: json.loads((results / name / "results.json").read_text()) for name in SCENARIOS
-            if (results / name / "results.json").is_file()}
+    done, summaries = _benched(results)
     if not done:
         return ""
-    summaries = {name: report.summarise(res) for name, res in done.items()}
     rows = {name: {(r["name"], r["protocol"]): r for r in summ} for name, summ in summaries.items()}
     ran = {m for res in done.values() for m in res["bench"]["methods"]}
     methods = [m for m in (*ORDER, *sorted(ran - set(ORDER))) if any((m, "equal") in rows[s] for s in done)]
@@ -121,15 +126,13 @@ def yardstick(results: Path) -> str:
     """The "## The 2026 yardstick" section from a bench run with references (``--yardstick DIR``):
     the attack's calibration per scenario, both gaps at both protocols, and which row has the
     smallest five-term gap where."""
-    done = {name: json.loads((results / name / "results.json").read_text()) for name in SCENARIOS
-            if (results / name / "results.json").is_file()}
+    done, summaries = _benched(results)
     if not done:
         return "## The 2026 yardstick\n\nNot run yet (see docs/bench.md).\n\n"
     commands: dict[str, list[str]] = {}
     for name, res in done.items():
         commands.setdefault(res["command"], []).append(name)
     seeds = sorted({r["seed"] for res in done.values() for r in res["runs"]})
-    summaries = {name: report.summarise(res) for name, res in done.items()}
     lines = ["## The 2026 yardstick\n",
              "Commands: " + "; ".join(f"`{c}` ({', '.join(names)})" for c, names in commands.items())
              + f"; seeds {', '.join(map(str, seeds))}; every row at its tuned values of `invwnn/bench/tuned/` "
