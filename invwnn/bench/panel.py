@@ -42,8 +42,9 @@ PANEL_VERSION = 1  # bump when a unit's result would change for reasons its key 
 SCENARIOS = ("class", "random10", "label-noise")
 SETTINGS = ("defaults", "tuned")
 # Beside every registered method but retrain (the reference), the rewinder rows issue 24 judges on
-# the panel: the meta-trained rewinder and the line, with retain data (invwnn+) and without (invwnn).
-REWINDER_ROWS = ("invwnn+-linear", "invwnn+-meta", "invwnn-linear", "invwnn-meta")
+# the panel: the meta-trained rewinder and the line, with retain data (invwnn+) and without (invwnn;
+# the line also in the meta rewinder's window of 5 snapshots, runner.BENCH_METHODS).
+REWINDER_ROWS = ("invwnn+-linear", "invwnn+-meta", "invwnn-linear", "invwnn-meta", "invwnn-linear-k5")
 METHODS = (*(name for name in ORDER if name in REGISTRY), *REWINDER_ROWS)
 DATASET = "fashion-mnist-rgb"
 UNITS_FILE = "units.jsonl"

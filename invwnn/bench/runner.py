@@ -70,6 +70,9 @@ BENCH_METHODS: dict[str, tuple[str, str | None]] = {
     **{f"invwnn+-{kind}": ("invwnn+", kind) for kind in PREDICTOR_FILES},
     **LINE_ROWS,
     **{f"{name}-{kind}": (name, kind) for name in REWINDING for kind in META_FILES},
+    # the line in the forget-only meta row's window of 5 snapshots (search.FIXED): its control on the
+    # panel, isolating the rewinder from the shorter window; not benched (not in ORDER)
+    "invwnn-linear-k5": ("invwnn", "linear"),
 }
 ORDER = (*(f"invwnn+{s}" for s, _ in REWINDER_ROWS), *(f"invwnn+-{k}" for k in PREDICTOR_FILES), *LINE_ROWS,
          *(f"invwnn+-{k}" for k in META_FILES),

@@ -71,7 +71,8 @@ SPACES: dict[str, dict[str, Param]] = {
     **{f"invwnn+-{kind}": {**_INVWNN_PLUS, **_HORIZON} for kind in (*runner.PREDICTOR_FILES, *runner.META_FILES)},
     "invwnn+-linear-every4": {**_INVWNN_PLUS, **_HORIZON},
     "invwnn+-linear-spacing": {**_INVWNN_PLUS, **_HORIZON, "every": ("choice", [1, 2, 4])},
-    "invwnn": _INVWNN, "invwnn-linear": {**_INVWNN, **_HORIZON}, "invwnn-meta": {**_INVWNN, **_HORIZON}, "invwnn-reset": _INVWNN, "invwnn-none": _INVWNN,
+    "invwnn": _INVWNN, "invwnn-linear": {**_INVWNN, **_HORIZON}, "invwnn-meta": {**_INVWNN, **_HORIZON},
+    "invwnn-linear-k5": {**_INVWNN, **_HORIZON}, "invwnn-reset": _INVWNN, "invwnn-none": _INVWNN,
     "finetune": {"lr": ("log", 1e-3, 1e-1), "epochs": ("choice", [2.0, 5.0, 10.0])},
     "neggrad": {"lr": ("log", 1e-4, 1e-2), "epochs": ("choice", [1.0, 2.0, 5.0])},
     "neggrad+": {"lr": ("log", 1e-3, 3e-2), "alpha": ("uniform", 0.8, 0.99), "epochs": ("choice", [2.0, 5.0, 10.0])},
@@ -98,7 +99,7 @@ assert set(runner.ORDER) <= set(SPACES), "every bench method has a search space"
 # is the line in the same loop.
 # The meta-trained rewinder's window is K = 5; the forget-only loop records 15 by default.
 FIXED: dict[str, dict[str, Any]] = {"invwnn+-runs500": {"every": 4}, "invwnn+-linear-every4": {"every": 4},
-                                    "invwnn-meta": {"snapshots": 5}}
+                                    "invwnn-meta": {"snapshots": 5}, "invwnn-linear-k5": {"snapshots": 5}}
 
 
 UNREACHED = 1000.0  # added to the gap of a trial that never reached Retrain's UA (gaps are under 100 points)
