@@ -8,6 +8,9 @@ With ``--pairs A:B,...`` it prints instead, per pair, the gap to Retrain of row 
 every cell both ran, and per network their mean over its scenarios (issue 24's panel target: the
 meta-trained rewinder against the line, ``invwnn+-meta:invwnn+-linear,invwnn-meta:invwnn-linear``).
 
+With ``--best`` it prints, per network, the mean gap of each of ``--methods`` over the cells where
+all of them ran at their defaults, and which is smallest (issue 23's panel target).
+
     .venv/bin/python scripts/panel_targets.py results/panel-quick/units.jsonl [--methods invwnn+,invwnn]
 """
 from __future__ import annotations
@@ -42,10 +45,29 @@ def retrain_passes(row: dict, sizes: dict) -> float:
     return sizes["retain"] * net.epochs
 
 
+def default_gaps(rows: list[dict]) -> dict[tuple, float]:
+    """(method, network, scenario, seed) -> gap to Retrain of every row run at its defaults."""
+    return {(r["method"], r["network"], r["scenario"], r["seed"]): r["gap"] for r in rows
+            if "gap" in r and "defaults" in r["settings"]}
+
+
+def best(rows: list[dict], methods: list[str]) -> None:
+    """Per network, each method's mean gap over the cells every one of ``methods`` ran."""
+    gap = default_gaps(rows)
+    nets = sorted({k[1] for k in gap})
+    print("| network | cells | " + " | ".join(methods) + " | smallest |\n|---|---|" + "---|" * (len(methods) + 1))
+    for net in nets:
+        cells = set.intersection(*({k[1:] for k in gap if k[0] == m and k[1] == net} for m in methods))
+        if not cells:
+            continue
+        mean = {m: sum(gap[(m, *c)] for c in cells) / len(cells) for m in methods}
+        print(f"| {net} | {len(cells)} | " + " | ".join(f"{mean[m]:.2f}" for m in methods)
+              + f" | {min(mean, key=mean.get)} |")
+
+
 def pairs(rows: list[dict], spec: str) -> None:
     """The gap tables of ``--pairs``: cells where both rows ran at their defaults, then per-network means."""
-    gap = {(r["method"], r["network"], r["scenario"], r["seed"]): r["gap"] for r in rows
-           if "gap" in r and "defaults" in r["settings"]}
+    gap = default_gaps(rows)
     for pair in spec.split(","):
         a, b = pair.split(":")
         cells = sorted({k[1:] for k in gap if k[0] == a} & {k[1:] for k in gap if k[0] == b})
@@ -68,10 +90,13 @@ def main() -> None:
     parser.add_argument("units")
     parser.add_argument("--methods", default="invwnn+,invwnn")
     parser.add_argument("--pairs", default=None, help="A:B,... rows whose gaps to compare, cell by cell")
+    parser.add_argument("--best", action="store_true", help="per network, which of --methods has the smallest gap")
     args = parser.parse_args()
     rows = [json.loads(line) for line in open(args.units)]
     if args.pairs:
         return pairs(rows, args.pairs)
+    if args.best:
+        return best(rows, args.methods.split(","))
     ref = {(r["network"], r["scenario"], r["seed"]): r for r in rows if r.get("method") is None}
     print("| method | network | scenario | seed | way to Retrain's UA | TA (reading) vs original's | TA kept | "
           "time / Retrain | wall / Retrain | budget passes / Retrain's | backoffs |")
