@@ -204,6 +204,8 @@ def _where(at: dict | str) -> str:
         return "the original weights"
     if "end" in at:
         return "the method's result"
+    if "retreat" in at:
+        return f"{at['retreat']:g} of the failing move"
     return " ".join(f"{k} {v}" for k, v in at.items())
 
 
@@ -242,12 +244,18 @@ def format_report(report: dict) -> str:
                 f"{b['effective_classes']:.1f} effective classes" if "effective_classes" in b else "non-finite outputs")
         lines.append(f"guard backed off at {_where(b['at'])} ({seen}): back to {_where(b['kept'])}, "
                      f"step x{b['step_scale']:g}")
+    if g.get("retreat"):
+        r = g["retreat"]
+        move = f"the move from {_where(r['from'])} to {_where(r['to'])}"
+        lines.append(f"guard retreated: kept {r['share']:g} of {move}, the largest of "
+                     f"{', '.join(f'{s:g}' for s in r['tried'])} that passes" if r["share"] else
+                     f"guard retreated: no share of {move} ({', '.join(f'{s:g}' for s in r['tried'])}) passes")
     if report["stop_reason"] == "non-finite":
         lines.append(f"weights or outputs turned non-finite at {_where(g['stopped_at'])}; kept "
                      f"{_where(g['kept'])} (try a smaller --lr or --step-size)")
     if g.get("stopped") and g.get("kept") == "original":
         lines.append(f"the written model is the original: nothing was unlearned (every check failed, "
-                     f"{len(g.get('backoffs', []))} backoff(s) included); try a smaller --step-size or --lr, "
+                     f"{len(g.get('backoffs', []))} backoff(s) and a retreat included); try a smaller --step-size or --lr, "
                      "more --iterations or epochs, or a larger --max-drop")
     lines += [f"inexact: {note}" for note in report.get("inexact", [])]
     lines += [f"warning: {text}" for text in report.get("warnings", [])]

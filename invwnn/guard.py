@@ -1,7 +1,10 @@
 """The guard of ``invwnn apply``: it watches one method run and, when a check fails, goes back to the
 last weights that passed, halves the method's step and lets it go on within its budget (a
 *backoff*); only after :data:`MAX_BACKOFFS` of them, or for a method that cannot take a smaller
-step, does it stop the method, keeping the last good weights (the original's when none passed).
+step (a one-shot method), does it stop the method. Stopping, it *retreats*: it tries the weights
+part of the way from the last good ones to the failing ones (:data:`RETREATS`, largest share first)
+and keeps the first that passes; only when none does are the last good weights kept (the
+original's when no check passed).
 
 What a check watches:
 - always: every weight and buffer finite, and the outputs on a few forget images;
@@ -32,6 +35,9 @@ PROBE_IMAGES = 64  # forget images whose outputs must stay finite (weights can b
 MAX_BACKOFFS = 3  # halvings of the step before the guard stops a method (1/8 of its step)
 COLLAPSE_IMAGES = 256  # forget images (each also rotated and flipped) of the forget-only check
 COLLAPSE_SHARE = 0.5  # effective predicted classes may fall to this share of their value before
+# Shares of the failing move a stopped method keeps, tried in order: a one-shot method's edit (SSD's
+# dampening, a negated task vector) cannot take a smaller step, but a fraction of it is one.
+RETREATS = (0.5, 0.25, 0.125)
 
 
 class GuardStop(Exception):
@@ -92,6 +98,7 @@ class Guard:
         self.kept, self.kept_at = self._state(), "original"
         self.stop: dict | None = None
         self.backoffs: list[dict] = []
+        self.retreat: dict | None = None
 
     def accuracy(self) -> float:
         """Accuracy (percent) on the watched subset."""
@@ -139,6 +146,7 @@ class Guard:
                          (self.mode == "step" and optimizer is not None)
             if not can_shrink or len(self.backoffs) >= MAX_BACKOFFS:
                 self.stop = failed
+                self.retreat_to_passing()
                 raise GuardStop
             self.model.load_state_dict(self.kept)
             if self.mode == "iteration":
@@ -152,6 +160,24 @@ class Guard:
             self.backoffs.append({**failed, "kept": self.kept_at, "step_scale": scale})
         finally:
             self.seconds += time.perf_counter() - start
+
+    def retreat_to_passing(self) -> None:
+        """The stop's last resort before the kept weights: the first of :data:`RETREATS` (a share of
+        the move from the kept weights to the current, failing ones) whose weights pass a check
+        becomes the kept weights; recorded in ``self.retreat``. Nothing to try after non-finite
+        weights (every share of an infinite move is infinite)."""
+        if self.stop["reason"] == "non-finite":
+            return
+        failing, tried = self._state(), []
+        for share in RETREATS:
+            tried.append(share)
+            self.model.load_state_dict({k: self.kept[k] + share * (v - self.kept[k]) if v.is_floating_point() else v
+                                        for k, v in failing.items()})
+            if self.failure() is None:
+                self.retreat = {"share": share, "tried": tried, "from": self.kept_at, "to": self.stop["at"]}
+                self.kept, self.kept_at = self._state(), {"retreat": share}  # a share of the failing move
+                return
+        self.retreat = {"share": None, "tried": tried, "from": self.kept_at, "to": self.stop["at"]}
 
     def finish(self) -> None:
         """Check the method's result (unless a check already stopped it); after a stop, put the
@@ -181,6 +207,8 @@ class Guard:
             out["every"] = GUARD_EVERY
         if self.stop is not None:
             out.update(stopped_at=self.stop["at"], kept=self.kept_at, reason=self.stop["reason"])
+            if self.retreat is not None:
+                out["retreat"] = self.retreat
             for key in ("accuracy", "effective_classes"):
                 if key in self.stop:
                     out["acc_at_stop" if key == "accuracy" else key] = self.stop[key]

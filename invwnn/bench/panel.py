@@ -289,7 +289,8 @@ def method_row(unit: Unit, prep: prepare.Prepared, ref: dict, config: PanelConfi
             "stop_reason": report["stop_reason"],
             "unchanged": all(torch.equal(v, state[k]) for k, v in prep.original.state_dict().items()),
             "finite": all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point()),
-            "backoffs": report["guard"].get("backoffs", []), "calibration": report.get("calibration"),
+            "backoffs": report["guard"].get("backoffs", []), "retreat": report["guard"].get("retreat"),
+            "calibration": report.get("calibration"),
             "original_TA": ref["original"]["TA"], "warnings": report["warnings"]}
 
 

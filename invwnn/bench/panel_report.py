@@ -51,6 +51,7 @@ def _row(name: str, setting: str, per_seed: list[dict], rows: list[dict] = ()) -
     if rows:
         out["stop"] = dict(Counter(r["stop_reason"] for r in rows))
         out["unchanged"] = sum(r["unchanged"] for r in rows)
+        out["retreated"] = sum(bool((r.get("retreat") or {}).get("share")) for r in rows)
         out["non_finite"] = sum(not r["finite"] for r in rows)
     return out
 
@@ -99,6 +100,8 @@ def _stop(row: dict) -> str:
     if "stop" not in row:
         return "-"
     text = ", ".join(f"{reason} {n}" for reason, n in sorted(row["stop"].items()))
+    if row.get("retreated"):
+        text += f"; retreated {row['retreated']}"
     if row["unchanged"]:
         text += f"; original kept {row['unchanged']}"
     if row["non_finite"]:
