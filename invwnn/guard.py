@@ -165,10 +165,11 @@ class Guard:
         """The stop's last resort before the kept weights: the first of :data:`RETREATS` (a share of
         the move from the kept weights to the current, failing ones) whose weights pass a check
         becomes the kept weights; recorded in ``self.retreat``. Nothing to try after non-finite
-        weights (every share of an infinite move is infinite)."""
-        if self.stop["reason"] == "non-finite":
-            return
+        weights (every share of an infinite move is infinite); finite weights whose outputs
+        overflowed are retreated from like any other failure."""
         failing, tried = self._state(), []
+        if not all(torch.isfinite(v).all() for v in failing.values() if v.is_floating_point()):
+            return
         for share in RETREATS:
             tried.append(share)
             self.model.load_state_dict({k: self.kept[k] + share * (v - self.kept[k]) if v.is_floating_point() else v

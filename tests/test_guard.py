@@ -59,3 +59,23 @@ def test_non_finite_weights_are_not_retreated_from():
     d = guard.describe()
     assert d["reason"] == "non-finite" and "retreat" not in d and d["kept"] == "original"
     assert torch.equal(model[1].weight, w0)
+
+
+def test_finite_weights_with_overflowing_outputs_are_retreated_from():
+    """Weights scaled to 0.9 of float32's maximum stay finite while their logits overflow; a
+    share of that move keeps every logit finite (and the classifier right)."""
+    model, split = _case()
+    w0 = model[1].weight.detach().clone()
+    fmax = torch.finfo(torch.float32).max
+    scale = 0.9 * fmax / w0.abs().max().item()
+    largest = (split.x.flatten(1).double() @ w0.double().T).abs().max().item()
+    assert fmax < largest * scale < 8 * 0.9 * fmax  # the outputs overflow; 1/8 of the move does not
+    guard = Guard(model, split, split, "retain", 5.0, "end", "cpu", seed=0)
+    with torch.no_grad():
+        model[1].weight.mul_(scale)
+    guard.finish()
+    d = guard.describe()
+    assert d["reason"] == "non-finite" and d["retreat"]["share"] in RETREATS
+    share = d["retreat"]["share"]
+    assert torch.allclose(model[1].weight, w0 * (1 + share * (scale - 1)), rtol=1e-5)
+    assert largest * scale * share < fmax
