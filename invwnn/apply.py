@@ -255,7 +255,7 @@ def format_report(report: dict) -> str:
                      f"{_where(g['kept'])} (try a smaller --lr or --step-size)")
     if g.get("stopped") and g.get("kept") == "original":
         lines.append(f"the written model is the original: nothing was unlearned (every check failed, "
-                     f"{len(g.get('backoffs', []))} backoff(s) and a retreat included); try a smaller --step-size or --lr, "
+                     f"{len(g.get('backoffs', []))} backoff(s){' and a retreat' if g.get('retreat') else ''} included); try a smaller --step-size or --lr, "
                      "more --iterations or epochs, or a larger --max-drop")
     lines += [f"inexact: {note}" for note in report.get("inexact", [])]
     lines += [f"warning: {text}" for text in report.get("warnings", [])]

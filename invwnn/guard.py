@@ -167,18 +167,18 @@ class Guard:
         becomes the kept weights; recorded in ``self.retreat``. Nothing to try after non-finite
         weights (every share of an infinite move is infinite); finite weights whose outputs
         overflowed are retreated from like any other failure."""
-        failing, tried = self._state(), []
+        failing = self._state()
         if not all(torch.isfinite(v).all() for v in failing.values() if v.is_floating_point()):
             return
+        self.retreat = {"share": None, "tried": [], "from": self.kept_at, "to": self.stop["at"]}
         for share in RETREATS:
-            tried.append(share)
+            self.retreat["tried"].append(share)
             self.model.load_state_dict({k: self.kept[k] + share * (v - self.kept[k]) if v.is_floating_point() else v
                                         for k, v in failing.items()})
             if self.failure() is None:
-                self.retreat = {"share": share, "tried": tried, "from": self.kept_at, "to": self.stop["at"]}
+                self.retreat["share"] = share
                 self.kept, self.kept_at = self._state(), {"retreat": share}  # a share of the failing move
                 return
-        self.retreat = {"share": None, "tried": tried, "from": self.kept_at, "to": self.stop["at"]}
 
     def finish(self) -> None:
         """Check the method's result (unless a check already stopped it); after a stop, put the
