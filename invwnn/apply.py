@@ -224,6 +224,11 @@ def format_report(report: dict) -> str:
         lines.append(f"rewind: {r['calls']} x {r['coordinates'] / r['calls']:,.0f} coordinates in {r['seconds']:.1f} s "
                      f"({r['per_second']:,.0f} per second, {100 * r['share']:.0f}% of the method's time)")
     for name, c in (report.get("calibration") or {}).items():
+        if name == "neighbours":
+            lines.append(f"repair on {c['images']} shifted copies of the forget images, labelled by the model "
+                         f"before unlearning; {c['keep_forget_label']:.1f}% keep their forget label, the forget accuracy "
+                         "the loop stops at unless --target-forget-acc is given")
+            continue
         lines.append(f"calibrated {name.replace('_', ' ')}: {c['lr']:.3g} (one step moves the centred logits on "
                      f"{c['probe_images']} images by {c['measured']:.3g} rms; asked {c['step_size']:g})")
     g = report.get("guard", {})

@@ -11,7 +11,7 @@ from _apply_fixtures import tiny_original
 from invwnn import forget as forget_io
 from invwnn import models
 from invwnn.forget import Split
-from invwnn.methods import REGISTRY, Context, Data
+from invwnn.methods import REGISTRY, Context, Data, invwnn_plus
 from invwnn.methods.invwnn import LinearRewinder, NoRewinder, rewindable
 from invwnn.methods.loop import saliency_masks
 from invwnn.models import InputError
@@ -66,7 +66,7 @@ def test_method_runs_and_changes_weights(setup, name):
         assert torch.equal(out.net[1].weight, loaded.model.net[1].weight)
 
 
-@pytest.mark.parametrize("name", ["invwnn+", "unsir", "retrain", "finetune", "neggrad+", "random-label", "salun",
+@pytest.mark.parametrize("name", ["unsir", "retrain", "finetune", "neggrad+", "random-label", "salun",
                                   "scrub", "fisher"])
 def test_methods_that_need_retain_say_so(setup, name):
     loaded, data = setup["random"]
@@ -154,9 +154,48 @@ def test_invwnn_plus_flags_are_checked(setup):
             _plus(copy.deepcopy(loaded.model), data, LinearRewinder(3), mask=bad)
     no_retain = Data(data.forget, data.classes)
     with pytest.raises(InputError, match="--retain"):
-        _plus(copy.deepcopy(loaded.model), no_retain, LinearRewinder(3))
+        _plus(copy.deepcopy(loaded.model), no_retain, LinearRewinder(3), repair_on="retain")
+    with pytest.raises(InputError, match="--repair-on takes retain or neighbours"):
+        _plus(copy.deepcopy(loaded.model), data, LinearRewinder(3), repair_on="test")
     model = copy.deepcopy(loaded.model)  # no repair, no retain needed
     assert _plus(model, no_retain, LinearRewinder(3), repair_steps=0) is model
+
+
+def test_neighbours_are_shifted_forget_images_labelled_by_the_model(monkeypatch):
+    """Known answer: each forget image is one lit pixel; every copy is that pixel moved at most the
+    shift (2 pixels of 28 at 0.07) each way, and its label is the model's prediction on the copy."""
+    g = torch.Generator().manual_seed(0)
+    rows, cols = torch.randint(4, 24, (30,), generator=g), torch.randint(4, 24, (30,), generator=g)
+    x = torch.zeros(30, 1, 28, 28)
+    x[torch.arange(30), 0, rows, cols] = 1.0
+    forget = Split(x, torch.zeros(30, dtype=torch.long), "forget")
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))
+    split, source = invwnn_plus.neighbours(model, forget, 3, 0.07, torch.Generator().manual_seed(1), "cpu")
+    assert len(split) == 90 and torch.equal(source, torch.arange(90) % 30)
+    lit = split.x[:, 0].flatten(1).argmax(1)
+    assert torch.all(split.x.flatten(1).sum(1) == 1)  # the pixel stays inside the image
+    dr, dc = lit // 28 - rows[source], lit % 28 - cols[source]
+    assert dr.abs().max() == 2 and dc.abs().max() == 2 and (dr != 0).any()
+    with torch.no_grad():
+        assert torch.equal(split.y, model(split.x).argmax(1))
+    monkeypatch.setattr(invwnn_plus, "NEIGHBOUR_BYTES", 40 * 28 * 28 * 4)  # room for 40 images
+    split, source = invwnn_plus.neighbours(model, forget, 3, 0.07, torch.Generator().manual_seed(1), "cpu")
+    assert len(split) == 40 and len(source.unique()) > 20
+    with pytest.raises(InputError, match="--neighbour-copies"):
+        invwnn_plus.neighbours(model, forget, 0, 0.07, g, "cpu")
+
+
+def test_invwnn_plus_without_retain_repairs_on_neighbours(setup):
+    loaded, data = setup["random"]
+    model = copy.deepcopy(loaded.model)
+    ctx = Context(seed=0, rewinder=LinearRewinder(3))
+    config = REGISTRY["invwnn+"].config(iterations=2, snapshots=4, repair_steps=2)
+    before = [p.detach().clone() for p in model.parameters()]
+    REGISTRY["invwnn+"].run(model, Data(data.forget, data.classes), config, ctx)
+    record = ctx.calibration["neighbours"]
+    assert record["images"] == 4 * len(data.forget) and 0 <= record["keep_forget_label"] <= 100
+    assert "repair_lr" in ctx.calibration  # the repair's step calibrated on the neighbours
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
 def _centred(model, x):

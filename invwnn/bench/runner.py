@@ -73,6 +73,10 @@ BENCH_METHODS: dict[str, tuple[str, str | None]] = {
     # the line in the forget-only meta row's window of 5 snapshots (search.FIXED): its control on the
     # panel, isolating the rewinder from the shorter window; not benched (not in ORDER)
     "invwnn-linear-k5": ("invwnn", "linear"),
+    # invwnn+ as it runs on forget data only, its repair on the forget images' neighbours
+    # (search.FIXED) although retain data is at hand (the guard watches it, as for the invwnn row):
+    # on the panel beside the forget-only invwnn; not benched
+    "invwnn+-neighbours": ("invwnn+", "learned"),
 }
 ORDER = (*(f"invwnn+{s}" for s, _ in REWINDER_ROWS), *(f"invwnn+-{k}" for k in PREDICTOR_FILES), *LINE_ROWS,
          *(f"invwnn+-{k}" for k in META_FILES),

@@ -99,7 +99,8 @@ assert set(runner.ORDER) <= set(SPACES), "every bench method has a search space"
 # is the line in the same loop.
 # The meta-trained rewinder's window is K = 5; the forget-only loop records 15 by default.
 FIXED: dict[str, dict[str, Any]] = {"invwnn+-runs500": {"every": 4}, "invwnn+-linear-every4": {"every": 4},
-                                    "invwnn-meta": {"snapshots": 5}, "invwnn-linear-k5": {"snapshots": 5}}
+                                    "invwnn-meta": {"snapshots": 5}, "invwnn-linear-k5": {"snapshots": 5},
+                                    "invwnn+-neighbours": {"repair_on": "neighbours"}}
 
 
 UNREACHED = 1000.0  # added to the gap of a trial that never reached Retrain's UA (gaps are under 100 points)
