@@ -170,16 +170,18 @@ def test_neighbours_are_shifted_forget_images_labelled_by_the_model(monkeypatch)
     x[torch.arange(30), 0, rows, cols] = 1.0
     forget = Split(x, torch.zeros(30, dtype=torch.long), "forget")
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))
-    split, source = invwnn_plus.neighbours(model, forget, 3, 0.07, torch.Generator().manual_seed(1), "cpu")
+    split, source, near = invwnn_plus.neighbours(model, forget, 3, 0.07, torch.Generator().manual_seed(1), "cpu")
     assert len(split) == 90 and torch.equal(source, torch.arange(90) % 30)
     lit = split.x[:, 0].flatten(1).argmax(1)
     assert torch.all(split.x.flatten(1).sum(1) == 1)  # the pixel stays inside the image
     dr, dc = lit // 28 - rows[source], lit % 28 - cols[source]
-    assert dr.abs().max() == 2 and dc.abs().max() == 2 and (dr != 0).any()
+    reach = torch.maximum(dr.abs(), dc.abs())
+    assert reach.max() == 2 and reach.min() == 1  # never the forget image itself
+    assert torch.equal(near, reach == 1) and 0 < near.sum() < 90
     with torch.no_grad():
         assert torch.equal(split.y, model(split.x).argmax(1))
     monkeypatch.setattr(invwnn_plus, "NEIGHBOUR_BYTES", 40 * 28 * 28 * 4)  # room for 40 images
-    split, source = invwnn_plus.neighbours(model, forget, 3, 0.07, torch.Generator().manual_seed(1), "cpu")
+    split, source, _ = invwnn_plus.neighbours(model, forget, 3, 0.07, torch.Generator().manual_seed(1), "cpu")
     assert len(split) == 40 and len(source.unique()) > 20
     with pytest.raises(InputError, match="--neighbour-copies"):
         invwnn_plus.neighbours(model, forget, 0, 0.07, g, "cpu")
