@@ -107,8 +107,8 @@ def repair_data(config: Config, data: Data, model: nn.Module, ctx: Context) -> S
     """The split the repair steps train on (see ``Config.repair_on``). For neighbours,
     ``ctx.calibration["neighbours"]`` records how many and the share of the near ones that keep
     their forget label: an estimate of Retrain's forget accuracy (on the unseen LeNet with a random
-    10% forgotten, 85% where Retrain gets 86% right; with 20% mislabelled, 10% keep the wrong label,
-    Retrain 1-3%)."""
+    10% forgotten, 79-85% where Retrain gets 83-86% right; with 20% mislabelled, 7-9% keep the wrong
+    label, Retrain 1-3%; too low on a MobileNetV3, 64% against 74-78%: scripts/neighbour_estimate.py)."""
     kind = config.repair_on or ("retain" if data.retain is not None and len(data.retain) else "neighbours")
     if kind not in REPAIR_DATA:
         raise InputError(f"--repair-on takes {' or '.join(REPAIR_DATA)}, got {kind!r}")
