@@ -116,7 +116,8 @@ def repair_data(config: Config, data: Data, model: nn.Module, ctx: Context) -> S
         return data.need("retain", NAME)
     split, source, near = neighbours(model, data.forget, config.neighbour_copies, config.neighbour_shift,
                                      ctx.generator(12), ctx.device)
-    kept = 100.0 * (split.y == data.forget.y[source])[near].float().mean().item()
+    keeps = (split.y == data.forget.y[source])[near if near.any() else slice(None)]  # a tiny sample may hold no near copy
+    kept = 100.0 * keeps.float().mean().item()
     ctx.calibration["neighbours"] = {"images": len(split), "keep_forget_label": round(kept, 1)}
     return split
 
