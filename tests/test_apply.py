@@ -92,7 +92,8 @@ def test_bad_flags_and_missing_data_exit_2(tmp_path_factory):
     torch.save({"x": torch.zeros(3)}, root / "foreign.pt")
     cases = [(["--forget", str(root / "nowhere"), "--rewinder", "linear"], "does not exist"),
              (["--forget", str(root / "forget"), "--method", "finetune"], "--retain"),
-             (["--forget", str(root / "forget"), "--method", "invwnn+", "--rewinder", "linear"], "--retain"),
+             (["--forget", str(root / "forget"), "--method", "invwnn+", "--rewinder", "linear", "--repair-on",
+                   "retain"], "--retain"),
              (["--forget", str(root / "forget"), "--method", "invwnn+", "--mask", "top:3"], "--mask takes"),
              (["--forget", str(root / "forget"), "--sparsity", "0.3"], "not a setting of method invwnn"),
              (["--forget", str(root / "forget"), "--predictor", str(root / "nope.pt")], "predictor"),
