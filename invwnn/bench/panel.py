@@ -33,7 +33,7 @@ from invwnn.bench import prepare, scenarios, search
 from invwnn.bench.measure import gaps, measure
 from invwnn.bench.runner import BENCH_METHODS, ORDER, make_rewinder
 from invwnn.forget import Split
-from invwnn.methods import REGISTRY, Context, Data
+from invwnn.methods import REGISTRY, Context, Data, invwnn_plus
 from invwnn.models import InputError, LoadedModel, Preprocess, atomic_write
 from trajgen import nets
 from trajgen.spec import make_arch
@@ -163,9 +163,9 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-# Settings added after rows were written, at values that leave those rows' results as they were
-# (invwnn+ given retain data repairs on it whatever the neighbour settings): left out of the keys.
-LATER_SETTINGS = {"repair_on": None, "neighbour_copies": 4, "neighbour_shift": 0.07}
+# Settings added after rows were written, at their defaults, which leave those rows' results as they
+# were (invwnn+ given retain data repairs on it whatever the neighbour settings): left out of the keys.
+LATER_SETTINGS = {k: getattr(invwnn_plus.Config(), k) for k in ("repair_on", "neighbour_copies", "neighbour_shift")}
 
 
 def _resolved(method: str, overrides: dict) -> dict | str:

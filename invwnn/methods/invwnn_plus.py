@@ -73,11 +73,13 @@ def mask_fraction(spec: str | None) -> float | None:
     return fraction
 
 
-def shifted(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int) -> torch.Tensor:
-    """Images ``x`` (N, C, H, W) each moved by (``dy``, ``dx``) pixels in [-pad, pad], zero filled."""
-    n, _, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
-    return torch.stack([padded[i, :, pad + dy[i]: pad + dy[i] + h, pad + dx[i]: pad + dx[i] + w] for i in range(n)])
+def shifted(x: torch.Tensor, source: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int) -> torch.Tensor:
+    """Copies of images ``x`` (N, C, H, W): copy ``i`` is ``x[source[i]]`` moved by (``dy[i]``,
+    ``dx[i]``) pixels in [-pad, pad], zero filled; (M, C, H, W) for M = len(source)."""
+    h, w = x.shape[2:]
+    padded = F.pad(x, (pad, pad, pad, pad))  # padded once per image, not per copy
+    return torch.stack([padded[j, :, pad + a: pad + a + h, pad + b: pad + b + w]
+                        for j, a, b in zip(source.tolist(), dy.tolist(), dx.tolist())])
 
 
 def neighbours(model: nn.Module, forget: Split, copies: int, shift: float, g: torch.Generator,
@@ -97,29 +99,29 @@ def neighbours(model: nn.Module, forget: Split, copies: int, shift: float, g: to
     pad = max(1, round(shift * max(forget.x.shape[2:])))
     grid = torch.cartesian_prod(torch.arange(-pad, pad + 1), torch.arange(-pad, pad + 1))
     offsets = grid[(grid != 0).any(1)][torch.randint(len(grid) - 1, (len(source),), generator=g)]
-    x = shifted(forget.x[source], offsets[:, 0], offsets[:, 1], pad)
+    x = shifted(forget.x, source, offsets[:, 0], offsets[:, 1], pad)
     y = predict(model, x, device).argmax(1)
     near = offsets.abs().amax(1) <= (pad + 1) // 2
     return Split(x, y, f"shifted copies of {forget.source}"), source, near
 
 
-def repair_data(config: Config, data: Data, model: nn.Module, ctx: Context) -> Split:
-    """The split the repair steps train on (see ``Config.repair_on``). For neighbours,
-    ``ctx.calibration["neighbours"]`` records how many and the share of the near ones that keep
-    their forget label: an estimate of Retrain's forget accuracy (on the unseen LeNet with a random
+def repair_data(config: Config, data: Data, model: nn.Module, ctx: Context) -> tuple[Split, float | None]:
+    """The split the repair steps train on (see ``Config.repair_on``) and, for neighbours, the share
+    (percent) of the near ones that keep their forget label, also recorded with how many in
+    ``ctx.calibration["neighbours"]``: an estimate of Retrain's forget accuracy (on the unseen LeNet with a random
     10% forgotten, 79-85% where Retrain gets 83-86% right; with 20% mislabelled, 7-9% keep the wrong
     label, Retrain 1-3%; too low on a MobileNetV3, 64% against 74-78%: scripts/neighbour_estimate.py)."""
     kind = config.repair_on or ("retain" if data.retain is not None and len(data.retain) else "neighbours")
     if kind not in REPAIR_DATA:
         raise InputError(f"--repair-on takes {' or '.join(REPAIR_DATA)}, got {kind!r}")
     if kind == "retain":
-        return data.need("retain", NAME)
+        return data.need("retain", NAME), None
     split, source, near = neighbours(model, data.forget, config.neighbour_copies, config.neighbour_shift,
                                      ctx.generator(12), ctx.device)
     keeps = (split.y == data.forget.y[source])[near if near.any() else slice(None)]  # a tiny sample may hold no near copy
     kept = 100.0 * keeps.float().mean().item()
     ctx.calibration["neighbours"] = {"images": len(split), "keep_forget_label": round(kept, 1)}
-    return split
+    return split, round(kept, 1)
 
 
 def run(model: nn.Module, data: Data, config: Config, ctx: Context) -> nn.Module:
@@ -130,11 +132,11 @@ def run(model: nn.Module, data: Data, config: Config, ctx: Context) -> nn.Module
     params, _ = invwnn.rewindable(model)
     repair = None
     if config.repair_steps:
-        retain = repair_data(config, data, model, ctx)
-        if "neighbours" in ctx.calibration and invwnn.forget_target(config, data) is None:
+        retain, estimate = repair_data(config, data, model, ctx)
+        if estimate is not None and invwnn.forget_target(config, data) is None:
             # the share of the forget set the model gets right beyond memorising it: an estimate of
             # Retrain's forget accuracy, so the loop stops there instead of overshooting
-            config = replace(config, target_forget_acc=ctx.calibration["neighbours"]["keep_forget_label"])
+            config = replace(config, target_forget_acc=estimate)
         sample = Sampler(retain, config.repair_batch_size, ctx.generator(2), ctx.device)
         lr = invwnn.step_lr("repair_lr", config.repair_lr, config.repair_step_size, retain, config.repair_batch_size,
                             8, model, params, data, config.optimizer, ctx)
