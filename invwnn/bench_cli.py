@@ -161,7 +161,8 @@ def _list(text: str) -> tuple[str, ...]:
               help="reference models for offline RMIA and the five-term gap (Retrain and N - 1 more; each costs "
                    "about a Retrain per network, scenario and seed)")
 @click.option("--doc", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="also replace this document's '## Architecture panel' section (e.g. docs/results.md)")
+              help="also replace this document's '## Architecture panel' section ('... with RMIA' with "
+                   "--references; e.g. docs/results.md)")
 @click.option("--report-only", is_flag=True,
               help="run nothing: write the tables from the units already in OUT (a panel stopped part-way)")
 @click.option("--progress/--no-progress", default=True, show_default=True)
@@ -170,7 +171,7 @@ def panel(networks, scenarios, seeds, methods, settings, out, cache_dir, data_ro
           references, doc, report_only, progress):
     """Run the architecture panel (every method, as `invwnn apply` runs it, on torchvision networks
     against Retrain), skipping units already in OUT/units.jsonl, and write panel.md, panel.json and
-    panel.png."""
+    panel.png (panel-rmia.* with --references)."""
     import torch
     from tqdm.auto import tqdm
     from invwnn.bench import panel as panel_mod

@@ -114,3 +114,22 @@ def test_section_replacement_appends_a_missing_section_and_is_idempotent():
     assert panel_report.replace_section(once, body) == once
     middle = "# Doc\n\n## Architecture panel\n\nold\n### sub\n\n## Next\n\nx\n"
     assert panel_report.replace_section(middle, body) == "# Doc\n\n## Architecture panel\n\n| a |\n\n## Next\n\nx\n"
+
+
+def test_rows_with_reference_models_get_their_own_files_and_section(tmp_path):
+    # a panel run with --references is another run (other unit keys): reported beside the plain
+    # panel, never over it
+    doc = tmp_path / "results.md"
+    doc.write_text("# Results\n\n## Architecture panel\n\nplain\n\n## Later\n\nkept\n")
+    config = panel.config_from(("convnext",), quick=True, scenarios=("class",), seeds=(0,), methods=("neggrad",),
+                               settings=("defaults",), references=2, cache_dir=str(tmp_path / "cache"))
+    assert panel_report.names(config) == ("panel-rmia", panel_report.RMIA_HEADING)
+    written = panel_report.write(config, {}, tmp_path / "out", doc=doc)
+    assert {p.name for p in written} == {"panel-rmia.md", "panel-rmia.json", "panel-rmia.png", "results.md"}
+    text = doc.read_text()
+    assert "## Architecture panel\n\nplain\n\n## Later\n\nkept\n" in text
+    assert f"{panel_report.RMIA_HEADING}\n" in text and "(results/panel-rmia.png)" in text
+    assert "### convnext on class: seeds none yet" in text and "gap5 = ReGUn's five-term gap" in text
+    assert (tmp_path / "results" / "panel-rmia.png").is_file() and not (tmp_path / "results" / "panel.png").exists()
+    panel_report.write(config, {}, tmp_path / "out", doc=doc)
+    assert doc.read_text() == text

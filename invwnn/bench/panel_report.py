@@ -18,6 +18,7 @@ from invwnn.bench.report import mean_std, save_fig, versions
 from invwnn.models import atomic_write
 
 HEADING = "## Architecture panel"
+RMIA_HEADING = "## Architecture panel with RMIA"  # the rows run with --references: their own files and section
 _TUNED = ("at the bench's tuned values (`invwnn/bench/tuned/<scenario>.json`, chosen on the bench's CNN; "
           "nothing tuned per network)")
 SETTINGS_TEXT = {("defaults",): "at its library defaults (nothing tuned)", ("tuned",): _TUNED,
@@ -116,10 +117,16 @@ def _pm(stats: tuple[float, float], n: int) -> str:
     return f"{stats[0]:.1f} ± {stats[1]:.1f}" if n > 1 else f"{stats[0]:.1f}"
 
 
+def names(config: panel.PanelConfig) -> tuple[str, str]:
+    """The file stem (``panel``; ``panel-rmia`` with reference models) and the document heading of
+    ``config``'s outputs: rows run with and without RMIA are different runs, reported side by side."""
+    return ("panel-rmia", RMIA_HEADING) if config.references else ("panel", HEADING)
+
+
 def markdown(config: panel.PanelConfig, blocks: list[dict], rows: dict[str, dict], command: str) -> str:
     """``panel.md``: how it was run, a table of the networks (size, recipe, how near the originals
     memorised their training sets, training seconds) and a table per network and scenario."""
-    out = ["# Architecture panel", "", f"Command: `{command}`", "",
+    out = [names(config)[1][1:], "", f"Command: `{command}`", "",
            "Networks the project does not build itself, on Fashion-MNIST as 3x32x32, each method run through "
            "`invwnn.apply.apply` (what `invwnn apply` runs, guard at its default bound of "
            f"{config.max_drop:g} points) " + SETTINGS_TEXT[tuple(config.settings)] + ". "
@@ -172,11 +179,12 @@ def markdown(config: panel.PanelConfig, blocks: list[dict], rows: dict[str, dict
 def plot(config: panel.PanelConfig, blocks: list[dict], path: Path) -> None:
     """Gap to Retrain per method (x) and network (colour), a panel per scenario: filled markers at
     the library defaults, open ones at the tuned values, std as error bars; the Original's gap as
-    a dashed line in its network's colour."""
+    a dashed line in its network's colour. With reference models the five-term gap (gap5)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    key, what = ("gap5", "five-term gap") if config.references else ("gap", "gap")
     methods = list(config.methods)
     fig, axes = plt.subplots(len(config.scenarios), 1, figsize=(max(8, 0.8 * len(methods) + 3),
                                                                  3.6 * len(config.scenarios)), squeeze=False)
@@ -188,17 +196,17 @@ def plot(config: panel.PanelConfig, blocks: list[dict], path: Path) -> None:
             for setting, face in (("defaults", color), ("tuned", "none")):
                 if setting not in config.settings:
                     continue
-                got = {r["name"]: r for r in block["rows"] if r["setting"].startswith(setting) and "gap" in r}
+                got = {r["name"]: r for r in block["rows"] if r["setting"].startswith(setting) and key in r}
                 xs = [j + shift for j, m in enumerate(methods) if m in got]
-                ax.errorbar(xs, [got[m]["gap"] for m in methods if m in got],
-                            yerr=[got[m]["gap_std"] for m in methods if m in got], fmt="o", color=color, mfc=face,
+                ax.errorbar(xs, [got[m][key] for m in methods if m in got],
+                            yerr=[got[m][f"{key}_std"] for m in methods if m in got], fmt="o", color=color, mfc=face,
                             ms=5, capsize=2, lw=1, label=f"{net.family} ({setting})")
             original = block["rows"][0]
-            if "gap" in original:
-                ax.axhline(original["gap"], color=color, ls="--", lw=0.8)
+            if key in original:
+                ax.axhline(original[key], color=color, ls="--", lw=0.8)
         ax.set_xticks(range(len(methods)), methods, rotation=35, ha="right")
-        ax.set_ylabel("gap to Retrain (points)")
-        ax.set_title(f"{scenario}: gap to Retrain (dashed: the Original's; lower is better)")
+        ax.set_ylabel(f"{what} to Retrain (points)")
+        ax.set_title(f"{scenario}: {what} to Retrain (dashed: the Original's; lower is better)")
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -216,35 +224,37 @@ def replace_section(text: str, body: str, heading: str = HEADING) -> str:
     return text[:found.start()] + body.rstrip("\n") + "\n" + tail
 
 
-def write_doc(doc: str | Path, md: str, png: Path) -> None:
-    """Put ``md`` (headings one level down) as the ``## Architecture panel`` section of ``doc`` and
-    its plot beside the document's other figures (``results/panel.png``)."""
+def write_doc(doc: str | Path, md: str, png: Path, heading: str = HEADING) -> None:
+    """Put ``md`` (headings one level down) as the ``heading`` section of ``doc`` and its plot
+    beside the document's other figures (``results/<png's name>``)."""
     doc = Path(doc)
-    target = doc.parent / "results" / "panel.png"
+    target = doc.parent / "results" / png.name
     atomic_write(target, lambda tmp: Path(tmp).write_bytes(png.read_bytes()))
     body = "\n".join("#" + line if line.startswith("#") else line for line in md.splitlines())
-    body += "\n\n![architecture panel: gap to Retrain](results/panel.png)\n"
-    text = replace_section(doc.read_text(), body)
+    body += f"\n\n![architecture panel: gap to Retrain](results/{png.name})\n"
+    text = replace_section(doc.read_text(), body, heading)
     atomic_write(doc, lambda tmp: Path(tmp).write_text(text))
 
 
 def write(config: panel.PanelConfig, rows: dict[str, dict], out: str | Path, command: str = "",
           doc: str | Path | None = None) -> list[Path]:
-    """Write ``panel.md``, ``panel.json`` and ``panel.png`` under ``out`` from the rows of
-    ``config``'s units (and the section of ``doc``); returns the paths written."""
+    """Write ``panel.md``, ``panel.json`` and ``panel.png`` (``panel-rmia.*`` with reference models:
+    :func:`names`) under ``out`` from the rows of ``config``'s units (and the section of ``doc``);
+    returns the paths written."""
     out = Path(out)
+    stem, heading = names(config)
     keys = {u.key for u in panel.plan(config)}
     rows = {k: r for k, r in rows.items() if k in keys}
     blocks = summarise(config, rows)
     md = markdown(config, blocks, rows, command)
     record = {"config": config.to_dict(), "command": command, "code": panel.code_fingerprint(),
               "blocks": blocks, "rows": list(rows.values()), "versions": versions()}
-    files = {"panel.md": md, "panel.json": json.dumps(record, indent=1, default=str)}
+    files = {f"{stem}.md": md, f"{stem}.json": json.dumps(record, indent=1, default=str)}
     for name, text in files.items():
         atomic_write(out / name, lambda tmp, text=text: Path(tmp).write_text(text))
-    plot(config, blocks, out / "panel.png")
-    written = [out / name for name in (*files, "panel.png")]
+    plot(config, blocks, out / f"{stem}.png")
+    written = [out / name for name in (*files, f"{stem}.png")]
     if doc is not None:
-        write_doc(doc, md, out / "panel.png")
+        write_doc(doc, md, out / f"{stem}.png", heading)
         written.append(Path(doc))
     return written
