@@ -164,7 +164,7 @@ def apply(loaded: LoadedModel, data: Data, method: str, config, ctx: Context,
             finally:
                 row["backed_off"] = len(guard.backoffs) > backoffs
 
-    ctx.on_iteration = on_iteration
+    ctx.on_iteration, ctx.warn = on_iteration, warned
     handle = register_optimizer_step_post_hook(guard.on_step) if mode == "step" else None
     try:
         result = REGISTRY[method].run(model, data, config, ctx)

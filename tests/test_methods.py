@@ -190,7 +190,8 @@ def test_neighbours_are_shifted_forget_images_labelled_by_the_model(monkeypatch)
 def test_invwnn_plus_without_retain_repairs_on_neighbours(setup):
     loaded, data = setup["random"]
     model = copy.deepcopy(loaded.model)
-    ctx = Context(seed=0, rewinder=LinearRewinder(3))
+    warned: list[str] = []
+    ctx = Context(seed=0, rewinder=LinearRewinder(3), warn=warned.append)
     config = REGISTRY["invwnn+"].config(iterations=2, snapshots=4, repair_steps=2)
     before = [p.detach().clone() for p in model.parameters()]
     REGISTRY["invwnn+"].run(model, Data(data.forget, data.classes), config, ctx)
@@ -198,6 +199,13 @@ def test_invwnn_plus_without_retain_repairs_on_neighbours(setup):
     assert record["images"] == 4 * len(data.forget) and 0 <= record["keep_forget_label"] <= 100
     assert "repair_lr" in ctx.calibration  # the repair's step calibrated on the neighbours
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert len(data.forget_classes()) > 1 and warned == []
+    # forget images of one class: the neighbours' labels would teach that class back, and the user is told
+    label = int(data.forget.y.mode().values)
+    one = data.forget.subset((data.forget.y == label).nonzero().squeeze(1))
+    REGISTRY["invwnn+"].run(copy.deepcopy(loaded.model), Data(one, data.classes), config.from_dict(
+        {**config.to_dict(), "iterations": 1}), ctx)
+    assert len(warned) == 1 and repr(data.classes[label]) in warned[0] and "--retain" in warned[0]
 
 
 def _centred(model, x):

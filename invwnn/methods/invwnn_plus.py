@@ -121,7 +121,18 @@ def repair_data(config: Config, data: Data, model: nn.Module, ctx: Context) -> t
     keeps = (split.y == data.forget.y[source])[near if near.any() else slice(None)]  # a tiny sample may hold no near copy
     kept = 100.0 * keeps.float().mean().item()
     ctx.calibration["neighbours"] = {"images": len(split), "keep_forget_label": round(kept, 1)}
+    if ctx.warn is not None and len(labels := data.forget_classes()) == 1 and len(data.classes) > 1:
+        ctx.warn(one_class_warning(data.classes[labels[0]], kept))
     return split, round(kept, 1)
+
+
+def one_class_warning(label: str, kept: float) -> str:
+    """What to tell a user whose forget images all carry ``label`` while the repair trains on their
+    neighbours, ``kept`` percent of the near ones labelled ``label`` by the model."""
+    return (f"every forget image is labelled {label!r} and, with no --retain, the repair trains on their shifted "
+            f"copies, {kept:.0f}% of which the model calls {label!r}: if the whole class is to go, the repair "
+            "teaches it back (on the architecture panel's class cells it went at most 0.14 of the way); give "
+            "--retain (with it invwnn+ forgot the class on all four panel networks)")
 
 
 def run(model: nn.Module, data: Data, config: Config, ctx: Context) -> nn.Module:

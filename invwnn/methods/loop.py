@@ -82,7 +82,7 @@ class Context:
     """How to run: ``device``, ``seed`` (recorded in the report), progress bars, the rewinder for
     InvWNN, a fresh-model factory for retraining, and a per-iteration hook ``on_iteration(i, model)``
     for iterative methods. A method that stops itself before its budget sets ``stop_reason`` (invwnn:
-    ``"target"``)."""
+    ``"target"``); one that sees its result will probably be wrong says why through ``warn``."""
 
     device: str = "cpu"
     seed: int = 0
@@ -90,6 +90,7 @@ class Context:
     rewinder: Any = None
     rebuild: Callable[[], nn.Module] | None = None
     on_iteration: Callable[[int, nn.Module], None] | None = None
+    warn: Callable[[str], None] | None = None
     stop_reason: str | None = None
     # Written by the method: the steps it calibrated (name -> calibrate_lr's record), for the report.
     calibration: dict[str, dict] = dataclasses.field(default_factory=dict)
