@@ -51,14 +51,16 @@ def retrain_passes(row: dict, sizes: dict) -> float:
 def default_gaps(rows: list[dict]) -> dict[tuple, float]:
     """(method, network, scenario, seed) -> gap to Retrain of every row run at its defaults."""
     return {(r["method"], r["network"], r["scenario"], r["seed"]): r["gap"] for r in rows
-            if "gap" in r and "defaults" in r["settings"]}
+            if "gap" in r and "defaults" in r["settings"] and "gap5" not in r}  # the plain panel's run
 
 
 def default_gap5s(rows: list[dict]) -> dict[tuple, tuple[float, bool]]:
     """(method, network, scenario, seed) -> (five-term gap, whether it is only a lower bound) of every
     row run at its defaults: the row's gap5 where it was run with reference models, else the three
     accuracy terms' share of it, |RA|, |TA|, |UA - Retrain's| over 5."""
-    retrain = {(r["network"], r["scenario"], r["seed"]): r["retrain"] for r in rows if r.get("method") is None}
+    # each row against the Retrain of its own run: with and without RMIA the originals may differ
+    retrain = {(r["network"], r["scenario"], r["seed"], "gap5" in r["original"]): r["retrain"]
+               for r in rows if r.get("method") is None}
     out: dict[tuple, tuple[float, bool]] = {}
     for r in rows:
         if "gap" not in r or "defaults" not in r["settings"]:
@@ -67,7 +69,7 @@ def default_gap5s(rows: list[dict]) -> dict[tuple, tuple[float, bool]]:
         if "gap5" in r:
             out[key] = (r["gap5"], False)
         elif key not in out or out[key][1]:
-            ref = retrain[key[1:]]
+            ref = retrain[(*key[1:], False)]
             out[key] = (sum(abs(r[k] - ref[k]) for k in ("RA", "TA", "UA")) / 5, True)
     return out
 
