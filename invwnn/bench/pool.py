@@ -8,6 +8,8 @@ N single-threaded units beat one N-threaded unit for models this small.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Callable, Sequence
 
@@ -17,6 +19,16 @@ from tqdm.auto import tqdm
 def _init_worker() -> None:
     import torch
     torch.set_num_threads(1)
+    # A parent killed by a signal runs no clean-up; without this its workers would finish their
+    # units (hours of tuning) for nobody.
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+
+
+def _exit_with(parent: multiprocessing.process.BaseProcess) -> None:
+    parent.join()
+    os._exit(1)
 
 
 def map_units(fn: Callable, units: Sequence[tuple], jobs: int = 1, desc: str = "", progress: bool = True,
