@@ -195,7 +195,7 @@ def test_tuning_records_load_and_refuse_the_wrong_scenario(tmp_path):
     assert search.load("paper") == ({}, None) and "paper" not in scenarios.TUNABLE
     for name in scenarios.TUNABLE:
         chosen, rec = search.load(name)
-        # every benched row was searched; a record may also hold rows searched ahead of the bench (amun)
+        # every benched row was searched (a record may also hold rows searched ahead of the bench)
         assert rec is not None and set(runner.ORDER) <= set(chosen) <= set(runner.BENCH_METHODS), name
         assert {m["trials"] for m in rec["methods"].values()} == {rec["trials_per_method"]}, name
         assert rec["data"]["val"]["pool"] == "train" and "test" not in rec["data"], name

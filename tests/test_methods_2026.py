@@ -59,7 +59,7 @@ def test_registered_searchable_and_benched_where_tuned_everywhere():
     for name in NEW:
         cfg = REGISTRY[name].config()
         assert type(cfg).from_dict(cfg.to_dict()) == cfg
-        assert (name in runner.ORDER) == (name != "amun") and runner.BENCH_METHODS[name] == (name, None)
+        assert name in runner.ORDER and runner.BENCH_METHODS[name] == (name, None)
         rows = search.search_method(name, search.TRIALS, search.TUNING_SEED,
                                     lambda o: {"overrides": o, "reached": False, "gap": 1.0, "seconds": 1.0})
         cands = [r["overrides"] for r in rows]

@@ -82,10 +82,7 @@ ORDER = (*(f"invwnn+{s}" for s, _ in REWINDER_ROWS), *(f"invwnn+-{k}" for k in P
          *(f"invwnn+-{k}" for k in META_FILES),
          *(f"invwnn{s}" for s, _ in REWINDER_ROWS),
          "finetune", "neggrad", "neggrad+", "random-label", "salun", "boundary-shrink", "task-vector",
-         "scrub", "fisher", "unsir", "mnemonic", "ssd", "l1-sparse", "regun")
-# amun is searchable and benchable by name but not in ORDER until every record holds its search:
-# random50 is part-searched (on this project's CPU up to 6 minutes a trial; its Optuna journal
-# resumes the study).
+         "scrub", "fisher", "unsir", "mnemonic", "ssd", "l1-sparse", "regun", "amun")
 STOP_MODE = {"invwnn": "iteration", "invwnn+": "iteration", "task-vector": "alpha", "unsir": "none",
              "mnemonic": "none", "fisher": "none", "ssd": "none"}  # everything else: "step"
 

@@ -85,8 +85,7 @@ SPACES: dict[str, dict[str, Param]] = {
     "fisher": {"alpha": ("log", 1e-8, 1e-5)},
     "unsir": {"impair_lr": ("log", 3e-3, 5e-2), "repair_lr": ("log", 3e-3, 3e-2), "noise_steps": ("choice", [20, 40])},
     "mnemonic": {"l1": ("log", 1e-4, 1e-2), "l2": ("log", 1.0, 100.0)},
-    # The 2026 yardstick's methods (issue 23); amun is not in runner.ORDER until every scenario's
-    # record holds its search.
+    # The 2026 yardstick's methods (issue 23)
     "ssd": {"alpha": ("log", 1.0, 100.0), "dampening": ("log", 0.1, 10.0)},
     "l1-sparse": {"lr": ("log", 1e-3, 1e-1), "l1": ("log", 1e-5, 1e-3), "epochs": ("choice", [2.0, 5.0, 10.0])},
     "amun": {"lr": ("log", 1e-3, 3e-2), "epochs": ("choice", [1.0, 2.0, 5.0, 10.0])},

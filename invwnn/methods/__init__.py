@@ -37,7 +37,7 @@ REGISTRY: dict[str, Method] = {
     "task-vector": _entry(task_vector),
     "scrub": _entry(scrub),
     "fisher": _entry(fisher),
-    # the 2026 yardstick's leaders (BRIEF section 8; issue 23): not yet in the bench's ORDER
+    # the 2026 yardstick's leaders (BRIEF section 8; issue 23)
     "ssd": _entry(ssd),
     "l1-sparse": _entry(l1_sparse),
     "amun": _entry(amun),
