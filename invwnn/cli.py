@@ -95,6 +95,8 @@ def train(store, out, k, u, kinds, width, kind_dim, clip, steps, max_windows, ba
 @click.option("--lr", default=3e-3, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Adam learning rate of the rewinder.")
 @click.option("--window", "k", default=5, show_default=True, type=click.IntRange(min=2), help="K: snapshots per window.")
 @click.option("--width", default=32, show_default=True, type=click.IntRange(min=1), help="Hidden units of the correction.")
+@click.option("--context", default="", show_default=True, type=click.Choice(["", "layer"]),
+              help="Inputs beyond the coordinate's window: layer = its span among its layer's and the layer's mean move.")
 @click.option("--holdout-archs", default="convnext", show_default=True,
               help="Families held out entirely (the evaluation's unseen family); empty: none.")
 @click.option("--holdout-every", default=5, show_default=True, type=click.IntRange(min=2),
@@ -105,6 +107,8 @@ def train(store, out, k, u, kinds, width, kind_dim, clip, steps, max_windows, ba
               help="Triples per held-out set, and for tuning the line.")
 @click.option("--lead", default=2, show_default=True, type=click.IntRange(min=0),
               help="Up to this many loop iterations run as data before the one the gradient goes through.")
+@click.option("--unrolled", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Loop iterations the gradient goes through (straight through each forget window).")
 @click.option("--iterations", default=3, show_default=True, type=click.IntRange(min=1),
               help="Loop iterations before the distance is measured (tuning the line, evaluating).")
 @click.option("--data-root", default=None, type=click.Path(), help="Folder with the dataset's IDX files.")
@@ -112,20 +116,20 @@ def train(store, out, k, u, kinds, width, kind_dim, clip, steps, max_windows, ba
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors(InputError, DatasetError, SpecError, StoreError)
-def meta_train(store, out, steps, lr, k, width, holdout_archs, holdout_every, first, eval_triples, lead, iterations,
-               data_root, threads, seed, quiet):
-    """Train the rewinder on the unlearning objective itself: unroll one iteration of the invwnn+
-    loop (and of the forget-only loop) on each triple of STORE and minimise the unlearned model's
+def meta_train(store, out, steps, lr, k, width, context, holdout_archs, holdout_every, first, eval_triples, lead,
+               unrolled, iterations, data_root, threads, seed, quiet):
+    """Train the rewinder on the unlearning objective itself: unroll --unrolled iterations of the
+    invwnn+ loop (and of the forget-only loop) on each triple of STORE and minimise the unlearned model's
     KL to the counterfactual; then compare it on held-out parents and a held-out family with the
     tuned line, reset and the regression predictor; write --out."""
     from invwnn import meta_train as meta_training
 
     check_output(Path(out))
     archs = parse_choices("architecture", holdout_archs, ALL_ARCHS) if holdout_archs else ()
-    config = meta_training.MetaTrainConfig(store=store, out=out, steps=steps, lr=lr, k=k, width=width,
-                                           holdout_archs=archs, holdout_every=holdout_every, first=first,
-                                           eval_triples=eval_triples, lead=lead, iterations=iterations,
-                                           data_root=data_root, seed=seed, threads=threads)
+    config = meta_training.MetaTrainConfig(
+        store=store, out=out, steps=steps, lr=lr, k=k, width=width, context=(context,) if context else (),
+        holdout_archs=archs, holdout_every=holdout_every, first=first, eval_triples=eval_triples, lead=lead,
+        unrolled=unrolled, iterations=iterations, data_root=data_root, seed=seed, threads=threads)
     record = meta_training.run(config, progress=not quiet, log=click.echo)
     t = record["training"]
     click.echo(f"{out}: {record['data']['triples']['train']} training triples, {t['steps']} steps in {t['seconds']} s; "

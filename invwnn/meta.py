@@ -4,7 +4,11 @@
 ``past = line(w; horizon) + s(w) * g(z(w))``: ``s`` is the window's rms step, ``z`` the window in
 units of ``s`` relative to its last value, ``g`` a small MLP whose last layer starts at zero, so at
 initialisation it *is* the line and training moves it only where the objective says. Inputs and
-output are in units of the window's own step, so one rewinder serves every architecture.
+output are in units of the window's own step, so one rewinder serves every architecture. With
+``context=("layer",)`` the correction also sees where the coordinate's step lies among its layer's
+(:func:`invwnn.windows.layer_context`: log of its span over the layer's median span, and the
+layer's mean net move), the one input beyond a coordinate's own window the regression predictors
+with context see.
 
 Meta-training unrolls one iteration of the invwnn+ loop on a counterfactual triple (a parent model,
 its forget set S, and the same training without S): fine-tune on S recording K snapshots, rewind
@@ -30,6 +34,7 @@ from torch.func import functional_call
 from invwnn.forget import Split
 from invwnn.methods.invwnn import LinearRewinder, Rewinder, stretched
 from invwnn.models import param_kinds
+from invwnn.windows import layer_context
 from trajgen.nets import KINDS
 
 EPS = 1e-12
@@ -38,34 +43,50 @@ EPS = 1e-12
 @dataclass(frozen=True)
 class MetaConfig:
     """``k`` snapshots a window; the line's ``horizon`` (snapshot intervals before the window);
-    ``width`` hidden units of the correction."""
+    ``width`` hidden units of the correction; ``context``: () or ("layer",), inputs beyond the window."""
 
     k: int = 5
     horizon: float = 2.0
     width: int = 32
+    context: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "context", tuple(self.context))  # JSON gives a list back
+        if set(self.context) - {"layer"}:
+            raise ValueError(f"unknown context {self.context!r}; valid: layer")
+
+    @property
+    def inputs(self) -> int:
+        return self.k + 2 * len(self.context)
 
 
 class MetaRewinder(nn.Module):
-    """``forward(windows (n, K) oldest first) -> (n,)``, the line's past plus the learned
-    correction; :meth:`rewind` is the loops' :class:`invwnn.methods.invwnn.Rewinder` interface."""
+    """``forward(windows (n, K) oldest first, layers (n,) ids of each coordinate's parameter tensor,
+    needed with a layer context) -> (n,)``, the line's past plus the learned correction;
+    :meth:`rewind` is the loops' :class:`invwnn.methods.invwnn.Rewinder` interface."""
 
     def __init__(self, config: MetaConfig = MetaConfig()):
         super().__init__()
         self.config = config
         self.line = LinearRewinder(config.horizon)
-        self.correction = nn.Sequential(nn.Linear(config.k, config.width), nn.GELU(), nn.Linear(config.width, 1))
+        self.correction = nn.Sequential(nn.Linear(config.inputs, config.width), nn.GELU(), nn.Linear(config.width, 1))
         nn.init.zeros_(self.correction[-1].weight)
         nn.init.zeros_(self.correction[-1].bias)
 
-    def forward(self, windows: torch.Tensor) -> torch.Tensor:
-        steps = windows.diff(dim=1)
-        scale = steps.pow(2).mean(1, keepdim=True).sqrt() + EPS  # (n, 1): the window's own step
+    def forward(self, windows: torch.Tensor, layers: torch.Tensor | None = None) -> torch.Tensor:
+        # (n, 1): the window's own step, a normaliser taken as data (a straight-through start moves a
+        # window without changing its steps, and sqrt's gradient at a still coordinate is infinite)
+        scale = windows.detach().diff(dim=1).pow(2).mean(1, keepdim=True).sqrt() + EPS
         z = (windows - windows[:, -1:]) / scale
+        if self.config.context:
+            if layers is None:
+                raise ValueError("this rewinder reads a layer context: pass each coordinate's layer id")
+            z = torch.cat([z, layer_context(windows, layers).to(z.dtype)], 1)
         return self.line.rewind(windows, None) + scale.squeeze(1) * self.correction(z).squeeze(1)
 
     @torch.no_grad()
     def rewind(self, windows: torch.Tensor, kinds: torch.Tensor, layers: torch.Tensor | None = None) -> torch.Tensor:
-        return self.forward(windows)
+        return self.forward(windows, layers)
 
     def describe(self) -> dict:
         return {"rewinder": "meta", **asdict(self.config)}
@@ -88,7 +109,7 @@ class StretchedMeta:
 
     def rewind(self, windows: torch.Tensor, kinds: torch.Tensor, layers: torch.Tensor | None = None) -> torch.Tensor:
         h = self.rewinder.config.horizon
-        return stretched(windows, self.rewinder.rewind(windows, kinds), 1.0 if self.horizon is None else self.horizon / h)
+        return stretched(windows, self.rewinder.rewind(windows, kinds, layers), 1.0 if self.horizon is None else self.horizon / h)
 
     def describe(self) -> dict:
         return {**self.rewinder.describe(), "predictor": self.path,
@@ -150,19 +171,32 @@ def _kinds(model: nn.Module, names: list[str]) -> torch.Tensor:
     return torch.cat([torch.full((params[n].numel(),), KINDS.index(kinds[n]), dtype=torch.long) for n in names])
 
 
+def _layers(model: nn.Module, names: list[str]) -> torch.Tensor:
+    """(n,) ids of the ``names`` coordinates' parameter tensors (their index in ``names``)."""
+    params = dict(model.named_parameters())
+    return torch.cat([torch.full((params[n].numel(),), i, dtype=torch.long) for i, n in enumerate(names)])
+
+
 def unroll(triple: Triple, rewinder: MetaRewinder | Rewinder, settings: LoopSettings, generator: torch.Generator,
            start: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The triple's parent (or ``start``: the weights after earlier iterations) after one iteration
     of the loop with ``rewinder``: name -> tensor, differentiable with respect to a
     :class:`MetaRewinder`'s parameters only. Any other :class:`invwnn.methods.invwnn.Rewinder`
     (the line, reset, a regression predictor) is called without gradient, with a K = 5 window
-    unless it has its own ``k``."""
+    unless it has its own ``k``. A ``start`` that carries gradient (an earlier differentiated
+    iteration) passes it on: the forget window is data, shifted with its first snapshot (straight
+    through: d window / d start taken as the identity)."""
     model = triple.model
-    params = {n: p.detach() for n, p in (start.items() if start else model.named_parameters())}
+    params = dict(start) if start else {n: p.detach() for n, p in model.named_parameters()}
     names = rewindable_names(model)
     k = rewinder.config.k if isinstance(rewinder, MetaRewinder) else getattr(rewinder, "k", 5)
     window = forget_window(model, params, names, triple.forget, k, settings, generator)
-    flat = rewinder(window) if isinstance(rewinder, MetaRewinder) else rewinder.rewind(window, _kinds(model, names))
+    first = torch.cat([params[n].reshape(-1) for n in names])
+    if first.requires_grad:  # a start that carries gradient: the window moves with it (straight through)
+        window = window + (first - first.detach()).unsqueeze(1)
+    layers = _layers(model, names)
+    flat = (rewinder(window, layers) if isinstance(rewinder, MetaRewinder)
+            else rewinder.rewind(window, _kinds(model, names), layers))
     out, i = dict(params), 0
     for n in names:
         out[n] = flat[i: i + params[n].numel()].view_as(params[n])
@@ -213,12 +247,13 @@ def run_iterations(triple: Triple, rewinder: MetaRewinder | Rewinder, settings: 
 
 def meta_train(rewinder: MetaRewinder, triples: Sequence[Triple], steps: int, lr: float = 3e-3,
                settings: Callable[[random.Random], LoopSettings] = lambda rng: LoopSettings(), seed: int = 0,
-               log: Callable[[int, float], None] | None = None, lead: int = 0) -> list[float]:
+               log: Callable[[int, float], None] | None = None, lead: int = 0, unrolled: int = 1) -> list[float]:
     """Adam on the rewinder's parameters: each step one triple and one draw of the loop's settings
     (``settings(rng)``: sample them over the search ranges so the rewinder works wherever the search
     takes it), then up to ``lead`` iterations (drawn uniformly from 0..lead) run as data, detached,
-    before the one iteration the gradient goes through (truncated unrolling: the rewinder meets the
-    states later iterations start from). Returns the objective of every step."""
+    before the ``unrolled`` iterations the gradient goes through (truncated unrolling: the rewinder
+    meets the states later iterations start from; across the differentiated iterations the gradient
+    passes straight through each forget window). Returns the objective of every step."""
     rng = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(rewinder.parameters(), lr=lr)
@@ -226,8 +261,10 @@ def meta_train(rewinder: MetaRewinder, triples: Sequence[Triple], steps: int, lr
     for step in range(steps):
         triple = rng.choice(triples)
         drawn = settings(rng)
-        start = run_iterations(triple, rewinder, drawn, generator, rng.randint(0, lead))
-        loss = objective(triple, unroll(triple, rewinder, drawn, generator, start))
+        params = run_iterations(triple, rewinder, drawn, generator, rng.randint(0, lead))
+        for _ in range(unrolled):
+            params = unroll(triple, rewinder, drawn, generator, params)
+        loss = objective(triple, params)
         opt.zero_grad()
         loss.backward()
         opt.step()

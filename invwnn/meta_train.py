@@ -36,8 +36,6 @@ from trajgen.nets import layer_table, load_flat_buffers, load_flat_weights
 from trajgen.train import build_model
 
 FORMAT = "invwnn-meta-rewinder"
-OBJECTIVE = ("KL(counterfactual || unlearned) of the predictive distributions after one unrolled "
-             "iteration, summed over S, a retain sample and held-out test images (nats)")
 # invwnn+'s search ranges (invwnn.bench.search; a test keeps them equal): (kind, lo, hi) or choices
 SETTINGS_SPACE: dict[str, tuple] = {"lr": ("log", 3e-4, 5e-3), "repair_steps": ("choice", [0, 2, 4, 8]),
                                     "repair_lr": ("log", 3e-4, 3e-3), "batch_size": ("choice", [64, 128])}
@@ -45,13 +43,21 @@ HORIZONS = (0.5, 1.0, 2.0, 3.0, 4.0)  # the line's horizons tried before trainin
 EVAL_DRAWS = 2  # draws of the loop's settings per triple when tuning the line and evaluating
 
 
+def objective_text(unrolled: int = 1) -> str:
+    """What the checkpoint says it was trained on."""
+    after = "one unrolled iteration" if unrolled == 1 else f"{unrolled} unrolled iterations"
+    return (f"KL(counterfactual || unlearned) of the predictive distributions after {after}, summed over S, "
+            "a retain sample and held-out test images (nats)")
+
+
 @dataclass(frozen=True)
 class MetaTrainConfig:
-    """``steps`` Adam steps at ``lr`` on the rewinder (``k``, ``width``: :class:`MetaConfig`);
+    """``steps`` Adam steps at ``lr`` on the rewinder (``k``, ``width``, ``context``: :class:`MetaConfig`);
     ``holdout_archs``: families held out entirely; ``holdout_every``: every n-th parent of the
     other families held out; ``eval_triples``: at most this many per held-out set and for tuning
     the line; ``retain_images`` / ``heldout_images``: retain and test images per triple; ``lead``:
-    iterations run as data before the differentiated one (up to, drawn per step); ``iterations``:
+    iterations run as data before the differentiated ones (up to, drawn per step); ``unrolled``:
+    iterations the gradient goes through; ``iterations``:
     loop iterations before the distance is measured when tuning the line and evaluating."""
 
     store: str = "data/counterfactuals.zarr"
@@ -60,6 +66,7 @@ class MetaTrainConfig:
     lr: float = 3e-3
     k: int = 5
     width: int = 32
+    context: tuple[str, ...] = ()
     holdout_archs: tuple[str, ...] = ("convnext",)
     holdout_every: int = 5
     first: int | None = None
@@ -67,6 +74,7 @@ class MetaTrainConfig:
     retain_images: int = 256
     heldout_images: int = 256
     lead: int = 2
+    unrolled: int = 1
     iterations: int = 3
     data_root: str | None = None
     seed: int = 0
@@ -183,11 +191,11 @@ def run(config: MetaTrainConfig, progress: bool = True, log: Callable[[str], Non
     line_scores = compare({h: LinearRewinder(h) for h in HORIZONS}, tune, EVAL_DRAWS, config.seed, config.iterations)
     horizon = min(line_scores, key=line_scores.get)
     log(f"line horizon {horizon} (objective {line_scores[horizon]:.4f} on {len(tune)} training triples)")
-    rewinder = MetaRewinder(MetaConfig(config.k, horizon, config.width))
+    rewinder = MetaRewinder(MetaConfig(config.k, horizon, config.width, config.context))
     bar = tqdm(total=config.steps, desc="meta-train", unit="step", disable=not progress)
     history = meta_train(rewinder, train, config.steps, config.lr, draw_settings, config.seed,
                          log=lambda step, loss: (bar.update(1), bar.set_postfix(objective=f"{loss:.3f}")),
-                         lead=config.lead)
+                         lead=config.lead, unrolled=config.unrolled)
     bar.close()
     train_seconds = time.perf_counter() - started
 
@@ -202,8 +210,10 @@ def run(config: MetaTrainConfig, progress: bool = True, log: Callable[[str], Non
             log(f"{part} ({len(triples)} triples): " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
     window = max(1, min(50, len(history) // 2))
     record = {
-        "format": FORMAT, "version": 1, "config": asdict(rewinder.config), "objective": OBJECTIVE,
-        "unroll": {"iterations": 1, "lead_iterations": f"0..{config.lead} run as data before it, drawn per step",
+        "format": FORMAT, "version": 1, "config": asdict(rewinder.config), "objective": objective_text(config.unrolled),
+        "unroll": {"iterations": config.unrolled,
+                   "lead_iterations": f"0..{config.lead} run as data before them, drawn per step",
+                   "between_iterations": "straight through each forget window (d window / d start = identity)",
                    "evaluated_after": config.iterations, "forget_steps": config.k - 1, "forget_optimizer": "adam",
                    "repair": "first order (gradients taken at the rewound weights, not differentiated), "
                              "Adam from fresh moments", "settings_space": SETTINGS_SPACE,
@@ -240,5 +250,5 @@ def load(path: str | Path) -> tuple[MetaRewinder, dict[str, Any]]:
     return rewinder, blob
 
 
-__all__ = ["MetaTrainConfig", "SETTINGS_SPACE", "draw_settings", "load_triple", "split_names", "run", "save", "load",
+__all__ = ["MetaTrainConfig", "SETTINGS_SPACE", "objective_text", "draw_settings", "load_triple", "split_names", "run", "save", "load",
            "compare", "TripleSource"]

@@ -21,9 +21,31 @@ def test_at_initialisation_it_is_the_damped_line():
     assert rewinder.describe()["rewinder"] == "meta"
 
 
-def test_the_objective_reaches_the_rewinder_and_nothing_else(triples):
+def test_a_layer_context_starts_as_the_line_and_reads_each_layer_apart():
+    windows = torch.randn(600, 5).cumsum(1) * 1e-3
+    windows[300:] *= 50  # a second layer stepping 50x further
+    layers = torch.arange(600) // 300
+    rewinder = meta.MetaRewinder(meta.MetaConfig(k=5, horizon=2.0, context=["layer"]))  # a list, as JSON gives it
+    assert rewinder.config.context == ("layer",) and rewinder.correction[0].in_features == 7
+    assert torch.allclose(rewinder.rewind(windows, None, layers), LinearRewinder(2.0).rewind(windows, None), atol=1e-7)
+    torch.nn.init.normal_(rewinder.correction[-1].weight)
+    # the context is per layer: scaling one layer's windows leaves the other's rewind as it was
+    scaled = windows.clone()
+    scaled[300:] *= 3
+    assert torch.allclose(rewinder.rewind(windows, None, layers)[:300], rewinder.rewind(scaled, None, layers)[:300])
+    # one layer id for both: the small-step layer now sits far below the median, and its rewind moves
+    assert not torch.allclose(rewinder.rewind(windows, None, layers)[:300],
+                              rewinder.rewind(windows, None, torch.zeros(600, dtype=torch.long))[:300])
+    with pytest.raises(ValueError, match="layer id"):
+        rewinder.rewind(windows, None)
+    with pytest.raises(ValueError, match="unknown context"):
+        meta.MetaConfig(context=("kind",))
+
+
+@pytest.mark.parametrize("context", [(), ("layer",)])
+def test_the_objective_reaches_the_rewinder_and_nothing_else(triples, context):
     triple = triples[0]
-    rewinder = meta.MetaRewinder()
+    rewinder = meta.MetaRewinder(meta.MetaConfig(context=context))
     params = meta.unroll(triple, rewinder, meta.LoopSettings(lr=1e-2, repair_steps=2), torch.Generator().manual_seed(0))
     meta.objective(triple, params).backward()
     grads = {n: p.grad for n, p in rewinder.named_parameters()}
@@ -32,6 +54,28 @@ def test_the_objective_reaches_the_rewinder_and_nothing_else(triples):
     assert all(not t.requires_grad for t in triple.counterfactual.values())
     # the unlearned model differs from the parent: the loop did something
     assert any(not torch.equal(params[n].detach(), p) for n, p in triple.model.named_parameters())
+
+
+def test_two_differentiated_iterations_pass_the_gradient_through_the_first(triples):
+    """The second iteration starts from the first's output with its graph: the gradient then holds
+    the first iteration's share too, so it differs from the gradient of the second alone."""
+    triple, settings = triples[0], meta.LoopSettings(lr=1e-2, repair_steps=2)
+    rewinder = meta.MetaRewinder()
+    torch.nn.init.normal_(rewinder.correction[-1].weight, std=0.1)
+
+    def grad(detach_first: bool) -> torch.Tensor:
+        rewinder.zero_grad()
+        generator = torch.Generator().manual_seed(0)
+        params = meta.unroll(triple, rewinder, settings, generator)
+        if detach_first:
+            params = {n: v.detach() for n, v in params.items()}
+        meta.objective(triple, meta.unroll(triple, rewinder, settings, generator, params)).backward()
+        return rewinder.correction[-1].weight.grad.clone()
+
+    through, second_only = grad(False), grad(True)
+    assert through.abs().sum() > 0 and second_only.abs().sum() > 0
+    assert not torch.allclose(through, second_only)
+    assert all(p.grad is None for p in triple.model.parameters())
 
 
 @pytest.mark.learning

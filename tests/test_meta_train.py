@@ -76,10 +76,11 @@ def test_settings_are_drawn_over_invwnn_plus_search_ranges():
 def test_meta_train_command_writes_a_checkpoint_that_records_what_it_was_trained_on(store, tmp_path):
     out = tmp_path / "m.pt"
     r = CliRunner().invoke(main, ["meta-train", "--store", store, "--out", str(out), "--steps", "4",
-                                  "--eval-triples", "2", "--quiet"])
+                                  "--eval-triples", "2", "--context", "layer", "--unrolled", "2", "--quiet"])
     assert r.exit_code == 0, r.output
     rewinder, record = meta_train.load(out)
-    assert record["objective"] == meta_train.OBJECTIVE and record["unroll"]["iterations"] == 1
+    assert rewinder.config.context == ("layer",) and list(record["config"]["context"]) == ["layer"]
+    assert record["objective"] == meta_train.objective_text(2) and record["unroll"]["iterations"] == 2
     assert record["data"]["triples"] == {"train": 4, "heldout_parents": 1, "heldout_family": 1}
     assert "twin-000003" not in record["data"]["train_names"]  # convnext: the held-out family
     assert set(record["evaluation"]["heldout_family"]) >= {"meta", "line", "reset", "regression"}
@@ -118,10 +119,17 @@ def test_a_meta_checkpoint_unlearns_through_apply_and_at_initialisation_is_the_l
                      max_drop=None)
     unlearn(inputs, "invwnn", given, out=str(tmp_path / "line.pt"), rewinder="linear", max_drop=None)
     assert report["rewinder"]["rewinder"] == "meta" and report["rewinder"]["predictor"] == str(path)
-    a, b = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("meta", "line"))
+    # with a layer context: the loop hands it each coordinate's layer, and untrained it is the line too
+    context = meta.MetaRewinder(meta.MetaConfig(k=5, horizon=3.0, context=("layer",)))
+    meta_train.save(context, {"format": meta_train.FORMAT, "version": 1, "config": asdict(context.config)},
+                    tmp_path / "mc.pt")
+    unlearn(inputs, "invwnn", given, out=str(tmp_path / "context.pt"), rewinder="meta", predictor=str(tmp_path / "mc.pt"),
+            max_drop=None)
+    a, b, c = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("meta", "line", "context"))
     original = torch.load(root / "model.pt", weights_only=True)
     weights = [k for k, v in a["state_dict"].items() if v.is_floating_point()]
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in weights)
+    assert all(torch.allclose(c["state_dict"][k], b["state_dict"][k], atol=1e-6) for k in weights)
     assert any(not torch.equal(a["state_dict"][k], original["state_dict"][k]) for k in weights)
     with pytest.raises(meta_train.InputError, match="window K = 5"):
         unlearn(inputs, "invwnn", {**given, "snapshots": 7}, out=str(tmp_path / "x.pt"), rewinder="meta",
@@ -137,7 +145,7 @@ def test_the_shipped_meta_rewinder_loads_records_its_training_and_serves_a_bench
 
     path = runner.predictor_path("meta", None)
     rewinder, record = meta_train.load(path)
-    assert record["objective"] == meta_train.OBJECTIVE and record["unroll"]["lead_iterations"].startswith("0..")
+    assert record["objective"] == meta_train.objective_text(record["unroll"]["iterations"]) and record["unroll"]["lead_iterations"].startswith("0..")
     assert record["data"]["triples"]["train"] > 0 and len(record["training"]["objective_history"]) == record["training"]["steps"]
     assert set(record["evaluation"]) == {"heldout_parents", "heldout_family"}
     shipped = sum(p.stat().st_size for p in path.parent.glob("*.pt"))
