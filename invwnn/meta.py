@@ -14,9 +14,10 @@ Meta-training unrolls one iteration of the invwnn+ loop on a counterfactual trip
 its forget set S, and the same training without S): fine-tune on S recording K snapshots, rewind
 with the rewinder (differentiable), a few repair steps on retain images, then the KL divergence of
 the unlearned model's predictions from the counterfactual's on S, on retain and on held-out images.
-Only the rewinder learns. Truncations, said plainly: the gradient goes through one iteration; the
-iterations before it (``lead``, drawn per step) run as data, so the rewinder meets the states later
-iterations start from without being differentiated through them; the fine-tuning window is data;
+Only the rewinder learns. Truncations, said plainly: the gradient goes through one iteration (or
+``unrolled`` of them, straight through each later iteration's forget window); the iterations
+before (``lead``, drawn per step) run as data, so the rewinder meets the states later iterations
+start from without being differentiated through them; the fine-tuning window is data;
 the repair steps are first order (their gradients are taken at the rewound weights but not
 differentiated, so the rewound weights pass their gradient straight through them).
 """
