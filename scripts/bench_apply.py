@@ -16,10 +16,10 @@ from pathlib import Path
 
 import click
 
-from invwnn.apply import Inputs, unlearn
-from invwnn.methods import REGISTRY
-from invwnn.models import InputError
-from invwnn.original import PrepareConfig, prepare
+from invwnn.unlearn.apply import Inputs, unlearn
+from invwnn.unlearn.methods import REGISTRY
+from invwnn.errors import InputError
+from invwnn.inputs.prepare import PrepareConfig, prepare
 
 
 @click.command()

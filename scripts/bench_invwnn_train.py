@@ -12,8 +12,8 @@ import time
 import torch
 
 from trajgen.store import complete_runs
-from invwnn.predictor import ModelConfig, Predictor
-from invwnn.windows import WindowStream, normalise, normalise_target
+from invwnn.rewind.predictor import ModelConfig, Predictor
+from invwnn.train.windows import WindowStream, normalise, normalise_target
 
 
 def loader_rate(store: str, workers: int, batch: int, n_batches: int) -> float:

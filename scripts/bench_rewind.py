@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from invwnn.methods.invwnn import LinearRewinder, load_rewinder, rewind_all
+from invwnn.unlearn.methods.invwnn import LinearRewinder, load_rewinder, rewind_all
 from trajgen.nets import KINDS
 
 

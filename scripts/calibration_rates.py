@@ -13,10 +13,10 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from invwnn.apply import Inputs, load_inputs
-from invwnn.methods import Context, Data
-from invwnn.methods import invwnn
-from invwnn.methods.loop import Sampler, calibrate_lr
+from invwnn.unlearn.apply import Inputs, load_inputs
+from invwnn.unlearn.methods import Context, Data
+from invwnn.unlearn.methods import invwnn
+from invwnn.unlearn.methods.loop import Sampler, calibrate_lr
 
 FIXED_LRS = {"invwnn lr": 1e-4, "invwnn+ lr": 1.6e-3}  # the defaults before the calibration
 FIXED_REPAIR_LR = 8.5e-4

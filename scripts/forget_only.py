@@ -14,7 +14,7 @@ Cases (each built per seed, with its Retrain: the same recipe and seed on the da
 
 Every case has a 1,000-image test split (Fashion-MNIST's test set) and a 1,000-image validation split
 (Fashion-MNIST training images the model never saw). Each variant runs the forget-only command through
-the library call ``invwnn apply`` makes (:func:`invwnn.apply.unlearn`, only ``--forget`` and
+the library call ``invwnn apply`` makes (:func:`invwnn.unlearn.apply.unlearn`, only ``--forget`` and
 ``--test``, default guard): method ``invwnn`` with the shipped K = 15 predictor, ``--rewinder linear``,
 the episode-trained and (when its file exists) the twin-trained K = 5 predictors with ``--snapshots
 5``; and, beside them, the field's other forget-only methods: ``neggrad`` (gradient ascent),
@@ -55,8 +55,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from _apply_fixtures import lenet_data, train_lenet  # noqa: E402
-from invwnn import metrics  # noqa: E402
-from invwnn.apply import Inputs, make_config, unlearn  # noqa: E402
+from invwnn.audit import metrics  # noqa: E402
+from invwnn.unlearn.apply import Inputs, make_config, unlearn  # noqa: E402
 from trajgen import data as datasets  # noqa: E402
 
 CASES = ("lenet-noisy", "lenet-random", "mobilenet-random")
@@ -66,8 +66,8 @@ FORGET_SHARE = 0.1  # random cases
 NOISE = 0.2  # lenet-noisy
 MOBILENET = dict(width_mult=0.5, epochs=10, lr=1e-3, batch_size=64)
 
-EPISODE = "invwnn/predictors/episode_predictor_k5.pt"
-TWIN = "invwnn/predictors/twin_predictor_k5.pt"
+EPISODE = "invwnn/rewind/predictors/episode_predictor_k5.pt"
+TWIN = "invwnn/rewind/predictors/twin_predictor_k5.pt"
 
 
 # The other forget-only methods of the field (no --retain), each with its own one knob and a grid of
@@ -86,7 +86,7 @@ def variants(horizons: list[float]) -> dict[str, dict]:
            "invwnn episode K=5": dict(rewind, rewinder="learned", predictor=str(ROOT / EPISODE),
                                       overrides={"snapshots": 5})}
     # invwnn+ on forget data only: its repair steps train on the forget images' shifted copies,
-    # labelled by the model itself (invwnn.methods.invwnn_plus.neighbours)
+    # labelled by the model itself (invwnn.unlearn.methods.invwnn_plus.neighbours)
     plus = dict(method="invwnn+", knob="horizon", grid=horizons, default=3.0, overrides={})
     out["invwnn+ (neighbour repair)"] = dict(plus, rewinder="learned", predictor=None)
     out["invwnn+ (neighbour repair) --rewinder linear"] = dict(plus, rewinder="linear", predictor=None)

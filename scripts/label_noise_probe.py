@@ -25,7 +25,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "scripts")]
 
 from _apply_fixtures import lenet_data, train_lenet  # noqa: E402
 from forget_only import NOISE, TEST_SIZE, TRAIN_SIZE, _clone, output_path, variants  # noqa: E402
-from invwnn import metrics  # noqa: E402
+from invwnn.audit import metrics  # noqa: E402
 from trajgen import data as datasets  # noqa: E402
 
 CASE = "lenet-noisy"

@@ -73,12 +73,12 @@ def info_runs(path: str) -> tuple[int, float]:
 def train_runs(path: str, out: str) -> tuple[int, list[str], float]:
     """Runs one small ``invwnn train`` saw (all, and the held-out names), and its wall time."""
     start = time.perf_counter()
-    done = subprocess.run(_cli("invwnn.cli", "train", "--store", path, "--out", out, *TRAIN_FLAGS),
+    done = subprocess.run(_cli("invwnn.cli.main", "train", "--store", path, "--out", out, *TRAIN_FLAGS),
                           capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"invwnn train exited {done.returncode}: {done.stderr.strip()[-300:]}")
     seconds = time.perf_counter() - start
-    inspected = subprocess.run(_cli("invwnn.cli", "inspect", out, "--json"), capture_output=True, text=True,
+    inspected = subprocess.run(_cli("invwnn.cli.main", "inspect", out, "--json"), capture_output=True, text=True,
                                check=True)
     provenance = json.loads(inspected.stdout)["provenance"]
     return provenance["runs"], provenance["val_runs"], seconds

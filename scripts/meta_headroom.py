@@ -16,9 +16,9 @@ import random
 
 import torch
 
-from invwnn import meta_train
-from invwnn.meta import evaluate
-from invwnn.methods.invwnn import LinearRewinder
+from invwnn.train import meta_train
+from invwnn.rewind.meta import evaluate
+from invwnn.unlearn.methods.invwnn import LinearRewinder
 
 
 def distances(rewinder, triples, settings: list, seed: int, iterations: int) -> list[float]:

@@ -1,4 +1,4 @@
-"""Issue 24's first measurement, on toy counterfactual triples (invwnn.meta.toy_triple: a 196-64-10 MLP,
+"""Issue 24's first measurement, on toy counterfactual triples (invwnn.rewind.meta.toy_triple: a 196-64-10 MLP,
 600 Fashion-MNIST images pooled to 14x14, 60 forgotten): does a rewinder trained on the unlearning
 objective beat the line with its horizon tuned on the same training triples, on held-out triples?
 
@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from invwnn import meta
+from invwnn.rewind import meta
 from trajgen import data as datasets
 
 HORIZONS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0)

@@ -4,7 +4,7 @@
     .venv/bin/python scripts/neighbour_estimate.py [--work data/forget_only_neighbours/work] [--seeds 0,1,2]
 
 For each case and seed: the share of invwnn+'s neighbours (its defaults: 4 shifted copies of each
-forget image, ``invwnn.methods.invwnn_plus.neighbours``) whose label, the original model's prediction,
+forget image, ``invwnn.unlearn.methods.invwnn_plus.neighbours``) whose label, the original model's prediction,
 is the forget label, over the near copies (invwnn+'s stop) and over all; beside them the forget
 accuracy of Retrain and of the original (percent).
 """
@@ -18,9 +18,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 
-from invwnn.apply import Inputs, load_inputs  # noqa: E402
-from invwnn.methods import invwnn_plus  # noqa: E402
-from invwnn.methods.loop import Context  # noqa: E402
+from invwnn.unlearn.apply import Inputs, load_inputs  # noqa: E402
+from invwnn.unlearn.methods import invwnn_plus  # noqa: E402
+from invwnn.unlearn.methods.loop import Context  # noqa: E402
 
 CASES = ("lenet-random", "lenet-noisy", "mobilenet-random")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from invwnn.bench import report, search
 from invwnn.bench.scenarios import SCENARIOS
-from invwnn.models import atomic_write
+from invwnn.files import atomic_write
 
 LEARNED = ("invwnn+", "invwnn+-episodes", "invwnn+-episodes-context", "invwnn+-twins", "invwnn+-twins48",
            "invwnn+-runs500", "invwnn+-runs500-episodes")

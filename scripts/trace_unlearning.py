@@ -15,10 +15,10 @@ import time
 
 import torch
 
-from invwnn import metrics
-from invwnn.apply import Inputs, load_inputs, make_config, make_rewinder
-from invwnn.guard import collapse_probe, effective_classes, watch_subset
-from invwnn.methods import REGISTRY, Context, Data
+from invwnn.audit import metrics
+from invwnn.unlearn.apply import Inputs, load_inputs, make_config, make_rewinder
+from invwnn.unlearn.guard import collapse_probe, effective_classes, watch_subset
+from invwnn.unlearn.methods import REGISTRY, Context, Data
 
 
 def main() -> None:

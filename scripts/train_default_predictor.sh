@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Train the predictors shipped as invwnn/predictors/default_predictor.pt (K = 15, the paper's window, used by
-# invwnn) and invwnn/predictors/default_predictor_k5.pt (K = 5, used by invwnn+), from a trajgen collection.
+# Train the predictors shipped as invwnn/rewind/predictors/default_predictor.pt (K = 15, the paper's window, used by
+# invwnn) and invwnn/rewind/predictors/default_predictor_k5.pt (K = 5, used by invwnn+), from a trajgen collection.
 #
 # Reproduce from scratch (2-core CPU; the collection takes the longest):
 #   .venv/bin/trajgen collect --runs 100 --store data/traj.zarr      # seed 0, 512 steps, every 4
@@ -13,8 +13,8 @@
 set -euo pipefail
 STORE="${1:-data/traj.zarr}"
 BIN="${BIN:-.venv/bin}"
-OUT="${OUT:-invwnn/predictors/default_predictor.pt}"
-OUT_K5="${OUT_K5:-invwnn/predictors/default_predictor_k5.pt}"
+OUT="${OUT:-invwnn/rewind/predictors/default_predictor.pt}"
+OUT_K5="${OUT_K5:-invwnn/rewind/predictors/default_predictor_k5.pt}"
 
 "$BIN/invwnn" train --store "$STORE" --out "$OUT" --steps 3000 --batch-size 4096 \
     --window 15 --back 3 --width 64 --kind-dim 8 --val-fraction 0.1 --seed 0 --workers 1 --quiet

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from invwnn.original import PrepareConfig, prepare
+from invwnn.inputs.prepare import PrepareConfig, prepare
 from trajgen import data as datasets
 
 _BUILT: dict[str, Path] = {}

@@ -9,9 +9,9 @@ import torch
 from click.testing import CliRunner
 
 from _apply_fixtures import TINY, tiny_original
-from invwnn.apply import Inputs, unlearn
-from invwnn.apply_cli import apply, prepare
-from invwnn.predictor import FORMAT_VERSION, default_checkpoint
+from invwnn.unlearn.apply import Inputs, unlearn
+from invwnn.cli.apply import apply, prepare
+from invwnn.rewind.predictor import FORMAT_VERSION, default_checkpoint
 
 
 @pytest.mark.learning

@@ -15,10 +15,10 @@ from click.testing import CliRunner
 from safetensors.torch import save_file
 from torch import nn
 
-from invwnn import forget as forget_io
-from invwnn import models
-from invwnn.apply import misfit_warning
-from invwnn.apply_cli import apply
+from invwnn.inputs import splits as forget_io
+from invwnn.inputs import models
+from invwnn.unlearn.apply import misfit_warning
+from invwnn.cli.apply import apply
 
 CLASSES = tuple(str(i) for i in range(10))
 

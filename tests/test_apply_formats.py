@@ -15,11 +15,13 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from _apply_fixtures import tiny_original, unseen_lenet
-from invwnn import forget as forget_io
-from invwnn import metrics, models
-from invwnn.apply import Inputs, unlearn
-from invwnn.apply_cli import apply
-from invwnn.methods import REGISTRY
+from invwnn import errors
+from invwnn.inputs import splits as forget_io
+from invwnn.audit import metrics
+from invwnn.inputs import models
+from invwnn.unlearn.apply import Inputs, unlearn
+from invwnn.cli.apply import apply
+from invwnn.unlearn.methods import REGISTRY
 from trajgen import data as datasets
 
 # few steps of each method: enough to run its whole path, not to unlearn well
@@ -86,7 +88,7 @@ def test_every_method_runs_on_every_format(formats, tmp_path, fmt, method):
     inputs = Inputs(model, splits["forget"], splits["retain"], splits["test"], **shape)
     out = tmp_path / f"m.unlearned{'.pt2' if fmt == 'export' else '.pt'}"
     if method in CANNOT_RUN:
-        with pytest.raises(models.InputError, match=CANNOT_RUN[method]):
+        with pytest.raises(errors.InputError, match=CANNOT_RUN[method]):
             unlearn(inputs, method, FEW[method], out=str(out), rewinder="linear", max_drop=None)
         assert list(tmp_path.iterdir()) == []  # nothing half-written
         return

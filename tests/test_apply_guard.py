@@ -11,12 +11,14 @@ import torch
 from click.testing import CliRunner
 
 from _apply_fixtures import unseen_lenet
-from invwnn import forget as forget_io
-from invwnn import metrics, models
-from invwnn.apply import DEFAULT_MAX_DROP, Inputs, format_report, unlearn
-from invwnn.guard import GUARD_EVERY, MAX_BACKOFFS, watch_subset
-from invwnn.apply_cli import apply, report
-from invwnn.methods import REGISTRY
+from invwnn import errors
+from invwnn.inputs import splits as forget_io
+from invwnn.audit import metrics
+from invwnn.inputs import models
+from invwnn.unlearn.apply import DEFAULT_MAX_DROP, Inputs, format_report, unlearn
+from invwnn.unlearn.guard import GUARD_EVERY, MAX_BACKOFFS, watch_subset
+from invwnn.cli.apply import apply, report
+from invwnn.unlearn.methods import REGISTRY
 
 pytestmark = pytest.mark.learning  # what the defaults do to a trained model: run under two CPU code paths
 
@@ -47,7 +49,7 @@ def _written(root, path, seed: int = 0) -> tuple[float, float]:
 def test_library_default_does_not_destroy_an_unseen_model(lenet, tmp_path, method):
     root, inputs = lenet
     if method in CANNOT_RUN:
-        with pytest.raises(models.InputError, match=CANNOT_RUN[method]):
+        with pytest.raises(errors.InputError, match=CANNOT_RUN[method]):
             unlearn(inputs, method, out=str(tmp_path / "m.pt"))
         return
     r = unlearn(inputs, method, out=str(tmp_path / "m.pt"))

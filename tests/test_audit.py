@@ -5,8 +5,8 @@ import json
 
 from click.testing import CliRunner
 
-from invwnn.audit import standard_error, verdict
-from invwnn.cli import main
+from invwnn.audit.verdict import standard_error, verdict
+from invwnn.cli.main import main
 from tests._apply_fixtures import tiny_original, unseen_lenet
 
 

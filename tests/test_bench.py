@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from invwnn.bench import prepare, report, runner, scenarios, search
-from invwnn.bench_cli import _command, bench
+from invwnn.cli.bench import _command, bench
 from trajgen import data as datasets
 
 

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from _cifar_fixture import write_cifar10
 from invwnn.bench import runner, scenarios
-from invwnn.bench_cli import bench
-from invwnn.models import InputError
+from invwnn.cli.bench import bench
+from invwnn.errors import InputError
 
 
 def test_paper_scenario_defaults_are_the_papers_setting():
@@ -50,8 +50,8 @@ def test_mixed_precision_needs_a_cuda_device():
 def test_learned_rows_take_the_given_predictor_of_their_window(tmp_path):
     from pathlib import Path
 
-    from invwnn.methods import REGISTRY
-    from invwnn.predictor import default_checkpoint
+    from invwnn.unlearn.methods import REGISTRY
+    from invwnn.rewind.predictor import default_checkpoint
 
     k15, k5 = REGISTRY["invwnn"].config.from_dict({}), REGISTRY["invwnn+"].config.from_dict({})
     assert (k15.snapshots, k5.snapshots) == (15, 5)

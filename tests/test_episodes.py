@@ -10,10 +10,10 @@ import torch
 from trajgen import data as datasets
 from trajgen import episode_spec, episodes, store
 from trajgen.nets import flat_weights, layer_table
-from invwnn.apply import make_config, make_rewinder
-from invwnn.fit import split_runs
-from invwnn.models import InputError
-from invwnn.predictor import ModelConfig, Predictor, save_checkpoint
+from invwnn.unlearn.apply import make_config, make_rewinder
+from invwnn.train.fit import split_runs
+from invwnn.errors import InputError
+from invwnn.rewind.predictor import ModelConfig, Predictor, save_checkpoint
 
 PARENT_STEPS = 8  # synthetic data: a parent only needs to exist, not to be good
 
@@ -173,7 +173,7 @@ def test_a_predictor_trained_on_episodes_records_them(tmp_path):
     """invwnn train on an episode store: the checkpoint records kind and spacing, inspect shows
     them, and evaluate --split-from scores another predictor on its held-out episodes."""
     from click.testing import CliRunner
-    from invwnn.cli import main
+    from invwnn.cli.main import main
 
     path = tmp_path / "e.zarr"
     episodes.collect_episodes(config(path, 4))

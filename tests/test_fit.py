@@ -13,11 +13,11 @@ import zarr
 from click.testing import CliRunner
 
 from trajgen.store import complete_runs, create_store, index, open_run, open_store
-from invwnn.cli import main
-from invwnn.evaluate import evaluate_checkpoint
-from invwnn.fit import EVALUATION_FORMAT, TrainConfig, eval_sample, split_runs, train
-from invwnn.predictor import load_predictor, read_checkpoint
-from invwnn.windows import WindowError, fit_horizon, linear_backextrapolation
+from invwnn.cli.main import main
+from invwnn.train.evaluate import evaluate_checkpoint
+from invwnn.train.fit import EVALUATION_FORMAT, TrainConfig, eval_sample, split_runs, train
+from invwnn.rewind.predictor import load_predictor, read_checkpoint
+from invwnn.train.windows import WindowError, fit_horizon, linear_backextrapolation
 
 
 def test_train_config_round_trips_through_json():
@@ -171,7 +171,7 @@ def test_warm_start_begins_at_the_checkpoint_and_refuses_another_model(trained, 
     was; the provenance names the checkpoint; a checkpoint of another window size is refused before
     any window is read."""
     from dataclasses import replace
-    from invwnn.predictor import CheckpointError
+    from invwnn.rewind.predictor import CheckpointError
 
     _, config = trained
     warm = replace(config, out=str(tmp_path / "warm.pt"), init=config.out, steps=1, lr=1e-30, eval_every=1)

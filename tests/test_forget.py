@@ -15,9 +15,10 @@ from PIL import Image
 
 from click.testing import CliRunner
 
-from invwnn.apply_cli import apply
-from invwnn.forget import folder_name, read
-from invwnn.models import InputError, Preprocess, save_own
+from invwnn.cli.apply import apply
+from invwnn.inputs.splits import folder_name, read
+from invwnn.inputs.models import Preprocess, save_own
+from invwnn.errors import InputError
 from trajgen import nets
 from trajgen.spec import ArchSpec
 

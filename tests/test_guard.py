@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from invwnn.apply import format_report
-from invwnn.forget import Split
-from invwnn.guard import RETREATS, Guard
+from invwnn.unlearn.apply import format_report
+from invwnn.inputs.splits import Split
+from invwnn.unlearn.guard import RETREATS, Guard
 
 
 def _case(seed: int = 0) -> tuple[nn.Module, Split]:

@@ -84,7 +84,7 @@ def test_the_cycle_finder_finds_a_planted_circle():
 
 def test_the_graph_sees_late_and_relative_imports():
     edges = graph()
-    assert "trajgen.store" in edges["trajgen.collect"] and "invwnn.predictor" in edges["invwnn.fit"]
+    assert "trajgen.store" in edges["trajgen.collect"] and "invwnn.rewind.predictor" in edges["invwnn.train.fit"]
     assert len(edges) > 40
 
 

@@ -5,7 +5,7 @@ import torch
 from click.testing import CliRunner
 
 from trajgen.store import create_store
-from invwnn.cli import main
+from invwnn.cli.main import main
 
 
 def run(*args):

@@ -8,8 +8,8 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from invwnn.cli import main
-from invwnn.methods import REGISTRY
+from invwnn.cli.main import main
+from invwnn.unlearn.methods import REGISTRY
 from trajgen.nets import KINDS
 
 word = st.text(string.ascii_lowercase + "-_", min_size=1, max_size=10)

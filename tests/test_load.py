@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from invwnn.fit import TrainConfig, train
+from invwnn.train.fit import TrainConfig, train
 from trajgen.info import describe
 from trajgen.store import complete_runs, run_names, open_store
 from trajgen.verify import verify

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from invwnn import meta
-from invwnn.methods.invwnn import LinearRewinder
+from invwnn.rewind import meta
+from invwnn.unlearn.methods.invwnn import LinearRewinder
 
 
 @pytest.fixture(scope="module")

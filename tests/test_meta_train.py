@@ -10,9 +10,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from invwnn import meta, meta_train
+from invwnn.rewind import meta
+from invwnn.train import meta_train
 from invwnn.bench import search
-from invwnn.cli import main
+from invwnn.cli.main import main
 from trajgen import episode_spec, episodes
 
 
@@ -107,7 +108,7 @@ def test_a_meta_checkpoint_unlearns_through_apply_and_at_initialisation_is_the_l
     from dataclasses import asdict
 
     from _apply_fixtures import tiny_original
-    from invwnn.apply import Inputs, unlearn
+    from invwnn.unlearn.apply import Inputs, unlearn
 
     root = tiny_original(tmp_path_factory.getbasetemp())
     path = tmp_path / "m.pt"
@@ -141,7 +142,7 @@ def test_a_meta_checkpoint_unlearns_through_apply_and_at_initialisation_is_the_l
 
 def test_the_shipped_meta_rewinder_loads_records_its_training_and_serves_a_bench_row():
     from invwnn.bench import runner
-    from invwnn.methods import REGISTRY
+    from invwnn.unlearn.methods import REGISTRY
 
     path = runner.predictor_path("meta", None)
     rewinder, record = meta_train.load(path)

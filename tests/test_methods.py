@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from _apply_fixtures import tiny_original
-from invwnn import forget as forget_io
-from invwnn import models
-from invwnn.forget import Split
-from invwnn.methods import REGISTRY, Context, Data, invwnn_plus
-from invwnn.methods.invwnn import LinearRewinder, NoRewinder, rewindable
-from invwnn.methods.loop import saliency_masks
-from invwnn.models import InputError
+from invwnn.inputs import splits as forget_io
+from invwnn.inputs import models
+from invwnn.inputs.splits import Split
+from invwnn.unlearn.methods import REGISTRY, Context, Data, invwnn_plus
+from invwnn.unlearn.methods.invwnn import LinearRewinder, NoRewinder, rewindable
+from invwnn.unlearn.methods.loop import saliency_masks
+from invwnn.errors import InputError
 
 SMALL = {  # shortest settings that still exercise each method's whole path
     "invwnn": {"iterations": 2, "snapshots": 4, "every": 1, "warmup": 1},
@@ -218,7 +218,7 @@ def test_calibrated_lr_makes_one_adam_step_move_the_outputs_by_the_step_size():
     """The mechanism behind the default step: after one real Adam step at the calibrated lr the
     probe's centred logits moved by about ``step_size`` (rms), and a wider network (more
     coordinates, each moved by lr) gets a smaller lr for the same step."""
-    from invwnn.methods.loop import calibrate_lr
+    from invwnn.unlearn.methods.loop import calibrate_lr
     x, y, probe = torch.rand(32, 1, 8, 8), torch.randint(0, 10, (32,)), torch.rand(64, 1, 8, 8)
     lrs = {}
     for width in (8, 256):
@@ -257,7 +257,7 @@ def test_invwnn_records_its_calibrated_step_and_a_given_lr_skips_it(setup):
 def test_the_rewind_records_its_cost_and_bfloat16_stays_close(setup):
     """The loop times its rewinds; a bfloat16 rewind lands near the float32 one (the learned
     predictor, the same fine-tuning), and a precision it does not know is refused."""
-    from invwnn.methods.invwnn import load_rewinder
+    from invwnn.unlearn.methods.invwnn import load_rewinder
     loaded, data = setup["random"]
     out = {}
     for dtype in ("float32", "bfloat16"):
@@ -280,7 +280,7 @@ def test_the_loop_stops_itself_when_the_forget_classes_are_gone_from_retain():
     """A forget set whose classes the retain set lacks (class forgetting) ends the invwnn loops at
     forget accuracy 0, what Retrain gives; an explicit target wins; with shared classes or no
     retain set there is no target."""
-    from invwnn.methods.invwnn import Config, forget_target
+    from invwnn.unlearn.methods.invwnn import Config, forget_target
 
     def split(labels):
         y = torch.tensor(labels)

@@ -12,15 +12,16 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 from _apply_fixtures import tiny_original
-from invwnn import forget as forget_io
-from invwnn import metrics, models
-from invwnn.apply import GUARD_MODE
-from invwnn.apply_cli import apply
+from invwnn.inputs import splits as forget_io
+from invwnn.audit import metrics
+from invwnn.inputs import models
+from invwnn.unlearn.apply import GUARD_MODE
+from invwnn.cli.apply import apply
 from invwnn.bench import runner, search
-from invwnn.forget import Split
-from invwnn.methods import REGISTRY, Context, Data, amun, l1_sparse, regun, ssd
-from invwnn.methods.loop import trainable
-from invwnn.models import InputError
+from invwnn.inputs.splits import Split
+from invwnn.unlearn.methods import REGISTRY, Context, Data, amun, l1_sparse, regun, ssd
+from invwnn.unlearn.methods.loop import trainable
+from invwnn.errors import InputError
 
 NEW = ("ssd", "l1-sparse", "amun", "regun")
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from _apply_fixtures import tiny_original
-from invwnn import forget as forget_io
-from invwnn import metrics, models
+from invwnn.inputs import splits as forget_io
+from invwnn.audit import metrics
+from invwnn.inputs import models
 
 
 def test_gap_matches_brief_section_6():

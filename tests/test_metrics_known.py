@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from invwnn import metrics
+from invwnn.audit import metrics
 from invwnn.bench.measure import gap as bench_gap
 from invwnn.bench.measure import measure, mia_from_confidence
-from invwnn.forget import Split
+from invwnn.inputs.splits import Split
 
 
 class Lookup(nn.Module):
@@ -87,7 +87,7 @@ def test_gap_by_hand():
 
 def test_bench_measure_matches_library_evaluate():
     """On a real (random) network, with |retain| = |test| (so RA sees the whole retain set), the
-    one-pass bench measure equals invwnn.metrics.evaluate."""
+    one-pass bench measure equals invwnn.audit.metrics.evaluate."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
     g = torch.Generator().manual_seed(1)

@@ -10,9 +10,9 @@ import torchvision
 from click.testing import CliRunner
 
 from _apply_fixtures import tiny_original
-from invwnn import models
-from invwnn.apply_cli import apply
-from invwnn.forget import write_folder
+from invwnn.inputs import models
+from invwnn.cli.apply import apply
+from invwnn.inputs.splits import write_folder
 
 FAST = ["--rewinder", "linear", "--iterations", "1", "--snapshots", "3", "--every", "1",
         "--warmup", "0", "--quiet"]

@@ -1,5 +1,5 @@
 """The architecture panel: a miniature of it over every family, each method run through the user's
-path (`invwnn.apply.apply`) at its library defaults, and `invwnn panel` as a user runs it (bad names,
+path (`invwnn.unlearn.apply.apply`) at its library defaults, and `invwnn panel` as a user runs it (bad names,
 resuming, the document section)."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from invwnn.bench import panel, panel_report
-from invwnn.cli import main
+from invwnn.cli.main import main
 
 METHODS = ("invwnn", "invwnn+", "neggrad+", "finetune", "invwnn-meta")
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from invwnn import privacy
-from invwnn.forget import Split
+from invwnn.audit import rmia as privacy
+from invwnn.inputs.splits import Split
 
 
 def test_auc_matches_the_pairwise_definition_with_ties():

@@ -57,7 +57,7 @@ def test_readers_keep_working_on_sampled_runs(sampled):
     assert "2 runs record a sample" in info.format_description(d)
     report = verify.verify(sampled)
     assert report.ok and report.runs_checked == 2, report.problems
-    from invwnn.windows import WindowStream
+    from invwnn.train.windows import WindowStream
 
     batch = next(iter(WindowStream(sampled, store.complete_runs(sampled), k=2, u=1, batch_size=64, buffer=256)))
     assert batch["w"].shape == (64, 2) and np.isfinite(batch["w"].numpy()).all()

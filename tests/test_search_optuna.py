@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from invwnn.bench import runner, search
-from invwnn.bench_cli import tune
+from invwnn.cli.bench import tune
 
 NEW = ("ssd", "l1-sparse", "amun", "regun")  # searchable, not yet bench rows
 

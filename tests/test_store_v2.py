@@ -12,7 +12,7 @@ import zarr
 from click.testing import CliRunner
 from zarr.codecs import BloscCodec
 
-from invwnn.windows import WindowStream
+from invwnn.train.windows import WindowStream
 from trajgen import nets, store
 from trajgen.cli import main
 from trajgen.collect import CollectConfig, collect

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from invwnn.bench import search
-from invwnn.models import InputError
+from invwnn.errors import InputError
 
 
 def record(methods: dict, seed: int = 100, date: str = "2026-11-20") -> dict:

@@ -116,9 +116,9 @@ def test_counterfactual_windows_and_a_predictor_trained_on_them(tmp_path):
     """Windows of a twin store pair the fine-tuning window with the twin's weight of the same
     coordinate, start no later than max_start, and `invwnn train --target counterfactual` records
     its target in the checkpoint; a store of plain runs is refused for that target."""
-    from invwnn.fit import TrainConfig, train
-    from invwnn.predictor import read_checkpoint
-    from invwnn.windows import WindowError, check_windows, cut_windows
+    from invwnn.train.fit import TrainConfig, train
+    from invwnn.rewind.predictor import read_checkpoint
+    from invwnn.train.windows import WindowError, check_windows, cut_windows
 
     path = str(tmp_path / "t.zarr")
     config = episodes.EpisodeConfig(store=path, runs=4, per_parent=2, parent_steps=PARENT_STEPS,
@@ -151,11 +151,11 @@ def test_a_context_predictor_trains_records_its_context_and_the_applier_supplies
     """--context step,layer: the stream's context columns are the run's optimizer/lr and the layer
     statistics of windows sharing a start; the checkpoint records the context; the learned rewinder
     computes it from the loop's optimizer and the coordinates' layers, and refuses to run without."""
-    from invwnn.fit import TrainConfig, train
-    from invwnn.methods.invwnn import load_rewinder
-    from invwnn.models import InputError
-    from invwnn.predictor import read_checkpoint
-    from invwnn.windows import WindowStream, layer_context, step_context
+    from invwnn.train.fit import TrainConfig, train
+    from invwnn.unlearn.methods.invwnn import load_rewinder
+    from invwnn.errors import InputError
+    from invwnn.rewind.predictor import read_checkpoint
+    from invwnn.train.windows import WindowStream, layer_context, step_context
 
     path = str(tmp_path / "t.zarr")
     episodes.collect_episodes(episodes.EpisodeConfig(store=path, runs=4, per_parent=2, parent_steps=PARENT_STEPS,

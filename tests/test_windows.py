@@ -7,7 +7,7 @@ import torch
 
 from trajgen.nets import KINDS
 from trajgen.store import complete_runs, open_run
-from invwnn.windows import (WindowError, WindowStream, check_windows, cut_windows, denormalise,
+from invwnn.train.windows import (WindowError, WindowStream, check_windows, cut_windows, denormalise,
                             kind_codes, linear_backextrapolation, no_rewind, normalise,
                             normalise_target, read_block, run_blocks)
 from trajgen.store import open_store

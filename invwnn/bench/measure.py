@@ -1,7 +1,7 @@
-"""The four unlearning metrics from one forward pass per split (``invwnn.metrics.evaluate`` runs
+"""The four unlearning metrics from one forward pass per split (``invwnn.audit.metrics.evaluate`` runs
 the retain, test and forget sets through the model twice; a bench measures hundreds of models).
 
-Same definitions and the same seeded MIA protocol as :mod:`invwnn.metrics`: the SVC sees the
+Same definitions and the same seeded MIA protocol as :mod:`invwnn.audit.metrics`: the SVC sees the
 confidences of ``n = min(|retain|, |test|)`` retain images (members) and ``n`` test images, drawn
 with ``torch.Generator().manual_seed(seed)`` in the same order. RA is measured on those same ``n``
 retain images (a bench retain set can be 10x the test set), which is the only difference.
@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from invwnn.forget import Split
-from invwnn.metrics import predict
-from invwnn.privacy import Attack
+from invwnn.inputs.splits import Split
+from invwnn.audit.metrics import predict
+from invwnn.audit.rmia import Attack
 
 
 def mia_from_confidence(member: np.ndarray, non_member: np.ndarray, forget: np.ndarray) -> float:
@@ -39,7 +39,7 @@ def measure(model: nn.Module, forget: Split, retain: Split, test: Split, device:
             seed: int = 0, extras: dict[str, Split] | None = None,
             attack: Attack | None = None) -> dict[str, float]:
     """RA, UA, TA, MIA (percent), ``acc:<name>`` for every extra split, and with ``attack`` its
-    RMIA and JS figures (:meth:`invwnn.privacy.Attack.figures`)."""
+    RMIA and JS figures (:meth:`invwnn.audit.rmia.Attack.figures`)."""
     n = min(len(retain), len(test))
     g = torch.Generator().manual_seed(seed)
     r_idx = torch.randperm(len(retain), generator=g)[:n]

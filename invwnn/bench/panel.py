@@ -4,7 +4,7 @@ Fashion-MNIST as 3x32x32, and every method run the way a user runs it.
 For each network, scenario (class, random10, label-noise) and seed the panel builds the bench's
 scenario (:mod:`invwnn.bench.scenarios`), trains or loads the original and Retrain from the bench's
 cache (:func:`invwnn.bench.prepare.prepare_cached`) and runs each method through
-:func:`invwnn.apply.apply`, the library call behind ``invwnn apply``, guard at its default bound
+:func:`invwnn.unlearn.apply.apply`, the library call behind ``invwnn apply``, guard at its default bound
 included: once at the method's library defaults and once at the bench's tuned values
 (``invwnn/bench/tuned/<scenario>.json``, chosen on the bench's CNN; nothing is tuned per panel
 network, so the panel shows what a user meets). Metrics are the bench's
@@ -27,14 +27,16 @@ from typing import Any, Callable
 
 import torch
 
-from invwnn import metrics
-from invwnn.apply import DEFAULT_MAX_DROP, apply
+from invwnn.audit import metrics
+from invwnn.unlearn.apply import DEFAULT_MAX_DROP, apply
 from invwnn.bench import prepare, scenarios, search
 from invwnn.bench.measure import gaps, measure
 from invwnn.bench.runner import BENCH_METHODS, ORDER, make_rewinder
-from invwnn.forget import Split
-from invwnn.methods import REGISTRY, Context, Data, invwnn_plus
-from invwnn.models import InputError, LoadedModel, Preprocess, atomic_write
+from invwnn.inputs.splits import Split
+from invwnn.unlearn.methods import REGISTRY, Context, Data, invwnn_plus
+from invwnn.inputs.models import LoadedModel, Preprocess
+from invwnn.errors import InputError
+from invwnn.files import atomic_write
 from trajgen import nets
 from trajgen.spec import make_arch
 
@@ -260,7 +262,7 @@ def reference_row(unit: Unit, prep: prepare.Prepared, config: PanelConfig) -> di
 
 
 def loaded_model(prep: prepare.Prepared) -> LoadedModel:
-    """A copy of the original as :func:`invwnn.models.load` returns a file in the project's own
+    """A copy of the original as :func:`invwnn.inputs.models.load` returns a file in the project's own
     format: architecture, classes, recorded preprocessing and mnemonic codes."""
     scn, net = prep.scenario, copy.deepcopy(prep.original)
     pre = Preprocess(tuple(scn.x.shape[2:]), scn.x.shape[1], tuple(net.mean.flatten().tolist()),
@@ -271,7 +273,7 @@ def loaded_model(prep: prepare.Prepared) -> LoadedModel:
 
 
 def method_row(unit: Unit, prep: prepare.Prepared, ref: dict, config: PanelConfig) -> dict:
-    """Run the unit's method through :func:`invwnn.apply.apply` on a copy of the original and
+    """Run the unit's method through :func:`invwnn.unlearn.apply.apply` on a copy of the original and
     measure the result (``ref``: the group's reference row); ``{"error": ...}`` when the method
     cannot run here (an input error). ``seconds``: the method's, guard checks excluded (the
     report's); ``wall_seconds``: the whole ``apply`` call."""

@@ -15,7 +15,7 @@ import numpy as np
 
 from invwnn.bench import panel
 from invwnn.bench.report import mean_std, save_fig, versions
-from invwnn.models import atomic_write
+from invwnn.files import atomic_write
 
 HEADING = "## Architecture panel"
 RMIA_HEADING = "## Architecture panel with RMIA"  # the rows run with --references: their own files and section
@@ -128,7 +128,7 @@ def markdown(config: panel.PanelConfig, blocks: list[dict], rows: dict[str, dict
     memorised their training sets, training seconds) and a table per network and scenario."""
     out = [names(config)[1][1:], "", f"Command: `{command}`", "",
            "Networks the project does not build itself, on Fashion-MNIST as 3x32x32, each method run through "
-           "`invwnn.apply.apply` (what `invwnn apply` runs, guard at its default bound of "
+           "`invwnn.unlearn.apply.apply` (what `invwnn apply` runs, guard at its default bound of "
            f"{config.max_drop:g} points) " + SETTINGS_TEXT[tuple(config.settings)] + ". "
            "RA, UA, TA, MIA in percent on the retain, forget and test splits (mean ± std over seeds); gap = "
            "mean |metric - Retrain's| over the four; time / Retrain = the method's seconds (guard checks "
@@ -137,7 +137,7 @@ def markdown(config: panel.PanelConfig, blocks: list[dict], rows: dict[str, dict
            "`tuned (= defaults)`: the tuned values are the defaults, one run serves both rows."
            + (f" With {config.references} reference models (`--references`): gap5 = ReGUn's five-term gap (RA, TA, "
               "forget accuracy, offline RMIA accuracy and AUC), RMIA AUC of forget vs held-out images, tail = "
-              "forget images scored above Retrain's 95th percentile (invwnn.privacy)." if config.references else ""),
+              "forget images scored above Retrain's 95th percentile (invwnn.audit.rmia)." if config.references else ""),
            "",
            "| network | parameters | width, depth | training images | epochs | batch | Adam step | "
            + " | ".join(f"Original train acc, {s}" for s in config.scenarios) + " | Original s | Retrain s |",

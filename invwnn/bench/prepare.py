@@ -21,13 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from invwnn import original as original_mod
-from invwnn import privacy
+from invwnn.inputs import prepare as original_mod
+from invwnn.audit import rmia as privacy
 from invwnn.bench import scenarios
 from invwnn.bench.pool import map_units
-from invwnn.methods import REGISTRY, Context, Data
-from invwnn.methods.loop import Sampler, make_optimizer, run_steps
-from invwnn.models import InputError, Normalized, Preprocess, atomic_write
+from invwnn.unlearn.methods import REGISTRY, Context, Data
+from invwnn.unlearn.methods.loop import Sampler, make_optimizer, run_steps
+from invwnn.inputs.models import Normalized, Preprocess
+from invwnn.errors import InputError
+from invwnn.files import atomic_write
 from trajgen import data as datasets
 from trajgen import nets
 from trajgen.spec import make_arch

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from invwnn.models import atomic_write
+from invwnn import files
+from invwnn.files import atomic_write
 
 METRICS = ("RA", "UA", "TA", "MIA", "gap", "seconds", "time_ratio")
 # with reference models (``--references``): ReGUn's five-term gap and the RMIA / JS figures
@@ -117,7 +118,7 @@ def markdown(results: dict, rows: list[dict]) -> str:
               "accuracy and RMIA AUC (offline RMIA against reference models trained on the retain set, Retrain "
               "one of them, scored against the others); TPR@1%FPR and tail (forget images above Retrain's 95th "
               "percentile) in percent; JS = Jensen-Shannon divergence to Retrain's outputs, in bits "
-              "(invwnn.privacy). " if privacy else ""),
+              "(invwnn.audit.rmia). " if privacy else ""),
            ""]
     refs = [r for r in rows if r["protocol"] == "-" and "error" not in r]
     failed = [r for r in rows if "error" in r]
@@ -158,8 +159,8 @@ def csv_text(results: dict, rows: list[dict]) -> str:
 
 def versions() -> dict:
     import sklearn
-    from invwnn import models
-    return {**models.versions(), "scikit-learn": sklearn.__version__, "python": platform.python_version(),
+    from invwnn.inputs import models
+    return {**files.versions(), "scikit-learn": sklearn.__version__, "python": platform.python_version(),
             "machine": platform.platform()}
 
 

@@ -34,12 +34,13 @@ from invwnn.bench.measure import gaps, measure
 from invwnn.bench.pool import map_units
 from invwnn.bench.prepare import (CACHE_VERSION, Prepared, attack_cached, autocast, full_precision, new_model,
                                    prepare_all, prepare_cached, time_retrain)
-from invwnn.forget import Split
-from invwnn.methods import REGISTRY, Context, Data
-from invwnn.methods.loop import trains
-from invwnn.models import InputError, is_finite
-from invwnn.predictor import CheckpointError, default_checkpoint, read_checkpoint
-from invwnn.privacy import Attack
+from invwnn.inputs.splits import Split
+from invwnn.unlearn.methods import REGISTRY, Context, Data
+from invwnn.unlearn.methods.loop import trains
+from invwnn.inputs.models import is_finite
+from invwnn.errors import InputError
+from invwnn.rewind.predictor import CheckpointError, default_checkpoint, read_checkpoint
+from invwnn.audit.rmia import Attack
 
 
 # bench name -> (registry name, rewinder kind for the rewinding methods). The suffixed rows are the
@@ -138,7 +139,7 @@ def predictor_path(kind: str | None, config, predictors: tuple[str, ...] = ()) -
     learned, the first of ``predictors`` whose window K is the config's snapshots, else the shipped
     predictor of that window; episodes / twins, :data:`PREDICTOR_FILES`."""
     if kind in PREDICTOR_FILES or kind in META_FILES:
-        return Path(__file__).parents[1] / "predictors" / {**PREDICTOR_FILES, **META_FILES}[kind]
+        return Path(__file__).parents[1] / "rewind" / "predictors" / {**PREDICTOR_FILES, **META_FILES}[kind]
     if kind != "learned":
         return None
     for path in predictors:
@@ -155,7 +156,7 @@ def make_rewinder(kind: str, config, device: str, predictors: tuple[str, ...] = 
     :func:`predictor_path`; episodes, twins: the ones of :data:`PREDICTOR_FILES`) with its
     description; a learned one's description carries the checkpoint's sha256, as the checkpoint
     may change."""
-    from invwnn.apply import make_rewinder as apply_rewinder
+    from invwnn.unlearn.apply import make_rewinder as apply_rewinder
     if kind in META_FILES:
         rewinder = apply_rewinder("meta", str(predictor_path(kind, config)), config, device)
     elif kind in PREDICTOR_FILES or (kind == "learned" and predictors):

@@ -31,8 +31,8 @@ from typing import Callable
 
 import torch
 
-from invwnn.forget import Split
-from invwnn.models import InputError
+from invwnn.inputs.splits import Split
+from invwnn.errors import InputError
 from trajgen import data as datasets
 
 
@@ -103,7 +103,7 @@ class Scenario:
 
     def like_forget(self) -> Callable[[Split], Split] | None:
         """What makes held-out images like the forget set, for RMIA's held-out candidates
-        (:func:`invwnn.privacy.attack_splits`): label-noise, each image a wrong label drawn from
+        (:func:`invwnn.audit.rmia.attack_splits`): label-noise, each image a wrong label drawn from
         this scenario's seed; backdoor, the images not of the target class with the trigger and
         the target label. None where the forget set is a sample of clean images (the attack keeps
         the held-out images of the forget set's classes)."""

@@ -48,8 +48,9 @@ from invwnn.bench import prepare as prep_mod
 from invwnn.bench import runner, scenarios
 from invwnn.bench.measure import gap, measure
 from invwnn.bench.pool import map_units
-from invwnn.methods import REGISTRY
-from invwnn.models import InputError, atomic_write, versions
+from invwnn.unlearn.methods import REGISTRY
+from invwnn.errors import InputError
+from invwnn.files import atomic_write, versions
 
 TRIALS = 16  # configurations per method, the same for every method, ablation and control
 TUNING_SEED = 100  # reported seeds are 0, 1, 2, ...

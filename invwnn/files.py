@@ -1,0 +1,33 @@
+"""Atomic file writes and the version record every artifact carries."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import version
+    import torchvision
+    return {"invwnn": version("invwnn"), "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__)}
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)`` then move the result onto ``path``: readers see the old file or
+    the complete new one, never a partial one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # the temporary name keeps the suffix: torch.export.save warns about a file not ending in .pt2
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

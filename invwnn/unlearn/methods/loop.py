@@ -1,0 +1,278 @@
+"""What every method shares: the data it is given, its run context, its config base class, and the
+one fine-tuning loop that methods hand a loss to."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from invwnn.inputs.splits import Split
+from invwnn.audit.metrics import set_mode
+from invwnn.inputs.models import param_kinds
+from invwnn.errors import InputError
+
+
+def trains(optimizer: torch.optim.Optimizer, params: set[int]) -> bool:
+    """Does ``optimizer`` step any parameter whose ``id`` is in ``params``? An optimizer-step
+    post-hook fires for every optimizer in the process (a method's inner optimizers, a teacher's),
+    so watchers of one model count only the steps of the optimizers that train it."""
+    return any(id(p) in params for g in optimizer.param_groups for p in g["params"])
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Base of every method's frozen config. Field metadata ``help`` documents the CLI flag."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MethodConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise InputError(f"{cls.__module__.rsplit('.', 1)[-1]}: unknown setting(s) {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+def opt(default, help: str):
+    """A config field with its flag's help text."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class EpochsConfig(MethodConfig):
+    """Settings shared by the methods that train for some epochs with SGD or Adam."""
+
+    epochs: float = opt(10.0, "epochs over the data")
+    optimizer: str = opt("sgd", "sgd or adam")
+    lr: float = opt(0.01, "learning rate")
+    momentum: float = opt(0.9, "SGD momentum")
+    batch_size: int = opt(128, "minibatch size")
+
+
+@dataclass
+class Data:
+    """Everything a method may use. Only ``forget`` is always present."""
+
+    forget: Split
+    classes: tuple[str, ...]
+    retain: Split | None = None
+    test: Split | None = None
+    mnemonic: torch.Tensor | None = None  # (n_classes, C, H, W) codes in [0, 1]
+
+    def need(self, what: str, method: str) -> Split:
+        split = getattr(self, what)
+        if split is None or len(split) == 0:
+            raise InputError(f"method {method} needs --{what} DIR (an ImageFolder or tensor file)")
+        return split
+
+    def forget_classes(self) -> list[int]:
+        return sorted(set(self.forget.y.tolist()))
+
+
+@dataclass
+class Context:
+    """How to run: ``device``, ``seed`` (recorded in the report), progress bars, the rewinder for
+    InvWNN, a fresh-model factory for retraining, and a per-iteration hook ``on_iteration(i, model)``
+    for iterative methods. A method that stops itself before its budget sets ``stop_reason`` (invwnn:
+    ``"target"``); one that sees its result will probably be wrong says why through ``warn``."""
+
+    device: str = "cpu"
+    seed: int = 0
+    progress: bool = False
+    rewinder: Any = None
+    rebuild: Callable[[], nn.Module] | None = None
+    on_iteration: Callable[[int, nn.Module], None] | None = None
+    warn: Callable[[str], None] | None = None
+    stop_reason: str | None = None
+    # Written by the method: the steps it calibrated (name -> calibrate_lr's record), for the report.
+    calibration: dict[str, dict] = dataclasses.field(default_factory=dict)
+    # Multiplies the method's calibrated or given step; a guard that backs off halves it.
+    step_scale: float = 1.0
+    # Written by invwnn's loop: seconds spent predicting the past, coordinates predicted, calls.
+    rewind: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def generator(self, salt: int = 0) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1000003 + salt)
+
+
+def batches(n: int, batch_size: int, g: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless shuffled index batches, reshuffled each epoch; the last batch of an epoch may be
+    short (forget sets can be smaller than one batch)."""
+    while True:
+        perm = torch.randperm(n, generator=g)
+        for i in range(0, n, batch_size):
+            yield perm[i: i + batch_size]
+
+
+def steps_for(n: int, batch_size: int, epochs: float) -> int:
+    return max(1, round(epochs * -(-n // batch_size)))
+
+
+def make_optimizer(name: str, params, lr: float, momentum: float = 0.9,
+                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    raise InputError(f"unknown optimizer {name!r}; valid: sgd, adam")
+
+
+def norm_params(model: nn.Module) -> list[nn.Parameter]:
+    params = dict(model.named_parameters())
+    return [params[n] for n, k in param_kinds(model).items() if k == "norm"]
+
+
+@contextmanager
+def training(model: nn.Module, freeze_norms: bool):
+    """Train mode for the duration; with ``freeze_norms`` the norm layers stay in eval mode (running
+    statistics frozen) and their affine parameters get no gradient."""
+    set_mode(model, True)
+    frozen = []
+    if freeze_norms:
+        for m in model.modules():
+            if isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)) or \
+                    getattr(m, "original_name", "").startswith(("BatchNorm", "InstanceNorm")):
+                m.train(False)
+        for p in norm_params(model):
+            if p.requires_grad:
+                p.requires_grad_(False)
+                frozen.append(p)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+        set_mode(model, False)
+
+
+def run_steps(model: nn.Module, loss_fn: Callable[[int], torch.Tensor], optimizer: torch.optim.Optimizer,
+              steps: int, *, freeze_norms: bool = True, progress: bool = False, desc: str = "",
+              grad_hook: Callable[[], None] | None = None,
+              on_step: Callable[[int], None] | None = None) -> float:
+    """The fine-tuning loop: ``steps`` times, ``loss_fn(step)`` -> backward -> optional
+    ``grad_hook()`` (e.g. masking) -> optimizer step -> ``on_step(step)``. Returns the last loss."""
+    loss_value = float("nan")
+    with training(model, freeze_norms):
+        for step in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(step)
+            loss.backward()
+            if grad_hook is not None:
+                grad_hook()
+            optimizer.step()
+            loss_value = loss.item()
+            if on_step is not None:
+                on_step(step)
+    return loss_value
+
+
+class Sampler:
+    """Endless minibatches ``(x, y)`` of a split, on ``device``, optionally with labels replaced."""
+
+    def __init__(self, split: Split, batch_size: int, g: torch.Generator, device: str,
+                 labels: torch.Tensor | None = None):
+        self.split, self.device = split, device
+        self.labels = split.y if labels is None else labels
+        self.it = batches(len(split), batch_size, g)
+
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = next(self.it)
+        return self.split.x[idx].to(self.device), self.labels[idx].to(self.device)
+
+
+def trainable(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def saliency_masks(model: nn.Module, forget: Split, params: list[nn.Parameter], keep: float,
+                   device: str) -> list[torch.Tensor]:
+    """SalUn's weight saliency: bool masks shaped like ``params``, True for the ``keep`` share of
+    coordinates with the largest |gradient of the summed forget loss| (one global threshold). The
+    model is put in eval mode so that measuring does not move norm layers' running statistics."""
+    set_mode(model, False)
+    grads = [torch.zeros_like(p) for p in params]
+    for i in range(0, len(forget), 256):
+        x, y = forget.x[i: i + 256].to(device), forget.y[i: i + 256].to(device)
+        loss = F.cross_entropy(model(x), y, reduction="sum")
+        for g, d in zip(grads, torch.autograd.grad(loss, params, allow_unused=True)):
+            if d is not None:
+                g += d
+    flat = torch.cat([g.abs().reshape(-1) for g in grads])
+    k = int(round(keep * flat.numel()))
+    if k <= 0:
+        return [torch.zeros_like(g, dtype=torch.bool) for g in grads]
+    threshold = flat.kthvalue(flat.numel() - k + 1).values
+    return [g.abs() >= threshold for g in grads]
+
+
+PROBE_IMAGES = 256  # images whose outputs the step calibration watches
+
+
+@torch.no_grad()
+def _centred_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = torch.cat([model(x[i: i + 128]).float() for i in range(0, len(x), 128)])
+    return out - out.mean(1, keepdim=True)
+
+
+def calibrate_lr(model: nn.Module, params: list[nn.Parameter], loss: Callable[[], torch.Tensor],
+                 probe: torch.Tensor, optimizer: str, step_size: float,
+                 mask: list[torch.Tensor] | None = None) -> dict:
+    """The learning rate at which one optimizer step moves ``model``'s outputs on the ``probe``
+    images (N, C, H, W) by ``step_size``: the root mean square change of their centred logits
+    (logits minus each image's mean logit), measured along the optimizer's first step, so that a
+    step means the same on every network whatever the scale, width or depth of its tensors (an Adam
+    step moves *every* coordinate by about lr, so a fixed lr is a nudge to a small network and a
+    demolition to a wide one).
+
+    ``loss()``: the method's loss on one batch; its gradient gives the direction (Adam: its sign,
+    SGD: itself), restricted to ``mask`` (views shaped like ``params``) when given. Measured by
+    finite differences in eval mode (norm statistics frozen, as the loops train), once at a small
+    trial step, then refined once at the step it predicts (the response is close to linear).
+    Returns ``{"lr", "step_size", "measured", "probe_images", "direction"}``; the weights are left
+    exactly as they were."""
+    modes = [m.training for m in model.modules()]
+    set_mode(model, False)
+    grads = torch.autograd.grad(loss(), params, allow_unused=True)
+    direction = [torch.zeros_like(p) if g is None else (g.sign() if optimizer == "adam" else g)
+                 for p, g in zip(params, grads)]
+    if mask is not None:
+        direction = [d * m for d, m in zip(direction, mask)]
+    saved = [p.detach().clone() for p in params]
+    base = _centred_logits(model, probe)
+
+    def moved(lr: float) -> float:
+        with torch.no_grad():
+            for p, d in zip(params, direction):
+                p.add_(d, alpha=lr)
+            change = (_centred_logits(model, probe) - base).pow(2).mean().sqrt().item()
+            for p, w in zip(params, saved):
+                p.copy_(w)
+        return change
+
+    try:
+        trial = 1e-5 if optimizer == "adam" else 1e-3
+        rate = moved(trial) / trial
+        if not math.isfinite(rate) or rate <= 0:
+            raise InputError("cannot calibrate the step: the model's outputs do not move along its "
+                             "gradient (pass --lr)")
+        lr = step_size / rate
+        measured = moved(lr)
+        if math.isfinite(measured) and measured > 0:
+            lr *= min(4.0, max(0.25, step_size / measured))
+            measured = moved(lr)
+    finally:
+        for module, mode in zip(model.modules(), modes):
+            module.training = mode
+    return {"lr": lr, "step_size": step_size, "measured": measured, "probe_images": len(probe),
+            "direction": "sign of the loss gradient (Adam's first step)" if optimizer == "adam"
+                         else "the loss gradient (SGD's first step)"}
