@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: venv dataset test demo bench yardstick clean
+.PHONY: venv dataset test test-fast demo bench bench-trajgen yardstick clean
 
 venv: $(STAMP)
 
@@ -35,9 +35,15 @@ OTHER_CPU := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41
 # took 6.8 minutes the day before.
 PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
+# `make test`: the whole suite (what CI runs, .ci/run), then the learning tests again on the portable
+# code path. `make test-fast`: the edit loop, the suite without the tests marked `slow` (whole
+# collections, training commands, kill drills) or `learning` (a metric crossing a threshold).
 test: venv dataset
 	$(PYTEST)
 	$(OTHER_CPU) $(PYTEST) -m learning
+
+test-fast: venv dataset
+	$(PYTEST) -m "not slow and not learning"
 
 # The whole pipeline on small settings: collect (a snapshot every step, the spacing the applier
 # records), train a predictor, train an original with splits,
@@ -56,7 +62,15 @@ demo: venv dataset
 	cd data/demo && ../../$(BIN)/invwnn audit --model model.unlearned.pt --forget forget/ --retain retain/ \
 		--test test/ --quiet
 
+# The bench, small: random10 at the quick sizes (2,000 training images, 8 epochs), seed 0, invwnn+,
+# its line and three baselines at the packaged tuned settings, equal forgetting and default budget
+# (a few minutes on 2 cores; resumable). Tables and plots in results/bench-quick/ (docs/bench.md).
 bench: venv dataset
+	$(BIN)/invwnn bench --scenario random10 --quick --methods invwnn+,invwnn+-linear,finetune,neggrad+,salun \
+		--references 0 --jobs 2 --out results/bench-quick
+
+# The collector's throughput benchmark (docs/collector.md).
+bench-trajgen: venv dataset
 	$(BIN)/python scripts/bench_trajgen.py
 
 # docs/results.md's "The 2026 yardstick" from the packaged tuned records: its rows on seed 0 with 4
@@ -66,8 +80,8 @@ bench: venv dataset
 YARDSTICK_ROWS  ?= invwnn+,invwnn+-linear,invwnn+-reset,invwnn+-meta,invwnn,finetune,neggrad+,salun,ssd,l1-sparse,regun,amun
 YARDSTICK_PHASE ?= bench
 yardstick: venv dataset
-	$(BIN)/python scripts/fair_bench.py --phase $(YARDSTICK_PHASE) --seeds 1 --jobs 2 --methods $(YARDSTICK_ROWS) \
-		--state data/yardstick-state --results results/yardstick
+	$(BIN)/invwnn bench --phase $(YARDSTICK_PHASE) --seeds 1 --jobs 2 --methods $(YARDSTICK_ROWS) \
+		--out results/yardstick --no-progress
 	$(BIN)/python scripts/results_doc.py --yardstick results/yardstick
 
 clean:

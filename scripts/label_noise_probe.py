@@ -1,12 +1,13 @@
-"""Where do the mislabelled images go? A probe of ``scripts/forget_only.py``'s lenet-noisy case.
+"""Writes docs/results/forget-only.md's label-noise probe table: where the mislabelled images of the
+forget-only bench's lenet-noisy case go (``invwnn bench --protocol forget-only`` first).
 
-    .venv/bin/python scripts/label_noise_probe.py [--out data/forget_only] [--seeds 0,1,2]
+    .venv/bin/python scripts/label_noise_probe.py [--out results/forget-only] [--seeds 0,1,2]
 
 The forget set is the 600 training images that carry a wrong label. Retrain never saw them, so it
 mostly predicts their *true* class; "forget error" only counts predictions that left the wrong label.
-For the original, Retrain (retrained here with the recipe and generator state of forget_only.py's
-``build``, so it is the same model) and each variant's output at its default setting (the files
-forget_only.py left under OUT/work/out), this prints the share of forget images predicted as their
+For the original, Retrain (retrained here with the recipe and generator state of the bench's
+``build``, so it is the same model) and each row's output at its default setting (the files
+the bench left under OUT/work/out), this prints the share of forget images predicted as their
 given (wrong) label, as their true label and as a third class, and test accuracy. A method that
 unlearns the wrong labels should move the second column towards Retrain's; one that only damages the
 model moves the third.
@@ -15,18 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "scripts")]
 
-from _apply_fixtures import lenet_data, train_lenet  # noqa: E402
-from forget_only import NOISE, TEST_SIZE, TRAIN_SIZE, _clone, output_path, variants  # noqa: E402
-from invwnn.audit import metrics  # noqa: E402
-from trajgen import data as datasets  # noqa: E402
+from invwnn.bench.forget_only import NOISE, TEST_SIZE, TRAIN_SIZE, clone_generator, lenet_data, output_path, train_lenet
+from invwnn.bench.rows import FORGET_ONLY
+from invwnn.audit import metrics
+from trajgen import data as datasets
 
 CASE = "lenet-noisy"
 
@@ -41,7 +39,7 @@ def shares(net, x: torch.Tensor, given: torch.Tensor, true: torch.Tensor) -> tup
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(ROOT / "data" / "forget_only"))
+    ap.add_argument("--out", default="results/forget-only")
     ap.add_argument("--seeds", default="0,1,2")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -53,13 +51,13 @@ def main() -> None:
         x, y, forget = d["x"], d["y"], d["noisy"]
         true = ds.y_train[d["idx"]][forget]
         xt, yt = ds.x_test[d["test_idx"]], ds.y_test[d["test_idx"]]
-        retrain = train_lenet(x[~forget], y[~forget], _clone(d["g"]), seed)
+        retrain = train_lenet(x[~forget], y[~forget], clone_generator(d["g"]), seed)
         meta = json.loads((work / f"{CASE}-s{seed}" / "meta.json").read_text())
         nets = {"Original": torch.jit.load(str(work / meta["model"])), "Retrain": retrain}
-        for variant, spec in variants([]).items():
-            path = output_path(work, meta, variant, spec, None, "test", seed)
+        for row in FORGET_ONLY:
+            path = output_path(work, meta, row, None, "test", seed)
             if path.exists():
-                nets[variant] = torch.jit.load(str(path))
+                nets[row] = torch.jit.load(str(path))
         for name, net in nets.items():
             net.eval()
             rows.setdefault(name, []).append((*shares(net, x[forget], y[forget], true),

@@ -1,7 +1,8 @@
-"""How well the forget set's neighbours estimate Retrain's forget accuracy, on the cases of
-``scripts/forget_only.py`` (run that first: this reads its built models).
+"""Writes docs/results/forget-only.md's neighbour table: how well the forget set's neighbours estimate
+Retrain's forget accuracy on the forget-only bench's cases (``invwnn bench --protocol forget-only``
+first: this reads its built models).
 
-    .venv/bin/python scripts/neighbour_estimate.py [--work data/forget_only_neighbours/work] [--seeds 0,1,2]
+    .venv/bin/python scripts/neighbour_estimate.py [--work results/forget-only/work] [--seeds 0,1,2]
 
 For each case and seed: the share of invwnn+'s neighbours (its defaults: 4 shifted copies of each
 forget image, ``invwnn.unlearn.methods.invwnn_plus.neighbours``) whose label, the original model's prediction,
@@ -12,22 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT)]
+from invwnn.bench.forget_only import CASES
+from invwnn.unlearn.apply import Inputs, load_inputs
+from invwnn.unlearn.methods import invwnn_plus
+from invwnn.unlearn.methods.loop import Context
 
-from invwnn.unlearn.apply import Inputs, load_inputs  # noqa: E402
-from invwnn.unlearn.methods import invwnn_plus  # noqa: E402
-from invwnn.unlearn.methods.loop import Context  # noqa: E402
-
-CASES = ("lenet-random", "lenet-noisy", "mobilenet-random")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", default=str(ROOT / "data" / "forget_only_neighbours" / "work"))
+    ap.add_argument("--work", default="results/forget-only/work")
     ap.add_argument("--seeds", default="0,1,2")
     args = ap.parse_args()
     config = invwnn_plus.Config()

@@ -1,6 +1,6 @@
-"""Rebuild the "## Tuning" and "## Results" sections of docs/results.md from results/<scenario>/
-(table.md, and results.json with the tuning record the bench used), and copy the plots to
-docs/results/, so the document shows exactly what the search and `invwnn bench` wrote.
+"""Writes docs/results.md's "## Tuning", "## Results" and yardstick sections and their plots (run by
+`make yardstick`) from results/<scenario>/ (table.md, and results.json with the tuning record the
+bench used), so the document shows exactly what the search and `invwnn bench` wrote.
 
     .venv/bin/python scripts/results_doc.py [--results results] [--doc docs/results.md]
     .venv/bin/python scripts/results_doc.py --yardstick results/yardstick   # that section only
@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from invwnn.bench import report
-from invwnn.bench.runner import ORDER
+from invwnn.bench.rows import BENCH as ORDER
 from invwnn.bench.scenarios import TUNABLE as SCENARIOS  # paper has its own section
 
 
@@ -32,7 +32,7 @@ def _records(results: Path) -> dict[str, dict]:
 def tuning(results: Path) -> str:
     records = _records(results)
     if not records:
-        return "## Tuning\n\nNot run yet: `python scripts/fair_bench.py` (or `invwnn tune`).\n\n"
+        return "## Tuning\n\nNot run yet: `invwnn bench --phase all` (or `invwnn tune`).\n\n"
     first = next(iter(records.values()))
     trials = {r["trials_per_method"] for r in records.values()}
     lines = ["## Tuning\n",

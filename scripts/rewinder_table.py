@@ -1,5 +1,6 @@
-"""The learned rewinders against the tuned line and the repair-only control inside invwnn+ (issue 15),
-from the benches `scripts/fair_bench.py --phase bench --methods ...` wrote to RESULTS/<scenario>/.
+"""Draws docs/results/rewinders.png and its table (docs/results.md): the learned rewinders against the
+tuned line and the repair-only control inside invwnn+ (issue 15), from the benches
+`invwnn bench --methods ...` wrote to RESULTS/<scenario>/.
 
     .venv/bin/python scripts/rewinder_table.py [--results results/rewinders] [--plot docs/results/rewinders.png]
 
@@ -7,7 +8,7 @@ Prints one Markdown table: per scenario, each row's gap to Retrain at equal forg
 seeds that reached Retrain's UA, that count in brackets; "-": none did), its tuned horizon, its time
 as a percentage of Retrain's (Retrain re-timed in the same pool), and which learned rows beat both the line and the control in
 that scenario (a row that reached in fewer seeds than the line does not beat it). A row whose loop
-takes a snapshot every 4 steps (`search.FIXED`) is held against the line in that same loop when the
+takes a snapshot every 4 steps (its fixed settings, invwnn/bench/rows.py) is held against the line in that same loop when the
 bench ran it; the line whose spacing is searched (1, 2 or 4 steps) is shown with its choice, not held
 against the learned rows, which cannot change theirs. Then the count of scenarios each learned row wins.
 """
@@ -18,7 +19,8 @@ import json
 import math
 from pathlib import Path
 
-from invwnn.bench import report, search
+from invwnn.bench import report
+from invwnn.bench.rows import ROWS
 from invwnn.bench.scenarios import SCENARIOS
 from invwnn.files import atomic_write
 
@@ -48,8 +50,8 @@ def beats(a: dict | None, b: dict | None) -> bool:
 
 def rivals(name: str, benched: set[str]) -> tuple[str, str]:
     """The line and the control a learned row must beat: the line in the row's own loop (a snapshot
-    every 4 steps for the rows :data:`search.FIXED` holds there) when the bench ran it."""
-    spaced = search.FIXED.get(name, {}).get("every", 1) == 4 and SPACED_LINE in benched
+    every 4 steps for the rows that fix it there) when the bench ran it."""
+    spaced = ROWS[name].fixed.get("every", 1) == ROWS[SPACED_LINE].fixed["every"] and SPACED_LINE in benched
     return (SPACED_LINE if spaced else "invwnn+-linear", "invwnn+-reset")
 
 
@@ -75,7 +77,7 @@ def table(results_dir: Path) -> str:
             h, every = chosen.get(name, {}).get("horizon"), chosen.get(name, {}).get("every")
             share = row.get("time_ratio", math.nan)
             cells.append(f"{row['gap']:.2f} ({row['n']}/{row['seeds']})" + (f", h {h:.2f}" if h is not None else "")
-                         + (f", every {every}" if "every" in search.SPACES[name] else "")
+                         + (f", every {every}" if "every" in ROWS[name].space else "")
                          + (f", {100 * share:.0f}%" if not math.isnan(share) else ""))
         winners = [n for n in learned if all(beats(rows.get(n), rows.get(c)) for c in rivals(n, benched))]
         for n in winners:

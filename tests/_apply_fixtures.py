@@ -7,19 +7,17 @@ channel CNN, built once per test session and shared by modules.
 LeNet-like CNN with BatchNorm (conv6-conv16-fc120-fc84), trained outside the project's code on
 2,000 Fashion-MNIST images of which 20% carry a wrong label, saved as TorchScript (no class names,
 no preprocessing recorded), with the noisy images as the forget set and tensor files as splits.
-Its data and training recipe (``lenet_data``, ``train_lenet``) are also used by
-``scripts/forget_only.py``.
+Its data and training recipe (``lenet_data``, ``train_lenet``) are the forget-only bench's
+(:mod:`invwnn.bench.forget_only`).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
+from invwnn.bench.forget_only import lenet_data, train_lenet
 from invwnn.inputs.prepare import PrepareConfig, prepare
-from trajgen import data as datasets
 
 _BUILT: dict[str, Path] = {}
 
@@ -34,54 +32,6 @@ def tiny_original(base: Path, name: str = "random", **overrides) -> Path:
         prepare(out, PrepareConfig(**{**TINY, **overrides}))
         _BUILT[name] = out
     return _BUILT[name]
-
-
-class LeNet(nn.Module):
-    """LeNet-5 with BatchNorm after each convolution; input (N, 1, 28, 28) in [0, 1]."""
-
-    def __init__(self, classes: int = 10):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 6, 5, padding=2), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2))
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84),
-                                  nn.ReLU(), nn.Linear(84, classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
-def lenet_data(seed: int = 0, train_size: int = 2000, test_size: int = 1000, noise: float = 0.2,
-               ds=None) -> dict:
-    """The unseen LeNet's data: ``train_size`` seeded Fashion-MNIST training images (``idx`` into
-    the training split), uint8 ``x`` and labels ``y`` of which a seeded share ``noise`` carry a wrong
-    label (``noisy`` mask), ``test_size`` seeded test images (``test_idx``), and the generator ``g``
-    in the state the training recipe continues from."""
-    ds = ds if ds is not None else datasets.load("fashion-mnist")
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(ds.y_train), generator=g)[:train_size]
-    x, y = ds.x_train[idx], ds.y_train[idx].clone()
-    noisy = torch.zeros(len(y), dtype=torch.bool)
-    noisy[torch.randperm(len(y), generator=g)[: round(noise * len(y))]] = True
-    y[noisy] = (y[noisy] + torch.randint(1, 10, (int(noisy.sum()),), generator=g)) % 10  # always wrong
-    test_idx = torch.randperm(len(ds.y_test), generator=g)[:test_size]
-    return {"ds": ds, "idx": idx, "x": x, "y": y, "noisy": noisy, "test_idx": test_idx, "g": g}
-
-
-def train_lenet(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, seed: int = 0, epochs: int = 12,
-                lr: float = 2e-3, batch_size: int = 64) -> LeNet:
-    """The unseen LeNet's recipe: initialised from ``seed``, Adam ``lr``, ``epochs`` over uint8
-    images ``x`` and labels ``y`` in minibatches drawn from ``g``; returned in eval mode."""
-    torch.manual_seed(seed)
-    net = LeNet()
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    xf = datasets.to_float(x)
-    for _ in range(epochs):
-        for b in torch.randperm(len(y), generator=g).split(batch_size):
-            opt.zero_grad()
-            F.cross_entropy(net(xf[b]), y[b]).backward()
-            opt.step()
-    return net.eval()
 
 
 def unseen_lenet(base: Path) -> Path:
@@ -102,3 +52,12 @@ def unseen_lenet(base: Path) -> Path:
     torch.save({"x": ds.x_test[d["test_idx"]], "y": ds.y_test[d["test_idx"]]}, out / "test.pt")
     _BUILT["lenet"] = out
     return out
+
+
+def tensor_splits(out, x: torch.Tensor, y: torch.Tensor, sizes: dict[str, int]) -> dict[str, str]:
+    """Write consecutive slices of ``(x, y)`` as tensor files ``out/<split>.pt``; their paths."""
+    paths, start = {}, 0
+    for name, n in sizes.items():
+        torch.save({"x": x[start: start + n], "y": y[start: start + n]}, out / f"{name}.pt")
+        paths[name], start = str(out / f"{name}.pt"), start + n
+    return paths

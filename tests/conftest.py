@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _apply_fixtures import tiny_original
 from trajgen.collect import CollectConfig, collect
 from trajgen import data as datasets
 
@@ -30,3 +31,9 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """The tiny original's folder (:func:`_apply_fixtures.tiny_original`: model.pt, forget/, retain/, test/)."""
+    return tiny_original(tmp_path_factory.getbasetemp())

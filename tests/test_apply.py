@@ -1,17 +1,23 @@
 """The applier end to end: InvWNN unlearns on a real Fashion-MNIST model; the prepare + apply
-commands work verbatim; bad flags and inputs exit 2 without writing anything."""
+commands work verbatim; bad flags and inputs exit 2 without writing anything; every method runs on
+every model format."""
 from __future__ import annotations
 
 import json
 
 import pytest
 import torch
+import torchvision
 from click.testing import CliRunner
 
-from _apply_fixtures import TINY, tiny_original
+from _apply_fixtures import tensor_splits, tiny_original, unseen_lenet
+from invwnn import errors
+from invwnn.inputs import models
 from invwnn.unlearn.apply import Inputs, unlearn
+from invwnn.unlearn.methods import REGISTRY
 from invwnn.cli.apply import apply, prepare
 from invwnn.rewind.predictor import FORMAT_VERSION, default_checkpoint
+from trajgen import data as datasets
 
 
 @pytest.mark.learning
@@ -23,8 +29,8 @@ def test_invwnn_lowers_forget_accuracy_toward_test_accuracy(tmp_path_factory, re
     run, neither the budget nor the guard, is read from the report's stop reason."""
     root = tiny_original(tmp_path_factory.getbasetemp())
     report = unlearn(Inputs(str(root / "model.pt"), str(root / "forget"), test=str(root / "test")),
-                     "invwnn", {"iterations": 30, "target_forget_acc": 85.0},
-                     out=str(root / f"inv-{rewinder}.pt"), rewinder=rewinder, max_drop=10.0)
+                     "invwnn", {"iterations": 30, "target_forget_acc": 85.0, "rewinder": rewinder},
+                     out=str(root / f"inv-{rewinder}.pt"), max_drop=10.0)
     before, after = report["before"], report["after"]
     assert 80 < before["TA"] < 85  # the target above is the original's test accuracy + ~2 points
     gap_before = (100 - before["UA"]) - before["TA"]
@@ -94,7 +100,6 @@ def test_bad_flags_and_missing_data_exit_2(tmp_path_factory):
              (["--forget", str(root / "forget"), "--method", "finetune"], "--retain"),
              (["--forget", str(root / "forget"), "--method", "invwnn+", "--rewinder", "linear", "--repair-on",
                    "retain"], "--retain"),
-             (["--forget", str(root / "forget"), "--method", "invwnn+", "--mask", "top:3"], "--mask takes"),
              (["--forget", str(root / "forget"), "--sparsity", "0.3"], "not a setting of method invwnn"),
              (["--forget", str(root / "forget"), "--predictor", str(root / "nope.pt")], "predictor"),
              (["--forget", str(root / "forget"), "--predictor", str(root / "future.pt")],
@@ -108,4 +113,74 @@ def test_bad_flags_and_missing_data_exit_2(tmp_path_factory):
         r = CliRunner().invoke(apply, ["--model", model, "--out", str(root / "never.pt"), "--quiet", *extra])
         assert r.exit_code == 2 and message in r.output, (extra, r.output)
         assert not (root / "never.pt").exists() and not (root / "never.json").exists()
-    assert TINY["train_size"] == 1500
+
+
+# ---------------------------------------------------------------------------------------------
+# every method on every format
+
+# few steps of each method: enough to run its whole path, not to unlearn well
+FEW = {
+    "invwnn": {"iterations": 1, "snapshots": 3, "every": 1, "batch_size": 32, "rewinder": "linear"},
+    "invwnn+": {"iterations": 1, "snapshots": 3, "repair_steps": 1, "batch_size": 32,
+                "repair_batch_size": 32, "rewinder": "linear"},
+    "unsir": {"noise_size": 8, "noise_steps": 2, "retain_per_class": 4, "batch_size": 32},
+    "fisher": {"samples": 16},
+    "scrub": {"epochs": 1.0, "batch_size": 32},
+    "boundary-shrink": {"epochs": 1.0, "batch_size": 32},
+    **{m: {"epochs": 1.0, "batch_size": 32} for m in ("retrain", "finetune", "neggrad", "neggrad+",
+                                                      "random-label", "salun", "task-vector", "l1-sparse", "regun")},
+    "mnemonic": {},
+    "ssd": {"samples": 16, "batch_size": 32},
+    "amun": {"epochs": 1.0, "batch_size": 32, "attack_steps": 3, "attack_rounds": 2},
+}
+CANNOT_RUN = {"retrain": "architecture", "mnemonic": "mnemonic codes"}  # neither file gives them
+
+
+@pytest.fixture(scope="module")
+def formats(tmp_path_factory):
+    """name -> (model file, {forget, retain, test} tensor files, its parameters by name): the unseen
+    LeNet as TorchScript (a subset of its splits), and a MobileNetV3-small at width 0.25 exported
+    with a fixed batch of 24 (so every method's batches run as micro-batches, the last one padded),
+    Fashion-MNIST gray images as its RGB input."""
+    base = tmp_path_factory.getbasetemp()
+    lenet = unseen_lenet(base)
+    out = tmp_path_factory.mktemp("formats")
+    splits = {}
+    for name, n in (("forget", 64), ("retain", 192), ("test", 128)):
+        blob = torch.load(lenet / f"{name}.pt", weights_only=True)
+        torch.save({"x": blob["x"][:n], "y": blob["y"][:n]}, out / f"ts_{name}.pt")
+        splits[name] = str(out / f"ts_{name}.pt")
+    files = {"torchscript": (str(lenet / "lenet.pt"), splits, torch.jit.load(str(lenet / "lenet.pt")))}
+    torch.manual_seed(0)
+    net = torchvision.models.mobilenet_v3_small(num_classes=10, width_mult=0.25).eval()
+    torch.export.save(torch.export.export(net, (torch.rand(24, 3, 28, 28),)), out / "mobilenet.pt2")
+    ds = datasets.load("fashion-mnist")
+    (out / "tv").mkdir()
+    files["export"] = (str(out / "mobilenet.pt2"), tensor_splits(
+        out / "tv", ds.x_test[:384], ds.y_test[:384], {"forget": 64, "retain": 192, "test": 128}), net)
+    return {k: (path, splits, {n: p.detach().clone() for n, p in net.named_parameters()})
+            for k, (path, splits, net) in files.items()}
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("method", sorted(REGISTRY))
+@pytest.mark.parametrize("fmt", ["torchscript", "export"])
+def test_every_method_runs_on_every_format(formats, tmp_path, fmt, method):
+    model, splits, b = formats[fmt]
+    shape = {"size": (28, 28), "channels": 1} if fmt == "torchscript" else {}  # export: from the program
+    inputs = Inputs(model, splits["forget"], splits["retain"], splits["test"], **shape)
+    out = tmp_path / f"m.unlearned{'.pt2' if fmt == 'export' else '.pt'}"
+    if method in CANNOT_RUN:
+        with pytest.raises(errors.InputError, match=CANNOT_RUN[method]):
+            unlearn(inputs, method, FEW[method], out=str(out), max_drop=None)
+        assert list(tmp_path.iterdir()) == []  # nothing half-written
+        return
+    report = unlearn(inputs, method, FEW[method], out=str(out), max_drop=None)
+    assert report["stop_reason"] == "budget" and report["model"]["source"] == fmt
+    assert json.loads(out.with_suffix(".json").read_text())["method"] == method
+    assert all(torch.isfinite(torch.tensor(v)) for v in report["after"].values())
+    if fmt == "export":
+        assert report["model"]["micro_batch"] == 24 and report["inexact"] == []  # eval-mode batch norm
+    a = {k: v.detach() for k, v in models.load(out).net.named_parameters()}
+    assert set(a) == set(b) and all(torch.isfinite(v).all() for v in a.values())
+    assert any(not torch.equal(a[k], b[k]) for k in a), "the written weights are the original's"

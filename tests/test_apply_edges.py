@@ -17,6 +17,7 @@ from torch import nn
 
 from invwnn.inputs import splits as forget_io
 from invwnn.inputs import models
+from invwnn.inputs.preprocess import Preprocess
 from invwnn.unlearn.apply import misfit_warning
 from invwnn.cli.apply import apply
 
@@ -147,7 +148,7 @@ def test_a_modified_torchvision_arch_in_safetensors_points_to_torchscript(tmp_pa
 def test_torchscript_load_and_save_print_no_deprecation_noise(scripted, tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        loaded = models.load(scripted / "m.pt", preprocess=models.Preprocess((8, 8), 3))
+        loaded = models.load(scripted / "m.pt", preprocess=Preprocess((8, 8), 3))
         models.save(loaded, tmp_path / "again.pt")
     assert not [w for w in caught if "deprecated" in str(w.message)], [str(w.message) for w in caught]
     assert (tmp_path / "again.pt").stat().st_size > 0

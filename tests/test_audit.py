@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from invwnn.audit.verdict import standard_error, verdict
 from invwnn.cli.main import main
-from tests._apply_fixtures import tiny_original, unseen_lenet
+from _apply_fixtures import tiny_original, unseen_lenet
 
 
 def test_audit_trains_references_and_writes_its_report(tmp_path_factory, tmp_path):

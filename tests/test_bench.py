@@ -3,16 +3,15 @@ quick bench run end to end through the command."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
 
-from invwnn.bench import prepare, report, runner, scenarios, search
-from invwnn.cli.bench import _command, bench
+from invwnn.bench import prepare, report, rows, runner, scenarios, search, track
+from invwnn.bench.pool import read_log
+from invwnn.cli.bench import _command, bench, panel
 from trajgen import data as datasets
 
 
@@ -69,7 +68,7 @@ def test_class_random_and_overfit_splits(ds):
 
 
 def test_check_schedule_is_dense_early_and_sparse_late():
-    checks = [s for s in range(1, 1025) if runner.due(s)]
+    checks = [s for s in range(1, 1025) if track.due(s)]
     assert checks[:9] == [1, 2, 3, 4, 5, 6, 7, 8, 10]
     assert 1024 in checks and 1023 not in checks
     assert len(checks) <= 4 * 11  # four per doubling
@@ -159,11 +158,16 @@ def test_quick_bench_end_to_end(tmp_path):
     assert [r["name"] for r in rows[:2]] == ["Original", "Retrain"] and "ASR" in rows[0]
     table = (out / "table.md").read_text()
     assert "| Retrain |" in table and "ASR" in table and "mnemonic" in table and "RMIA AUC" in table
-    # a rerun (a new process: nothing memoised) takes the original and the retrained model from the cache
+    # a rerun (a new process: nothing memoised) takes the original and the retrained model from the cache,
+    # and the finished rows from the log
+    logged = read_log(out / "units.jsonl")
+    assert len(logged) == 5 and all(k.startswith("backdoor/0/") for k in logged)
     prepare._PREPARED.clear()
     r2 = CliRunner().invoke(bench, base + ["--methods", "neggrad"], catch_exceptions=False)
     assert r2.exit_code == 0, r2.output
+    assert read_log(out / "units.jsonl") == logged  # nothing ran again
     res2 = json.loads((out / "results.json").read_text())
+    assert res2["runs"][0]["methods"]["neggrad"] == run["methods"]["neggrad"]
     assert res2["runs"][0]["original"]["cache_hit"] and res2["runs"][0]["retrain"]["cache_hit"]
     assert res2["runs"][0]["retrain"]["UA"] == pytest.approx(target)
 
@@ -196,7 +200,7 @@ def test_tuning_records_load_and_refuse_the_wrong_scenario(tmp_path):
     for name in scenarios.TUNABLE:
         chosen, rec = search.load(name)
         # every benched row was searched (a record may also hold rows searched ahead of the bench)
-        assert rec is not None and set(runner.ORDER) <= set(chosen) <= set(runner.BENCH_METHODS), name
+        assert rec is not None and set(rows.BENCH) <= set(chosen) <= set(rows.ROWS), name
         assert {m["trials"] for m in rec["methods"].values()} == {rec["trials_per_method"]}, name
         assert rec["data"]["val"]["pool"] == "train" and "test" not in rec["data"], name
 
@@ -223,7 +227,7 @@ def test_tuning_measures_validation_images_only(ds, tmp_path, monkeypatch):
     """Every split the search measures (its metrics and its stopping checks) is forget, retain or
     validation: the test split never reaches a measurement."""
     seen = []
-    real_measure, real_subset = search.measure, runner._subset
+    real_measure, real_subset = search.measure, runner.subset
 
     def spy_measure(model, forget, retain, test, *a, **k):
         seen.extend([forget.source, retain.source, test.source])
@@ -235,10 +239,11 @@ def test_tuning_measures_validation_images_only(ds, tmp_path, monkeypatch):
 
     monkeypatch.setattr(search, "measure", spy_measure)
     monkeypatch.setattr(runner, "measure", spy_measure)
-    monkeypatch.setattr(runner, "_subset", spy_subset)
+    monkeypatch.setattr(runner, "subset", spy_subset)
     config = scenarios.scenario_config("random10", quick=True, train_size=300, val_size=100, test_size=100,
                                        epochs=1.0, width=4)
-    record = search.tune(config, ("neggrad", "invwnn+-reset"), trials=2, cache_dir=str(tmp_path), progress=False)
+    record = search.tune({"random10": config}, ("neggrad", "invwnn+-reset"), trials=2, cache_dir=str(tmp_path),
+                         progress=False)["random10"]
     assert set(seen) == {"forget", "retain", "val"}
     assert {m["trials"] for m in record["methods"].values()} == {2}
     assert record["data"]["val"]["n"] == 100 and "test" not in record["data"]
@@ -269,26 +274,15 @@ def test_equal_forgetting_table_is_over_reaching_seeds_only():
 
 
 def test_recorded_command_is_the_one_given():
-    for args in (["--scenario", "random10", "--no-progress"], ["--scenario", "class", "--seeds", "2", "--quick"]):
+    for args in (["--scenario", "random10", "--no-progress"], ["--scenario", "class", "--seeds", "2", "--quick"],
+                 ["--protocol", "as-run", "--phase", "bench", "--scenario", "class,random10"]):
         ctx = bench.make_context("bench", list(args))
         assert _command(ctx) == "invwnn bench " + " ".join(args)
 
 
-def test_rewinder_table_holds_each_learned_row_against_the_line_in_its_own_loop():
-    spec = importlib.util.spec_from_file_location("rewinder_table", Path(__file__).parents[1] / "scripts" / "rewinder_table.py")
-    table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(table)
-    benched = {"invwnn+", "invwnn+-runs500", "invwnn+-linear", "invwnn+-reset", table.SPACED_LINE}
-    assert search.FIXED["invwnn+-runs500"]["every"] == search.FIXED[table.SPACED_LINE]["every"] == 4
-    assert table.rivals("invwnn+-runs500", benched) == (table.SPACED_LINE, "invwnn+-reset")
-    assert table.rivals("invwnn+", benched) == ("invwnn+-linear", "invwnn+-reset")
-    # a bench without the spaced line falls back to the every-step line
-    assert table.rivals("invwnn+-runs500", benched - {table.SPACED_LINE})[0] == "invwnn+-linear"
-    # reaching Retrain's forgetting in more seeds wins before the gap counts
-    assert table.beats({"n": 3, "gap": 5.0}, {"n": 2, "gap": 1.0})
-    assert not table.beats({"n": 2, "gap": 1.0}, {"n": 3, "gap": 5.0})
-    assert table.beats({"n": 3, "gap": 1.0}, {"n": 3, "gap": 2.0}) and table.beats({"n": 1, "gap": 9.0}, None)
-    assert not table.beats(None, {"n": 0})
-    runs = [{"methods": {"a": {"equal": {"reached": True, "gap": 1.5}}}},
-            {"methods": {"a": {"equal": {"reached": False, "gap": 9.0}}}}, {"methods": {}}]
-    assert table.seed_gaps({"runs": runs}, "a") == [1.5, None, None]
+def test_panel_is_the_as_run_protocol_of_bench(tmp_path):
+    for cmd, args in ((panel, []), (bench, ["--protocol", "as-run"])):
+        r = CliRunner().invoke(cmd, args + ["--networks", "nope", "--out", str(tmp_path)])
+        assert r.exit_code == 2 and "unknown network 'nope'" in r.output, r.output
+    r = CliRunner().invoke(bench, ["--phase", "tune", "--tuned", "none", "--scenario", "random10"])
+    assert r.exit_code == 2 and "--phase tune writes records" in r.output

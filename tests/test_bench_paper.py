@@ -21,6 +21,7 @@ def test_paper_scenario_defaults_are_the_papers_setting():
     assert scenarios.scenario_config("paper", quick=True).val_size == 0
 
 
+@pytest.mark.slow  # a whole bench, about 9 s
 def test_paper_bench_runs_on_a_cifar_fixture_with_the_whole_training_set(tmp_path):
     write_cifar10(tmp_path / "cifar", per_batch=40, n_test=50)
     out = tmp_path / "out"
@@ -45,22 +46,3 @@ def test_mixed_precision_needs_a_cuda_device():
         runner.BenchConfig(device="cpu", amp=True)
     result = CliRunner().invoke(bench, ["--scenario", "paper", "--amp", "--device", "cpu", "--quick"])
     assert result.exit_code != 0 and "needs a CUDA --device" in result.output
-
-
-def test_learned_rows_take_the_given_predictor_of_their_window(tmp_path):
-    from pathlib import Path
-
-    from invwnn.unlearn.methods import REGISTRY
-    from invwnn.rewind.predictor import default_checkpoint
-
-    k15, k5 = REGISTRY["invwnn"].config.from_dict({}), REGISTRY["invwnn+"].config.from_dict({})
-    assert (k15.snapshots, k5.snapshots) == (15, 5)
-    files = (str(default_checkpoint(5)), str(default_checkpoint(15)))
-    assert runner.predictor_path("learned", k15, files) == Path(files[1])
-    assert runner.predictor_path("learned", k5, files) == Path(files[0])
-    assert runner.predictor_path("learned", k15, files[:1]) == default_checkpoint(15)  # none of K = 15 given
-    assert runner.predictor_path("linear", k15, files) is None
-    junk = tmp_path / "junk.pt"
-    junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(InputError, match="--predictor"):
-        runner.predictor_path("learned", k15, (str(junk),))

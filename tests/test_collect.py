@@ -50,6 +50,7 @@ def test_every_run_array_is_parameters_by_snapshots(reference):
         assert steps == list(range(0, 33, 2))
 
 
+@pytest.mark.slow  # a dask cluster, about 10 s
 def test_two_workers_write_the_same_store_as_one(tmp_path, reference):
     path = str(tmp_path / "two.zarr")
     result = collect(CollectConfig(store=path, workers=2, **SMALL))
@@ -79,6 +80,7 @@ def test_changed_flags_on_an_existing_store_are_refused(tmp_path):
     assert content(path) == before
 
 
+@pytest.mark.slow  # a kill drill, about 8 s
 def test_resume_after_a_kill_gives_the_uninterrupted_store(tmp_path, reference):
     path = str(tmp_path / "killed.zarr")
     cmd = collect_cmd(path, workers=0)
@@ -111,6 +113,7 @@ main()
 """
 
 
+@pytest.mark.slow  # a kill drill, about 9 s
 def test_a_kill_during_the_index_update_leaves_a_readable_index_and_resumes(tmp_path, reference):
     path = str(tmp_path / "killed-index.zarr")
     cmd = collect_cmd(path, workers=0)
@@ -130,6 +133,7 @@ def test_plan_is_deterministic_and_sized():
     assert [s.arch.family for s in plan(config)] == ["cnn", "vit", "cnn", "vit", "cnn"]
 
 
+@pytest.mark.slow  # a dask cluster and a kill drill, about 20 s
 def test_a_killed_dask_worker_is_replaced_and_its_run_redone(tmp_path, reference):
     path = str(tmp_path / "worker-killed.zarr")
     proc = subprocess.Popen(collect_cmd(path, workers=2), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -143,6 +147,7 @@ def test_a_killed_dask_worker_is_replaced_and_its_run_redone(tmp_path, reference
     assert content(path) == reference
 
 
+@pytest.mark.slow  # a collection in another process, about 6 s
 def test_readers_see_only_complete_runs_while_a_collection_writes(tmp_path):
     from trajgen.info import describe
 

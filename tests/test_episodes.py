@@ -11,7 +11,7 @@ from trajgen import data as datasets
 from trajgen import episode_spec, episodes, store
 from trajgen.nets import flat_weights, layer_table
 from invwnn.unlearn.apply import make_config, make_rewinder
-from invwnn.train.fit import split_runs
+from invwnn.train.heldout import split_runs
 from invwnn.errors import InputError
 from invwnn.rewind.predictor import ModelConfig, Predictor, save_checkpoint
 

@@ -15,9 +15,11 @@ from click.testing import CliRunner
 from trajgen.store import complete_runs, create_store, index, open_run, open_store
 from invwnn.cli.main import main
 from invwnn.train.evaluate import evaluate_checkpoint
-from invwnn.train.fit import EVALUATION_FORMAT, TrainConfig, eval_sample, split_runs, train
-from invwnn.rewind.predictor import load_predictor, read_checkpoint
-from invwnn.train.windows import WindowError, fit_horizon, linear_backextrapolation
+from invwnn.rewind import LinearRewinder
+from invwnn.train.fit import TrainConfig, train
+from invwnn.train.heldout import eval_sample, split_runs
+from invwnn.rewind.predictor import EVALUATION_FORMAT, load_predictor, read_checkpoint
+from invwnn.train.windows import WindowError, fit_horizon
 
 
 def test_train_config_round_trips_through_json():
@@ -128,7 +130,7 @@ def test_fit_horizon_is_the_exact_minimiser():
     assert fit_horizon(lines, lines[:, 0] - 1.7 * (lines[:, 1] - lines[:, 0]), 3.0) == pytest.approx(1.7, abs=1e-5)
     target = w[:, 0] - 0.5 * (w[:, 2] - w[:, 0]) + 0.005 * torch.randn(2000, generator=g)
     h = fit_horizon(w, target, 3.0)
-    mae = lambda x: float((linear_backextrapolation(w.double(), x, 0) - target.double()).abs().mean())  # noqa: E731
+    mae = lambda x: float((LinearRewinder(x).rewind(w.double()) - target.double()).abs().mean())  # noqa: E731
     assert mae(h) <= min(mae(float(x)) for x in np.linspace(0, 3, 3001)) + 1e-12
     assert fit_horizon(w, w[:, 0] + 10.0, 3.0) in (0.0, 3.0)  # clamped to [0, U]
     assert fit_horizon(torch.ones(4, 15), torch.zeros(4), 3.0) == 0.0  # flat windows: h is irrelevant

@@ -1,11 +1,15 @@
 """`invwnn train` and `invwnn inspect` as a user runs them, bad input included."""
 from __future__ import annotations
 
+import json
+
+import pytest
 import torch
 from click.testing import CliRunner
 
 from trajgen.store import create_store
 from invwnn.cli.main import main
+from invwnn.rewind import SHIPPED, shipped_path
 
 
 def run(*args):
@@ -45,3 +49,18 @@ def test_bad_input_is_one_line_exit_2_and_overwrites_nothing(small_store, tmp_pa
     assert out.read_bytes() == b"previous"
     one_line_error(run("inspect", out), "not a readable checkpoint")
     one_line_error(run("inspect", tmp_path / "missing.pt"), "no such checkpoint")
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_inspect_reads_every_shipped_checkpoint(name):
+    """Every file in invwnn/rewind/predictors/ (predictors and the meta rewinder) prints and dumps."""
+    path = shipped_path(name)
+    r = run("inspect", path)
+    assert r.exit_code == 0 and str(path) in r.output.splitlines()[0], r.output
+    assert ("invwnn-meta-rewinder" if name == "meta" else "format 1") in r.output
+    r = run("inspect", path, "--json")
+    assert r.exit_code == 0 and json.loads(r.output)["state_dict"], r.output
+
+
+def test_every_shipped_file_has_a_name():
+    assert sorted(shipped_path(n).name for n in SHIPPED) == sorted(p.name for p in shipped_path("meta").parent.glob("*.pt"))

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from invwnn.cli.main import main
+from invwnn.rewind import USER_REWINDERS
 from invwnn.unlearn.methods import REGISTRY
 from trajgen.nets import KINDS
 
@@ -17,7 +18,7 @@ not_number = st.text(string.ascii_letters + ",;", min_size=1, max_size=6)
 
 apply_bad = st.one_of(
     word.filter(lambda w: w not in REGISTRY).map(lambda w: ["--method", w]),
-    word.filter(lambda w: w not in ("learned", "linear", "none")).map(lambda w: ["--rewinder", w]),
+    word.filter(lambda w: w not in USER_REWINDERS).map(lambda w: ["--rewinder", w]),
     not_number.map(lambda s: ["--lr", s]),
     not_number.map(lambda s: ["--iterations", s]),
     not_number.map(lambda s: ["--seed", s]),

@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from invwnn.train.fit import TrainConfig, train
 from trajgen.info import describe
 from trajgen.store import complete_runs, run_names, open_store
@@ -28,6 +30,7 @@ def load_script():
     return module
 
 
+@pytest.mark.slow  # a load drill, about 11 s
 def test_info_and_train_see_only_complete_runs_while_a_collection_adds_to_a_full_store(tmp_path):
     drill = load_script()
     path = str(tmp_path / "s.zarr")

@@ -15,7 +15,7 @@ from invwnn.cli.apply import apply
 from invwnn.inputs.splits import write_folder
 
 FAST = ["--rewinder", "linear", "--iterations", "1", "--snapshots", "3", "--every", "1",
-        "--warmup", "0", "--quiet"]
+        "--quiet"]
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torchvision
 
-from invwnn.inputs.models import param_kinds
+from invwnn.inputs.archs import param_kinds
 from trajgen import nets, store
 from trajgen.spec import (ARCHS, NATIVE_ACTIVATION, TORCHVISION_ARCHS, ArchSpec, RunSpec, SpecError, draw_run,
                           make_arch)

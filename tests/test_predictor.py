@@ -11,9 +11,9 @@ import torch
 from trajgen.nets import KINDS
 from trajgen.store import complete_runs
 from invwnn.rewind import predictor as P
-from invwnn.train.fit import EVALUATION_FORMAT, eval_sample, evaluate, fit_horizons
-from invwnn.rewind.predictor import (CheckpointError, ModelConfig, Predictor, default_checkpoint, load_predictor,
-                              predict_past, read_checkpoint, rewrite_evaluation, save_checkpoint)
+from invwnn.train.heldout import eval_sample, evaluate, fit_horizons
+from invwnn.rewind.predictor import (EVALUATION_FORMAT, CheckpointError, ModelConfig, Predictor, default_checkpoint,
+                                     load_predictor, predict_past, read_checkpoint, rewrite_evaluation, save_checkpoint)
 
 
 def windows(n=300, seed=0):

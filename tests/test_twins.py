@@ -112,6 +112,7 @@ def test_twin_collection_resumes_verifies_and_flags_a_missing_counterfactual(tmp
     assert any("twin-000001" in p and "counterfactual" in p for p in problems)
 
 
+@pytest.mark.slow  # a twin collection and a predictor, about 8 s
 def test_counterfactual_windows_and_a_predictor_trained_on_them(tmp_path):
     """Windows of a twin store pair the fine-tuning window with the twin's weight of the same
     coordinate, start no later than max_start, and `invwnn train --target counterfactual` records
@@ -152,10 +153,11 @@ def test_a_context_predictor_trains_records_its_context_and_the_applier_supplies
     statistics of windows sharing a start; the checkpoint records the context; the learned rewinder
     computes it from the loop's optimizer and the coordinates' layers, and refuses to run without."""
     from invwnn.train.fit import TrainConfig, train
-    from invwnn.unlearn.methods.invwnn import load_rewinder
+    from invwnn.rewind.predictor import load_learned
     from invwnn.errors import InputError
     from invwnn.rewind.predictor import read_checkpoint
-    from invwnn.train.windows import WindowStream, layer_context, step_context
+    from invwnn.rewind.features import layer_context, step_context
+    from invwnn.train.windows import WindowStream
 
     path = str(tmp_path / "t.zarr")
     episodes.collect_episodes(episodes.EpisodeConfig(store=path, runs=4, per_parent=2, parent_steps=PARENT_STEPS,
@@ -184,8 +186,8 @@ def test_a_context_predictor_trains_records_its_context_and_the_applier_supplies
           progress=False)
     assert read_checkpoint(out)["model_config"].context == ("step", "layer")
     with pytest.raises(InputError, match="optimizer and learning rate"):
-        load_rewinder(str(out), k=3)
-    rewinder = load_rewinder(str(out), k=3, step=("adam", 1e-3))
+        load_learned(str(out))
+    rewinder = load_learned(str(out), step=("adam", 1e-3))
     windows = torch.randn(10, 3).cumsum(1)
     got = rewinder.rewind(windows, torch.zeros(10, dtype=torch.long), torch.tensor([0] * 5 + [1] * 5))
     assert got.shape == (10,) and torch.isfinite(got).all()

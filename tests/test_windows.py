@@ -1,4 +1,4 @@
-"""Windows: normalisation round trips, baselines are exact on lines, store reads equal raw histories."""
+"""Windows: normalisation round trips, the line is exact on lines, store reads equal raw histories."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,9 +7,10 @@ import torch
 
 from trajgen.nets import KINDS
 from trajgen.store import complete_runs, open_run
-from invwnn.train.windows import (WindowError, WindowStream, check_windows, cut_windows, denormalise,
-                            kind_codes, linear_backextrapolation, no_rewind, normalise,
-                            normalise_target, read_block, run_blocks)
+from invwnn.rewind import LinearRewinder
+from invwnn.rewind.features import denormalise, normalise, normalise_target
+from invwnn.train.windows import (WindowError, WindowStream, check_windows, cut_windows, kind_codes, no_rewind,
+                                  read_block, run_blocks)
 from trajgen.store import open_store
 
 
@@ -41,11 +42,11 @@ def test_flat_window_is_finite_and_residual_is_clipped():
     assert r.abs().max() == 8.0
 
 
-@pytest.mark.parametrize("m", [2, 3, 5, 0])
-def test_linear_backextrapolation_is_exact_on_lines(m):
-    t = torch.arange(15, dtype=torch.float32)
+@pytest.mark.parametrize("k", [2, 3, 5, 15])
+def test_the_line_is_exact_on_lines(k):
+    t = torch.arange(k, dtype=torch.float32)
     w = torch.stack([0.3 + 0.01 * t, -2.0 - 0.5 * t])
-    pred = linear_backextrapolation(w, u=3, m=m)
+    pred = LinearRewinder(3).rewind(w)
     assert torch.allclose(pred, torch.tensor([0.3 - 0.03, -2.0 + 1.5]), atol=1e-5)
     assert torch.equal(no_rewind(w), w[:, 0])
 

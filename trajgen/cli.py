@@ -28,7 +28,7 @@ def main() -> None:
 
 @main.command()
 @click.option("--store", default="data/traj.zarr", show_default=True,
-              help="Store to create or resume: a path or file:// URL every worker can reach.")
+              help="Store to create or resume: a path, file:// or s3:// URL every worker can reach.")
 @click.option("--archs", default=",".join(ARCHS), show_default=True, help=f"Comma list of {', '.join(ALL_ARCHS)}.")
 @click.option("--optimizers", default=",".join(OPTIMIZERS), show_default=True, help="Comma list to draw from.")
 @click.option("--runs", default=500, show_default=True, type=click.IntRange(min=1), help="Runs in the collection.")
@@ -72,7 +72,7 @@ def _episode_options(default_store: str, default_runs: int, per_parent: bool = T
     """The options ``episodes``, ``twins`` and ``counterfactuals`` share."""
     options = [
         click.option("--store", default=default_store, show_default=True,
-                     help="Store to create or resume: a path or file:// URL every worker can reach."),
+                     help="Store to create or resume: a path, file:// or s3:// URL every worker can reach."),
         click.option("--runs", default=default_runs, show_default=True, type=click.IntRange(min=1),
                      help="Episodes in the collection."),
         click.option("--seed", default=0, show_default=True, type=int,
@@ -99,8 +99,7 @@ def _episode_options(default_store: str, default_runs: int, per_parent: bool = T
 
 
 def _collect_episodes(twins: bool, quiet: bool, counterfactuals: bool = False, **flags) -> None:
-    # episodes are written through a local path (a path or a file:// URL) whatever --workers says
-    flags["store"] = str(shared_location(flags["store"], in_process="").path)
+    shared_location(flags["store"], in_process="")  # written by dask workers whatever --workers says
     config = episoding.EpisodeConfig(**flags, twins=twins, counterfactuals=counterfactuals, progress=not quiet)
     result = episoding.collect_episodes(config)
     what = "triples" if counterfactuals else "twins" if twins else "episodes"

@@ -124,6 +124,19 @@ def _resume_state(root, specs: list[RunSpec]) -> tuple[list[RunSpec], dict[str, 
     return todo, unindexed, stale
 
 
+def _orphans(dask_worker) -> int:
+    """Collection tasks running on ``dask_worker`` (run there by ``client.run``)."""
+    return sum(str(ts.key).startswith("trajgen-") for ts in dask_worker.state.executing)
+
+
+def _wait_for_orphans(client, poll: float = 0.5) -> None:
+    """Wait until no worker still runs a task of a previous client that was killed: dask forgets
+    its tasks but cannot stop a running one, which would write the run group our own task for
+    that run writes (a run is written by one task at a time)."""
+    while any(client.run(_orphans).values()):
+        time.sleep(poll)
+
+
 @contextlib.contextmanager
 def _client(config: CollectConfig):
     """A dask client on ``config.scheduler``, or on a local cluster that is shut down on exit."""
@@ -131,6 +144,7 @@ def _client(config: CollectConfig):
 
     if config.scheduler:
         with Client(config.scheduler) as client:
+            _wait_for_orphans(client)
             yield client
         return
     with LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True,
@@ -147,9 +161,8 @@ def collect(config: CollectConfig) -> dict[str, Any]:
         loc = store.shared_location(loc)
     specs = plan(config)
     data = datasets.load(config.dataset, config.data_root, config.download)  # a missing dataset fails before any write
-    # the workers get the local path; with a scheduler possibly on other machines, an absolute one
-    path = str(loc.path.resolve()) if config.scheduler else loc.target
-    root = store.create_store(path)
+    root = store.create_store(loc)  # an unreachable or missing object store fails here, writing nothing
+    path = loc.for_workers
     todo, unindexed, stale = _resume_state(root, specs)
     if stale:
         store.drop_from_index(root, stale)

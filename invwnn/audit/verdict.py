@@ -26,12 +26,11 @@ from tqdm.auto import tqdm
 
 from invwnn import files
 from invwnn.audit import metrics
-from invwnn.inputs import models
+from invwnn.audit.rmia import REFERENCE_SEED_STEP, Attack
+from invwnn.errors import InputError
+from invwnn.inputs.models import LoadedModel
 from invwnn.unlearn.apply import Inputs, load_inputs
 from invwnn.unlearn.methods import REGISTRY, Context, Data
-from invwnn.inputs.models import LoadedModel
-from invwnn.errors import InputError
-from invwnn.audit.rmia import REFERENCE_SEED_STEP, Attack
 
 MISMATCH = 10.0  # points of retain accuracy between model and references that draw a warning
 
@@ -127,9 +126,8 @@ def audit(inputs: Inputs, config: AuditConfig = AuditConfig(), *, report_path: s
         warnings.append(f"the references reach {mean_ra:.1f}% retain accuracy, the model {own['RA']:.1f}%: "
                         "they were trained much less or more than the model, a poor yardstick; give the "
                         "model's recipe with --epochs, --lr and --batch-size")
-    for text in warnings:
-        if warn is not None:
-            warn(text)
+    for text in warnings if warn is not None else ():
+        warn(text)
     report = {"model": str(inputs.model), "verdict": verdict(figures, attack.retrain, len(data.forget),
                                                              len(attack.heldout)),
               "figures": figures, "reference": attack.retrain, "accuracy": own, "references": ref_acc,
@@ -190,6 +188,3 @@ def format_audit(report: dict) -> str:
         f"test accuracy       {a['TA']:6.1f}   {mean('TA'):6.1f}",
         f"JS to the reference: forget {f['JS_forget']:.3f}, test {f['JS_test']:.3f} bits",
         report["verdict"], f"report {report['report']}, score histograms {report['plot']}"])
-
-
-__all__ = ["AuditConfig", "audit", "format_audit", "recipe", "train_references", "verdict", "standard_error"]

@@ -29,27 +29,21 @@ import torch
 
 from invwnn.audit import metrics
 from invwnn.unlearn.apply import DEFAULT_MAX_DROP, apply
-from invwnn.bench import prepare, scenarios, search
+from invwnn.bench import prepare, rows, scenarios, search
 from invwnn.bench.measure import gaps, measure
-from invwnn.bench.runner import BENCH_METHODS, ORDER, make_rewinder
+from invwnn.bench.pool import append_log, read_log
 from invwnn.inputs.splits import Split
-from invwnn.unlearn.methods import REGISTRY, Context, Data, invwnn_plus
-from invwnn.inputs.models import LoadedModel, Preprocess
+from invwnn.unlearn.methods import Context, Data, invwnn_plus
+from invwnn.inputs.models import LoadedModel
+from invwnn.inputs.preprocess import Preprocess
 from invwnn.errors import InputError
-from invwnn.files import atomic_write
 from trajgen import nets
 from trajgen.spec import make_arch
 
 PANEL_VERSION = 1  # bump when a unit's result would change for reasons its key does not hold
 SCENARIOS = ("class", "random10", "label-noise")
 SETTINGS = ("defaults", "tuned")
-# Beside every registered method but retrain (the reference), the rewinder rows issue 24 judges on
-# the panel: the meta-trained rewinder and the line, with retain data (invwnn+) and without (invwnn;
-# the line also in the meta rewinder's window of 5 snapshots, runner.BENCH_METHODS), and invwnn+ as it
-# runs on forget data only (its repair on the forget images' neighbours).
-REWINDER_ROWS = ("invwnn+-linear", "invwnn+-meta", "invwnn-linear", "invwnn-meta", "invwnn-linear-k5",
-                 "invwnn+-neighbours")
-METHODS = (*(name for name in ORDER if name in REGISTRY), *REWINDER_ROWS)
+METHODS = rows.PANEL
 DATASET = "fashion-mnist-rgb"
 UNITS_FILE = "units.jsonl"
 # what the method rows' "code" fingerprint covers: the methods and the guard, what the panel tests
@@ -167,14 +161,15 @@ def _key(*parts: Any) -> str:
 
 # Settings added after rows were written, at their defaults, which leave those rows' results as they
 # were (invwnn+ given retain data repairs on it whatever the neighbour settings): left out of the keys.
-LATER_SETTINGS = {k: getattr(invwnn_plus.Config(), k) for k in ("repair_on", "neighbour_copies", "neighbour_shift")}
+LATER_SETTINGS = {k: getattr(invwnn_plus.Config(), k) for k in ("repair_on", "neighbour_copies", "neighbour_shift",
+                                                                "rewinder", "predictor")}
 
 
 def _resolved(method: str, overrides: dict) -> dict | str:
     """The config ``method`` runs with (field -> value; :data:`LATER_SETTINGS` at those values left
     out), or why the overrides do not fit it."""
     try:
-        config = REGISTRY[BENCH_METHODS[method][0]].config.from_dict(overrides).to_dict()
+        config = rows.config(method, overrides).to_dict()
     except InputError as err:
         return f"error: {err}"
     return {k: v for k, v in config.items() if k not in LATER_SETTINGS or LATER_SETTINGS[k] != v}
@@ -195,7 +190,7 @@ def plan(config: PanelConfig) -> list[Unit]:
                 for method in config.methods:
                     by_key: dict[str, Unit] = {}
                     for setting in config.settings:
-                        overrides = {**search.FIXED.get(method, {}),
+                        overrides = {**rows.ROWS[method].fixed,
                                      **(tuned.get(method, {}) if setting == "tuned" else {})}
                         key = _key(scfg.to_dict(), seed, method, _resolved(method, overrides), config.max_drop,
                                    config.device, prepare.CACHE_VERSION, *refs)
@@ -208,19 +203,7 @@ def plan(config: PanelConfig) -> list[Unit]:
 
 def read_units(out: str | Path) -> dict[str, dict]:
     """Key -> row of every unit in ``<out>/units.jsonl`` (the last row of a key wins)."""
-    path = Path(out) / UNITS_FILE
-    if not path.is_file():
-        return {}
-    rows = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
-    return {row["key"]: row for row in rows}
-
-
-def _append(out: Path, row: dict) -> None:
-    """Add ``row`` to ``units.jsonl``, rewriting the file atomically: a reader (or a crash) sees
-    every earlier line intact."""
-    path = out / UNITS_FILE
-    old = path.read_text() if path.is_file() else ""
-    atomic_write(path, lambda tmp: Path(tmp).write_text(old + json.dumps(row) + "\n"))
+    return read_log(Path(out) / UNITS_FILE)
 
 
 def code_fingerprint() -> str:
@@ -280,9 +263,9 @@ def method_row(unit: Unit, prep: prepare.Prepared, ref: dict, config: PanelConfi
     scn, device = prep.scenario, config.device
     loaded = loaded_model(prep)
     try:
-        name, kind = BENCH_METHODS[unit.method]
-        method_config = REGISTRY[name].config.from_dict(unit.overrides)
-        rewinder = make_rewinder(kind, method_config, device)[0] if kind else None
+        name = rows.ROWS[unit.method].method
+        method_config = rows.config(unit.method, unit.overrides)
+        rewinder = rows.make_rewinder(unit.method, method_config, device)[0]
         ctx = Context(device=device, seed=unit.seed, rewinder=rewinder, rebuild=loaded.rebuild)
         torch.manual_seed(unit.seed)
         t0 = time.perf_counter()
@@ -326,7 +309,7 @@ def run_panel(config: PanelConfig, out: str | Path, progress: bool = False,
                 row = {"key": unit.key, "network": unit.net.family, "scenario": unit.scenario.name,
                        "seed": unit.seed, "method": unit.method, "settings": list(unit.settings),
                        "overrides": unit.overrides, "code": code, **body}
-                _append(out, row)
+                append_log(out / UNITS_FILE, row)
                 done[unit.key] = row
                 log(_describe(row))
             if unit.method is None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from invwnn.bench import panel
-from invwnn.bench.report import mean_std, save_fig, versions
+from invwnn.bench.report import mean_std, save_fig, ta_recovered, versions
 from invwnn.files import atomic_write
 
 HEADING = "## Architecture panel"
@@ -24,11 +24,11 @@ _TUNED = ("at the bench's tuned values (`invwnn/bench/tuned/<scenario>.json`, ch
 SETTINGS_TEXT = {("defaults",): "at its library defaults (nothing tuned)", ("tuned",): _TUNED,
                  ("defaults", "tuned"): f"at its library defaults and {_TUNED}",
                  ("tuned", "defaults"): f"at its library defaults and {_TUNED}"}
-METRICS = ("RA", "UA", "TA", "MIA", "gap", "time_ratio", "backoffs", "acc:other_classes", "TA_gain", "gap5",
+METRICS = ("RA", "UA", "TA", "MIA", "gap", "time_ratio", "backoffs", "acc:other_classes", "TA_recovered", "gap5",
            "RMIA_AUC", "RMIA_TPR1", "RMIA_tail", "JS_forget")
 PRIVACY = (("gap5", "gap5", 2), ("RMIA_AUC", "RMIA AUC", 1), ("RMIA_tail", "tail", 1))  # with --references
 # scenario -> its extra column: (row metric, header)
-EXTRA = {"class": ("acc:other_classes", "TA other classes"), "label-noise": ("TA_gain", "TA - Original's")}
+EXTRA = {"class": ("acc:other_classes", "TA other classes"), "label-noise": ("TA_recovered", "TA_recovered")}
 
 
 def _values(rows: list[dict]) -> list[dict]:
@@ -36,7 +36,7 @@ def _values(rows: list[dict]) -> list[dict]:
     as a count)."""
     out = []
     for r in rows:
-        v = {**{k: r[k] for k in METRICS if k in r}, "TA_gain": r["TA"] - r["original_TA"]}
+        v = {**{k: r[k] for k in METRICS if k in r}, "TA_recovered": ta_recovered(r, r["original_TA"])}
         if "backoffs" in r:
             v["backoffs"] = len(r["backoffs"])
         out.append(v)
@@ -134,7 +134,8 @@ def markdown(config: panel.PanelConfig, blocks: list[dict], rows: dict[str, dict
            "mean |metric - Retrain's| over the four; time / Retrain = the method's seconds (guard checks "
            "excluded) over Retrain's training seconds; backoffs = the guard's, per run; stop = how the runs "
            "ended (budget, target, guard, non-finite), with the runs whose result is the original itself. "
-           "`tuned (= defaults)`: the tuned values are the defaults, one run serves both rows."
+           "`tuned (= defaults)`: the tuned values are the defaults, one run serves both rows. "
+           "TA_recovered = TA - Original's TA."
            + (f" With {config.references} reference models (`--references`): gap5 = ReGUn's five-term gap (RA, TA, "
               "forget accuracy, offline RMIA accuracy and AUC), RMIA AUC of forget vs held-out images, tail = "
               "forget images scored above Retrain's 95th percentile (invwnn.audit.rmia)." if config.references else ""),

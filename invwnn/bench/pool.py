@@ -1,4 +1,5 @@
-"""Run independent bench units (one method on one seed, one tuning trial) in worker processes.
+"""Run independent bench units (one row on one seed, one row's search) in worker processes, and
+keep the one resumable log of finished units every bench command uses.
 
 Units are picklable argument tuples for a module-level function; results come back in the units'
 order, whatever order they finish in. ``jobs=1`` runs in this process (what tests use). Workers
@@ -7,10 +8,13 @@ N single-threaded units beat one N-threaded unit for models this small.
 """
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import sys
 import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
 from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
@@ -57,3 +61,49 @@ def map_units(fn: Callable, units: Sequence[tuple], jobs: int = 1, desc: str = "
             bar.update(1)
     bar.close()
     return results
+
+
+def read_log(path: str | Path) -> dict[str, dict]:
+    """Key -> row of every finished unit in the JSONL log ``path`` (the last row of a key wins; a line
+    cut by a kill is skipped). Rows are dicts with a ``key``; the older fair_bench state files'
+    ``{"key", "result"}`` lines read as their result."""
+    out: dict[str, dict] = {}
+    path = Path(path)
+    for line in path.read_text().splitlines() if path.is_file() else ():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        out[row["key"]] = row["result"] if set(row) == {"key", "result"} else row
+    return out
+
+
+def append_log(path: str | Path, row: dict) -> None:
+    """Append ``row`` (a dict with a ``key``) as one line: a reader or a crash sees every earlier line."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cut = False
+    if path.is_file() and path.stat().st_size:
+        with path.open("rb") as f:
+            f.seek(-1, 2)
+            cut = f.read(1) != b"\n"
+    with path.open("a") as f:
+        f.write(("\n" if cut else "") + json.dumps(row, default=str) + "\n")  # a line cut by a kill stays apart
+        f.flush()
+
+
+def run_logged(fn: Callable, keyed: Sequence[tuple[str, tuple]], log: str | Path, jobs: int = 1, desc: str = "",
+               progress: bool = True) -> dict[str, dict]:
+    """Run ``fn`` on the units of ``keyed`` ((key, unit) pairs) whose key is not yet in ``log``, over
+    ``jobs`` processes, appending ``{"key": key, **fn(unit)}`` as each finishes; returns key -> row
+    of every unit of ``keyed``. A killed run resumes where it stopped."""
+    done = read_log(log)
+    todo = [(k, u) for k, u in keyed if k not in done]
+    if progress:
+        print(f"{desc}: {len(keyed) - len(todo)} done, {len(todo)} to run", file=sys.stderr, flush=True)
+
+    def save(i: int, result: dict) -> None:
+        done[todo[i][0]] = {"key": todo[i][0], **result}
+        append_log(log, done[todo[i][0]])
+    map_units(fn, [u for _, u in todo], jobs, desc, progress, on_result=save)
+    return {k: done[k] for k, _ in keyed}

@@ -27,7 +27,7 @@ from invwnn.bench import scenarios
 from invwnn.bench.pool import map_units
 from invwnn.unlearn.methods import REGISTRY, Context, Data
 from invwnn.unlearn.methods.loop import Sampler, make_optimizer, run_steps
-from invwnn.inputs.models import Normalized, Preprocess
+from invwnn.inputs.preprocess import Normalized, Preprocess
 from invwnn.errors import InputError
 from invwnn.files import atomic_write
 from trajgen import data as datasets

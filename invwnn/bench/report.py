@@ -21,12 +21,17 @@ PRIVACY = {"gap5": "gap5", "RMIA_AUC": "RMIA AUC", "RMIA_TPR1": "TPR@1%FPR", "RM
 PROTOCOLS = {"equal": "stopped at Retrain's UA", "budget": "default budget"}
 
 
+def ta_recovered(m: dict, original_ta: float) -> float:
+    """Test accuracy recovered: TA - the Original's TA (points; label noise and overfit)."""
+    return m["TA"] - original_ta
+
+
 def _extras(scenario: str, m: dict, original: dict) -> dict:
     """Scenario-specific figures of one result: test accuracy recovered (label noise, overfit)
     and attack success rate (backdoor), in percent."""
     out = {}
     if scenario in ("label-noise", "overfit"):
-        out["TA_recovered"] = m["TA"] - original["TA"]
+        out["TA_recovered"] = ta_recovered(m, original["TA"])
     if "acc:triggered_test" in m:
         out["ASR"] = m["acc:triggered_test"]
     return out

@@ -2,7 +2,7 @@
 
 Every bench method (each rewinder ablation and control on its own) gets ``trials`` configurations
 from one Optuna study (:func:`search_method`): the method's library defaults first (an enqueued
-trial), then Optuna's TPE sampler over its search space below (log-uniform learning rates, uniform
+trial), then Optuna's TPE sampler over its row's search space (:mod:`invwnn.bench.rows`) (log-uniform learning rates, uniform
 reals, choices), each trial's sampler seeded from ``(seed, method, trial index)``. Each
 configuration runs once on a tuning seed that no reported result uses, on
 :meth:`Scenario.for_tuning` (TA and MIA measured on the validation split, never on test images),
@@ -45,10 +45,11 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from invwnn.bench import prepare as prep_mod
+from invwnn.bench import rows as bench_rows
 from invwnn.bench import runner, scenarios
+from invwnn.bench.rows import Param, defaults
 from invwnn.bench.measure import gap, measure
-from invwnn.bench.pool import map_units
-from invwnn.unlearn.methods import REGISTRY
+from invwnn.bench.pool import map_units, run_logged
 from invwnn.errors import InputError
 from invwnn.files import atomic_write, versions
 
@@ -56,63 +57,7 @@ TRIALS = 16  # configurations per method, the same for every method, ablation an
 TUNING_SEED = 100  # reported seeds are 0, 1, 2, ...
 TUNED_DIR = Path(__file__).with_name("tuned")
 
-Param = tuple  # ("log", lo, hi) | ("uniform", lo, hi) | ("choice", [values])
-
-_INVWNN = {"lr": ("log", 1e-5, 1e-3), "iterations": ("choice", [3, 5, 10, 20]), "every": ("choice", [1, 2])}
-_INVWNN_PLUS = {"lr": ("log", 3e-4, 5e-3), "iterations": ("choice", [6, 12, 24]),
-                "repair_steps": ("choice", [2, 4, 8, 16]), "repair_lr": ("log", 3e-4, 3e-3),
-                "batch_size": ("choice", [64, 128])}
-# The rewind's length in snapshot intervals: the linear line's horizon, and the learned rewinder's
-# stretch (horizon / its trained U), so invwnn+'s learned and linear rows get the same one knob.
-_HORIZON = {"horizon": ("uniform", 0.5, 4.0)}
-
-SPACES: dict[str, dict[str, Param]] = {
-    "invwnn+": {**_INVWNN_PLUS, **_HORIZON}, "invwnn+-linear": {**_INVWNN_PLUS, **_HORIZON},
-    "invwnn+-reset": _INVWNN_PLUS, "invwnn+-none": _INVWNN_PLUS,
-    **{f"invwnn+-{kind}": {**_INVWNN_PLUS, **_HORIZON} for kind in (*runner.PREDICTOR_FILES, *runner.META_FILES)},
-    "invwnn+-linear-every4": {**_INVWNN_PLUS, **_HORIZON},
-    "invwnn+-linear-spacing": {**_INVWNN_PLUS, **_HORIZON, "every": ("choice", [1, 2, 4])},
-    "invwnn": _INVWNN, "invwnn-linear": {**_INVWNN, **_HORIZON}, "invwnn-meta": {**_INVWNN, **_HORIZON},
-    "invwnn-linear-k5": {**_INVWNN, **_HORIZON}, "invwnn-reset": _INVWNN, "invwnn-none": _INVWNN,
-    "finetune": {"lr": ("log", 1e-3, 1e-1), "epochs": ("choice", [2.0, 5.0, 10.0])},
-    "neggrad": {"lr": ("log", 1e-4, 1e-2), "epochs": ("choice", [1.0, 2.0, 5.0])},
-    "neggrad+": {"lr": ("log", 1e-3, 3e-2), "alpha": ("uniform", 0.8, 0.99), "epochs": ("choice", [2.0, 5.0, 10.0])},
-    "random-label": {"lr": ("log", 1e-3, 3e-2), "epochs": ("choice", [1.0, 2.0, 5.0])},
-    "salun": {"lr": ("log", 3e-4, 1e-2), "sparsity": ("uniform", 0.3, 0.9), "epochs": ("choice", [2.0, 5.0, 10.0])},
-    "boundary-shrink": {"lr": ("log", 1e-6, 1e-3), "epsilon": ("uniform", 0.03, 0.3),
-                        "epochs": ("choice", [2.0, 5.0, 10.0])},
-    "task-vector": {"alpha": ("uniform", 0.2, 3.0), "lr": ("log", 1e-3, 3e-2), "epochs": ("choice", [2.0, 5.0, 10.0])},
-    "scrub": {"lr": ("log", 1e-4, 2e-3), "msteps": ("choice", [1, 2, 3]), "epochs": ("choice", [2.0, 3.0, 5.0])},
-    "fisher": {"alpha": ("log", 1e-8, 1e-5)},
-    "unsir": {"impair_lr": ("log", 3e-3, 5e-2), "repair_lr": ("log", 3e-3, 3e-2), "noise_steps": ("choice", [20, 40])},
-    "mnemonic": {"l1": ("log", 1e-4, 1e-2), "l2": ("log", 1.0, 100.0)},
-    # The 2026 yardstick's methods (issue 23)
-    "ssd": {"alpha": ("log", 1.0, 100.0), "dampening": ("log", 0.1, 10.0)},
-    "l1-sparse": {"lr": ("log", 1e-3, 1e-1), "l1": ("log", 1e-5, 1e-3), "epochs": ("choice", [2.0, 5.0, 10.0])},
-    "amun": {"lr": ("log", 1e-3, 3e-2), "epochs": ("choice", [1.0, 2.0, 5.0, 10.0])},
-    "regun": {"lr": ("log", 1e-3, 3e-2), "retain_weight": ("uniform", 0.3, 0.95),
-              "epochs": ("choice", [2.0, 5.0, 10.0])},
-}
-assert set(runner.ORDER) <= set(SPACES), "every bench method has a search space"
-# Settings a row holds fixed in every trial, the defaults' trial included: the 500-run predictor was
-# trained on snapshots 4 steps apart, and the loop refuses a predictor of another spacing; its control
-# is the line in the same loop.
-# The meta-trained rewinder's window is K = 5; the forget-only loop records 15 by default.
-FIXED: dict[str, dict[str, Any]] = {"invwnn+-runs500": {"every": 4}, "invwnn+-linear-every4": {"every": 4},
-                                    "invwnn-meta": {"snapshots": 5}, "invwnn-linear-k5": {"snapshots": 5},
-                                    "invwnn+-neighbours": {"repair_on": "neighbours"}}
-
-
 UNREACHED = 1000.0  # added to the gap of a trial that never reached Retrain's UA (gaps are under 100 points)
-
-
-def defaults(name: str) -> dict:
-    """Bench method ``name``'s library defaults of its searched settings, written out (so a record
-    stays true if a default changes later), with the row's :data:`FIXED` settings."""
-    if name not in SPACES:
-        raise InputError(f"no search space for {name!r}")
-    config = REGISTRY[runner.BENCH_METHODS[name][0]].config()
-    return {**{k: getattr(config, k) for k in SPACES[name]}, **FIXED.get(name, {})}
 
 
 def _fits(param: Param, value: Any) -> bool:
@@ -170,9 +115,8 @@ def study_name(config: scenarios.ScenarioConfig, name: str, seed: int) -> str:
     """One study per scenario, method and tuning seed; its digest covers the scenario's settings
     (not where its data lies), the method's space, its defaults and the predictor file it reads (if
     any), so a changed search never resumes an old study."""
-    registry_name, kind = runner.BENCH_METHODS[name]
-    path = runner.predictor_path(kind, REGISTRY[registry_name].config.from_dict(FIXED.get(name, {}))) if kind else None
-    what = [{k: v for k, v in config.to_dict().items() if k != "data_root"}, SPACES[name], defaults(name),
+    path = bench_rows.predictor_file(name, bench_rows.config(name))
+    what = [{k: v for k, v in config.to_dict().items() if k != "data_root"}, bench_rows.ROWS[name].space, defaults(name),
             hashlib.sha256(path.read_bytes()).hexdigest() if path else None]
     digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{config.name}/{name}/seed{seed}/{digest}"
@@ -191,7 +135,7 @@ def search_method(name: str, trials: int, seed: int, objective: Callable[[dict],
     """Run (or resume) bench method ``name``'s study until it holds ``trials`` finished trials;
     returns their rows in order (``objective(overrides)``'s row, with ``trial``, its Optuna number).
 
-    ``objective`` maps a configuration (config field overrides, :data:`FIXED` settings included) to
+    ``objective`` maps a configuration (config field overrides, the row's fixed settings included) to
     a row: ``reached``, ``gap`` and ``seconds``, or ``error``. Trial 0 is the library defaults
     (:func:`defaults`); the others are TPE's, each drawn by a sampler seeded with
     :func:`trial_seed`. ``storage``: an Optuna storage, a journal file, or None (in memory);
@@ -199,10 +143,8 @@ def search_method(name: str, trials: int, seed: int, objective: Callable[[dict],
     finished trials are reused; a trial killed mid-run is marked failed and its configuration run
     again. One process at a time per study."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if name not in SPACES:
-        raise InputError(f"no search space for {name!r}")
-    fixed = FIXED.get(name, {})
-    space = {k: p for k, p in SPACES[name].items() if k not in fixed}
+    fixed = bench_rows.ROWS[name].fixed
+    space = {k: p for k, p in bench_rows.ROWS[name].space.items() if k not in fixed}
     base = defaults(name)
     st = optuna.create_study(study_name=study or name, storage=_storage(storage), direction="minimize",
                              sampler=optuna.samplers.TPESampler(seed=trial_seed(seed, name, 0)), load_if_exists=True)
@@ -273,18 +215,18 @@ def _reference(config: scenarios.ScenarioConfig, seed: int, cache_dir: str) -> d
     return _REFERENCES[key]
 
 
-def _study(args: tuple) -> list[dict]:
-    """One method's whole search (pool worker): :func:`search_method` with :func:`_trial` as the
-    objective; rows carry the method's name."""
+def study_unit(args: tuple) -> dict:
+    """One row's whole search (pool worker): :func:`search_method` with :func:`_trial` as the
+    objective; ``{"rows": trial rows}``, each carrying the row's name."""
     config, cache_dir, device, seed, name, trials, storage = args
     rows = search_method(name, trials, seed, lambda o: _trial((config, cache_dir, device, seed, name, o)),
                          storage, study_name(config, name, seed))
-    return [{**r, "method": name} for r in rows]
+    return {"rows": [{**r, "method": name} for r in rows]}
 
 
 def trial_units(config: scenarios.ScenarioConfig, methods: tuple[str, ...], trials: int, seed: int,
                 cache_dir: str, device: str, storage: str | Path | None = None) -> list[tuple]:
-    """The pool units of a search (for :func:`_study`): one per method, its trials in sequence in
+    """The pool units of a search (for :func:`study_unit`): one per method, its trials in sequence in
     one worker (TPE draws each trial from the ones before); ``storage``: the journal file."""
     return [(config, cache_dir, device, seed, name, trials, None if storage is None else str(storage))
             for name in methods]
@@ -292,7 +234,7 @@ def trial_units(config: scenarios.ScenarioConfig, methods: tuple[str, ...], tria
 
 def make_record(config: scenarios.ScenarioConfig, methods: tuple[str, ...], trials: int, seed: int,
                 rows: list[dict], cache_dir: str, storage: str | Path | None = None) -> dict:
-    """The search record from every trial's row (:func:`_study`), with each method's choice;
+    """The search record from every trial's row (:func:`study_unit`), with each method's choice;
     ``storage``: the journal the studies are in (the record keeps its file name only: it lies beside
     the record) and each method's ``study``, its study's name there."""
     prep = prep_mod.prepare_cached(config, seed, cache_dir, tuning=True)
@@ -300,7 +242,7 @@ def make_record(config: scenarios.ScenarioConfig, methods: tuple[str, ...], tria
               "sampler": sampler_text(seed), "storage": None if storage is None else Path(storage).name,
               "objective": "on the validation split: reached Retrain's UA first, then smallest gap, then time",
               "data": prep.scenario.fingerprint(), "retrain_seconds": prep.meta["retrain"]["seconds"],
-              "spaces": {n: SPACES[n] for n in methods}, "methods": {},
+              "spaces": {n: bench_rows.ROWS[n].space for n in methods}, "methods": {},
               "versions": versions(), "date": time.strftime("%Y-%m-%d")}
     for name in methods:
         mine = [r for r in rows if r["method"] == name]
@@ -314,24 +256,36 @@ def make_record(config: scenarios.ScenarioConfig, methods: tuple[str, ...], tria
     return record
 
 
-def tune(config: scenarios.ScenarioConfig, methods: tuple[str, ...] = runner.ORDER, trials: int = TRIALS,
-         seed: int = TUNING_SEED, cache_dir: str = "data/bench-cache", device: str = "cpu", jobs: int = 1,
-         progress: bool = True, log: Callable[[str], None] = lambda s: None,
-         storage: str | Path | None = None) -> dict:
-    """Search every method of ``methods`` on ``config``'s tuning seed; returns the record.
-    ``storage``: the Optuna journal file the studies go to (and resume from) [in memory]; methods
-    run in ``jobs`` processes, each method's trials in sequence."""
+def tune(configs: dict[str, scenarios.ScenarioConfig], methods: tuple[str, ...] = bench_rows.BENCH,
+         trials: int = TRIALS, seed: int = TUNING_SEED, cache_dir: str = "data/bench-cache", device: str = "cpu",
+         jobs: int = 1, progress: bool = True, log: Callable[[str], None] = lambda s: None,
+         journals: dict[str, Path] | None = None, state: str | Path | None = None) -> dict[str, dict]:
+    """Search every row of ``methods`` on each scenario of ``configs`` (name -> config) on its tuning
+    seed, one pool of ``jobs`` processes for all (each row's trials in sequence); returns name -> its
+    record. ``journals``: name -> the Optuna journal its studies go to and resume from [in memory];
+    ``state``: the log finished studies are appended to (a killed run resumes)."""
     t0 = time.time()
-    prep_mod.prepare_all(config, (seed,), cache_dir, device, jobs=1, progress=progress)
-    units = trial_units(config, methods, trials, seed, cache_dir, device, storage)
-    rows = [r for rs in map_units(_study, units, jobs, f"tune {config.name} (methods)", progress) for r in rs]
-    record = make_record(config, methods, trials, seed, rows, cache_dir, storage)
-    for name, m in record["methods"].items():
-        best = m["rows"][m["chosen_trial"]] if m["chosen_trial"] is not None else None
-        log(f"{name}: " + (f"chose {best['overrides']} (gap {best['gap']:.2f}, reached {best['reached']})"
-                           if best else "every trial failed"))
-    record["wall_seconds"] = time.time() - t0
-    return record
+    keyed = []
+    for name, config in configs.items():
+        prep_mod.prepare_all(config, (seed,), cache_dir, device, jobs=1, progress=progress)
+        journal = (journals or {}).get(name)
+        keyed += [(f"{name}/{study_name(config, u[4], seed)}/{trials}", u)
+                  for u in trial_units(config, methods, trials, seed, cache_dir, device, journal)]
+    if state is None:
+        done = dict(zip((k for k, _ in keyed), map_units(study_unit, [u for _, u in keyed], jobs, "tune", progress)))
+    else:
+        done = run_logged(study_unit, keyed, state, jobs, "tune", progress)
+    records = {}
+    for name, config in configs.items():
+        mine = [r for k, _ in keyed if k.startswith(f"{name}/") for r in done[k]["rows"]]
+        record = make_record(config, methods, trials, seed, mine, cache_dir, (journals or {}).get(name))
+        for row, m in record["methods"].items():
+            best = m["rows"][m["chosen_trial"]] if m["chosen_trial"] is not None else None
+            log(f"{name} {row}: " + (f"chose {best['overrides']} (gap {best['gap']:.2f}, reached {best['reached']})"
+                                     if best else "every trial failed"))
+        record["wall_seconds"] = time.time() - t0
+        records[name] = record
+    return records
 
 
 def merge(old: dict, new: dict) -> dict:
@@ -348,8 +302,12 @@ def merge(old: dict, new: dict) -> dict:
     return out
 
 
-def write(record: dict, path: str | Path) -> Path:
+def write(record: dict, path: str | Path, merge_into_old: bool = False) -> Path:
+    """Write ``record`` to ``path``; with ``merge_into_old`` a record already there keeps its other
+    rows, this search's merged in (:func:`merge`)."""
     path = Path(path)
+    if merge_into_old and path.is_file():
+        record = merge(json.loads(path.read_text()), record)
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))
     return path
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from invwnn.unlearn.apply import DEFAULT_MAX_DROP, REWINDERS, Inputs, format_report, unlearn
+from invwnn.unlearn.apply import DEFAULT_MAX_DROP, Inputs, format_report, unlearn
 from invwnn.unlearn.methods import REGISTRY
 from invwnn.errors import InputError
 from invwnn.inputs.prepare import PrepareConfig, prepare as prepare_original
@@ -37,7 +37,9 @@ def method_flags() -> dict[str, dict]:
     for name, method in REGISTRY.items():
         hints = typing.get_type_hints(method.config)
         for f in dataclasses.fields(method.config):
-            entry = flags.setdefault(f.name, {"type": _base_type(hints[f.name]), "help": [], "defaults": {}})
+            choices = f.metadata.get("choices")
+            entry = flags.setdefault(f.name, {"type": click.Choice(choices) if choices else _base_type(hints[f.name]),
+                                              "help": [], "defaults": {}})
             if f.metadata.get("help") and f.metadata["help"] not in entry["help"]:
                 entry["help"].append(f.metadata["help"])
             entry["defaults"][name] = f.default
@@ -124,13 +126,6 @@ def inputs_from(model_path, arch, forget_path, retain_path, test_path, trust_pic
 @click.option("--method", default="invwnn", show_default=True, type=click.Choice(list(REGISTRY)))
 @click.option("--out", type=click.Path(dir_okay=False), help="Unlearned model [default: beside the input, M.unlearned.EXT].")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="JSON report [default: the output's name with .json].")
-@click.option("--predictor", type=click.Path(dir_okay=False), help="InvWNN predictor checkpoint [default: the shipped one].")
-@click.option("--rewinder", default="learned", show_default=True, type=click.Choice(REWINDERS),
-              help="invwnn, invwnn+: learned (the predictor); linear (least-squares line extrapolated --horizon "
-                   "snapshots back, no checkpoint); reset (controls: write back each window's first value, "
-                   "undoing the forget fine-tuning, so only invwnn+'s repair steps act); none (keep the "
-                   "fine-tuned weights: no rewind, plus forget-set training); meta (a rewinder of invwnn "
-                   "meta-train, given with --predictor).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of every random choice; recorded in the report.")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
 @click.option("--max-drop", default=f"{DEFAULT_MAX_DROP:g}", show_default=True,
@@ -140,9 +135,8 @@ def inputs_from(model_path, arch, forget_path, retain_path, test_path, trust_pic
 @click.option("--quiet", is_flag=True, help="No progress bars; one summary line instead of the table.")
 @_with_method_flags
 @input_errors
-def apply(model_path, arch, forget_path, retain_path, test_path, method, out, report_path, predictor,
-          rewinder, trust_pickle, classes, size, channels, mean, std, seed, device, max_drop, quiet,
-          **method_opts):
+def apply(model_path, arch, forget_path, retain_path, test_path, method, out, report_path, trust_pickle, classes,
+          size, channels, mean, std, seed, device, max_drop, quiet, **method_opts):
     """Remove the influence of the FORGET images from MODEL; write the unlearned model (in MODEL's
     format) and a JSON report (metrics before/after, per-iteration log, config, seed, versions)."""
     given = {k: v for k, v in method_opts.items() if v is not None}
@@ -154,8 +148,7 @@ def apply(model_path, arch, forget_path, retain_path, test_path, method, out, re
     inputs = inputs_from(model_path, arch, forget_path, retain_path, test_path, trust_pickle, classes, size,
                          channels, mean, std)
     bound = _max_drop(max_drop)
-    report = unlearn(inputs, method, given, out=out, report_path=report_path, rewinder=rewinder,
-                     predictor=predictor, seed=seed, device=device, progress=not quiet, max_drop=bound,
+    report = unlearn(inputs, method, given, out=out, report_path=report_path, seed=seed, device=device, progress=not quiet, max_drop=bound,
                      warn=lambda text: click.echo(f"warning: {text}", err=True))
     if not quiet:
         click.echo(format_report(report))

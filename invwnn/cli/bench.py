@@ -1,4 +1,5 @@
-"""``invwnn bench``, ``tune`` and ``panel``: one command each, from data to tables and plots."""
+"""``invwnn bench`` (both protocols, search included), ``invwnn tune`` and the ``invwnn panel`` alias:
+flags in, library calls out (docs/bench.md)."""
 from __future__ import annotations
 
 import shlex
@@ -31,81 +32,142 @@ def _command(ctx: click.Context, name: str = "bench") -> str:
     return shlex.join(parts)
 
 
+def _list(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def _log(s: str) -> None:
+    from tqdm.auto import tqdm
+    tqdm.write(s, file=sys.stderr)
+
+
 @click.command("bench")
-@click.option("--scenario", required=True,
-              help="random10, random50, class, label-noise, overfit, backdoor, or paper (ResNet-18, CIFAR-10, "
-                   "whole training set, forget 50%)")
-@click.option("--methods", default="all", show_default=True, help="'all' or a comma-separated list")
+@click.option("--protocol", type=click.Choice(["equal", "as-run", "forget-only"]), default="equal", show_default=True,
+              help="equal: every row stopped at Retrain's UA (and at its default budget); as-run: every row "
+                   "through `invwnn apply` with the guard, to its own stop, on torchvision networks (the panel); "
+                   "forget-only: as-run from model files the project never trained, forget and test data only")
+@click.option("--phase", type=click.Choice(["tune", "bench", "all"]), default="bench", show_default=True,
+              help="equal: tune (search, write the records), bench (with the records), or both")
+@click.option("--scenario", "--scenarios", "scenario", default=None,
+              help="comma list of random10, random50, class, label-noise, overfit, backdoor, paper [equal: every "
+                   "tunable one; as-run: class, random10, label-noise; forget-only: lenet-noisy, lenet-random, "
+                   "mobilenet-random]")
+@click.option("--methods", default="all", show_default=True, help="'all' or a comma list of rows (invwnn/bench/rows.py)")
 @click.option("--seeds", type=click.IntRange(1, 100), default=None, help="number of seeds 0..N-1 [3; --quick: 1]")
-@click.option("--out", default=None, help="output folder [results/SCENARIO]")
-@click.option("--quick", is_flag=True, help="small data and budget (2k training images, 1k test, 8 epochs)")
-@click.option("--dataset", default=None, help="trajgen dataset name: fashion-mnist, fashion-mnist-rgb, mnist, "
-              "cifar10, cifar100 [fashion-mnist; paper: cifar10]")
-@click.option("--data-root", default=None, help="folder holding the dataset files (CIFAR: torchvision's "
-              "cifar-10-batches-py / cifar-100-python folder, or the folder holding it)")
+@click.option("--out", default=None, help="output folder [results/SCENARIO; several scenarios: results, one "
+              "folder each; as-run: results/panel]")
+@click.option("--state", default=None, help="resumable log of finished units [OUT/units.jsonl]")
+@click.option("--quick", is_flag=True, help="equal: small data and budget (2k training images, 1k test, 8 epochs); "
+              "as-run: the miniature networks")
+@click.option("--dataset", default=None, help="equal: trajgen dataset name [fashion-mnist; paper: cifar10]")
+@click.option("--data-root", default=None, help="folder holding the dataset files")
 @click.option("--download", is_flag=True, help="let torchvision download a dataset not found on disk")
-@click.option("--arch", default=None, help="trajgen architecture family: cnn, mlp, vit, resnet18, mobilenet_v2, "
-              "mobilenet_v3_small, convnext [cnn; paper: resnet18]")
-@click.option("--width", type=click.IntRange(1), default=None,
-              help="network width (torchvision families: stem channels; resnet18's standard is 64)")
-@click.option("--train-size", type=click.IntRange(0), default=None, help="training images (0: the whole training set)")
-@click.option("--test-size", type=click.IntRange(0), default=None, help="test images (0: the whole test set)")
-@click.option("--val-size", type=click.IntRange(0), default=None,
-              help="validation images from the training pool outside the training subset")
-@click.option("--epochs", type=click.FloatRange(0, min_open=True), default=None, help="original/retrain epochs")
-@click.option("--tuned", default=None, help="tuning record (`invwnn tune` output) or a folder of "
-              "<scenario>.json records whose choices to use [the packaged invwnn/bench/tuned/]; "
-              "'none': every method's library defaults")
+@click.option("--arch", default=None, help="equal: trajgen architecture family [cnn; paper: resnet18]")
+@click.option("--width", type=click.IntRange(1), default=None, help="equal: network width")
+@click.option("--train-size", type=click.IntRange(0), default=None, help="equal: training images (0: all)")
+@click.option("--test-size", type=click.IntRange(0), default=None, help="test images (0: all)")
+@click.option("--val-size", type=click.IntRange(0), default=None, help="equal: validation images")
+@click.option("--epochs", type=click.FloatRange(0, min_open=True), default=None, help="equal: original/retrain epochs")
+@click.option("--tuned", default=None, help="tuning record or folder of <scenario>.json records [the packaged "
+              "invwnn/bench/tuned/]; 'none': library defaults; --phase tune writes there")
+@click.option("--trials", type=click.IntRange(1), default=None, help="--phase tune: configurations per row [16]")
+@click.option("--networks", default=None, help="as-run: comma list of resnet18, mobilenet_v3_small, convnext, vit_tv [all]")
+@click.option("--settings", default="defaults,tuned", show_default=True,
+              help="as-run, forget-only: defaults, tuned (as-run: the bench's records; forget-only: the knob chosen "
+                   "on validation), or both")
 @click.option("--predictor", "predictors", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="predictor checkpoint (`invwnn train`) for the learned invwnn / invwnn+ rows, each row taking "
-                   "the one whose window K is its snapshots (repeat for K = 15 and K = 5) [the shipped ones]")
+              help="equal: predictor checkpoint for the learned rows, each taking the one whose K is its snapshots")
 @click.option("--cache-dir", default="data/bench-cache", show_default=True, help="originals and retrained models")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--amp", is_flag=True, help="bf16 autocast for training passes (CUDA only; metrics and rewinder "
-              "predictions stay float32)")
-@click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
-              help="torch threads; 1 is fastest on a shared 2-core machine")
-@click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
-              help="worker processes (one method on one seed each, one torch thread each)")
-@click.option("--references", type=click.IntRange(0), default=4, show_default=True,
-              help="reference models for offline RMIA (Retrain and N - 1 more, trained on the retain set and "
-                   "cached); 0: no RMIA, JS or five-term gap")
+@click.option("--amp", is_flag=True, help="equal: bf16 autocast for training passes (CUDA only)")
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True, help="torch threads")
+@click.option("--jobs", type=click.IntRange(1), default=1, show_default=True, help="equal: worker processes")
+@click.option("--references", type=click.IntRange(0), default=None,
+              help="reference models for offline RMIA and the five-term gap (0: none) [equal: 4; as-run: 0]")
+@click.option("--doc", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="as-run: also replace this document's '## Architecture panel' section")
+@click.option("--report-only", is_flag=True, help="as-run, forget-only: run nothing, write the tables from the log")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors(InputError, ValueError)
-def bench(scenario, methods, seeds, out, quick, dataset, data_root, download, arch, width, train_size, test_size,
-          val_size, epochs, tuned, predictors, cache_dir, device, amp, threads, jobs, references, progress):
-    """Build SCENARIO, train and cache the original and Retrain, run every method at equal
-    forgetting and at its default budget, and write table.md, results.csv, results.json and plots."""
+def bench(protocol, phase, scenario, methods, seeds, out, state, quick, dataset, data_root, download, arch, width,
+          train_size, test_size, val_size, epochs, tuned, trials, networks, settings, predictors, cache_dir, device,
+          amp, threads, jobs, references, doc, report_only, progress):
+    """Run the bench: build each scenario, train and cache the original and Retrain, run every row
+    under PROTOCOL (resuming from the log), and write the tables and plots."""
     import torch
-    from invwnn.bench import report, runner, scenarios, search
 
     torch.set_num_threads(threads)
-    config = scenarios.scenario_config(scenario, quick, dataset=dataset, data_root=data_root, arch=arch,
-                                       width=width, train_size=train_size, test_size=test_size,
-                                       val_size=val_size, epochs=epochs)
+    command = _command(click.get_current_context())
     n_seeds = seeds or (1 if quick else 3)
-    overrides, record = ({}, None) if tuned == "none" else search.load(scenario, tuned)
-    bench_config = runner.BenchConfig(methods=tuple(runner.method_names(methods)), seeds=tuple(range(n_seeds)),
-                                      cache_dir=cache_dir, device=device, progress=progress,
-                                      method_overrides=overrides, jobs=jobs, amp=amp, predictors=tuple(predictors),
-                                      references=references)
-    if download:
-        scenarios.fetch(config)
-    out = out or f"results/{scenario}"
     t0 = time.time()
-    from tqdm.auto import tqdm
-    results = runner.run(config, bench_config, record, log=lambda s: tqdm.write(s, file=sys.stderr))
-    results["command"] = _command(click.get_current_context())
-    results["wall_seconds"] = time.time() - t0
-    results["threads"] = threads
-    files = report.write(results, out)
-    click.echo(f"{scenario}: {len(files)} files in {out} ({results['wall_seconds']:.0f} s)")
+    if protocol == "forget-only":
+        from invwnn.bench import forget_only, rows as bench_rows
+        out = out or "results/forget-only"
+        results = forget_only.run_study(_list(scenario) or forget_only.CASES, tuple(range(n_seeds)),
+                                        tuple(bench_rows.names(methods, tuple(bench_rows.FORGET_ONLY))),
+                                        _list(settings), out, report_only, _log)
+        files = forget_only.write(results, out, command)
+        click.echo(f"forget-only: {len(results['runs'])} runs, {len(files)} files in {out} ({time.time() - t0:.0f} s)")
+        return
+    if protocol == "as-run":
+        from invwnn.bench import panel, panel_report
+        config = panel.config_from(
+            _list(networks), quick, scenarios=_list(scenario), seeds=tuple(range(n_seeds)),
+            methods=panel.METHODS if methods.strip() == "all" else _list(methods), settings=_list(settings),
+            test_size=test_size, cache_dir=cache_dir, data_root=data_root, device=device, references=references)
+        out = out or "results/panel"
+        rows = panel.read_units(out) if report_only else panel.run_panel(config, out, progress, log=_log)
+        files = panel_report.write(config, rows, out, command, doc)
+        click.echo(f"panel: {len(panel.plan(config))} units, {len(files)} files in {out} ({time.time() - t0:.0f} s)")
+        return
+    from invwnn.bench import report, rows as bench_rows, runner, scenarios, search
+    names = _list(scenario) or scenarios.TUNABLE
+    configs = {s: scenarios.scenario_config(s, quick, dataset=dataset, data_root=data_root, arch=arch, width=width,
+                                            train_size=train_size, test_size=test_size, val_size=val_size,
+                                            epochs=epochs) for s in names}
+    rows = tuple(bench_rows.names(methods))
+    root = Path(out or (f"results/{names[0]}" if len(names) == 1 else "results"))
+    state = state or root / "units.jsonl"
+    if download:
+        for config in configs.values():
+            scenarios.fetch(config)
+    if phase != "bench":
+        if tuned == "none":
+            raise InputError("--phase tune writes records: give --tuned a folder, or leave it out")
+        where = Path(tuned) if tuned else search.TUNED_DIR
+        records = search.tune(configs, rows, trials or search.TRIALS, search.TUNING_SEED, cache_dir, device, jobs,
+                              progress, _log, {s: search.journal_path(search.tuned_path(s, where)) for s in names}, state)
+        for s, record in records.items():
+            record["command"] = command
+            search.write(record, search.tuned_path(s, where), merge_into_old=set(rows) != set(bench_rows.BENCH))
+        if phase == "tune":
+            click.echo(f"tuned {len(rows)} rows on {', '.join(names)} -> {where}")
+            return
+    benches = {}
+    for s, config in configs.items():
+        overrides, record = ({}, None) if tuned == "none" else search.load(s, tuned)
+        benches[s] = (config, runner.BenchConfig(methods=rows, seeds=tuple(range(n_seeds)), cache_dir=cache_dir,
+                                                 device=device, progress=progress, method_overrides=overrides,
+                                                 jobs=jobs, amp=amp, predictors=tuple(predictors),
+                                                 references=4 if references is None else references), record)
+    for s, results in runner.run(benches, state, progress, _log).items():
+        results.update(command=command, wall_seconds=time.time() - t0, threads=threads)
+        files = report.write(results, root if len(names) == 1 else root / s)
+        click.echo(f"{s}: {len(files)} files in {files[0].parent} ({results['wall_seconds']:.0f} s)")
+
+
+@click.command("panel", context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+               add_help_option=False)
+@click.pass_context
+def panel(ctx):
+    """`invwnn bench --protocol as-run`: the architecture panel (every row as `invwnn apply` runs it)."""
+    bench.main(["--protocol", "as-run", *ctx.args], prog_name="invwnn bench")
 
 
 @click.command("tune")
 @click.option("--scenario", required=True, help="random10, random50, class, label-noise, overfit or backdoor")
 @click.option("--methods", default="all", show_default=True, help="'all' or a comma-separated list")
-@click.option("--trials", type=click.IntRange(1), default=None, help="configurations per method [16: invwnn.bench.search.TRIALS]")
+@click.option("--trials", type=click.IntRange(1), default=None, help="configurations per row [16]")
 @click.option("--seed", type=int, default=None, help="tuning seed, never a reported one [100]")
 @click.option("--out", default=None, help="record file [invwnn/bench/tuned/SCENARIO.json]; the Optuna journal "
               "of its trials goes beside it (SCENARIO.optuna.log), and a rerun resumes from it")
@@ -118,74 +180,19 @@ def bench(scenario, methods, seeds, out, quick, dataset, data_root, download, ar
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors(InputError, ValueError)
 def tune(scenario, methods, trials, seed, out, quick, width, data_root, cache_dir, device, jobs, progress):
-    """Search every method's hyperparameters on SCENARIO's validation split (the same number of
-    trials for each method, ablation and control) and write the record `invwnn bench` applies."""
+    """Search every row's hyperparameters on SCENARIO's validation split (the same number of trials
+    for each row) and write the record `invwnn bench` applies."""
     import torch
-    from invwnn.bench import runner, scenarios, search
+    from invwnn.bench import rows, scenarios, search
 
     torch.set_num_threads(1)
     config = scenarios.scenario_config(scenario, quick, width=width, data_root=data_root)
-    from tqdm.auto import tqdm
     path = Path(out) if out else search.tuned_path(scenario)
     journal = search.journal_path(path)  # Optuna's studies, beside the record: a rerun resumes them
-    record = search.tune(config, tuple(runner.method_names(methods)), trials or search.TRIALS,
-                         search.TUNING_SEED if seed is None else seed, cache_dir, device, jobs, progress,
-                         log=lambda s: tqdm.write(s, file=sys.stderr), storage=journal)
+    record = search.tune({scenario: config}, tuple(rows.names(methods)), trials or search.TRIALS,
+                         search.TUNING_SEED if seed is None else seed, cache_dir, device, jobs, progress, _log,
+                         {scenario: journal})[scenario]
     record["command"] = _command(click.get_current_context(), "tune")
     path = search.write(record, path)
-    click.echo(f"{scenario}: tuned {len(record['methods'])} methods x {record['trials_per_method']} trials "
+    click.echo(f"{scenario}: tuned {len(record['methods'])} rows x {record['trials_per_method']} trials "
                f"in {record['wall_seconds']:.0f} s -> {path} (trials: {journal})")
-
-
-def _list(text: str) -> tuple[str, ...]:
-    return tuple(s.strip() for s in text.split(",") if s.strip())
-
-
-@click.command("panel")
-@click.option("--networks", default=None,
-              help="comma list of resnet18, mobilenet_v3_small, convnext, vit_tv (invwnn.bench.panel.NETWORKS) [all]")
-@click.option("--scenarios", default=None, help="comma list of class, random10, label-noise [all]")
-@click.option("--seeds", type=click.IntRange(1, 100), default=None, help="number of seeds 0..N-1 [3; --quick: 1]")
-@click.option("--methods", default="all", show_default=True,
-              help="'all' (every registered method but retrain) or a comma list")
-@click.option("--settings", default="defaults,tuned", show_default=True,
-              help="defaults (library defaults), tuned (the bench's tuned values), or both")
-@click.option("--out", default="results/panel", show_default=True, help="output folder (units.jsonl, panel.*)")
-@click.option("--cache-dir", default="data/bench-cache", show_default=True, help="originals and retrained models")
-@click.option("--data-root", default=None, help="folder holding the Fashion-MNIST files")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
-              help="torch threads; 1 is fastest on a shared 2-core machine")
-@click.option("--quick", is_flag=True, help="the miniature: tiny widths, 300 training images, 200 test images")
-@click.option("--references", type=click.IntRange(0), default=0, show_default=True,
-              help="reference models for offline RMIA and the five-term gap (Retrain and N - 1 more; each costs "
-                   "about a Retrain per network, scenario and seed)")
-@click.option("--doc", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="also replace this document's '## Architecture panel' section ('... with RMIA' with "
-                   "--references; e.g. docs/results.md)")
-@click.option("--report-only", is_flag=True,
-              help="run nothing: write the tables from the units already in OUT (a panel stopped part-way)")
-@click.option("--progress/--no-progress", default=True, show_default=True)
-@user_errors(InputError, ValueError)
-def panel(networks, scenarios, seeds, methods, settings, out, cache_dir, data_root, device, threads, quick,
-          references, doc, report_only, progress):
-    """Run the architecture panel (every method, as `invwnn apply` runs it, on torchvision networks
-    against Retrain), skipping units already in OUT/units.jsonl, and write panel.md, panel.json and
-    panel.png (panel-rmia.* with --references)."""
-    import torch
-    from tqdm.auto import tqdm
-    from invwnn.bench import panel as panel_mod
-    from invwnn.bench import panel_report
-
-    torch.set_num_threads(threads)
-    config = panel_mod.config_from(
-        _list(networks) if networks is not None else None, quick,
-        scenarios=_list(scenarios) if scenarios is not None else None,
-        seeds=tuple(range(seeds or (1 if quick else 3))),
-        methods=panel_mod.METHODS if methods.strip() == "all" else _list(methods), settings=_list(settings),
-        cache_dir=cache_dir, data_root=data_root, device=device, references=references)
-    t0 = time.time()
-    rows = panel_mod.read_units(out) if report_only else \
-        panel_mod.run_panel(config, out, progress, log=lambda s: tqdm.write(s, file=sys.stderr))
-    files = panel_report.write(config, rows, out, _command(click.get_current_context(), "panel"), doc)
-    click.echo(f"panel: {len(panel_mod.plan(config))} units, {len(files)} files in {out} ({time.time() - t0:.0f} s)")

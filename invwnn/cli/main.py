@@ -17,10 +17,12 @@ from invwnn.train.evaluate import evaluate_checkpoint
 from invwnn.errors import InputError
 from invwnn.cli.apply import apply, audit, prepare, report
 from invwnn.cli.bench import bench, panel, tune
-from invwnn.rewind.predictor import CheckpointError, describe, format_evaluation, read_checkpoint
-from invwnn.train.windows import CONTEXTS, WindowError
+from invwnn.rewind import inspect as inspect_checkpoint
+from invwnn.rewind.features import CONTEXTS
+from invwnn.rewind.predictor import format_evaluation
+from invwnn.train.windows import WindowError
 
-input_errors = user_errors(SpecError, StoreError, WindowError, CheckpointError)
+input_errors = user_errors(SpecError, StoreError, WindowError, InputError)
 
 
 def check_output(path: Path) -> None:
@@ -141,14 +143,9 @@ def meta_train(store, out, steps, lr, k, width, context, holdout_archs, holdout_
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @input_errors
 def inspect(checkpoint, as_json):
-    """Print CHECKPOINT's config, held-out evaluation and provenance."""
-    if as_json:
-        p = read_checkpoint(checkpoint)
-        p["model_config"] = p["model_config"].to_dict()
-        p["state_dict"] = {k: list(v.shape) for k, v in p["state_dict"].items()}
-        click.echo(json.dumps(p, indent=2))
-    else:
-        click.echo(describe(checkpoint))
+    """Print CHECKPOINT's config, held-out evaluation and provenance (a predictor of invwnn train or
+    a rewinder of invwnn meta-train)."""
+    click.echo(inspect_checkpoint(checkpoint, as_json))
 
 
 @main.command()

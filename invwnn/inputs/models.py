@@ -19,99 +19,30 @@ The unlearned model is written back in the format it came in, atomically (temp f
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import re
-import tempfile
 import warnings
 import zipfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
-from invwnn.errors import InputError
+from invwnn.errors import InputError, first_line
 from invwnn.files import atomic_write, versions
+from invwnn.inputs.archs import TorchvisionArch, build_torchvision, check_state_dict, param_kinds, parse_arch
+from invwnn.inputs.exported import bounded_batch, expected_input
+from invwnn.inputs.preprocess import Normalized, Preprocess, PreprocessHint
 from trajgen import nets
 from trajgen.spec import ArchSpec, SpecError
 
 FORMAT = "invwnn-model"
 FORMAT_VERSION = 1
 EXTRA_FILE = "invwnn.json"  # metadata carried inside .pt2 / TorchScript archives
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How raw images become model input: ``channels`` x ``size`` (H, W) pixels, scaled to [0, 1],
-    then ``(x - mean) / std`` per channel. Inputs of other sizes or channel counts are rejected."""
-
-    size: tuple[int, int]
-    channels: int
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "size", tuple(int(s) for s in self.size))
-        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
-        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
-        if self.channels < 1 or len(self.size) != 2 or min(self.size) < 1:
-            raise InputError(f"bad preprocessing: size {self.size}, channels {self.channels}")
-        for name, v in (("mean", self.mean), ("std", self.std)):
-            if len(v) not in (1, self.channels):
-                raise InputError(f"--{name} needs 1 or {self.channels} values, got {len(v)}")
-        if any(s <= 0 for s in self.std):
-            raise InputError("--std values must be positive")
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.channels, *self.size)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"size": list(self.size), "channels": self.channels, "mean": list(self.mean),
-                "std": list(self.std)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Preprocess":
-        return cls(tuple(d["size"]), int(d["channels"]), tuple(d["mean"]), tuple(d["std"]))
-
-
-class Normalized(nn.Module):
-    """``net`` behind its input normalisation, so every method feeds images in [0, 1]. mean/std are
-    buffers, not parameters: methods and rewinding never touch them.
-
-    ``micro_batch``: for a net that accepts at most that many images at once (an exported program
-    with a fixed batch size, or a bounded dynamic one), and ``min_batch`` (default: ``micro_batch``,
-    a fixed size) the fewest it accepts. A batch ``(N, C, H, W)`` then runs as
-    ``ceil(N / micro_batch)`` calls; a last one smaller than ``min_batch`` is padded by repeating its
-    own images and the padded rows' outputs are dropped, so the output is ``(N, classes)`` as for any
-    net and a loss over it back-propagates through every call (autograd sums the gradients: with
-    per-image layers the result equals one big batch's up to float rounding). Batch-statistic
-    layers (batch norm in training mode) see each micro-batch, padding included, on its own."""
-
-    def __init__(self, net: nn.Module, pre: Preprocess, micro_batch: int | None = None,
-                 min_batch: int | None = None):
-        super().__init__()
-        self.net = net
-        self.micro_batch = micro_batch
-        self.min_batch = micro_batch if min_batch is None else min_batch
-        c = pre.channels
-        self.register_buffer("mean", torch.tensor(pre.mean).expand(c).reshape(1, c, 1, 1).clone())
-        self.register_buffer("std", torch.tensor(pre.std).expand(c).reshape(1, c, 1, 1).clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.mean) / self.std
-        if self.micro_batch is None or self.min_batch <= len(x) <= self.micro_batch:
-            return self.net(x)
-        outs = []
-        for chunk in x.split(self.micro_batch):
-            n = len(chunk)
-            if n < self.min_batch:
-                chunk = torch.cat([chunk, chunk[torch.arange(self.min_batch - n, device=chunk.device) % n]])
-            outs.append(self.net(chunk)[:n])
-        return torch.cat(outs)
+SAFETENSORS_KEY = "invwnn"  # safetensors metadata entry holding the same JSON as EXTRA_FILE
 
 
 @dataclass
@@ -169,47 +100,6 @@ class LoadedModel:
         return Normalized(net, self.preprocess)
 
 
-# Module type names as TorchScript records them (``original_name``) for kind inference.
-_SCRIPT_NORMS = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "InstanceNorm2d")
-_SCRIPT_CONVS = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")
-
-
-def param_kinds(model: nn.Module) -> dict[str, str]:
-    """Kind of every trainable parameter of ``model`` (name -> one of trajgen.nets.KINDS).
-
-    Real modules use :func:`trajgen.nets.layer_table`. TorchScript modules keep their type name; an
-    exported graph keeps only shapes, so there a 4-D (or 3-D/5-D) tensor is a conv kernel, 2-D a
-    linear kernel, a 1-D ``bias`` a bias and any other 1-D ``weight`` a norm's scale (the only common
-    1-D weight)."""
-    kinds = {}
-    modules = dict(model.named_modules())
-    for layer in nets.layer_table(model):
-        kind = layer.kind
-        owner_name, _, attr = layer.name.rpartition(".")
-        owner = modules.get(owner_name)
-        typename = getattr(owner, "original_name", None)
-        if typename is not None and isinstance(owner, torch.jit.ScriptModule):
-            if typename in _SCRIPT_NORMS:
-                kind = "norm"
-            elif typename in _SCRIPT_CONVS and attr == "weight":
-                kind = "conv"
-            elif typename == "Linear" and attr == "weight":
-                kind = "linear"
-        elif type(owner) is nn.Module and kind == "embedding":  # exported graph: shapes only
-            nd = len(layer.shape)
-            kind = ("conv" if nd in (3, 4, 5) else "linear" if nd == 2
-                    else "bias" if attr == "bias" else "norm" if nd == 1 else "embedding")
-        if kind == "bias" and typename in _SCRIPT_NORMS:
-            kind = "norm"
-        kinds[layer.name] = kind
-    # biases of exported norm layers: a 1-D bias next to a 1-D norm scale belongs to the norm
-    for name, kind in list(kinds.items()):
-        if kind == "bias" and name.endswith(".bias"):
-            if kinds.get(name[: -len("bias")] + "weight") == "norm":
-                kinds[name] = "norm"
-    return kinds
-
-
 def save_own(path: str | Path, net: nn.Module, arch: ArchSpec | dict, classes: tuple[str, ...],
              preprocess: Preprocess, train_config: dict | None = None,
              mnemonic: torch.Tensor | None = None) -> None:
@@ -224,72 +114,6 @@ def save_own(path: str | Path, net: nn.Module, arch: ArchSpec | dict, classes: t
     if mnemonic is not None:
         blob["mnemonic"] = mnemonic.detach().cpu().float().clone()
     atomic_write(path, lambda tmp: torch.save(blob, tmp))
-
-
-SAFETENSORS_KEY = "invwnn"  # safetensors metadata entry holding the same JSON as EXTRA_FILE
-TORCHVISION_PREFIX = "torchvision:"
-
-
-@dataclass(frozen=True)
-class TorchvisionArch:
-    """A torchvision classification architecture: ``torchvision.models.get_model(name,
-    weights=None, **kwargs)``. ``spec`` is the ``torchvision:NAME[:k=v,...]`` text it came from."""
-
-    name: str
-    kwargs: dict[str, Any]
-    spec: str
-
-
-def _kwarg_value(text: str) -> Any:
-    """``10`` -> int, ``0.25`` / ``1e-3`` -> float, ``true`` / ``false`` -> bool, else the string."""
-    for parse in (int, float):
-        try:
-            return parse(text)
-        except ValueError:
-            pass
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    return text
-
-
-def parse_arch(spec: str) -> TorchvisionArch:
-    """Parse ``torchvision:NAME[:k=v,k=v,...]`` (e.g. ``torchvision:resnet18:num_classes=10``).
-    NAME must be one of torchvision's classification models; values are ints, floats, bools
-    (true/false) or strings. Raises :class:`InputError` with the reason on one line."""
-    usage = "--arch takes torchvision:NAME[:key=value,...], e.g. torchvision:resnet18:num_classes=10"
-    if not isinstance(spec, str) or not spec.startswith(TORCHVISION_PREFIX):
-        raise InputError(f"{usage}; got {spec!r}")
-    name, _, rest = spec[len(TORCHVISION_PREFIX):].partition(":")
-    import torchvision
-    known = torchvision.models.list_models(module=torchvision.models)
-    if name not in known:
-        import difflib
-        close = difflib.get_close_matches(name, known, n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise InputError(f"--arch: {name!r} is not a torchvision classification model{hint}; "
-                         "torchvision.models.list_models(module=torchvision.models) lists them")
-    kwargs: dict[str, Any] = {}
-    for item in rest.split(",") if rest else []:
-        key, eq, value = item.partition("=")
-        key = key.strip()
-        if not eq or not key.isidentifier() or not value.strip():
-            raise InputError(f"{usage}; {item!r} is not key=value")
-        if key == "weights":
-            raise InputError("--arch: weights come from the model file, not from torchvision")
-        if key in kwargs:
-            raise InputError(f"--arch: {key!r} is given twice")
-        kwargs[key] = _kwarg_value(value.strip())
-    return TorchvisionArch(name, kwargs, spec)
-
-
-def build_torchvision(arch: TorchvisionArch) -> nn.Module:
-    """A freshly initialised ``arch`` (no download: ``weights=None``)."""
-    import torchvision
-    try:
-        return torchvision.models.get_model(arch.name, weights=None, **arch.kwargs)
-    except Exception as err:  # a wrong keyword, type or value: whatever the constructor raises
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise InputError(f"--arch {arch.spec}: torchvision cannot build it ({first[:160]})") from None
 
 
 def _archive_kind(path: Path) -> str:
@@ -342,7 +166,7 @@ def _own(path: Path, blob: dict) -> LoadedModel:
     except (KeyError, TypeError, SpecError) as err:
         raise InputError(f"{path}: the model file's arch, classes or preprocess entry is missing or "
                          f"malformed ({type(err).__name__}: {err})") from None
-    _check_state_dict(path, blob.get("state_dict"), net.state_dict())
+    check_state_dict(path, blob.get("state_dict"), net.state_dict())
     net.load_state_dict(blob["state_dict"])
     mnemonic = blob.get("mnemonic")
     codes_shape = (len(classes), *pre.shape)
@@ -352,41 +176,6 @@ def _own(path: Path, blob: dict) -> LoadedModel:
                          "(one image per class)")
     return LoadedModel(Normalized(net, pre), classes, pre, "own", arch=dict(blob["arch"]),
                        mnemonic=mnemonic, train_config=json.loads(blob.get("train_config", "{}")))
-
-
-def _check_state_dict(path: Path, given: Any, expected: dict[str, torch.Tensor],
-                      arch: str = "its recorded architecture") -> None:
-    """``given`` must hold exactly the tensors of the architecture's ``expected`` state_dict, with
-    their shapes and dtypes. Checked here because ``load_state_dict`` silently casts a float64 or
-    integer tensor, and its own errors do not fit on one line."""
-    if not isinstance(given, dict):
-        raise InputError(f"{path}: state_dict is {'missing' if given is None else type(given).__name__}, "
-                         "not a dict of tensors")
-    missing = [k for k in expected if k not in given]
-    extra = [k for k in given if k not in expected]
-    if missing or extra:
-        what = []
-        if missing:
-            what.append(f"lacks {_names(missing)}, which {arch} needs")
-        if extra:
-            what.append(f"holds {_names(extra)}, for which {arch} has no place")
-        raise InputError(f"{path}: state_dict {'; it '.join(what)}")
-    for name, want in expected.items():
-        t = given[name]
-        if not torch.is_tensor(t):
-            raise InputError(f"{path}: state_dict[{name!r}] is a {type(t).__name__}, not a tensor")
-        if t.shape != want.shape or t.dtype != want.dtype:
-            raise InputError(f"{path}: {name} is {_describe(t)}; {arch} needs {_describe(want)}")
-
-
-def _names(names: list[str], shown: int = 3) -> str:
-    """``'a', 'b', 'c' and 4 more``: the first ``shown`` names of a list, and how many others."""
-    text = ", ".join(repr(n) for n in names[:shown])
-    return text + (f" and {len(names) - shown} more" if len(names) > shown else "")
-
-
-def _describe(t: torch.Tensor) -> str:
-    return f"{str(t.dtype).removeprefix('torch.')} {tuple(t.shape)}"
 
 
 def _safetensors(path: Path, arch_flag: str | None) -> tuple[nn.Module, dict, TorchvisionArch]:
@@ -399,8 +188,7 @@ def _safetensors(path: Path, arch_flag: str | None) -> tuple[nn.Module, dict, To
             meta = json.loads((f.metadata() or {}).get(SAFETENSORS_KEY, "{}"))
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise InputError(f"{path} is not a readable safetensors file ({first[:160]})") from None
+        raise InputError(f"{path} is not a readable safetensors file ({first_line(err)})") from None
     spec = arch_flag or meta.get("torchvision")
     if spec is None:
         raise InputError(f"{path} holds weights only: name their architecture with --arch "
@@ -408,7 +196,7 @@ def _safetensors(path: Path, arch_flag: str | None) -> tuple[nn.Module, dict, To
     arch = parse_arch(spec)
     net = build_torchvision(arch)
     try:
-        _check_state_dict(path, tensors, net.state_dict(),
+        check_state_dict(path, tensors, net.state_dict(),
                           f"--arch {arch.spec}" if arch_flag else f"its recorded architecture {arch.spec}")
     except InputError as err:
         raise InputError(f"{err}; a modified architecture (e.g. another first convolution) cannot be "
@@ -416,87 +204,6 @@ def _safetensors(path: Path, arch_flag: str | None) -> tuple[nn.Module, dict, To
                          "which carry their architecture") from None
     net.load_state_dict(tensors)
     return net.eval(), meta, arch
-
-
-def _exported_input(ep) -> torch.Size | None:
-    """Shape of an exported program's one user input as it was exported: ints where fixed,
-    ``SymInt`` where dynamic (None when there is not exactly one tensor input)."""
-    names = list(ep.graph_signature.user_inputs)
-    vals = [n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder" and n.name in names]
-    if len(vals) != 1 or not torch.is_tensor(vals[0]):
-        return None
-    return vals[0].shape
-
-
-def batch_stat_norms(ep) -> int:
-    """How many batch-norm calls of an exported program use batch statistics (the module was in
-    training mode when exported): their output depends on the other images of the batch."""
-    count = 0
-    for n in ep.graph.nodes:
-        if n.op != "call_function" or "batch_norm" not in str(n.target) or "no_training" in str(n.target):
-            continue
-        schema = getattr(n.target, "_schema", None)
-        names = [a.name for a in schema.arguments] if schema is not None else []
-        if "training" in names:
-            i = names.index("training")
-            if (n.args[i] if i < len(n.args) else n.kwargs.get("training", False)) is True:
-                count += 1
-    return count
-
-
-def _expected_input(net: nn.Module, exported) -> tuple[int | None, tuple[int, int] | None]:
-    """What the model itself says of its input: (channels, (H, W)), None where it does not say.
-    An exported program gives its fixed dimensions; a module with real layers the input channels of
-    its first convolution."""
-    if exported is not None:
-        shape = _exported_input(exported)
-        if shape is None or len(shape) != 4:
-            return None, None
-        c, h, w = (d if isinstance(d, int) else None for d in shape[1:])
-        return c, (h, w) if h is not None and w is not None else None
-    first = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
-    return (first.in_channels if first is not None else None), None
-
-
-@dataclass(frozen=True)
-class PreprocessHint:
-    """Preprocessing for a file that records none, from flags: ``size`` and ``channels`` not given
-    come from the model itself (an exported program's fixed input shape, the input channels of a
-    real module's first convolution), else from ``data`` (the first image of the folder named
-    ``data_source``, e.g. ``"--forget forget/"``); ``mean`` and ``std`` default to no normalisation."""
-
-    size: tuple[int, int] | None = None
-    channels: int | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    data: Preprocess | None = None
-    data_source: str = "the forget images"
-
-    def resolve(self, expected: tuple[int | None, tuple[int, int] | None]) -> Preprocess | None:
-        channels = self.channels or expected[0] or (self.data.channels if self.data else None)
-        size = self.size or expected[1] or (self.data.size if self.data else None)
-        if size is None or channels is None:
-            return None
-        return Preprocess(size, channels, self.mean or (0.0,), self.std or (1.0,))
-
-    def guessed(self, expected: tuple[int | None, tuple[int, int] | None]) -> str | None:
-        """What :meth:`resolve` took from anything but the flags, as one sentence naming where it
-        came from and the flags that fix it; None when the flags gave everything."""
-        parts = []
-        if self.size is None:
-            h, w = expected[1] or self.data.size
-            parts.append(f"input size {h}x{w} from " + ("the model's input shape" if expected[1] else
-                                                        f"the first image of {self.data_source}"))
-        if self.channels is None:
-            c = expected[0] or self.data.channels
-            parts.append(f"{c} channel(s) from " + ("the model's first convolution" if expected[0] else
-                                                    f"the first image of {self.data_source}"))
-        if self.mean is None and self.std is None:
-            parts.append("no normalisation")
-        if not parts:
-            return None
-        return ("the model file records no preprocessing, so invwnn assumed " + ", ".join(parts)
-                + "; if the model was trained on other inputs, pass --size HxW, --channels C, --mean and --std")
 
 
 @contextmanager
@@ -577,9 +284,8 @@ def load(path: str | Path, *, trust_pickle: bool = False, classes: tuple[str, ..
     except InputError:
         raise
     except Exception as err:  # any reader failure means "not a model we can read"
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise InputError(f"{path} is not a readable model file ({first[:160]})") from None
-    expected = _expected_input(net, exported)
+        raise InputError(f"{path} is not a readable model file ({first_line(err)})") from None
+    expected = expected_input(net, exported)
     guess = None
     if "preprocess" in meta:
         try:
@@ -594,7 +300,7 @@ def load(path: str | Path, *, trust_pickle: bool = False, classes: tuple[str, ..
         raise InputError(f"{path} records no preprocessing; pass --size HxW and --channels C")
     batches, inexact = (None, None), ()
     if exported is not None:
-        batches, inexact = _bounded_batch(path, exported, net)
+        batches, inexact = bounded_batch(path, exported, net)
     file_classes = tuple(meta["classes"]) if "classes" in meta else None
     model = Normalized(net, preprocess, batches[1], batches[0])
     buffers = {k: b.clone() for k, b in model.named_buffers()}  # a training-mode graph updates them
@@ -603,11 +309,10 @@ def load(path: str | Path, *, trust_pickle: bool = False, classes: tuple[str, ..
     except InputError:
         raise
     except Exception as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         wants = ""
         if expected[0] is not None and expected[1] is not None:
             wants = f"; it was exported for {(expected[0], *expected[1])} inputs"
-        raise InputError(f"{path}: model does not accept {preprocess.shape} inputs ({first[:160]})"
+        raise InputError(f"{path}: model does not accept {preprocess.shape} inputs ({first_line(err)})"
                          f"{wants}; " + (guess if guess else "check --size/--channels")) from None
     with torch.no_grad():
         for k, b in model.named_buffers():
@@ -621,42 +326,6 @@ def load(path: str | Path, *, trust_pickle: bool = False, classes: tuple[str, ..
                          preprocess_guess=guess)
     _check_finite(loaded.model, path)
     return loaded
-
-
-def _bounded_batch(path: Path, exported, net: nn.Module) -> tuple[tuple[int | None, int | None], tuple[str, ...]]:
-    """The fewest and the most images the exported program takes in one call when the most is
-    bounded (both its batch size when fixed; the range of a dynamic batch dimension with a finite
-    upper end), else ``(None, None)``; and the notes on what running it in micro-batches or with
-    batch statistics changes. Also makes every parameter of ``net`` a leaf that requires grad, so
-    methods can train it (refusing a graph whose parameters are not leaves)."""
-    import sympy
-    for name, p in net.named_parameters():
-        if not p.is_leaf:
-            raise InputError(f"{path}: parameter {name} of the exported program is not a leaf tensor; "
-                             "it cannot be trained")
-        p.requires_grad_(True)
-    shape = _exported_input(exported)
-    lo = hi = None
-    if shape is not None and len(shape):
-        if isinstance(shape[0], int):
-            lo = hi = shape[0]
-        else:
-            bounds = exported.range_constraints.get(shape[0].node.expr)
-            if bounds is not None and isinstance(bounds.upper, sympy.Integer):  # not int_oo: bounded
-                lo, hi = int(bounds.lower), int(bounds.upper)
-    norms = batch_stat_norms(exported)
-    notes = []
-    if norms:
-        notes.append(f"{norms} batch-norm layer(s) of the exported program were exported in training "
-                     "mode: every forward pass, evaluation included, normalises with the batch's own "
-                     "statistics and updates the running statistics")
-    if norms and hi is not None:
-        pad = (" (a last one of fewer than {lo} padded by repeating its images)", ", padding included") \
-            if lo > 1 else ("", "")
-        notes.append(f"the exported batch size is {'fixed at' if lo == hi else 'at most'} {hi}: larger "
-                     f"batches run as micro-batches of {hi} images{pad[0].format(lo=lo)}, so those batch "
-                     f"statistics are per micro-batch{pad[1]}, not per the method's batch")
-    return (lo, hi), tuple(notes)
 
 
 def save(loaded: LoadedModel, path: str | Path, report: dict | None = None) -> None:
@@ -699,8 +368,3 @@ def default_output(model_path: str | Path) -> Path:
 
 def is_finite(model: nn.Module) -> bool:
     return all(torch.isfinite(p).all() for p in model.parameters() if p.is_floating_point())
-
-
-__all__ = ["InputError", "Preprocess", "PreprocessHint", "Normalized", "LoadedModel", "TorchvisionArch",
-           "load", "save", "save_own", "parse_arch", "build_torchvision", "batch_stat_norms",
-           "param_kinds", "atomic_write", "default_output"]

@@ -1,44 +1,32 @@
-"""A rewinder trained on the unlearning objective itself (issue 24): the core, not yet the bench row.
+"""The rewinder trained on the unlearning objective itself (issue 24, ``invwnn meta-train``): its
+network, its checkpoint, and :class:`MetaRewinder`, the network behind the rewinder interface.
+The unrolled loop it is trained through and the objective: :mod:`invwnn.train.meta_loop`.
 
-:class:`MetaRewinder` is a damped line plus a learned coordinate-wise correction,
+:class:`MetaNet` is a damped line plus a learned coordinate-wise correction,
 ``past = line(w; horizon) + s(w) * g(z(w))``: ``s`` is the window's rms step, ``z`` the window in
 units of ``s`` relative to its last value, ``g`` a small MLP whose last layer starts at zero, so at
 initialisation it *is* the line and training moves it only where the objective says. Inputs and
 output are in units of the window's own step, so one rewinder serves every architecture. With
 ``context=("layer",)`` the correction also sees where the coordinate's step lies among its layer's
-(:func:`invwnn.train.windows.layer_context`: log of its span over the layer's median span, and the
-layer's mean net move), the one input beyond a coordinate's own window the regression predictors
-with context see.
-
-Meta-training unrolls one iteration of the invwnn+ loop on a counterfactual triple (a parent model,
-its forget set S, and the same training without S): fine-tune on S recording K snapshots, rewind
-with the rewinder (differentiable), a few repair steps on retain images, then the KL divergence of
-the unlearned model's predictions from the counterfactual's on S, on retain and on held-out images.
-Only the rewinder learns. Truncations, said plainly: the gradient goes through one iteration (or
-``unrolled`` of them, straight through each later iteration's forget window); the iterations
-before (``lead``, drawn per step) run as data, so the rewinder meets the states later iterations
-start from without being differentiated through them; the fine-tuning window is data;
-the repair steps are first order (their gradients are taken at the rewound weights but not
-differentiated, so the rewound weights pass their gradient straight through them).
+(:func:`invwnn.rewind.features.layer_context`).
 """
 from __future__ import annotations
 
-import random
-from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
-from invwnn.inputs.splits import Split
-from invwnn.unlearn.methods.invwnn import LinearRewinder, Rewinder, stretched
-from invwnn.inputs.models import param_kinds
-from invwnn.train.windows import layer_context
-from trajgen.nets import KINDS
+from invwnn.files import atomic_write
+from invwnn.rewind.features import layer_context
+from invwnn.rewind.predictor import CheckpointError, sha256
+from invwnn.rewind.rewinders import LinearRewinder, stretched
 
 EPS = 1e-12
+FORMAT = "invwnn-meta-rewinder"
 
 
 @dataclass(frozen=True)
@@ -61,10 +49,11 @@ class MetaConfig:
         return self.k + 2 * len(self.context)
 
 
-class MetaRewinder(nn.Module):
+class MetaNet(nn.Module):
     """``forward(windows (n, K) oldest first, layers (n,) ids of each coordinate's parameter tensor,
-    needed with a layer context) -> (n,)``, the line's past plus the learned correction;
-    :meth:`rewind` is the loops' :class:`invwnn.unlearn.methods.invwnn.Rewinder` interface."""
+    needed with a layer context) -> (n,)``, the line's past plus the learned correction,
+    differentiable (meta-training goes through it); ``rewind`` is the rewinder interface without
+    gradient, so an untrained net is the line itself."""
 
     def __init__(self, config: MetaConfig = MetaConfig()):
         super().__init__()
@@ -83,252 +72,83 @@ class MetaRewinder(nn.Module):
             if layers is None:
                 raise ValueError("this rewinder reads a layer context: pass each coordinate's layer id")
             z = torch.cat([z, layer_context(windows, layers).to(z.dtype)], 1)
-        return self.line.rewind(windows, None) + scale.squeeze(1) * self.correction(z).squeeze(1)
+        return self.line.rewind(windows) + scale.squeeze(1) * self.correction(z).squeeze(1)
 
     @torch.no_grad()
-    def rewind(self, windows: torch.Tensor, kinds: torch.Tensor, layers: torch.Tensor | None = None) -> torch.Tensor:
+    def rewind(self, windows: torch.Tensor, kinds: torch.Tensor | None = None,
+               layers: torch.Tensor | None = None) -> torch.Tensor:
         return self.forward(windows, layers)
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {"rewinder": "meta", **asdict(self.config)}
 
 
 @dataclass(frozen=True)
-class StretchedMeta:
-    """A trained :class:`MetaRewinder` in the unlearning loop, its rewind stretched to ``horizon``
-    as :class:`invwnn.unlearn.methods.invwnn.LearnedRewinder` stretches a predictor's (``w0 + (past - w0)
-    * horizon / h``, ``h``: the rewinder's own line horizon; None: as trained), so it has the
-    same one length knob in the bench's search."""
+class MetaRewinder:
+    """A trained :class:`MetaNet` in the unlearning loop, its rewind stretched to ``horizon`` as
+    :class:`invwnn.rewind.predictor.LearnedRewinder` stretches a predictor's (``w0 + (past - w0)
+    * horizon / h``, ``h``: the net's own line horizon; None: as trained), so it has the same one
+    length knob in the bench's search."""
 
-    rewinder: MetaRewinder
+    net: MetaNet
     path: str
     horizon: float | None = None
 
     @property
     def k(self) -> int:
-        return self.rewinder.config.k
+        return self.net.config.k
 
-    def rewind(self, windows: torch.Tensor, kinds: torch.Tensor, layers: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.rewinder.config.horizon
-        return stretched(windows, self.rewinder.rewind(windows, kinds, layers), 1.0 if self.horizon is None else self.horizon / h)
+    def rewind(self, windows: torch.Tensor, kinds: torch.Tensor | None = None,
+               layers: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.net.config.horizon
+        return stretched(windows, self.net.rewind(windows, kinds, layers), 1.0 if self.horizon is None else self.horizon / h)
 
-    def describe(self) -> dict:
-        return {**self.rewinder.describe(), "predictor": self.path,
-                "horizon": self.rewinder.config.horizon if self.horizon is None else self.horizon}
-
-
-@dataclass(frozen=True)
-class Triple:
-    """A counterfactual triple: ``model`` (its weights are the parent's), the counterfactual's
-    weights ``counterfactual`` (name -> tensor, trained without ``forget``), and the images the
-    loop and the objective see."""
-
-    model: nn.Module
-    counterfactual: dict[str, torch.Tensor]
-    forget: Split
-    retain: Split
-    heldout: Split
-    counterfactual_buffers: dict[str, torch.Tensor] = field(default_factory=dict)  # its norm statistics
+    def describe(self) -> dict[str, Any]:
+        return {**self.net.describe(), "predictor": self.path, "sha256": sha256(self.path),
+                "horizon": self.net.config.horizon if self.horizon is None else self.horizon}
 
 
-@dataclass(frozen=True)
-class LoopSettings:
-    """One unrolled invwnn+ iteration: ``lr`` of the Adam forget steps (K - 1 of them, full forget
-    batches up to ``batch_size``), then ``repair_steps`` steps at ``repair_lr`` on retain, plain
-    gradient steps (``"sgd"``) or Adam's from fresh moments (``"adam"``, as invwnn+ repairs);
-    ``repair_steps`` 0 is the forget-only loop."""
-
-    lr: float = 1e-3
-    repair_steps: int = 4
-    repair_lr: float = 0.05
-    batch_size: int = 128
-    repair_optimizer: str = "sgd"
+def save(net: MetaNet, record: dict[str, Any], path: str | Path) -> None:
+    """The checkpoint: ``record`` (JSON-able: config, objective, data, training, evaluation) plus the
+    net's weights, written atomically."""
+    blob = {**record, "format": FORMAT, "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
+    atomic_write(path, lambda tmp: torch.save(blob, tmp))
 
 
-def rewindable_names(model: nn.Module) -> list[str]:
-    """The parameters the loop rewinds: every one but norms (as :func:`invwnn.unlearn.methods.invwnn.rewindable`)."""
-    return [n for n, k in param_kinds(model).items() if k != "norm"]
+def read(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's contents (tensors only: ``weights_only``), validated as a meta rewinder's."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for missing, truncated or foreign files
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a meta-trained rewinder (invwnn meta-train writes them)")
+    return blob
 
 
-def forget_window(model: nn.Module, params: dict[str, torch.Tensor], names: list[str], forget: Split, k: int,
-                  settings: LoopSettings, generator: torch.Generator) -> torch.Tensor:
-    """(n, K) snapshots of the ``names`` coordinates over K - 1 Adam steps on ``forget`` from
-    ``params`` (no gradient kept: the window is the rewinder's data)."""
-    work = {n: p.detach().clone().requires_grad_(n in names) for n, p in params.items()}
-    opt = torch.optim.Adam([work[n] for n in names], lr=settings.lr)
-    snaps = [torch.cat([work[n].detach().reshape(-1) for n in names])]
-    for _ in range(k - 1):
-        idx = torch.randperm(len(forget), generator=generator)[: settings.batch_size]
-        opt.zero_grad()
-        F.cross_entropy(functional_call(model, work, (forget.x[idx],)), forget.y[idx]).backward()
-        opt.step()
-        snaps.append(torch.cat([work[n].detach().reshape(-1) for n in names]))
-    return torch.stack(snaps, 1)
+def load(path: str | Path, device: str = "cpu") -> tuple[MetaNet, dict[str, Any]]:
+    """(net on ``device``, record) from a checkpoint :func:`save` wrote."""
+    blob = read(path)
+    try:
+        net = MetaNet(MetaConfig(**blob["config"]))
+        net.load_state_dict(blob.pop("state_dict"))
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path} is a damaged meta rewinder checkpoint ({type(err).__name__})") from None
+    return net.to(device).eval(), blob
 
 
-def _kinds(model: nn.Module, names: list[str]) -> torch.Tensor:
-    """(n,) kind codes (index into ``trajgen.nets.KINDS``) of the ``names`` coordinates."""
-    kinds, params = param_kinds(model), dict(model.named_parameters())
-    return torch.cat([torch.full((params[n].numel(),), KINDS.index(kinds[n]), dtype=torch.long) for n in names])
-
-
-def _layers(model: nn.Module, names: list[str]) -> torch.Tensor:
-    """(n,) ids of the ``names`` coordinates' parameter tensors (their index in ``names``)."""
-    params = dict(model.named_parameters())
-    return torch.cat([torch.full((params[n].numel(),), i, dtype=torch.long) for i, n in enumerate(names)])
-
-
-def unroll(triple: Triple, rewinder: MetaRewinder | Rewinder, settings: LoopSettings, generator: torch.Generator,
-           start: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """The triple's parent (or ``start``: the weights after earlier iterations) after one iteration
-    of the loop with ``rewinder``: name -> tensor, differentiable with respect to a
-    :class:`MetaRewinder`'s parameters only. Any other :class:`invwnn.unlearn.methods.invwnn.Rewinder`
-    (the line, reset, a regression predictor) is called without gradient, with a K = 5 window
-    unless it has its own ``k``. A ``start`` that carries gradient (an earlier differentiated
-    iteration) passes it on: the forget window is data, shifted with its first snapshot (straight
-    through: d window / d start taken as the identity)."""
-    model = triple.model
-    params = dict(start) if start else {n: p.detach() for n, p in model.named_parameters()}
-    names = rewindable_names(model)
-    k = rewinder.config.k if isinstance(rewinder, MetaRewinder) else getattr(rewinder, "k", 5)
-    window = forget_window(model, params, names, triple.forget, k, settings, generator)
-    first = torch.cat([params[n].reshape(-1) for n in names])
-    if first.requires_grad:  # a start that carries gradient: the window moves with it (straight through)
-        window = window + (first - first.detach()).unsqueeze(1)
-    layers = _layers(model, names)
-    flat = (rewinder(window, layers) if isinstance(rewinder, MetaRewinder)
-            else rewinder.rewind(window, _kinds(model, names), layers))
-    out, i = dict(params), 0
-    for n in names:
-        out[n] = flat[i: i + params[n].numel()].view_as(params[n])
-        i += params[n].numel()
-    moments: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for step in range(1, settings.repair_steps + 1):  # first order: the gradient is taken, not differentiated
-        idx = torch.randperm(len(triple.retain), generator=generator)[: settings.batch_size]
-        probe = {n: v.detach().requires_grad_(n in names) for n, v in out.items()}
-        loss = F.cross_entropy(functional_call(model, probe, (triple.retain.x[idx],)), triple.retain.y[idx])
-        grads = torch.autograd.grad(loss, [probe[n] for n in names])
-        for n, g in zip(names, grads):
-            if settings.repair_optimizer == "adam":  # torch's Adam defaults, bias-corrected
-                m, v = moments.get(n, (torch.zeros_like(g), torch.zeros_like(g)))
-                m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
-                moments[n] = (m, v)
-                g = (m / (1 - 0.9**step)) / ((v / (1 - 0.999**step)).sqrt() + 1e-8)
-            out[n] = out[n] - settings.repair_lr * g
-    return out
-
-
-def distance(model: nn.Module, params: dict[str, torch.Tensor], counterfactual: dict[str, torch.Tensor],
-             images: torch.Tensor) -> torch.Tensor:
-    """KL(counterfactual || unlearned) of the predictive distributions, mean over ``images`` (nats);
-    ``counterfactual`` may hold buffers (norm statistics) besides the weights."""
-    with torch.no_grad():
-        target = F.log_softmax(functional_call(model, counterfactual, (images,)), 1)
-    pred = F.log_softmax(functional_call(model, params, (images,)), 1)
-    return F.kl_div(pred, target, log_target=True, reduction="batchmean")
-
-
-def objective(triple: Triple, params: dict[str, torch.Tensor], retain_sample: int = 256) -> torch.Tensor:
-    """The function-space distance the rewinder is trained on: KL to the counterfactual on the forget
-    set, on the first ``retain_sample`` retain images and on the held-out images, summed."""
-    m, cf = triple.model, {**triple.counterfactual, **triple.counterfactual_buffers}
-    return (distance(m, params, cf, triple.forget.x)
-            + distance(m, params, cf, triple.retain.x[:retain_sample])
-            + distance(m, params, cf, triple.heldout.x))
-
-
-def run_iterations(triple: Triple, rewinder: MetaRewinder | Rewinder, settings: LoopSettings,
-                   generator: torch.Generator, iterations: int) -> dict[str, torch.Tensor] | None:
-    """The weights after ``iterations`` iterations of the loop, detached (None for 0: the parent)."""
-    params = None
-    for _ in range(iterations):
-        params = {n: v.detach() for n, v in unroll(triple, rewinder, settings, generator, params).items()}
-    return params
-
-
-def meta_train(rewinder: MetaRewinder, triples: Sequence[Triple], steps: int, lr: float = 3e-3,
-               settings: Callable[[random.Random], LoopSettings] = lambda rng: LoopSettings(), seed: int = 0,
-               log: Callable[[int, float], None] | None = None, lead: int = 0, unrolled: int = 1) -> list[float]:
-    """Adam on the rewinder's parameters: each step one triple and one draw of the loop's settings
-    (``settings(rng)``: sample them over the search ranges so the rewinder works wherever the search
-    takes it), then up to ``lead`` iterations (drawn uniformly from 0..lead) run as data, detached,
-    before the ``unrolled`` iterations the gradient goes through (truncated unrolling: the rewinder
-    meets the states later iterations start from; across the differentiated iterations the gradient
-    passes straight through each forget window). Returns the objective of every step."""
-    rng = random.Random(seed)
-    generator = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(rewinder.parameters(), lr=lr)
-    history = []
-    for step in range(steps):
-        triple = rng.choice(triples)
-        drawn = settings(rng)
-        params = run_iterations(triple, rewinder, drawn, generator, rng.randint(0, lead))
-        for _ in range(unrolled):
-            params = unroll(triple, rewinder, drawn, generator, params)
-        loss = objective(triple, params)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        history.append(loss.item())
-        if log is not None:
-            log(step, history[-1])
-    return history
-
-
-@torch.no_grad()
-def evaluate(rewinder: MetaRewinder | Rewinder, triples: Sequence[Triple], settings: LoopSettings,
-             seed: int = 0, iterations: int = 1) -> float:
-    """Mean objective over ``triples`` after ``iterations`` iterations with ``rewinder`` (the same
-    batches for every rewinder compared under one ``seed``)."""
-    total = 0.0
-    for i, triple in enumerate(triples):
-        with torch.enable_grad():  # the forget window and the repair need gradients of the model
-            params = run_iterations(triple, rewinder, settings, torch.Generator().manual_seed(seed + i), iterations)
-        total += float(objective(triple, params))
-    return total / len(triples)
-
-
-def tuned_line(triples: Sequence[Triple], settings: LoopSettings, horizons: tuple[float, ...], k: int = 5,
-               seed: int = 0) -> tuple[float, float]:
-    """The line's horizon with the smallest mean objective on ``triples`` (the control a learned
-    rewinder must beat): (horizon, its objective)."""
-    scores = {h: evaluate(MetaRewinder(MetaConfig(k=k, horizon=h)), triples, settings, seed) for h in horizons}
-    best = min(scores, key=scores.get)
-    return best, scores[best]
-
-
-def toy_triple(seed: int, images, n_train: int = 600, n_forget: int = 60, n_heldout: int = 300,
-               steps: int = 300) -> Triple:
-    """A small counterfactual triple: an MLP (196-64-10) on ``n_train`` Fashion-MNIST images pooled to
-    14x14 (``images``: a trajgen dataset), ``steps`` Adam steps; the counterfactual from the same
-    initialisation and batch draws restricted to the images outside the ``n_forget`` forgotten ones
-    (as ``trajgen twins`` pairs them); ``n_heldout`` test images."""
-    g = torch.Generator().manual_seed(seed)
-    pool = lambda x: F.avg_pool2d(x.float().reshape(len(x), 1, 28, 28) / 255, 2)  # noqa: E731
-    idx = torch.randperm(len(images.y_train), generator=g)[:n_train]
-    x, y = pool(images.x_train[idx]), images.y_train[idx].long()
-    forget = torch.zeros(n_train, dtype=torch.bool)
-    forget[:n_forget] = True
-    held = torch.randperm(len(images.y_test), generator=g)[:n_heldout]
-
-    def train(keep: torch.Tensor) -> nn.Module:
-        torch.manual_seed(seed)
-        net = nn.Sequential(nn.Flatten(), nn.Linear(196, 64), nn.ReLU(), nn.Linear(64, 10))
-        opt = torch.optim.Adam(net.parameters(), 3e-3)
-        draws, rows = torch.Generator().manual_seed(seed + 1), keep.nonzero().squeeze(1)
-        for _ in range(steps):
-            batch = rows[torch.randint(len(rows), (64,), generator=draws)]
-            opt.zero_grad()
-            F.cross_entropy(net(x[batch]), y[batch]).backward()
-            opt.step()
-        net.zero_grad(set_to_none=True)
-        return net
-
-    parent, twin = train(torch.ones(n_train, dtype=torch.bool)), train(~forget)
-    return Triple(parent, {n: p.detach() for n, p in twin.named_parameters()}, Split(x[forget], y[forget], "forget"),
-                  Split(x[~forget], y[~forget], "retain"),
-                  Split(pool(images.x_test[held]), images.y_test[held].long(), "heldout"))
-
-
-__all__ = ["tuned_line", "toy_triple", "MetaConfig", "MetaRewinder", "StretchedMeta", "run_iterations", "Triple", "LoopSettings", "unroll", "objective", "distance", "meta_train",
-           "evaluate", "forget_window", "rewindable_names"]
+def describe_checkpoint(path: str | Path) -> str:
+    """What ``invwnn inspect`` prints for a meta rewinder: config, objective, data, training, evaluation."""
+    blob = read(path)
+    t, n_weights = blob.get("training", {}), sum(v.numel() for v in blob["state_dict"].values())
+    lines = [f"checkpoint    {path} ({FORMAT} version {blob.get('version')}, {n_weights:,} weights)",
+             f"config        {json.dumps(blob.get('config'))}",
+             f"objective     {blob.get('objective')}",
+             f"data          {json.dumps({k: v for k, v in blob.get('data', {}).items() if k != 'train_names'})}",
+             f"training      {t.get('steps')} steps in {t.get('seconds')} s, objective "
+             f"{t.get('objective_first', float('nan')):.4f} -> {t.get('objective_last', float('nan')):.4f}; "
+             f"line horizons tried {json.dumps(t.get('line_horizons'))}"]
+    for part, scores in blob.get("evaluation", {}).items():
+        lines.append(f"{part:<13} " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                               for k, v in scores.items()))
+    return "\n".join(lines)

@@ -1,15 +1,16 @@
-"""The coordinate-wise past-weight predictor and its checkpoint file.
+"""The coordinate-wise past-weight predictor (``invwnn train``), its checkpoint file, and
+:class:`LearnedRewinder`, the predictor behind the :class:`invwnn.rewind.rewinders.Rewinder` interface.
 
 One small two-stream network is shared by every coordinate; a learned embedding of the parameter
 kind (conv, linear, bias, ...) conditions it. Input: a normalised window of K snapshots and its K-1
-differences (see :mod:`invwnn.train.windows`); output: the normalised residual of the weight U snapshots
-before the window, which :func:`predict_past` turns back into weight units.
+differences (see :mod:`invwnn.rewind.features`); output: the normalised residual of the weight U
+snapshots before the window, which :func:`predict_past` turns back into weight units.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,13 +19,18 @@ import torch
 from torch import nn
 
 from trajgen.nets import KINDS
-from invwnn.train.windows import CONTEXTS, EPS, denormalise, features, normalise
+from invwnn.errors import InputError
+from invwnn.files import atomic_write
+from invwnn.rewind.features import (CONTEXTS, EPS, check_context, context_columns, denormalise, features,
+                                    layer_context, normalise, step_context)
+from invwnn.rewind.rewinders import stretched
+from invwnn.rewind.shipped import DEFAULT, shipped_path
 
 FORMAT_VERSION = 1
 CHECKPOINT_KIND = "invwnn-predictor"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A file that is not a readable predictor checkpoint of this format version."""
 
 
@@ -38,7 +44,7 @@ class ModelConfig:
     relative epsilon of the window scale; ``target``: what it predicts, "past" (the weight U
     snapshots before the window) or "counterfactual" (the weight of the model trained without the
     fine-tuning data, learned from ``trajgen twins``; its rewind counts as U snapshots long);
-    ``context``: extra inputs beside the window, in order (:data:`invwnn.train.windows.CONTEXTS`: "step",
+    ``context``: extra inputs beside the window, in order (:data:`invwnn.rewind.features.CONTEXTS`: "step",
     the optimizer family and learning rate; "layer", the coordinate's layer over the same window).
     """
 
@@ -179,19 +185,14 @@ def rewrite_evaluation(path: str | Path, evaluation: dict[str, Any]) -> Path:
 
 
 def _write_atomic(path: Path, payload: dict[str, Any]) -> Path:
-    """torch.save ``payload`` to a temporary file beside ``path``, then ``os.replace`` it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        mask = os.umask(0)  # mkstemp makes 0600; a checkpoint is shared like any other file
+    """torch.save ``payload`` to ``path`` atomically, readable as any other file (mkstemp makes 0600)."""
+    def write(tmp: str) -> None:
+        torch.save(payload, tmp)
+        mask = os.umask(0)
         os.umask(mask)
         os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
     return path
 
 
@@ -251,17 +252,14 @@ def format_evaluation(ev: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-SHIPPED = {15: "default_predictor.pt", 5: "default_predictor_k5.pt"}  # window K -> file
-
-
 def default_checkpoint(k: int = 15) -> Path:
     """The predictor shipped inside the package for window ``k`` (15: the paper's, used by invwnn;
     5: invwnn+'s). Raises :class:`CheckpointError` for a window no shipped predictor has."""
-    if k not in SHIPPED:
+    if k not in DEFAULT:
         raise CheckpointError(f"no shipped predictor has window K = {k} (shipped: "
-                              f"{', '.join(map(str, sorted(SHIPPED)))}); train one with "
+                              f"{', '.join(map(str, sorted(DEFAULT)))}); train one with "
                               f"`invwnn train --window {k}` and pass --predictor")
-    return Path(__file__).with_name("predictors") / SHIPPED[k]
+    return shipped_path(DEFAULT[k])
 
 
 def recorded_spacing(payload: dict[str, Any]) -> list[int] | None:
@@ -284,7 +282,7 @@ def check_spacing(path: str | Path, every: int) -> None:
                               f"{spacing[0]} or a predictor trained on that spacing")
 
 
-def describe(path: str | Path) -> str:
+def describe_checkpoint(path: str | Path) -> str:
     """What ``invwnn inspect`` prints: config, evaluation table, provenance."""
     p = read_checkpoint(path)
     n_params = sum(v.numel() for v in p["state_dict"].values())
@@ -299,3 +297,67 @@ def describe(path: str | Path) -> str:
     for key, value in p["provenance"].items():
         lines.append(f"{key:<13} {value if not isinstance(value, (dict, list)) else json.dumps(value)}")
     return "\n".join(lines)
+
+
+def sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class LearnedRewinder:
+    """The trained past-weight predictor; its K is fixed by its checkpoint, so the unlearning loop
+    must record exactly ``k`` snapshots.
+
+    ``horizon`` stretches the predicted rewind: each coordinate goes to ``w0 + (past - w0) *
+    horizon / U`` (``w0``: the window's first value, ``U``: the predictor's trained horizon), so the
+    learned rewinder has the same one length knob as the line and the two compare at equal tuning;
+    None or ``U`` is the prediction itself. The *direction and relative size* of each coordinate's
+    rewind stay the predictor's. ``step``: the loop's (optimizer, lr), the "step" context."""
+
+    model: Predictor
+    path: str
+    horizon: float | None = None
+    step: tuple[str, float] | None = None
+
+    @property
+    def k(self) -> int:
+        return self.model.config.k
+
+    def context(self, windows: torch.Tensor, layers: torch.Tensor | None) -> torch.Tensor | None:
+        """The predictor's context inputs (n, C) for these windows (None when it takes none)."""
+        names = self.model.config.context
+        if not names:
+            return None
+        if "layer" in names and layers is None:
+            raise InputError(f"{self.path} needs each coordinate's layer (its \"layer\" context)")
+        step = step_context(*self.step).numpy() if "step" in names else None
+        layer = layer_context(windows, layers).cpu().numpy() if "layer" in names else None
+        return torch.from_numpy(context_columns(names, windows.shape[0], step, layer)).to(windows.device)
+
+    def rewind(self, windows: torch.Tensor, kinds: torch.Tensor | None = None,
+               layers: torch.Tensor | None = None) -> torch.Tensor:
+        u = self.model.config.u
+        return stretched(windows, predict_past(self.model, windows, kinds, self.context(windows, layers)),
+                         1.0 if self.horizon is None else self.horizon / u)
+
+    def describe(self) -> dict[str, Any]:
+        c = self.model.config
+        return {"rewinder": "learned", "predictor": self.path, "sha256": sha256(self.path), "k": c.k,
+                "trained_horizon": c.u, "horizon": c.u if self.horizon is None else self.horizon,
+                "target": c.target, "context": list(c.context)}
+
+
+def load_learned(path: str | Path, device: str = "cpu", every: int | None = None, horizon: float | None = None,
+                 step: tuple[str, float | None] | None = None) -> LearnedRewinder:
+    """The learned rewinder of the checkpoint ``path``, its rewind stretched to ``horizon``.
+    ``every``: the loop's optimizer steps between snapshots, which must be a spacing the checkpoint
+    records having been trained on (None, or no record: not checked); ``step``: the loop's
+    (optimizer, lr), which a predictor with the "step" context needs. One-line
+    :class:`CheckpointError` when it cannot be loaded or used."""
+    if every is not None:
+        check_spacing(path, every)
+    model = load_predictor(path, device)
+    check_context(model.config.context)
+    if "step" in model.config.context and (step is None or step[1] is None):
+        raise CheckpointError(f"{path} takes the optimizer and learning rate as context: give --lr")
+    return LearnedRewinder(model, str(path), horizon, step)

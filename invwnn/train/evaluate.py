@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from trajgen.store import complete_runs
-from invwnn.train.fit import TrainConfig, eval_sample, evaluation_record, held_out_desc, horizon_bound, horizon_fit_runs
+from invwnn.train.fit import TrainConfig
+from invwnn.train.heldout import eval_sample, evaluation_record, held_out_desc, horizon_bound, horizon_fit_runs
 from invwnn.rewind.predictor import load_predictor, read_checkpoint, rewrite_evaluation
 from invwnn.train.windows import WindowError, check_windows
 
@@ -22,7 +23,7 @@ def recompute(checkpoint: str | Path, store: str, split_from: str | Path | None 
     """The evaluation record of ``checkpoint`` recomputed on ``store`` (the training curve kept
     from the checkpoint). Held-out runs come from the checkpoint's provenance. The horizon-fit runs
     come from its record; an older record has none, and they are chosen as training would choose
-    them (:func:`invwnn.train.fit.horizon_fit_runs`) among the store's complete runs that were not held
+    them (:func:`invwnn.train.heldout.horizon_fit_runs`) among the store's complete runs that were not held
     out. With ``split_from`` (another checkpoint, trained on ``store``), its held-out runs,
     horizon-fit runs and window sampling are used instead, so two predictors (say, one trained on
     other data) are compared on the same windows (of the parameter kinds both know); the record

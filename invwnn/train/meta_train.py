@@ -1,4 +1,5 @@
-"""``invwnn meta-train``: the meta-trained rewinder (:mod:`invwnn.rewind.meta`) from a store of
+"""``invwnn meta-train``: the meta-trained rewinder (:mod:`invwnn.rewind.meta`, trained through
+:mod:`invwnn.train.meta_loop`) from a store of
 counterfactual triples (``trajgen counterfactuals``), its held-out evaluation and its checkpoint.
 
 The triples split three ways, by parent: every triple of ``holdout_archs`` (a family the rewinder
@@ -18,7 +19,6 @@ import math
 import random
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -26,17 +26,17 @@ import torch
 from tqdm import tqdm
 
 from invwnn.inputs.splits import Split
-from invwnn.rewind.meta import LoopSettings, MetaConfig, MetaRewinder, Triple, evaluate, meta_train
-from invwnn.unlearn.methods.invwnn import LinearRewinder, ResetRewinder, load_rewinder
 from invwnn.errors import InputError
-from invwnn.files import atomic_write
+from invwnn.rewind.meta import MetaConfig, MetaNet, save
+from invwnn.rewind.predictor import default_checkpoint, load_learned
+from invwnn.rewind.rewinders import LinearRewinder, ResetRewinder
+from invwnn.train.meta_loop import LoopSettings, Triple, evaluate, meta_train
 from trajgen import data as datasets
 from trajgen import store as trajstore
 from trajgen.episode_spec import EpisodeSpec, parent_view, subset_indices
 from trajgen.nets import layer_table, load_flat_buffers, load_flat_weights
 from trajgen.train import build_model
 
-FORMAT = "invwnn-meta-rewinder"
 # invwnn+'s search ranges (invwnn.bench.search; a test keeps them equal): (kind, lo, hi) or choices
 SETTINGS_SPACE: dict[str, tuple] = {"lr": ("log", 3e-4, 5e-3), "repair_steps": ("choice", [0, 2, 4, 8]),
                                     "repair_lr": ("log", 3e-4, 3e-3), "batch_size": ("choice", [64, 128])}
@@ -192,7 +192,7 @@ def run(config: MetaTrainConfig, progress: bool = True, log: Callable[[str], Non
     line_scores = compare({h: LinearRewinder(h) for h in HORIZONS}, tune, EVAL_DRAWS, config.seed, config.iterations)
     horizon = min(line_scores, key=line_scores.get)
     log(f"line horizon {horizon} (objective {line_scores[horizon]:.4f} on {len(tune)} training triples)")
-    rewinder = MetaRewinder(MetaConfig(config.k, horizon, config.width, config.context))
+    rewinder = MetaNet(MetaConfig(config.k, horizon, config.width, config.context))
     bar = tqdm(total=config.steps, desc="meta-train", unit="step", disable=not progress)
     history = meta_train(rewinder, train, config.steps, config.lr, draw_settings, config.seed,
                          log=lambda step, loss: (bar.update(1), bar.set_postfix(objective=f"{loss:.3f}")),
@@ -201,7 +201,7 @@ def run(config: MetaTrainConfig, progress: bool = True, log: Callable[[str], Non
     train_seconds = time.perf_counter() - started
 
     controls = {"meta": rewinder, "line": LinearRewinder(horizon), "reset": ResetRewinder(),
-                "regression": load_rewinder(None, k=config.k)}
+                "regression": load_learned(default_checkpoint(config.k))}
     evaluation = {}
     for part in ("heldout_parents", "heldout_family"):
         triples = TripleSource(config, _spread(names[part], config.eval_triples, config.seed))
@@ -211,7 +211,7 @@ def run(config: MetaTrainConfig, progress: bool = True, log: Callable[[str], Non
             log(f"{part} ({len(triples)} triples): " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
     window = max(1, min(50, len(history) // 2))
     record = {
-        "format": FORMAT, "version": 1, "config": asdict(rewinder.config), "objective": objective_text(config.unrolled),
+        "version": 1, "config": asdict(rewinder.config), "objective": objective_text(config.unrolled),
         "unroll": {"iterations": config.unrolled,
                    "lead_iterations": f"0..{config.lead} run as data before them, drawn per step",
                    "between_iterations": "straight through each forget window (d window / d start = identity)",
@@ -232,24 +232,5 @@ def run(config: MetaTrainConfig, progress: bool = True, log: Callable[[str], Non
     return record
 
 
-def save(rewinder: MetaRewinder, record: dict[str, Any], path: str | Path) -> None:
-    """The checkpoint: ``record`` plus the rewinder's weights, written atomically."""
-    blob = {**record, "state_dict": {k: v.detach().cpu() for k, v in rewinder.state_dict().items()}}
-    atomic_write(path, lambda tmp: torch.save(blob, tmp))
-
-
-def load(path: str | Path) -> tuple[MetaRewinder, dict[str, Any]]:
-    """(rewinder, record) from a checkpoint :func:`save` wrote (tensors only: ``weights_only``)."""
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as err:
-        raise InputError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise InputError(f"{path} is not a meta-trained rewinder (invwnn meta-train writes them)")
-    rewinder = MetaRewinder(MetaConfig(**blob["config"]))
-    rewinder.load_state_dict(blob.pop("state_dict"))
-    return rewinder, blob
-
-
-__all__ = ["MetaTrainConfig", "SETTINGS_SPACE", "objective_text", "draw_settings", "load_triple", "split_names", "run", "save", "load",
+__all__ = ["MetaTrainConfig", "SETTINGS_SPACE", "objective_text", "draw_settings", "load_triple", "split_names", "run",
            "compare", "TripleSource"]

@@ -1,15 +1,11 @@
-"""Windows of weight history: sampling out of the trajgen store, per-window normalisation, baselines.
+"""Windows of weight history sampled out of the trajgen store, and the analytic baselines' fit.
 
 A *window* is K consecutive snapshots ``h[s : s+K]`` of one coordinate, oldest first; its *target*
 is ``h[s-U]``, the value U snapshots before the window's first snapshot. In unlearning the window
 is the fine-tuning trajectory that starts at the current weights ``h[s]`` and the target is where
 to rewind them to.
 
-Normalisation (as WNN): ``x = (w - w[0]) / scale`` with ``scale = max(w) - min(w) + eps * max|w|``.
-Every normalised window starts at 0 and spans at most 1, whatever the weight's scale or the
-snapshot interval, so one network serves all coordinates. The network predicts the normalised
-residual ``(target - w[0]) / scale``; it is clipped to ``[-clip, clip]`` because a window that
-barely moves (scale -> 0) would otherwise make it arbitrarily large.
+Normalisation and the context inputs: :mod:`invwnn.rewind.features` (shared with the rewinders).
 """
 from __future__ import annotations
 
@@ -22,82 +18,12 @@ import zarr
 
 from trajgen.nets import KINDS
 from trajgen.store import open_store, run_array
-
-EPS = 1e-6  # relative to the window's largest |weight|: below float32 resolution, still scale-free
+from invwnn.rewind.features import check_context, context_columns, layer_context, step_context
+from invwnn.rewind.rewinders import LinearRewinder
 
 
 class WindowError(ValueError):
     """A window request the data cannot satisfy (window longer than the runs, unknown kind, ...)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# normalisation
-
-
-def normalise(w: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``w`` (n, K) weights, oldest first -> (normalised (n, K), offset (n,), scale (n,)).
-
-    Works on numpy-free torch tensors so the applier can call it on a whole model at once.
-    """
-    offset = w[:, 0]
-    span = w.amax(1) - w.amin(1)
-    scale = span + eps * w.abs().amax(1)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero window stays at 0
-    return (w - offset[:, None]) / scale[:, None], offset, scale
-
-
-def normalise_target(target: torch.Tensor, offset: torch.Tensor, scale: torch.Tensor,
-                     clip: float) -> torch.Tensor:
-    """Past weight (n,) -> normalised residual (n,), clipped to ``[-clip, clip]``."""
-    return ((target - offset) / scale).clamp(-clip, clip)
-
-
-def denormalise(residual: torch.Tensor, offset: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Normalised residual (n,) -> past weight (n,) in weight units. Inverse of the two above."""
-    return offset + residual * scale
-
-
-def features(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised windows (n, K) -> the two input streams: values (n, K), differences (n, K-1)."""
-    return x, x[:, 1:] - x[:, :-1]
-
-
-# ---------------------------------------------------------------------------------------------
-# context: what the window alone cannot tell (issue 15)
-
-# Context inputs a predictor may take, and their widths. "step": the optimizer family (1 for the
-# adaptive Adam/AdamW/RMSprop, 0 for SGD with or without momentum) and log10 of its learning rate
-# (+3, so typical rates land near 0). "layer": how this coordinate moves relative to its layer over
-# the same window (log of its window span over the layer's median span) and how coherently the
-# layer moves (the layer's mean normalised net displacement, in [-1, 1]): NiNo's neuron/layer view.
-CONTEXTS = {"step": 2, "layer": 2}
-ADAPTIVE = ("adam", "adamw", "rmsprop")
-
-
-def step_context(optimizer: str, lr: float) -> torch.Tensor:
-    """(2,) float32 "step" context of an optimizer name (trajgen's or the applier's) and its lr."""
-    return torch.tensor([float(optimizer in ADAPTIVE), float(np.log10(lr)) + 3.0], dtype=torch.float32)
-
-
-def layer_context(w: torch.Tensor, layer: torch.Tensor) -> torch.Tensor:
-    """(n, 2) float32 "layer" context of windows ``w`` (n, K) of the same snapshots, grouped by
-    ``layer`` (n,) ids: log(span / the layer's median span; the lower median of an even count)
-    (spans floored at 1e-12) and the
-    layer's mean of ``(w[-1] - w[0]) / span``."""
-    span = (w.amax(1) - w.amin(1)).clamp_min(1e-12)
-    net = (w[:, -1] - w[:, 0]) / span
-    out = torch.empty(w.shape[0], 2, dtype=torch.float32, device=w.device)
-    for lid in torch.unique(layer):
-        rows = layer == lid
-        out[rows, 0] = torch.log(span[rows] / span[rows].median()).float()
-        out[rows, 1] = net[rows].mean().float()
-    return out
-
-
-def check_context(names: tuple[str, ...]) -> None:
-    unknown = [n for n in names if n not in CONTEXTS]
-    if unknown:
-        raise WindowError(f"unknown context {unknown[0]!r}; valid: {', '.join(CONTEXTS)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,25 +35,9 @@ def no_rewind(w: torch.Tensor) -> torch.Tensor:
     return w[:, 0]
 
 
-def linear_coefficients(m: int, u: float) -> np.ndarray:
-    """Weights c (m,) such that ``w[:, :m] @ c`` is the least-squares line through snapshots
-    0..m-1 evaluated at time -u (u snapshot intervals before the first; u may be any real)."""
-    t = np.arange(m, dtype=np.float64)
-    tc = t - t.mean()
-    return (1.0 / m + (-u - t.mean()) * tc / (tc ** 2).sum()).astype(np.float32)
-
-
-def linear_backextrapolation(w: torch.Tensor, u: float, m: int) -> torch.Tensor:
-    """Continue the line fitted to the first ``m`` snapshots (0: all) backwards ``u`` snapshot
-    intervals (a real number): (n, K) -> (n,). With ``m = 0`` this is the "damped line" of
-    ``LinearRewinder(horizon=u)``: ``mean + slope * (-u - (K-1)/2)``, t centred."""
-    m = m or w.shape[1]
-    return w[:, :m] @ torch.from_numpy(linear_coefficients(m, u)).to(w)
-
-
 def fit_horizon(w: torch.Tensor, target: torch.Tensor, upper: float) -> float:
     """The horizon h in ``[0, upper]`` (snapshot intervals) whose damped line
-    ``linear_backextrapolation(w, h, 0)`` has the least mean absolute error against ``target``.
+    ``LinearRewinder(h).rewind(w)`` has the least mean absolute error against ``target``.
 
     ``w`` (n, K) windows and ``target`` (n,) past weights, weight units. The line's value is
     ``a - s * h`` (``a``: the line at the first snapshot, ``s``: its slope per interval), so the error
@@ -136,8 +46,8 @@ def fit_horizon(w: torch.Tensor, target: torch.Tensor, upper: float) -> float:
     Windows with zero slope do not depend on h and are ignored; with none left h is 0.
     """
     w, target = w.double(), target.double()
-    a = linear_backextrapolation(w, 0.0, 0)
-    s = a - linear_backextrapolation(w, 1.0, 0)
+    a = LinearRewinder(0.0).rewind(w)
+    s = a - LinearRewinder(1.0).rewind(w)
     moving = s != 0
     if not moving.any():
         return 0.0
@@ -223,14 +133,6 @@ def run_step_context(root: zarr.Group, run: str) -> np.ndarray:
     """The "step" context (2,) of a run: its optimizer and peak learning rate (from its spec)."""
     optim = root["runs"][run].attrs["spec"]["optim"]
     return step_context(optim["name"], float(optim["lr"])).numpy()
-
-
-def context_columns(names: tuple[str, ...], n: int, step: np.ndarray | None, layer: np.ndarray | None) -> np.ndarray:
-    """The (n, C) context matrix of ``names`` in order, from a run's step context (2,) and the
-    windows' layer context (n, 2)."""
-    parts = {"step": lambda: np.broadcast_to(step, (n, 2)), "layer": lambda: layer}
-    return np.concatenate([parts[name]() for name in names], 1).astype(np.float32) if names \
-        else np.zeros((n, 0), np.float32)
 
 
 def start_range(n_t: int, k: int, u: int, counterfactual: bool, max_start: int | None) -> tuple[int, int]:

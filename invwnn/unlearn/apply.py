@@ -25,29 +25,17 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from invwnn import files
-from invwnn import errors
 from invwnn.inputs import splits as forget_io
 from invwnn.audit import metrics
 from invwnn.inputs import models
+from invwnn.rewind import make_rewinder as new_rewinder
 from invwnn.unlearn.methods import REGISTRY, Context, Data
-from invwnn.unlearn.methods.invwnn import LinearRewinder, NoRewinder, ResetRewinder, load_rewinder
+from invwnn.unlearn.methods.invwnn import rewinder_for
 from invwnn.unlearn.guard import Guard, GuardStop, watch_subset
 from invwnn.inputs.models import LoadedModel
 from invwnn.errors import InputError
 
-# learned: the trained predictor; linear: a least-squares line extrapolated --horizon snapshots back;
-# reset: back to each window's first value (undoes the forget fine-tuning; "repair only" control);
-# none: keep the fine-tuned weights (no rewind, plus forget-set training)
-REWINDERS = ("learned", "linear", "reset", "none", "meta")
-
 DEFAULT_MAX_DROP = 5.0  # percentage points of watched accuracy a method may lose (docs/applier.md)
-# When the guard checks each method (default "step": after optimizer steps of optimizers that train
-# the model). "iteration": after each rewind (the fine-tuning steps inside an iteration move *away*
-# from forgetting, so their weights are no result). "end": only the result, for one-shot methods and
-# those whose intermediate weights are no result either (task-vector's forget fine-tuning before the
-# negation, UNSIR's deliberate impair epoch, retrain's fresh network).
-GUARD_MODE = {"invwnn": "iteration", "invwnn+": "iteration", "task-vector": "end", "unsir": "end",
-              "fisher": "end", "mnemonic": "end", "retrain": "end", "ssd": "end"}
 
 
 def make_config(method: str, overrides: dict[str, Any]):
@@ -58,32 +46,8 @@ def make_config(method: str, overrides: dict[str, Any]):
 
 
 def make_rewinder(kind: str, predictor: str | None, config, device: str = "cpu"):
-    """The rewinder ``kind`` (learned, linear, reset, none) for an invwnn ``config``; the learned one's
-    window K must equal the snapshots the loop records, and its recorded snapshot spacing (if any)
-    the loop's ``every``."""
-    if kind not in REWINDERS:
-        raise InputError(f"unknown rewinder {kind!r}; valid: {', '.join(REWINDERS)}")
-    if kind == "linear":
-        return LinearRewinder(config.horizon)
-    if kind == "none":
-        return NoRewinder()
-    if kind == "reset":
-        return ResetRewinder()
-    if kind == "meta":
-        from invwnn.rewind.meta import StretchedMeta
-        from invwnn.train.meta_train import load
-        if predictor is None:
-            raise InputError("--rewinder meta needs --predictor: a checkpoint of invwnn meta-train")
-        meta, _ = load(predictor)
-        if meta.config.k != config.snapshots:
-            raise InputError(f"--snapshots {config.snapshots} does not match the meta rewinder's window K = {meta.config.k}")
-        return StretchedMeta(meta.to(device), predictor, config.horizon)
-    rewinder = load_rewinder(predictor, device, config.snapshots, config.every, config.horizon,
-                             (config.optimizer, config.lr))
-    if rewinder.k != config.snapshots:
-        raise InputError(f"--snapshots {config.snapshots} does not match the predictor's window "
-                         f"K = {rewinder.k}")
-    return rewinder
+    """:func:`invwnn.rewind.make_rewinder` under the bench's old call; goes once the bench calls that."""
+    return new_rewinder(kind, config, device, predictor)
 
 
 MISFIT_POINTS = 10.0  # forget accuracy this far below the retain (else test) accuracy draws a warning
@@ -138,7 +102,7 @@ def apply(loaded: LoadedModel, data: Data, method: str, config, ctx: Context,
     before = metrics.evaluate(model, data.forget, data.retain, data.test, ctx.device, ctx.seed)
     warned(misfit_warning(before, len(loaded.classes), loaded.preprocess_guess))
     watched = "retain" if data.retain is not None else "test" if data.test is not None else None
-    mode = GUARD_MODE.get(method, "step")
+    mode = REGISTRY[method].guard
     guard = Guard(model, data.forget, getattr(data, watched) if watched else None, watched, max_drop, mode,
                   ctx.device, ctx.seed, ctx)
     if guard.collapse is not None:
@@ -317,8 +281,7 @@ def load_inputs(inputs: Inputs) -> tuple[LoadedModel, Data]:
 
 
 def unlearn(inputs: Inputs, method: str = "invwnn", overrides: dict | None = None, *,
-            out: str | None = None, report_path: str | None = None, rewinder: str = "learned",
-            predictor: str | None = None, seed: int = 0, device: str = "cpu",
+            out: str | None = None, report_path: str | None = None, seed: int = 0, device: str = "cpu",
             progress: bool = False, max_drop: float | None = DEFAULT_MAX_DROP,
             warn: Callable[[str], None] | None = None) -> dict:
     """The ``invwnn apply`` command as a function. Returns the report, also written to
@@ -330,9 +293,7 @@ def unlearn(inputs: Inputs, method: str = "invwnn", overrides: dict | None = Non
     config = make_config(method, overrides or {})
     out_path = Path(out) if out else models.default_output(inputs.model)
     report_path = Path(report_path) if report_path else out_path.with_suffix(".json")
-    rew = None
-    if method in ("invwnn", "invwnn+"):
-        rew = make_rewinder(rewinder, predictor, config, device)
+    rew = rewinder_for(config, device)  # a bad rewinder or checkpoint fails before the model is read
     loaded, data = load_inputs(inputs)
     torch.manual_seed(seed)
     ctx = Context(device=device, seed=seed, progress=progress, rewinder=rew,

@@ -148,18 +148,24 @@ class Guard:
                 self.stop = failed
                 self.retreat_to_passing()
                 raise GuardStop
-            self.model.load_state_dict(self.kept)
-            if self.mode == "iteration":
-                self.ctx.step_scale *= 0.5
-                scale = self.ctx.step_scale
-            else:
-                optimizer.state.clear()
-                for group in optimizer.param_groups:
-                    group["lr"] *= 0.5
-                scale = 0.5 ** (len(self.backoffs) + 1)
-            self.backoffs.append({**failed, "kept": self.kept_at, "step_scale": scale})
+            self.back_off(failed, optimizer)
         finally:
             self.seconds += time.perf_counter() - start
+
+    def back_off(self, failed: dict, optimizer) -> None:
+        """Restore the kept weights and halve the step: the loop's ``ctx.step_scale`` for an
+        iterative method, the learning rate of the stepping ``optimizer`` (its moments cleared) for a
+        step method."""
+        self.model.load_state_dict(self.kept)
+        if self.mode == "iteration":
+            self.ctx.step_scale *= 0.5
+            scale = self.ctx.step_scale
+        else:
+            optimizer.state.clear()
+            for group in optimizer.param_groups:
+                group["lr"] *= 0.5
+            scale = 0.5 ** (len(self.backoffs) + 1)
+        self.backoffs.append({**failed, "kept": self.kept_at, "step_scale": scale})
 
     def retreat_to_passing(self) -> None:
         """The stop's last resort before the kept weights: the first of :data:`RETREATS` (a share of

@@ -1,11 +1,10 @@
-"""invwnn+: InvWNN with a light retain repair after each rewind and, optionally, rewinding only the
-coordinates most salient to the forget loss. Goes beyond the paper (issue 8): forget-only rewinding
-collapses retain and test accuracy on small networks before it reaches Retrain's forgetting; a few
-retain-set steps between rewinds undo that collateral damage.
+"""invwnn+: InvWNN with a light retain repair after each rewind. Goes beyond the paper (issue 8):
+forget-only rewinding collapses retain and test accuracy on small networks before it reaches
+Retrain's forgetting; a few retain-set steps between rewinds undo that collateral damage.
 
-Each iteration: fine-tune on the forget set recording K snapshots (only the masked coordinates
-move), rewind (only the masked coordinates are written), then ``repair_steps`` optimizer steps of
-cross-entropy on retain minibatches over every rewindable weight, with their own optimizer.
+Each iteration: fine-tune on the forget set recording K snapshots, rewind, then ``repair_steps``
+optimizer steps of cross-entropy on retain minibatches over every rewindable weight, with their
+own optimizer.
 
 With forget data only, the repair trains on the forget images' *neighbours* instead
 (:func:`neighbours`): shifted copies labelled by the model's own predictions before unlearning.
@@ -20,7 +19,7 @@ from torch import nn
 
 from invwnn.unlearn.methods import invwnn
 from invwnn.inputs.splits import Split
-from invwnn.unlearn.methods.loop import Context, Data, Sampler, make_optimizer, opt, run_steps, saliency_masks
+from invwnn.unlearn.methods.loop import Context, Data, Sampler, make_optimizer, opt, run_steps
 from invwnn.audit.metrics import predict
 from invwnn.errors import InputError
 
@@ -49,28 +48,12 @@ class Config(invwnn.Config):
     repair_step_size: float = opt(REPAIR_STEP_SIZE, "invwnn+: without --repair-lr, how far one repair step "
                                                     "moves the outputs on 256 retain images")
     repair_batch_size: int = opt(128, "invwnn+: retain minibatch size of the repair steps")
-    mask: str | None = opt(None, "invwnn+: saliency:F rewinds only the fraction F of coordinates with the "
-                                 "largest forget-loss gradient at the original weights")
     repair_on: str | None = opt(None, "invwnn+: what the repair steps train on: retain (--retain) or neighbours "
                                       "(shifted copies of the forget images labelled by the model before "
                                       "unlearning: forget data only) [default: retain when given, else neighbours]")
     neighbour_copies: int = opt(4, "invwnn+ neighbours: shifted copies of each forget image")
     neighbour_shift: float = opt(0.07, "invwnn+ neighbours: largest shift of a copy, a share of the image side "
                                        "(at least 1 pixel)")
-
-
-def mask_fraction(spec: str | None) -> float | None:
-    """``"saliency:F"`` -> F in (0, 1]; None -> None (rewind every coordinate)."""
-    if spec is None:
-        return None
-    kind, _, value = spec.partition(":")
-    try:
-        fraction = float(value)
-    except ValueError:
-        fraction = -1.0
-    if kind != "saliency" or not 0 < fraction <= 1:
-        raise InputError(f"--mask takes saliency:F with 0 < F <= 1, got {spec!r}")
-    return fraction
 
 
 def shifted(x: torch.Tensor, source: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int) -> torch.Tensor:
@@ -137,7 +120,6 @@ def one_class_warning(label: str, kept: float) -> str:
 
 def run(model: nn.Module, data: Data, config: Config, ctx: Context) -> nn.Module:
     """Unlearn ``data.forget`` from ``model`` in place; returns ``model``."""
-    fraction = mask_fraction(config.mask)
     if config.repair_steps < 0:
         raise InputError("--repair-steps must be >= 0")
     params, _ = invwnn.rewindable(model)
@@ -160,8 +142,4 @@ def run(model: nn.Module, data: Data, config: Config, ctx: Context) -> nn.Module
         def repair() -> None:
             run_steps(model, loss_fn, opt_, config.repair_steps)
 
-    mask = None
-    if fraction is not None:
-        masks = saliency_masks(model, data.forget, params, fraction, ctx.device)
-        mask = torch.cat([m.reshape(-1) for m in masks])
-    return invwnn.rewind_loop(model, data, config, ctx, name=NAME, mask=mask, repair=repair)
+    return invwnn.rewind_loop(model, data, config, ctx, name=NAME, repair=repair)

@@ -15,8 +15,9 @@ from tqdm.auto import tqdm
 
 from invwnn.inputs.splits import Split
 from invwnn.audit.metrics import set_mode
-from invwnn.inputs.models import param_kinds
+from invwnn.inputs.archs import param_kinds
 from invwnn.errors import InputError
+from invwnn.rewind.rewinders import Rewinder
 
 
 def trains(optimizer: torch.optim.Optimizer, params: set[int]) -> bool:
@@ -42,9 +43,9 @@ class MethodConfig:
         return cls(**d)
 
 
-def opt(default, help: str):
-    """A config field with its flag's help text."""
-    return dataclasses.field(default=default, metadata={"help": help})
+def opt(default, help: str, choices: tuple[str, ...] | None = None):
+    """A config field with its flag's help text (and the values its flag accepts, when ``choices``)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -80,15 +81,16 @@ class Data:
 
 @dataclass
 class Context:
-    """How to run: ``device``, ``seed`` (recorded in the report), progress bars, the rewinder for
-    InvWNN, a fresh-model factory for retraining, and a per-iteration hook ``on_iteration(i, model)``
+    """How to run: ``device``, ``seed`` (recorded in the report), progress bars, the rewinder
+    invwnn and invwnn+ use instead of the one their config asks for (the bench's controls, wrapped
+    in :class:`invwnn.rewind.FullPrecision` under mixed precision), a fresh-model factory for retraining, and a per-iteration hook ``on_iteration(i, model)``
     for iterative methods. A method that stops itself before its budget sets ``stop_reason`` (invwnn:
     ``"target"``); one that sees its result will probably be wrong says why through ``warn``."""
 
     device: str = "cpu"
     seed: int = 0
     progress: bool = False
-    rewinder: Any = None
+    rewinder: Rewinder | None = None
     rebuild: Callable[[], nn.Module] | None = None
     on_iteration: Callable[[int, nn.Module], None] | None = None
     warn: Callable[[str], None] | None = None
@@ -225,8 +227,7 @@ def _centred_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def calibrate_lr(model: nn.Module, params: list[nn.Parameter], loss: Callable[[], torch.Tensor],
-                 probe: torch.Tensor, optimizer: str, step_size: float,
-                 mask: list[torch.Tensor] | None = None) -> dict:
+                 probe: torch.Tensor, optimizer: str, step_size: float) -> dict:
     """The learning rate at which one optimizer step moves ``model``'s outputs on the ``probe``
     images (N, C, H, W) by ``step_size``: the root mean square change of their centred logits
     (logits minus each image's mean logit), measured along the optimizer's first step, so that a
@@ -235,7 +236,7 @@ def calibrate_lr(model: nn.Module, params: list[nn.Parameter], loss: Callable[[]
     demolition to a wide one).
 
     ``loss()``: the method's loss on one batch; its gradient gives the direction (Adam: its sign,
-    SGD: itself), restricted to ``mask`` (views shaped like ``params``) when given. Measured by
+    SGD: itself). Measured by
     finite differences in eval mode (norm statistics frozen, as the loops train), once at a small
     trial step, then refined once at the step it predicts (the response is close to linear).
     Returns ``{"lr", "step_size", "measured", "probe_images", "direction"}``; the weights are left
@@ -245,8 +246,6 @@ def calibrate_lr(model: nn.Module, params: list[nn.Parameter], loss: Callable[[]
     grads = torch.autograd.grad(loss(), params, allow_unused=True)
     direction = [torch.zeros_like(p) if g is None else (g.sign() if optimizer == "adam" else g)
                  for p, g in zip(params, grads)]
-    if mask is not None:
-        direction = [d * m for d, m in zip(direction, mask)]
     saved = [p.detach().clone() for p in params]
     base = _centred_logits(model, probe)
 

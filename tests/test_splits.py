@@ -1,4 +1,5 @@
-"""Forget-data reader: class mapping by name and every bad input as a clear InputError."""
+"""Forget/retain/test readers (invwnn.inputs.splits): class mapping by name and every bad input as a
+clear InputError."""
 from __future__ import annotations
 
 import json
@@ -17,7 +18,8 @@ from click.testing import CliRunner
 
 from invwnn.cli.apply import apply
 from invwnn.inputs.splits import folder_name, read
-from invwnn.inputs.models import Preprocess, save_own
+from invwnn.inputs.models import save_own
+from invwnn.inputs.preprocess import Preprocess
 from invwnn.errors import InputError
 from trajgen import nets
 from trajgen.spec import ArchSpec
@@ -177,7 +179,7 @@ def test_apply_on_thousands_of_empty_class_folders(tmp_path, many_class_model):
     root = tmp_path / "forget"
     _many_empty_class_folders(root)
     args = ["--model", str(many_class_model), "--forget", str(root), "--rewinder", "linear", "--iterations",
-            "1", "--snapshots", "3", "--every", "1", "--warmup", "0", "--quiet"]
+            "1", "--snapshots", "3", "--every", "1", "--quiet"]
     r = CliRunner().invoke(apply, args)
     assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
     assert r.output.startswith("Error: --forget") and "holds no images" in r.output

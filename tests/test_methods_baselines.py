@@ -1,30 +1,23 @@
-"""The 2026 yardstick's methods (BRIEF section 8, issue 23): SSD, l1-sparse, AMUN and ReGUn do what
-their papers say, on the tiny original that tests/test_methods.py uses (and, for SSD, its
-one-class variant: SSD's own setting)."""
+"""The field's baselines of the 2026 yardstick (BRIEF section 8, issue 23): SSD, l1-sparse, AMUN and
+ReGUn do what their papers say, on the tiny original that tests/test_methods.py uses (and, for SSD,
+its one-class variant: SSD's own setting). What every method shares (runs, needs, flags, search
+space): tests/test_methods.py."""
 from __future__ import annotations
 
 import copy
-import json
 
 import pytest
 import torch
 import torch.nn.functional as F
-from click.testing import CliRunner
 
 from _apply_fixtures import tiny_original
 from invwnn.inputs import splits as forget_io
 from invwnn.audit import metrics
 from invwnn.inputs import models
-from invwnn.unlearn.apply import GUARD_MODE
-from invwnn.cli.apply import apply
-from invwnn.bench import runner, search
 from invwnn.inputs.splits import Split
 from invwnn.unlearn.methods import REGISTRY, Context, Data, amun, l1_sparse, regun, ssd
 from invwnn.unlearn.methods.loop import trainable
 from invwnn.errors import InputError
-
-NEW = ("ssd", "l1-sparse", "amun", "regun")
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,42 +47,6 @@ def _acc(model, split) -> float:
 
 def _flat(params) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1).clone() for p in params])
-
-
-def test_registered_searchable_and_benched_where_tuned_everywhere():
-    for name in NEW:
-        cfg = REGISTRY[name].config()
-        assert type(cfg).from_dict(cfg.to_dict()) == cfg
-        assert name in runner.ORDER and runner.BENCH_METHODS[name] == (name, None)
-        rows = search.search_method(name, search.TRIALS, search.TUNING_SEED,
-                                    lambda o: {"overrides": o, "reached": False, "gap": 1.0, "seconds": 1.0})
-        cands = [r["overrides"] for r in rows]
-        assert len(cands) == search.TRIALS and cands[0] == {k: getattr(cfg, k) for k in search.SPACES[name]}
-        for c in cands[1:]:
-            for k, (kind, *args) in search.SPACES[name].items():
-                assert c[k] in args[0] if kind == "choice" else args[0] * 0.999 <= c[k] <= args[1] * 1.001
-    assert runner.STOP_MODE["ssd"] == "none" and GUARD_MODE["ssd"] == "end"  # one-shot: no steps to watch
-
-
-@pytest.mark.parametrize("name", ["ssd", "l1-sparse", "regun"])
-def test_the_retain_methods_say_so(random10, name):
-    loaded, data = random10
-    with pytest.raises(InputError, match="--retain"):
-        REGISTRY[name].run(copy.deepcopy(loaded.model), Data(data.forget, data.classes), REGISTRY[name].config(),
-                           Context())
-
-
-def test_the_cli_takes_their_flags(random10, tmp_path_factory, tmp_path):
-    root = tiny_original(tmp_path_factory.getbasetemp(), "random")  # built already: random10's
-    base = ["--model", str(root / "model.pt"), "--forget", str(root / "forget"), "--retain", str(root / "retain"),
-            "--quiet"]
-    r = CliRunner().invoke(apply, [*base, "--method", "ssd", "--alpha", "20", "--dampening", "0.5", "--samples", "300",
-                                   "--out", str(tmp_path / "m.pt")])
-    assert r.exit_code == 0, r.output
-    assert json.loads((tmp_path / "m.json").read_text())["config"] == {"alpha": 20.0, "dampening": 0.5,
-                                                                        "samples": 300, "batch_size": 128}
-    r = CliRunner().invoke(apply, [*base, "--method", "ssd", "--lr", "0.1"])
-    assert r.exit_code == 2 and "--lr is not a setting of method ssd" in r.output
 
 
 # ---------------------------------------------------------------------------------------------- SSD

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from invwnn.audit import rmia as privacy
+from invwnn.audit import rmia
 from invwnn.inputs.splits import Split
 
 
@@ -15,38 +15,38 @@ def test_auc_matches_the_pairwise_definition_with_ties():
     rng = np.random.default_rng(0)
     pos, neg = rng.integers(0, 20, 300).astype(float), rng.integers(0, 15, 200).astype(float)
     pairs = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
-    assert privacy.auc(pos, neg) == pytest.approx(100 * pairs.mean())
-    assert privacy.auc(np.ones(5), np.zeros(5)) == 100 and privacy.auc(np.zeros(5), np.ones(5)) == 0
+    assert rmia.auc(pos, neg) == pytest.approx(100 * pairs.mean())
+    assert rmia.auc(np.ones(5), np.zeros(5)) == 100 and rmia.auc(np.zeros(5), np.ones(5)) == 0
 
 
 def test_tpr_and_best_accuracy_on_known_cases():
     neg = np.arange(100.0)  # 1% of negatives exceed 98
-    assert privacy.tpr_at_fpr(np.array([98.5, 99.5, 50.0, 0.0]), neg) == 50.0
-    assert privacy.best_accuracy(np.array([10.0, 11.0]), np.array([1.0, 2.0])) == 100.0
+    assert rmia.tpr_at_fpr(np.array([98.5, 99.5, 50.0, 0.0]), neg) == 50.0
+    assert rmia.best_accuracy(np.array([10.0, 11.0]), np.array([1.0, 2.0])) == 100.0
     same = np.linspace(0, 1, 50)
-    assert privacy.best_accuracy(same, same) == pytest.approx(50.0, abs=2.1)
+    assert rmia.best_accuracy(same, same) == pytest.approx(50.0, abs=2.1)
     # one threshold separates 3 of 4 positives from every negative: (0.75 + 1) / 2
-    assert privacy.best_accuracy(np.array([0.0, 5.0, 6.0, 7.0]), np.array([1.0, 2.0])) == 87.5
+    assert rmia.best_accuracy(np.array([0.0, 5.0, 6.0, 7.0]), np.array([1.0, 2.0])) == 87.5
 
 
 def test_rmia_scores_count_the_population_beaten():
     p_z, prior_z = np.array([0.1, 0.2, 0.4, 0.8]), np.full(4, 0.4)  # ratios 0.25, 0.5, 1, 2
-    scores = privacy.rmia_scores(np.array([0.4, 0.9, 0.05]), np.array([0.4, 0.3, 0.5]), p_z, prior_z)
+    scores = rmia.rmia_scores(np.array([0.4, 0.9, 0.05]), np.array([0.4, 0.3, 0.5]), p_z, prior_z)
     assert scores.tolist() == [0.5, 1.0, 0.0]  # ratios 1 (beats 2), 3 (all 4), 0.1 (none)
-    assert privacy.rmia_scores(np.array([0.4]), np.array([0.4]), p_z, prior_z, gamma=3.0).tolist() == [0.25]
+    assert rmia.rmia_scores(np.array([0.4]), np.array([0.4]), p_z, prior_z, gamma=3.0).tolist() == [0.25]
     # a = 1 makes Pr(x) the references' mean; a = 0 the mean of that and 1
     refs = np.array([[0.2, 0.6], [0.4, 0.2]])
-    assert privacy.offline_prior(refs, 1.0).tolist() == pytest.approx([0.3, 0.4])
-    assert privacy.offline_prior(refs, 0.0).tolist() == pytest.approx([0.65, 0.7])
+    assert rmia.offline_prior(refs, 1.0).tolist() == pytest.approx([0.3, 0.4])
+    assert rmia.offline_prior(refs, 0.0).tolist() == pytest.approx([0.65, 0.7])
 
 
 def test_js_divergence_bounds_and_symmetry():
     p = torch.softmax(torch.randn(20, 5, generator=torch.Generator().manual_seed(0)), 1)
     q = torch.softmax(torch.randn(20, 5, generator=torch.Generator().manual_seed(1)), 1)
-    assert np.allclose(privacy.js_divergence(p, p), 0, atol=1e-9)
-    assert np.allclose(privacy.js_divergence(p, q), privacy.js_divergence(q, p))
+    assert np.allclose(rmia.js_divergence(p, p), 0, atol=1e-9)
+    assert np.allclose(rmia.js_divergence(p, q), rmia.js_divergence(q, p))
     one_hot = torch.eye(5)
-    assert privacy.js_divergence(one_hot, one_hot.roll(1, 0)).tolist() == pytest.approx([1.0] * 5, abs=1e-6)
+    assert rmia.js_divergence(one_hot, one_hot.roll(1, 0)).tolist() == pytest.approx([1.0] * 5, abs=1e-6)
 
 
 def _noise(n: int, seed: int) -> Split:
@@ -75,7 +75,7 @@ def test_rmia_finds_a_memorised_set_and_not_one_never_seen():
     original = _memorise(retain, forget, seed=0)
     assert (original(forget.x).argmax(1) == forget.y).float().mean() > 0.9  # it memorised S
     refs = [_memorise(retain, seed=s) for s in (10, 11, 12, 13)]
-    attack = privacy.Attack(refs, forget, test, seed=0)
+    attack = rmia.Attack(refs, forget, test, seed=0)
     remembered = attack.figures(original)
     assert remembered["RMIA_AUC"] > 90 and remembered["RMIA_tail"] > 50 and remembered["RMIA_acc"] > 80
     assert remembered["RMIA_TPR1"] > 20 and remembered["JS_forget"] > 2 * remembered["JS_test"]
@@ -89,9 +89,9 @@ def test_rmia_finds_a_memorised_set_and_not_one_never_seen():
 def test_attack_refuses_too_little_data():
     refs = [nn.Sequential(nn.Flatten(), nn.Linear(36, 4)) for _ in range(2)]
     with pytest.raises(ValueError, match="at least 2 reference"):
-        privacy.Attack(refs[:1], _noise(10, 0), _noise(100, 1))
+        rmia.Attack(refs[:1], _noise(10, 0), _noise(100, 1))
     with pytest.raises(ValueError, match="held-out images"):
-        privacy.Attack(refs, _noise(10, 0), _noise(12, 1))
+        rmia.Attack(refs, _noise(10, 0), _noise(12, 1))
 
 
 @pytest.mark.parametrize("name", ["label-noise", "backdoor", "random10"])
@@ -106,13 +106,13 @@ def test_held_out_candidates_are_drawn_like_the_forget_set(name):
                                       forget_fraction=0.2)
     scn = scenarios.build(config, 0)
     like = scn.like_forget()
-    heldout, population = privacy.attack_splits(scn.forget_split, scn.test, scn.seed, like)
-    _, clean = privacy.attack_splits(scn.forget_split, scn.test, scn.seed)
+    heldout, population = rmia.attack_splits(scn.forget_split, scn.test, scn.seed, like)
+    _, clean = rmia.attack_splits(scn.forget_split, scn.test, scn.seed)
     assert torch.equal(population.y, clean.y) and torch.equal(population.x, clean.x)
     if name == "random10":
         assert like is None
         return
-    again, _ = privacy.attack_splits(scn.forget_split, scn.test, scn.seed, like)
+    again, _ = rmia.attack_splits(scn.forget_split, scn.test, scn.seed, like)
     assert torch.equal(heldout.y, again.y) and torch.equal(heldout.x, again.x)
     perm = torch.randperm(len(scn.test), generator=torch.Generator().manual_seed(scn.seed + 4242))
     base = scn.test.subset(perm[len(scn.test) // 2:].sort().values)

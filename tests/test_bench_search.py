@@ -1,7 +1,7 @@
-"""The hyperparameter search's Optuna studies (invwnn.bench.search): the library defaults first,
-TPE seeded per trial, the same number of trials for every method, resumable from a journal, and
-`invwnn tune` writing a record and its journal. The study loop runs on a fake objective (no bench);
-one test runs the real thing on a tiny quick scenario."""
+"""invwnn.bench.search: the Optuna studies (the library defaults first, TPE seeded per trial, the same
+number of trials for every row, resumable from a journal), `invwnn tune` writing a record and its
+journal, and merging a search of some rows into a record. The study loop runs on a fake objective
+(no bench); one test runs the real thing on a tiny quick scenario."""
 from __future__ import annotations
 
 import json
@@ -11,10 +11,11 @@ import optuna
 import pytest
 from click.testing import CliRunner
 
-from invwnn.bench import runner, search
+from invwnn.bench import rows as bench_rows
+from invwnn.bench import search
 from invwnn.cli.bench import tune
-
-NEW = ("ssd", "l1-sparse", "amun", "regun")  # searchable, not yet bench rows
+from invwnn.errors import InputError
+from invwnn.unlearn.methods import REGISTRY
 
 
 class Fake:
@@ -36,8 +37,8 @@ class Fake:
 
 
 def in_space(name: str, overrides: dict) -> bool:
-    for k, (kind, *args) in search.SPACES[name].items():
-        if k in search.FIXED.get(name, {}):
+    for k, (kind, *args) in bench_rows.ROWS[name].space.items():
+        if k in bench_rows.ROWS[name].fixed:
             continue
         v = overrides[k]
         if not (v in args[0] if kind == "choice" else args[0] <= v <= args[1]):
@@ -46,20 +47,17 @@ def in_space(name: str, overrides: dict) -> bool:
 
 
 def test_every_method_gets_the_same_search_with_its_defaults_first():
-    for name in (*runner.ORDER, *NEW):
+    for name in bench_rows.BENCH:
         fake = Fake()
         rows = search.search_method(name, search.TRIALS, search.TUNING_SEED, fake)
         assert len(rows) == len(fake.calls) == search.TRIALS, name
-        base = runner.REGISTRY[runner.BENCH_METHODS[name][0]].config()
-        fixed = search.FIXED.get(name, {})
-        assert rows[0]["overrides"] == {**{k: getattr(base, k) for k in search.SPACES[name]}, **fixed}, name
-        assert rows[0]["overrides"] == search.defaults(name) and rows[0]["trial"] == 0
-        assert all(r["overrides"].items() >= fixed.items() for r in rows), name  # FIXED in every trial
+        row = bench_rows.ROWS[name]
+        base = REGISTRY[row.method].config()  # the library's defaults, written out in trial 0
+        assert rows[0]["overrides"] == {**{k: getattr(base, k) for k in row.space}, **row.fixed}, name
+        assert rows[0]["overrides"] == bench_rows.defaults(name) and rows[0]["trial"] == 0
+        assert all(r["overrides"].items() >= row.fixed.items() for r in rows), name  # fixed in every trial
         assert all(in_space(name, r["overrides"]) for r in rows[1:]), name
         assert len({json.dumps(r["overrides"], sort_keys=True) for r in rows}) > search.TRIALS // 2, name
-    # the line's horizon is searched; the controls keep the learned row's space without it
-    assert "horizon" in search.SPACES["invwnn+-linear"] and "horizon" not in search.SPACES["invwnn+-reset"]
-    assert search.FIXED["invwnn+-runs500"] == {"every": 4}
 
 
 def test_the_same_seed_draws_the_same_trials_and_another_seed_others():
@@ -108,7 +106,7 @@ def test_a_rerun_on_the_journal_resumes(tmp_path):
     assert [r["overrides"] for r in rows] == [r["overrides"] for r in whole] and len(after.calls) == 4
     assert [r["trial"] for r in rows] == [0, 1, 3, 4, 5, 6]  # trial 2 was the killed one
     # another study in the same journal is another method's, untouched
-    assert search.search_method("neggrad", 2, 100, Fake(), journal, "n")[0]["overrides"] == search.defaults("neggrad")
+    assert search.search_method("neggrad", 2, 100, Fake(), journal, "n")[0]["overrides"] == bench_rows.defaults("neggrad")
     assert sorted(optuna.get_all_study_names(search._storage(journal))) == ["n", "s"]
 
 
@@ -133,7 +131,7 @@ def test_tune_writes_a_record_and_its_journal_and_a_rerun_resumes(tmp_path, monk
     assert str(tmp_path) not in json.dumps({k: v for k, v in json.loads(out.read_text()).items() if k != "command"})
     storage = search._storage(journal)
     for name, m in record["methods"].items():
-        assert m["trials"] == len(m["rows"]) == 2 and m["rows"][0]["overrides"] == search.defaults(name)
+        assert m["trials"] == len(m["rows"]) == 2 and m["rows"][0]["overrides"] == bench_rows.defaults(name)
         assert m["chosen"] == m["rows"][m["chosen_trial"]]["overrides"]
         for row in m["rows"]:
             assert {"overrides", "reached", "gap", "budget_gap", "seconds", "budget_seconds", "RA", "UA", "TA",
@@ -146,3 +144,48 @@ def test_tune_writes_a_record_and_its_journal_and_a_rerun_resumes(tmp_path, monk
     assert r2.exit_code == 0, r2.output
     again = json.loads(out.read_text())
     assert {n: m["rows"] for n, m in again["methods"].items()} == {n: m["rows"] for n, m in record["methods"].items()}
+
+
+def record(methods: dict, seed: int = 100, date: str = "2026-11-20") -> dict:
+    return {"scenario": {"name": "random10"}, "seed": seed, "trials_per_method": 16, "data": {"train": "abc"},
+            "spaces": {m: {"lr": ["log", 1, 2]} for m in methods}, "methods": methods, "date": date,
+            "versions": {"torch": "x"}, "command": "first"}
+
+
+def test_merge_replaces_the_searched_methods_keeps_the_rest_and_lists_the_update():
+    old = record({"invwnn+": {"chosen": {"lr": 1}}, "finetune": {"chosen": {"lr": 2}}})
+    new = {**record({"invwnn+": {"chosen": {"lr": 3, "horizon": 2.0}}}, date="2026-11-24"), "command": "second"}
+    new["spaces"]["invwnn+"] = {"horizon": ["uniform", 0.5, 4.0]}
+    merged = search.merge(old, new)
+    assert merged["methods"]["invwnn+"]["chosen"] == {"lr": 3, "horizon": 2.0}
+    assert merged["methods"]["finetune"] == old["methods"]["finetune"]
+    assert merged["spaces"]["invwnn+"] == {"horizon": ["uniform", 0.5, 4.0]}
+    assert merged["updates"] == [{"methods": ["invwnn+"], "date": "2026-11-24", "versions": {"torch": "x"},
+                                  "command": "second"}]
+    assert merged["command"] == "first" and old["methods"]["invwnn+"]["chosen"] == {"lr": 1}
+    again = search.merge(merged, new)
+    assert len(again["updates"]) == 2
+
+
+def test_merge_refuses_a_search_of_another_seed():
+    with pytest.raises(InputError, match="cannot merge"):
+        search.merge(record({"a": {}}), record({"b": {}}, seed=101))
+
+
+def test_a_search_merged_into_an_older_record_names_its_sampler_and_journal():
+    old = {**record({"finetune": {"chosen": {"lr": 2}}}), "sampler": "library defaults, then seeded random draws"}
+    new = {**record({"invwnn+": {"chosen": {"lr": 3}, "study": "random10/invwnn+/seed100/abc"}}),
+           "sampler": search.sampler_text(100), "storage": "random10.optuna.log"}
+    merged = search.merge(old, new)
+    assert merged["sampler"] == old["sampler"] and "storage" not in merged  # the record's first search
+    assert merged["updates"][-1]["sampler"] == new["sampler"] and merged["updates"][-1]["storage"] == "random10.optuna.log"
+    assert merged["methods"]["invwnn+"]["study"] == "random10/invwnn+/seed100/abc"
+
+
+def test_the_packaged_records_of_the_earlier_sampler_still_load():
+    from invwnn.bench import scenarios
+    for name in scenarios.TUNABLE:
+        chosen, rec = search.load(name)
+        assert rec["sampler"].startswith("library defaults, then seeded random draws"), name
+        assert all(m["chosen"] == m["rows"][m["chosen_trial"]]["overrides"] for m in rec["methods"].values()
+                   if m["chosen_trial"] is not None), name

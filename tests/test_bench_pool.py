@@ -1,5 +1,5 @@
-"""invwnn.bench.pool: results in the units' order over worker processes, and workers that stop when
-their parent is killed (a SIGTERM runs no clean-up in the parent)."""
+"""invwnn.bench.pool: results in the units' order over worker processes, workers that stop when their
+parent is killed (a SIGTERM runs no clean-up in the parent), and the resumable log of finished units."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from invwnn.bench.pool import map_units
+from invwnn.bench.pool import append_log, map_units, read_log, run_logged
 
 UNITS = textwrap.dedent("""
     import os, time
@@ -74,3 +74,27 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
         for m in marks:
             if m.exists() and m.read_text() and _alive(int(m.read_text())):
                 os.kill(int(m.read_text()), signal.SIGKILL)
+
+
+def test_the_log_resumes_finished_units_and_survives_a_cut_line(tmp_path):
+    log = tmp_path / "units.jsonl"
+    ran = []
+
+    def unit(u):
+        ran.append(u[0])
+        return {"square": u[0] * u[0]}
+
+    keyed = [(f"k{i}", (i,)) for i in range(4)]
+    first = run_logged(unit, keyed[:2], log, progress=False)
+    assert first == {"k0": {"key": "k0", "square": 0}, "k1": {"key": "k1", "square": 1}}
+    with log.open("a") as f:
+        f.write('{"key": "k2", "squ')  # a line cut by a kill
+    assert run_logged(unit, keyed, log, progress=False)["k3"] == {"key": "k3", "square": 9}
+    assert ran == [0, 1, 2, 3]  # k2 ran again, k0 and k1 did not
+    assert set(read_log(log)) == {"k0", "k1", "k2", "k3"}
+    append_log(log, {"key": "k0", "square": -1})  # the last row of a key wins
+    assert read_log(log)["k0"]["square"] == -1
+    # the older fair_bench state files read as their results
+    old = tmp_path / "bench.jsonl"
+    old.write_text('{"key": "a", "result": {"seconds": 1.0}}\n')
+    assert read_log(old) == {"a": {"seconds": 1.0}}

@@ -73,6 +73,7 @@ def test_bad_names_are_one_line_exit_2(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # a panel run twice, about 8 s
 def test_resume_skips_done_units_and_the_doc_section_is_idempotent(tmp_path, monkeypatch):
     doc = tmp_path / "results.md"
     doc.write_text("# Results\n\n## Architecture panel\n\nold\n\n## Later\n\nkept\n")

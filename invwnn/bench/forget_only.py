@@ -1,0 +1,325 @@
+"""The forget-only protocol (issue 15): models the project never trained, unlearned from their files
+through the library call behind ``invwnn apply`` with only the forget set and a test split (default
+guard), each row's one knob chosen on a validation split.
+
+Cases (each built per seed, with its Retrain: the same recipe and seed on the data minus the forget set):
+
+- ``lenet-noisy``: a TorchScript LeNet with BatchNorm (:class:`LeNet`, Adam 2e-3, 12 epochs) on 3,000
+  Fashion-MNIST images of which 20% carry a wrong label; forget set = the mislabelled 600.
+- ``lenet-random``: the same recipe on clean labels; forget set = a random 10% (300 images).
+- ``mobilenet-random``: torchvision's MobileNetV3-small (width 0.5, Adam 1e-3, batch 64, 10 epochs,
+  batch-norm statistics recomputed at the end) on 2,000 images padded to 32x32 RGB, saved with
+  ``torch.export``; forget set = a random 10% (200 images).
+
+Every case has 1,000 test images and 1,000 validation images (training images the model never saw).
+Rows and their knobs are :data:`invwnn.bench.rows.FORGET_ONLY`. ``tuned``: the knob is chosen per row
+and case on the validation split of seed :data:`TUNE_SEED` (the run's test file there is the
+validation file, so the guard watches it): the largest fraction of the way to Retrain's forget error
+(capped at 1) among values costing at most 1 point of validation accuracy, the smallest value on ties;
+that value then runs on every seed's test split. Finished runs go to the bench's log
+(``OUT/units.jsonl``), built models under ``OUT/work``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from invwnn.audit import metrics
+from invwnn.bench import rows as bench_rows
+from invwnn.bench.pool import append_log, read_log
+from invwnn.bench.report import mean_std, versions
+from invwnn.errors import InputError
+from invwnn.files import atomic_write
+from trajgen import data as datasets
+
+CASES = ("lenet-noisy", "lenet-random", "mobilenet-random")
+TRAIN_SIZE = {"lenet-noisy": 3000, "lenet-random": 3000, "mobilenet-random": 2000}
+TEST_SIZE = VAL_SIZE = 1000
+FORGET_SHARE, NOISE = 0.1, 0.2  # random cases; lenet-noisy
+MOBILENET = dict(width_mult=0.5, epochs=10, lr=1e-3, batch_size=64)
+TUNE_SEED = 0
+
+
+class LeNet(nn.Module):
+    """LeNet-5 with BatchNorm after each convolution; input (N, 1, 28, 28) in [0, 1]."""
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 6, 5, padding=2), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84),
+                                  nn.ReLU(), nn.Linear(84, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def lenet_data(seed: int = 0, train_size: int = 2000, test_size: int = 1000, noise: float = 0.2,
+               ds=None) -> dict:
+    """The LeNet's data: ``train_size`` seeded Fashion-MNIST training images (``idx`` into the training
+    split), uint8 ``x`` and labels ``y`` of which a seeded share ``noise`` carry a wrong label
+    (``noisy`` mask), ``test_size`` seeded test images (``test_idx``), and the generator ``g`` in the
+    state the training recipe continues from."""
+    ds = ds if ds is not None else datasets.load("fashion-mnist")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(ds.y_train), generator=g)[:train_size]
+    x, y = ds.x_train[idx], ds.y_train[idx].clone()
+    noisy = torch.zeros(len(y), dtype=torch.bool)
+    noisy[torch.randperm(len(y), generator=g)[: round(noise * len(y))]] = True
+    y[noisy] = (y[noisy] + torch.randint(1, 10, (int(noisy.sum()),), generator=g)) % 10  # always wrong
+    test_idx = torch.randperm(len(ds.y_test), generator=g)[:test_size]
+    return {"ds": ds, "idx": idx, "x": x, "y": y, "noisy": noisy, "test_idx": test_idx, "g": g}
+
+
+def _fit(net: nn.Module, x: torch.Tensor, y: torch.Tensor, g: torch.Generator, epochs: int, lr: float,
+         batch_size: int) -> nn.Module:
+    """Adam ``lr``, ``epochs`` over uint8 images ``x`` in minibatches drawn from ``g`` (a last batch of
+    one image is skipped: batch norm in training mode needs two)."""
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    xf = datasets.to_float(x)
+    net.train()
+    for _ in range(epochs):
+        for b in torch.randperm(len(y), generator=g).split(batch_size):
+            if len(b) > 1:
+                opt.zero_grad()
+                F.cross_entropy(net(xf[b]), y[b]).backward()
+                opt.step()
+    return net
+
+
+def train_lenet(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, seed: int = 0, epochs: int = 12,
+                lr: float = 2e-3, batch_size: int = 64) -> LeNet:
+    """The LeNet's recipe, initialised from ``seed``; returned in eval mode."""
+    torch.manual_seed(seed)
+    return _fit(LeNet(), x, y, g, epochs, lr, batch_size).eval()
+
+
+def train_mobilenet(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, seed: int) -> nn.Module:
+    import torchvision
+    torch.manual_seed(seed)
+    c = MOBILENET
+    net = _fit(torchvision.models.mobilenet_v3_small(num_classes=10, width_mult=c["width_mult"]), x, y, g,
+               c["epochs"], c["lr"], c["batch_size"])
+    # torchvision's MobileNetV3 keeps batch-norm statistics with momentum 0.01: after a few hundred
+    # steps they lag the weights (eval accuracy ~30%). Recompute them over the training images.
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average
+        for b in torch.arange(len(y)).split(250):
+            net(datasets.to_float(x[b]))
+    return net.eval()
+
+
+def clone_generator(g: torch.Generator) -> torch.Generator:
+    c = torch.Generator()
+    c.set_state(g.get_state())
+    return c
+
+
+def _rgb32(x: torch.Tensor) -> torch.Tensor:
+    return F.pad(x, (2, 2, 2, 2)).expand(-1, 3, -1, -1).contiguous()
+
+
+def build(case: str, seed: int, work: Path, ds) -> dict:
+    """Train the original and Retrain of ``case`` at ``seed``; write the original's file and the
+    forget / test / val tensor files; return (and cache) the case's metadata and Retrain's figures."""
+    folder = work / f"{case}-s{seed}"
+    if (folder / "meta.json").exists():
+        return json.loads((folder / "meta.json").read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    d = lenet_data(seed, TRAIN_SIZE[case], TEST_SIZE, NOISE if case == "lenet-noisy" else 0.0, ds=ds)
+    x, y, g = d["x"], d["y"], d["g"]
+    forget = d["noisy"] if case == "lenet-noisy" else torch.zeros(len(y), dtype=torch.bool)
+    if case != "lenet-noisy":
+        forget[torch.randperm(len(y), generator=torch.Generator().manual_seed(20_000 + seed))
+               [: round(FORGET_SHARE * len(y))]] = True
+    free = torch.ones(len(ds.y_train), dtype=torch.bool)
+    free[d["idx"]] = False  # validation: training images outside the model's pool
+    pool = free.nonzero().squeeze(1)
+    vi = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(10_000 + seed))[:VAL_SIZE]]
+    xt, yt, xv, yv = ds.x_test[d["test_idx"]], ds.y_test[d["test_idx"]], ds.x_train[vi], ds.y_train[vi]
+    mobile = case.startswith("mobilenet")
+    if mobile:
+        x, xt, xv = _rgb32(x), _rgb32(xt), _rgb32(xv)
+    train = train_mobilenet if mobile else train_lenet
+    g_retrain = clone_generator(g)
+    original = train(x, y, g, seed)
+    t1 = time.time()
+    retrain = train(x[~forget], y[~forget], g_retrain, seed)
+    t2 = time.time()
+    if mobile:
+        from torch.export import Dim, export
+        model_path = folder / "model.pt2"
+        torch.export.save(export(original, (datasets.to_float(x[:8]),), dynamic_shapes=({0: Dim("batch")},)),
+                          str(model_path))
+    else:
+        model_path = folder / "model.pt"
+        torch.jit.save(torch.jit.script(original), str(model_path))
+    splits = {"forget": (x[forget], y[forget]), "test": (xt, yt), "val": (xv, yv)}
+    for name, (xs, ys) in splits.items():
+        torch.save({"x": xs, "y": ys}, folder / f"{name}.pt")
+    acc = {}
+    for who, net in (("original", original), ("retrain", retrain)):
+        acc[who] = {name: metrics.accuracy(net, datasets.to_float(xs), ys) for name, (xs, ys) in splits.items()}
+        acc[who]["retain"] = metrics.accuracy(net, datasets.to_float(x[~forget]), y[~forget])
+    meta = {"case": case, "seed": seed, "model": f"{folder.name}/{model_path.name}",
+            "n": {"train": len(y), "forget": int(forget.sum()), "test": len(yt), "val": len(yv)},
+            "accuracy": acc, "train_seconds": {"original": t1 - t0, "retrain": t2 - t1},
+            "shape": [int(s) for s in x.shape[1:]]}
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def overrides(row: str, value: float | None) -> dict:
+    """``invwnn apply``'s settings for ``row`` with its knob at ``value`` (None: its default): the row's
+    fixed settings and its rewinder as a user gives them (``--rewinder``, ``--predictor``)."""
+    spec = bench_rows.ROWS[row]
+    out = dict(spec.fixed)
+    if spec.rewinder is not None:
+        out["rewinder"] = spec.rewinder[0]
+        if spec.rewinder[1] is not None:
+            out["predictor"] = spec.rewinder[1]  # a shipped checkpoint's short name
+    if value is not None:
+        out[bench_rows.FORGET_ONLY[row][0]] = value
+    return out
+
+
+def output_path(work: Path, meta: dict, row: str, value: float | None, split: str, seed: int) -> Path:
+    """Where :func:`run_one` writes the unlearned model of that run."""
+    return work / "out" / f"{meta['case']}-s{seed}-{row}-{value}-{split}{Path(meta['model']).suffix}"
+
+
+def run_one(meta: dict, row: str, value: float | None, split: str, seed: int, work: Path) -> dict:
+    """One forget-only run of ``row`` with its knob at ``value`` (None: the default), guarded by and
+    measured on ``split`` (test or val)."""
+    from invwnn.unlearn.apply import Inputs, unlearn
+    folder = (work / meta["model"]).parent
+    c, h, w = meta["shape"]
+    inputs = Inputs(str(work / meta["model"]), str(folder / "forget.pt"), test=str(folder / f"{split}.pt"),
+                    size=(h, w), channels=c)
+    out = output_path(work, meta, row, value, split, seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    r = unlearn(inputs, bench_rows.ROWS[row].method, overrides(row, value), out=str(out), seed=seed)
+    retrain_err = 100.0 - meta["accuracy"]["retrain"]["forget"]
+    before, after = r["before"]["UA"], r["after"]["UA"]
+    return {"case": meta["case"], "seed": seed, "row": row, "value": value, "split": split, "config": r["config"],
+            "rewinder": r["rewinder"], "forget_err_before": before, "forget_err_after": after,
+            "forget_err_retrain": retrain_err,
+            "fraction": (after - before) / (retrain_err - before) if retrain_err != before else float("nan"),
+            "acc_before": r["before"]["TA"], "acc_after": r["after"]["TA"], "drop": r["before"]["TA"] - r["after"]["TA"],
+            "acc_retrain": meta["accuracy"]["retrain"][split], "stop_reason": r["stop_reason"], "guard": r["guard"],
+            "seconds": r["seconds"], "wall_seconds": time.time() - t0, "iterations": r["iterations"]}
+
+
+def choose(runs: list[dict], default: float) -> tuple[float, str]:
+    """The knob value of the validation ``runs`` (one per value): the largest fraction moved (capped at
+    1) among those losing at most 1 point of validation accuracy; ties -> the smaller value; none
+    within 1 point -> ``default``."""
+    ok = [r for r in runs if r["drop"] <= 1.0 and math.isfinite(r["fraction"])]
+    if not ok:
+        return default, "no value kept validation accuracy within 1 point: default kept"
+    return max(ok, key=lambda r: (round(min(r["fraction"], 1.0), 3), -r["value"]))["value"], "chosen on validation"
+
+
+def _m(values) -> float:
+    return mean_std(list(values))[0]
+
+
+def table(runs: list[dict], metas: dict) -> str:
+    """The Markdown table: a line per case, row and setting (means over seeds), Retrain per case."""
+    lines = ["| case | row | setting | forget error before -> after (Retrain) | fraction moved, mean [per seed] | "
+             "test acc before -> after (drop in points) | stop_reason | seconds | target met |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["case"], r["row"], r["label"]), []).append(r)
+    for (case, row, label), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["seed"])
+        fr = [r["fraction"] for r in rs]
+        met = sum(r["fraction"] >= 0.5 and r["drop"] <= 1.0 for r in rs)
+        lines.append(
+            f"| {case} | {row} | {label} | {_m(r['forget_err_before'] for r in rs):.1f} -> "
+            f"{_m(r['forget_err_after'] for r in rs):.1f} ({_m(r['forget_err_retrain'] for r in rs):.1f}) | "
+            f"{_m(fr):.2f} [{', '.join(f'{f:.2f}' for f in fr)}] | {_m(r['acc_before'] for r in rs):.1f} -> "
+            f"{_m(r['acc_after'] for r in rs):.1f} ({_m(r['drop'] for r in rs):+.1f}) | "
+            f"{', '.join(sorted({r['stop_reason'] for r in rs}))} | {_m(r['seconds'] for r in rs):.1f} | "
+            f"{met} of {len(rs)} |")
+    for case in dict.fromkeys(r["case"] for r in runs):
+        ms = [m for (c, _), m in metas.items() if c == case]
+        lines.append(f"| {case} | Retrain (reference) | | {_m(100 - m['accuracy']['retrain']['forget'] for m in ms):.1f} "
+                     f"| 1 | {_m(m['accuracy']['retrain']['test'] for m in ms):.1f} | | "
+                     f"{_m(m['train_seconds']['retrain'] for m in ms):.1f} (training) | |")
+    return "\n".join(lines) + "\n"
+
+
+def run_study(cases: tuple[str, ...], seeds: tuple[int, ...], rows: tuple[str, ...], settings: tuple[str, ...],
+              out: str | Path, report_only: bool = False, log=lambda s: None) -> dict:
+    """Every case x seed x row at its default (and with ``tuned`` in ``settings``, at the knob chosen
+    on validation), skipping runs already in ``OUT/units.jsonl``; returns the results (``runs``,
+    ``tuning``, ``cases_meta``)."""
+    bad = [c for c in cases if c not in CASES] + [r for r in rows if r not in bench_rows.FORGET_ONLY]
+    if bad:
+        raise InputError(f"unknown forget-only case or row {bad[0]!r}; cases: {', '.join(CASES)}; rows: "
+                         f"{', '.join(bench_rows.FORGET_ONLY)}")
+    out = Path(out)
+    work, state = out / "work", out / "units.jsonl"
+    done = read_log(state)
+
+    def get(meta: dict, row: str, value: float | None, split: str, seed: int) -> dict:
+        key = f"{meta['case']}/{seed}/{row}/{value}/{split}/{bench_rows.fingerprint(row, overrides(row, value))}"
+        if key not in done:
+            if report_only:
+                raise InputError(f"--report-only: run {key} is not in {state}")
+            done[key] = {"key": key, **run_one(meta, row, value, split, seed, work)}
+            append_log(state, done[key])
+            r = done[key]
+            log(f"{key}: forget error {r['forget_err_before']:.1f} -> {r['forget_err_after']:.1f} (Retrain "
+                f"{r['forget_err_retrain']:.1f}), {split} acc {r['acc_before']:.1f} -> {r['acc_after']:.1f}, "
+                f"{r['stop_reason']}")
+        return done[key]
+
+    ds = None if report_only else datasets.load("fashion-mnist")
+    metas, runs, tuning = {}, [], {}
+    for case in cases:
+        for seed in sorted({*seeds, *((TUNE_SEED,) if "tuned" in settings else ())}):
+            meta_path = work / f"{case}-s{seed}" / "meta.json"
+            metas[(case, seed)] = json.loads(meta_path.read_text()) if report_only else build(case, seed, work, ds)
+        for row in rows:
+            knob, grid = bench_rows.FORGET_ONLY[row]
+            default = getattr(bench_rows.config(row), knob)
+            if "defaults" in settings:
+                runs += [{**get(metas[(case, s)], row, None, "test", s), "label": f"{knob} {default:g} (default)"}
+                         for s in seeds]
+            if "tuned" not in settings:
+                continue
+            val = [get(metas[(case, TUNE_SEED)], row, v, "val", TUNE_SEED) for v in grid]
+            v, why = choose(val, default)
+            tuning[f"{case}|{row}"] = {knob: v, "why": why, "tune_seed": TUNE_SEED, "validation": [
+                {knob: r["value"], **{k: r[k] for k in ("fraction", "drop", "forget_err_after", "stop_reason")}}
+                for r in val]}
+            if v != default:
+                runs += [{**get(metas[(case, s)], row, v, "test", s), "label": f"{knob} {v:g} (val, seed {TUNE_SEED})"}
+                         for s in seeds]
+    return {"runs": runs, "tuning": tuning, "cases_meta": {f"{c}|{s}": m for (c, s), m in metas.items()},
+            "table": table(runs, {k: m for k, m in metas.items() if k[1] in seeds})}
+
+
+def write(results: dict, out: str | Path, command: str) -> list[Path]:
+    """``OUT/table.md`` (the command that made it at its top) and ``OUT/results.json``; their paths."""
+    out = Path(out)
+    md = f"# Forget data only, on models the project never trained\n\nCommand: `{command}`\n\n{results['table']}"
+    record = {"command": command, **{k: v for k, v in results.items() if k != "table"}, "versions": versions()}
+    for name, text in (("table.md", md), ("results.json", json.dumps(record, indent=1, default=str))):
+        atomic_write(out / name, lambda tmp, text=text: Path(tmp).write_text(text))
+    return [out / "table.md", out / "results.json"]
