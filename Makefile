@@ -69,20 +69,20 @@ bench: venv dataset
 	$(BIN)/invwnn bench --scenario random10 --quick --methods invwnn+,invwnn+-linear,finetune,neggrad+,salun \
 		--references 0 --jobs 2 --out results/bench-quick
 
-# The collector's throughput benchmark (docs/collector.md).
+# The collector's figures (docs/collector.md): recording overhead, then worker scaling (about 10 minutes).
 bench-trajgen: venv dataset
 	$(BIN)/python scripts/bench_trajgen.py
+	$(BIN)/python scripts/bench_scaling.py --repeats 1
 
-# docs/results.md's "The 2026 yardstick" from the packaged tuned records: its rows on seed 0 with 4
-# reference models (RMIA), then the section rebuilt (hours on a 2-core CPU; resumable). With
+# docs/results/yardstick.md from the packaged tuned records: its rows on seed 0 with 4 reference
+# models (RMIA), the file and each scenario's table beside it rebuilt (hours on a 2-core CPU; resumable). With
 # YARDSTICK_PHASE=all the rows are searched first (Optuna journals resume; rows the older sampler
 # chose are searched anew, rewriting invwnn/bench/tuned/).
 YARDSTICK_ROWS  ?= invwnn+,invwnn+-linear,invwnn+-reset,invwnn+-meta,invwnn,finetune,neggrad+,salun,ssd,l1-sparse,regun,amun
 YARDSTICK_PHASE ?= bench
 yardstick: venv dataset
 	$(BIN)/invwnn bench --phase $(YARDSTICK_PHASE) --seeds 1 --jobs 2 --methods $(YARDSTICK_ROWS) \
-		--out results/yardstick --no-progress
-	$(BIN)/python scripts/results_doc.py --yardstick results/yardstick
+		--out results/yardstick --doc docs/results/yardstick.md
 
 clean:
 	rm -rf $(VENV) data/demo.zarr data/demo data/demo-predictor.pt .pytest_cache

@@ -1,4 +1,4 @@
-"""Lossless codecs for the store's history chunks, measured on real collections.
+"""docs/store.md's "Compression" figures: lossless codecs for history chunks, on real collections.
 
     .venv/bin/python scripts/bench_compression.py data/traj_eval.zarr [more stores] [--runs N] [--repeat 3] [--only a,b]
     .venv/bin/python scripts/bench_compression.py data/traj_eval.zarr --entropy

@@ -1,4 +1,4 @@
-"""Windows/s of the window loader alone and of predictor training alone (not a test).
+"""docs/predictor.md, "Speed": windows/s of the window loader alone and of predictor training alone.
 
     .venv/bin/python scripts/bench_invwnn_train.py --store data/traj.zarr --workers 1
 
@@ -13,7 +13,8 @@ import torch
 
 from trajgen.store import complete_runs
 from invwnn.rewind.predictor import ModelConfig, Predictor
-from invwnn.train.windows import WindowStream, normalise, normalise_target
+from invwnn.rewind.features import normalise, normalise_target
+from invwnn.train.windows import WindowStream
 
 
 def loader_rate(store: str, workers: int, batch: int, n_batches: int) -> float:

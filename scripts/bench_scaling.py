@@ -1,6 +1,6 @@
-"""Where the second worker's speed-up goes: the machine's ceiling against the collector's figure.
+"""docs/collector.md's "Two workers" and "Object storage" figures: worker scaling, local against S3.
 
-    .venv/bin/python scripts/bench_scaling.py [--runs 24] [--repeats 2] [--steps 512]
+    .venv/bin/python scripts/bench_scaling.py [--runs 24] [--repeats 2] [--steps 512] [--s3]
 
 The first ``--runs`` specs of ``trajgen collect --archs cnn,vit`` (seed 0) are trained four ways,
 alternating within each repeat so that drift of a shared machine falls on every side:
@@ -13,7 +13,9 @@ alternating within each repeat so that drift of a shared machine falls on every 
   cluster start-up and recording included, as a user runs it.
 
 Prints JSON: per repeat the four wall times and per-run bare times, and the medians of the
-ratios (speed-ups) over the repeats with their min and max.
+ratios (speed-ups) over the repeats with their min and max. With ``--s3``, only collect-2, into a
+fresh folder and into a bucket of the local S3 server (moto, the ``dev`` extra, on 127.0.0.1),
+alternating: runs per hour, bytes and objects per run, and the ratio of runs per hour.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import statistics
 import tempfile
 import time
 
+from trajgen import s3local, store
 from trajgen.collect import CollectConfig, collect, plan
 from trajgen.spec import RunSpec
 
@@ -74,11 +77,36 @@ def balanced_halves(specs: list[RunSpec], seconds: list[float]) -> list[list[Run
     return halves
 
 
-def collected(specs_config: CollectConfig, workers: int) -> float:
+def collected(specs_config: CollectConfig, workers: int, url: str | None = None) -> dict[str, float]:
+    """Wall seconds of a collection into a fresh folder (or into ``url``), its runs per hour and
+    bytes per run (the index's ``bytes_stored``)."""
     with tempfile.TemporaryDirectory() as tmp:
+        where = url or f"{tmp}/s.zarr"
         t = time.perf_counter()
-        collect(CollectConfig(**{**specs_config.to_dict(), "store": f"{tmp}/s.zarr", "workers": workers}))
-        return time.perf_counter() - t
+        collect(CollectConfig(**{**specs_config.to_dict(), "store": where, "workers": workers}))
+        seconds = time.perf_counter() - t
+        sizes = [s["bytes_stored"] for s in store.index(store.open_store(where)).values()]
+    return {"seconds": seconds, "runs_per_hour": 3600 * len(sizes) / seconds,
+            "bytes_per_run": statistics.mean(sizes)}
+
+
+def local_and_s3(config: CollectConfig, repeats: int) -> dict:
+    """Two workers into a folder and into the local S3 server (trajgen.s3local), alternating which
+    goes first in each repeat; also the objects a run leaves in the bucket."""
+    import boto3
+
+    out = {"local": [], "s3": []}
+    with s3local.s3_server("bench") as _:
+        for r in range(repeats):
+            for where in (["local", "s3"] if r % 2 == 0 else ["s3", "local"]):
+                url = f"s3://bench/r{r}.zarr" if where == "s3" else None
+                out[where].append(collected(config, 2, url))
+                print(f"repeat {r} {where}: {out[where][-1]}", flush=True)
+        keys = boto3.client("s3").list_objects_v2(Bucket="bench", Prefix="r0.zarr/runs/")["KeyCount"]
+    summary = {w: {k: spread([x[k] for x in xs]) for k in xs[0]} for w, xs in out.items()}
+    return {"repeats": out, **summary, "objects_per_run": keys / config.runs,
+            "s3_over_local_runs_per_hour": spread([s["runs_per_hour"] / l["runs_per_hour"]
+                                                   for s, l in zip(out["s3"], out["local"])])}
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -90,15 +118,19 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--steps", type=int, default=512)
+    parser.add_argument("--s3", action="store_true", help="2 workers into a folder against the local S3 server")
     args = parser.parse_args()
     config = CollectConfig(archs=("cnn", "vit"), runs=args.runs, steps=args.steps, progress=False)
+    if args.s3:
+        print(json.dumps(local_and_s3(config, args.repeats), indent=2))
+        return
     specs = plan(config)
     repeats = []
     for r in range(args.repeats):
         one, (per_run,) = bare([specs])
         two, _ = bare(balanced_halves(specs, per_run))
-        c1 = collected(config, 1)
-        c2 = collected(config, 2)
+        c1 = collected(config, 1)["seconds"]
+        c2 = collected(config, 2)["seconds"]
         repeats.append({"bare_1": one, "bare_2": two, "collect_1": c1, "collect_2": c2, "per_run_bare_1": per_run})
         print(f"repeat {r}: bare 1/2 processes {one:.1f}/{two:.1f} s, collect 1/2 workers {c1:.1f}/{c2:.1f} s", flush=True)
     summary = {

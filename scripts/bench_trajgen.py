@@ -1,6 +1,6 @@
-"""Benchmark of trajgen on this machine: recording overhead, worker scaling, compression, memory.
+"""docs/collector.md's "Recording overhead" table (`make bench-trajgen` runs it, then bench_scaling.py).
 
-    .venv/bin/python scripts/bench_trajgen.py [--pairs 7] [--steps 256] [--runs 16] [--no-scaling]
+    .venv/bin/python scripts/bench_trajgen.py [--pairs 7] [--steps 256]
 
 Recording overhead is measured with interleaved pairs: for each of one mlp, one cnn and one vit
 spec (global seed 0), a bare run (the same training steps, one snapshot at each end, nothing
@@ -8,25 +8,22 @@ written) and a recorded run (every ``--every`` steps into a store, the run group
 completion included) alternate, A B A B ..., ``--pairs`` times, so drift of a shared machine
 falls on both sides of each pair. Reported per architecture: the median of the per-pair ratios
 recorded / bare minus 1, with the smallest and largest; the share of the recorded run's wall time
-the training thread spent in the store writer's calls (append, close, creation). Then ``--runs``
-runs collected with 1 and 2 dask workers (cluster start included), the compression of that
-store, and the peak memory of a 256- and a 2,048-step collection. Prints JSON and a Markdown table.
+the training thread spent in the store writer's calls (append, close, creation). Prints JSON and a
+Markdown table.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
 import torch
 
 from trajgen import data as datasets
-from trajgen import info, store
-from trajgen.collect import CollectConfig, collect, plan
+from trajgen import store
+from trajgen.collect import CollectConfig, plan
 from trajgen.nets import layer_table
 from trajgen.spec import RunSpec
 from trajgen.train import build_model, keep_freed_memory, snapshots
@@ -72,24 +69,11 @@ def recording_cost(spec: RunSpec, data, path: str, pairs: int) -> dict[str, floa
             "steps_per_s_bare": spec.steps / statistics.median(bare_s)}
 
 
-def peak_rss_mib(steps: int) -> float:
-    """Peak resident memory of an in-process collection of one cnn run of ``steps`` steps."""
-    code = (
-        "import resource, tempfile; from trajgen.collect import CollectConfig, collect; "
-        f"collect(CollectConfig(store=tempfile.mkdtemp() + '/s.zarr', runs=1, archs=('cnn',), steps={steps}, "
-        "every=1, workers=0, progress=False)); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
-    return float(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                                text=True).stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=7)
     parser.add_argument("--steps", type=int, default=256)
     parser.add_argument("--every", type=int, default=4)
-    parser.add_argument("--runs", type=int, default=16, help="runs of the 1- and 2-worker collections")
-    parser.add_argument("--no-scaling", action="store_true", help="skip the collections and memory figures")
     args = parser.parse_args()
     torch.set_num_threads(1)
     keep_freed_memory()  # as a collector's worker does
@@ -102,28 +86,13 @@ def main() -> None:
         train_seconds(specs[0], data, rec)  # warm-up
         for spec in specs:
             results[f"recording_{spec.arch.family}"] = recording_cost(spec, data, rec, args.pairs)
-        if not args.no_scaling:
-            for workers in (1, 2):
-                path = f"{tmp}/w{workers}.zarr"
-                t = time.perf_counter()
-                collect(CollectConfig(store=path, runs=args.runs, steps=args.steps, every=args.every,
-                                      workers=workers, progress=False))
-                results[f"runs_per_hour_{workers}_workers"] = args.runs * 3600 / (time.perf_counter() - t)
-            results["worker_speedup"] = results["runs_per_hour_2_workers"] / results["runs_per_hour_1_workers"]
-            results["compression_ratio"] = info.describe(f"{tmp}/w2.zarr")["compression_ratio"]
-    if not args.no_scaling:
-        results["peak_rss_mib_256_steps"] = peak_rss_mib(256)
-        results["peak_rss_mib_2048_steps"] = peak_rss_mib(2048)
     print(json.dumps(results, indent=2))
     print("\n| figure | value |\n|---|---|")
     for key, value in results.items():
-        if isinstance(value, dict):
-            print(f"| recording overhead, {key.split('_')[1]} ({args.pairs} interleaved pairs): median "
-                  f"[min, max] | {value['overhead_pct_median']:+.1f}% [{value['overhead_pct_min']:+.1f}, "
-                  f"{value['overhead_pct_max']:+.1f}]; writer's share {value['writer_share_pct_median']:.1f}%; "
-                  f"bare {value['bare_s_median']:.2f} s |")
-        else:
-            print(f"| {key} | {value:.2f} |")
+        print(f"| recording overhead, {key.split('_')[1]} ({args.pairs} interleaved pairs): median "
+              f"[min, max] | {value['overhead_pct_median']:+.1f}% [{value['overhead_pct_min']:+.1f}, "
+              f"{value['overhead_pct_max']:+.1f}]; writer's share {value['writer_share_pct_median']:.1f}%; "
+              f"bare {value['bare_s_median']:.2f} s |")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""How far one Adam step moves a model's outputs per unit of learning rate (the rate the calibrated
-step divides by, docs/applier.md "Calibrated steps"), and what the invwnn / invwnn+ learning rates
-that the CNN defaults used to fix correspond to on it.
+"""docs/applier.md, "Calibrated steps": the rate (9,559 on the ResNet-18, 5.9x the CNN's) and the lrs it gives.
+
+How far one Adam step moves a model's outputs per unit of learning rate (the rate the calibrated
+step divides by), and what the invwnn / invwnn+ learning rates that the CNN defaults used to fix
+correspond to on it.
 
     .venv/bin/python scripts/calibration_rates.py bench:random10            # the bench CNN (trains it if not cached)
     .venv/bin/python scripts/calibration_rates.py --model w.safetensors --arch torchvision:resnet18:num_classes=10 \

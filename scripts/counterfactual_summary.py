@@ -1,5 +1,5 @@
-"""How close to memorised the parents of a counterfactual store are, and how far each twin is
-from its parent, by family and rule (the figures in docs/collector.md).
+"""docs/collector.md's "Counterfactual triples" figures: how close to memorised the parents are,
+and how far each twin is from its parent, by family and rule.
 
     .venv/bin/python scripts/counterfactual_summary.py [--store data/counterfactuals.zarr]
 """

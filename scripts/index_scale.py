@@ -1,5 +1,5 @@
-"""The store's index at scale: adding a run, listing complete runs and ``trajgen info`` as a store
-grows to 50,000 runs (Model Zoos' scale).
+"""docs/store.md's "The index" table: adding a run, listing complete runs and ``trajgen info`` as a
+store grows to 50,000 runs (Model Zoos' scale).
 
     .venv/bin/python scripts/index_scale.py [--sizes 500 5000 50000] [--store DIR] [--repeat 5]
 

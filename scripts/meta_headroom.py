@@ -1,4 +1,6 @@
-"""How much room is there below the tuned line? On one held-out set of `invwnn meta-train`'s split,
+"""docs/results.md and docs/predictor.md, the meta rewinder's headroom: the oracle line length (0.74x).
+
+How much room is there below the tuned line? On one held-out set of `invwnn meta-train`'s split,
 the function-space distance after the loop for the line at each horizon, for the line with its
 horizon chosen per triple and draw by the distance itself (an oracle no rewinder can beat by
 choosing a length, since it sees the counterfactual), and for meta-trained checkpoints.
@@ -17,8 +19,8 @@ import random
 import torch
 
 from invwnn.train import meta_train
-from invwnn.rewind.meta import evaluate
-from invwnn.unlearn.methods.invwnn import LinearRewinder
+from invwnn.rewind import LinearRewinder, meta
+from invwnn.train.meta_loop import evaluate
 
 
 def distances(rewinder, triples, settings: list, seed: int, iterations: int) -> list[float]:
@@ -54,7 +56,7 @@ def main() -> None:
     oracle = mean([min(col) for col in zip(*lines.values())])
     print(f"  oracle line (horizon per triple and draw): {oracle:.4f} ({oracle / tuned:.3f}x)")
     for path in args.checkpoints:
-        rewinder, _ = meta_train.load(path)
+        rewinder, _ = meta.load(path)
         d = mean(distances(rewinder, triples, settings, seed, config.iterations))
         print(f"  {path}: {d:.4f} ({d / tuned:.3f}x)", flush=True)
 

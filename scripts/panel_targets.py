@@ -1,4 +1,6 @@
-"""Issue 22's targets read off a panel's units: per network and scenario, how far each method moved
+"""Writes docs/results/panel-targets.md from a panel's units (docs/results/panel-units.jsonl).
+
+Issue 22's targets: per network and scenario, how far each method moved
 forget error toward Retrain's ((UA - Original's) / (Retrain's - Original's); 1 = all the way), test
 accuracy against the original's in the issue's reading (class: on the other classes' test images,
 at most 1 point lower; label-noise: at or above; random10: at most 1 point lower), and time and
@@ -26,7 +28,7 @@ def budget_passes(config: dict, sizes: dict) -> int:
     """Images an invwnn / invwnn+ run at ``config`` feeds forward and backward over its whole
     budget (forget steps, then repair steps; calibration probes, rewinds and checks left out): a
     count that does not depend on the machine or its load."""
-    steps = (config["snapshots"] - 1) * config["every"] + config["warmup"]
+    steps = (config["snapshots"] - 1) * config["every"] + config.get("warmup", 0)  # records before warmup went
     forget = config["iterations"] * steps * min(config["batch_size"], sizes["forget"])
     repair = config["iterations"] * config.get("repair_steps", 0) * min(config.get("repair_batch_size", 0),
                                                                         sizes["retain"])

@@ -1,4 +1,5 @@
-"""Trace an iterative method (invwnn, invwnn+) on a model file: after each iteration, accuracy on the
+"""Writes docs/applier.md's trace of a forget-only run (with user_resnet.py's model):
+traces an iterative method (invwnn, invwnn+) on a model file: after each iteration, accuracy on the
 forget images and on 512 retain and test images the method may never see, and the effective number
 of predicted classes on the forget images and their rotated copies (what the forget-only guard
 watches). Shows what a forget-only run does to the images nobody watches.
@@ -16,7 +17,8 @@ import time
 import torch
 
 from invwnn.audit import metrics
-from invwnn.unlearn.apply import Inputs, load_inputs, make_config, make_rewinder
+from invwnn.rewind import make_rewinder
+from invwnn.unlearn.apply import Inputs, load_inputs, make_config
 from invwnn.unlearn.guard import collapse_probe, effective_classes, watch_subset
 from invwnn.unlearn.methods import REGISTRY, Context, Data
 
@@ -37,7 +39,7 @@ def main() -> None:
     loaded, data = load_inputs(Inputs(args.model, f"{s}/forget.pt", f"{s}/retain.pt", f"{s}/test.pt",
                                       size=size, arch=args.arch))
     config = make_config(args.method, json.loads(args.overrides))
-    ctx = Context(seed=0, rewinder=make_rewinder("learned", None, config))
+    ctx = Context(seed=0, rewinder=make_rewinder("learned", config))
     probe, retain, test = collapse_probe(data.forget), watch_subset(data.retain, 0), watch_subset(data.test, 0)
     start = time.perf_counter()
 

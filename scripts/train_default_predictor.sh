@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# docs/predictor.md, "The shipped predictors": trains the checkpoints whose records that section shows.
 # Train the predictors shipped as invwnn/rewind/predictors/default_predictor.pt (K = 15, the paper's window, used by
 # invwnn) and invwnn/rewind/predictors/default_predictor_k5.pt (K = 5, used by invwnn+), from a trajgen collection.
 #

@@ -1,4 +1,4 @@
-"""How well do twins correspond coordinate by coordinate? (issue 15, item 3)
+"""docs/predictor.md (twins' distance table, cited by docs/collector.md): how well twins correspond per coordinate.
 
 For the first N complete twins of a `trajgen twins` store, compares the twin (the parent retrained
 from its own start with the same batch order minus S) with a *stranger* (the same recipe on the same

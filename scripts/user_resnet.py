@@ -1,4 +1,5 @@
-"""The model a user brings (issue 22): a plain torchvision ``resnet18(num_classes=10)`` trained by
+"""Builds the user model behind docs/applier.md's check on a network the defaults never saw (issue 22):
+a plain torchvision ``resnet18(num_classes=10)`` trained by
 the user's own loop (Adam 1e-3, batch 64, 8 epochs, seed 0) on 2,000 Fashion-MNIST training images
 as 32x32 RGB, saved as safetensors, with one whole class (T-shirt/top, index 0) to forget and 1,000
 test images; splits as tensor files. Then, for example:

@@ -4,6 +4,7 @@ resuming, the document section)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -89,7 +90,7 @@ def test_resume_skips_done_units_and_the_doc_section_is_idempotent(tmp_path, mon
     first = doc.read_text()
     assert first.startswith("# Results\n\n## Architecture panel\n") and "old" not in first
     assert first.endswith("## Later\n\nkept\n") and "### convnext on random10: seeds 0" in first
-    assert (tmp_path / "results" / "panel.png").is_file()
+    assert (tmp_path / "panel.png").is_file()  # beside the document
 
     def never(*a, **k):
         raise AssertionError("a done unit ran again")
@@ -129,8 +130,14 @@ def test_rows_with_reference_models_get_their_own_files_and_section(tmp_path):
     assert {p.name for p in written} == {"panel-rmia.md", "panel-rmia.json", "panel-rmia.png", "results.md"}
     text = doc.read_text()
     assert "## Architecture panel\n\nplain\n\n## Later\n\nkept\n" in text
-    assert f"{panel_report.RMIA_HEADING}\n" in text and "(results/panel-rmia.png)" in text
+    assert f"{panel_report.RMIA_HEADING}\n" in text and "(panel-rmia.png)" in text
     assert "### convnext on class: seeds none yet" in text and "gap5 = ReGUn's five-term gap" in text
-    assert (tmp_path / "results" / "panel-rmia.png").is_file() and not (tmp_path / "results" / "panel.png").exists()
+    assert (tmp_path / "panel-rmia.png").is_file() and not (tmp_path / "panel.png").exists()
     panel_report.write(config, {}, tmp_path / "out", doc=doc)
     assert doc.read_text() == text
+
+
+def test_the_code_fingerprint_reads_the_method_and_guard_sources():
+    # a pattern matching no file would leave the fingerprint blind to that code (as after a move)
+    root = Path(panel.__file__).parents[1]
+    assert all(list(root.glob(pattern)) for pattern in panel.CODE), panel.CODE

@@ -94,7 +94,3 @@ def test_the_log_resumes_finished_units_and_survives_a_cut_line(tmp_path):
     assert set(read_log(log)) == {"k0", "k1", "k2", "k3"}
     append_log(log, {"key": "k0", "square": -1})  # the last row of a key wins
     assert read_log(log)["k0"]["square"] == -1
-    # the older fair_bench state files read as their results
-    old = tmp_path / "bench.jsonl"
-    old.write_text('{"key": "a", "result": {"seconds": 1.0}}\n')
-    assert read_log(old) == {"a": {"seconds": 1.0}}

@@ -17,14 +17,22 @@ import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
-from _s3 import BUCKET, flip_byte, s3_server, store_content
+from _s3 import BUCKET, flip_byte, store_content
+from invwnn.cli.main import main as invwnn_cli
 from trajgen import store
+from trajgen.cli import main as trajgen_cli
 from trajgen.collect import CollectConfig, collect
+from trajgen.migrate import migrate
+from trajgen.s3local import s3_server
+from trajgen.verify import verify
+
+pytestmark = pytest.mark.slow  # 60-110 s on the shared 2-core machine, mostly process starts
 
 BIN = Path(sys.executable).parent
-RUNS = dict(runs=6, steps=64, every=8, archs=("mlp", "cnn"))
-FLAGS = ["--runs", "6", "--steps", "64", "--every", "8", "--archs", "mlp,cnn", "--quiet"]
+RUNS = dict(runs=4, steps=48, every=8, archs=("mlp", "cnn"))
+FLAGS = ["--runs", "4", "--steps", "48", "--every", "8", "--archs", "mlp,cnn", "--quiet"]
 
 
 def wait(condition, seconds: float, what: str, poll: float = 0.05):
@@ -41,7 +49,8 @@ class Cluster:
     """A scheduler and workers started as `dask` commands; every process is killed at the end."""
 
     def __init__(self, folder: Path, env: dict[str, str]):
-        self.folder, self.env, self.processes = folder, {**env, "OMP_NUM_THREADS": "1"}, []
+        self.folder, self.env, self.processes = folder, {**env, "OMP_NUM_THREADS": "1",
+                                                  "DASK_TEMPORARY_DIRECTORY": str(folder)}, []
         self.file = folder / "scheduler.json"
         self.spawn(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
                     "--scheduler-file", str(self.file)])
@@ -77,7 +86,7 @@ def cluster(tmp_path_factory):
     from distributed import Client
 
     folder = tmp_path_factory.mktemp("cluster")
-    with s3_server() as env, contextlib.closing(Cluster(folder, env)) as cluster:
+    with s3_server(BUCKET) as env, contextlib.closing(Cluster(folder, env)) as cluster:
         cluster.add_worker()
         cluster.add_worker()
         with Client(cluster.address) as client:
@@ -138,20 +147,18 @@ def _indexed(url: str) -> int:
 
 def test_verify_finds_a_flipped_byte_and_the_same_command_repairs_it(cluster, reference, tmp_path):
     url = f"s3://{BUCKET}/flipped.zarr"
-    env, cwd = cluster.client_env, cluster.folder
-    trajgen = [str(BIN / "trajgen")]
-    assert subprocess.run([*trajgen, "migrate", f"s3://{BUCKET}/reference.zarr", url], env=env, cwd=cwd).returncode == 0
+    migrate(f"s3://{BUCKET}/reference.zarr", url)
     flip_byte("flipped.zarr/runs/run-000002/history/c/0/0")
-    r = subprocess.run([*trajgen, "verify", url], env=env, cwd=cwd, capture_output=True, text=True)
-    assert r.returncode == 1 and "run-000002: 1 damaged chunk(s): history/c/0/0 (checksum mismatch)" in r.stdout
-    assert subprocess.run([*trajgen, "verify", "--repair", url], env=env, cwd=cwd).returncode == 1
-    assert subprocess.run(cluster.collect("flipped.zarr"), env=env, cwd=cwd).returncode == 0
+    r = CliRunner().invoke(trajgen_cli, ["verify", url])
+    assert r.exit_code == 1 and "run-000002: 1 damaged chunk(s): history/c/0/0 (checksum mismatch)" in r.output
+    assert not verify(url, repair=True).ok
+    assert subprocess.run(cluster.collect("flipped.zarr"), env=cluster.client_env, cwd=cluster.folder).returncode == 0
     repaired = store_content(url)
     assert repaired["index"] == reference["index"] and repaired["runs"].keys() == reference["runs"].keys()
     for name, (attrs, arrays) in reference["runs"].items():
         assert repaired["runs"][name][1] == arrays
-    r = subprocess.run([str(BIN / "invwnn"), "train", "--store", url, "--out", str(tmp_path / "p.pt"), "--window", "3",
-                        "--back", "1", "--steps", "5", "--batch-size", "256", "--eval-per-kind", "20", "--workers", "0",
-                        "--quiet"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
+    r = CliRunner().invoke(invwnn_cli, ["train", "--store", url, "--out", str(tmp_path / "p.pt"), "--window", "3",
+                                        "--back", "1", "--steps", "5", "--batch-size", "256", "--eval-per-kind", "20",
+                                        "--workers", "0", "--quiet"])
+    assert r.exit_code == 0, r.output
     assert (tmp_path / "p.pt").is_file()

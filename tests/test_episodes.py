@@ -10,7 +10,8 @@ import torch
 from trajgen import data as datasets
 from trajgen import episode_spec, episodes, store
 from trajgen.nets import flat_weights, layer_table
-from invwnn.unlearn.apply import make_config, make_rewinder
+from invwnn.rewind import make_rewinder
+from invwnn.unlearn.apply import make_config
 from invwnn.train.heldout import split_runs
 from invwnn.errors import InputError
 from invwnn.rewind.predictor import ModelConfig, Predictor, save_checkpoint
@@ -163,10 +164,11 @@ def test_applier_refuses_a_predictor_of_another_spacing(tmp_path):
         save_checkpoint(paths[name], model, {}, {}, {"val_runs": [], **provenance})
     every_step = make_config("invwnn+", {"snapshots": 5, "every": 1})
     with pytest.raises(InputError) as err:
-        make_rewinder("learned", paths["four"], every_step)
+        make_rewinder("learned", checkpoint=paths["four"], config=every_step)
     assert "\n" not in str(err.value) and "4 step(s) apart" in str(err.value) and "--every" in str(err.value)
-    assert make_rewinder("learned", paths["four"], make_config("invwnn+", {"snapshots": 5, "every": 4})).k == 5
-    assert make_rewinder("learned", paths["old"], every_step).k == 5  # unknown spacing: accepted
+    every_four = make_config("invwnn+", {"snapshots": 5, "every": 4})
+    assert make_rewinder("learned", checkpoint=paths["four"], config=every_four).k == 5
+    assert make_rewinder("learned", checkpoint=paths["old"], config=every_step).k == 5  # unknown spacing: accepted
 
 
 def test_a_predictor_trained_on_episodes_records_them(tmp_path):

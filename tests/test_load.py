@@ -2,42 +2,56 @@
 library calls behind ``trajgen info`` and ``invwnn train`` polling it meanwhile.
 
 The collection here trains in its own single process: a 2-worker dask cluster alone takes about
-15 s to start on a 2-core machine. ``scripts/load_test.py`` runs the same drill with 2 dask workers
-on 500 runs (figures in docs/guarantees.md); that 2 workers write what 1 does is
+15 s to start on a 2-core machine. That 2 workers write what 1 does is
 ``tests/test_collect.py::test_two_workers_write_the_same_store_as_one``."""
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import time
-from pathlib import Path
 
+import numpy as np
 import pytest
 
 from invwnn.train.fit import TrainConfig, train
+from trajgen import data as datasets
+from trajgen import nets, store
+from trajgen.collect import CollectConfig, plan
 from trajgen.info import describe
-from trajgen.store import complete_runs, run_names, open_store
+from trajgen.store import complete_runs, open_store, run_names
+from trajgen.train import build_model
 from trajgen.verify import verify
 
-SCRIPT = Path(__file__).parents[1] / "scripts" / "load_test.py"
+# The smallest runs the spec allows: MLPs, 3 snapshots (steps 0, 1, 2).
+COLLECT_FLAGS = ["--archs", "mlp", "--steps", "2", "--every", "1", "--quiet"]
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("load_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def fill(path: str, n_runs: int) -> None:
+    """Write the first ``n_runs`` runs of that collection through the collector's own writer, with
+    the planned specs and their models' layer tables but synthetic weights (the initial weights
+    plus a small random walk), and index them: a valid store in seconds instead of minutes."""
+    store.create_store(path)
+    data = datasets.load("fashion-mnist")
+    rng = np.random.default_rng(0)
+    summaries = {}
+    for spec in plan(CollectConfig(store=path, runs=n_runs, archs=("mlp",), steps=2, every=1)):
+        model = build_model(spec, data)
+        writer = store.RunWriter(path, spec, nets.layer_table(model))
+        w = nets.flat_weights(model).numpy()
+        for j in range(spec.n_snapshots):
+            writer.append(j * spec.every, w, loss=2.3 / (1 + j), acc=0.1 + 0.1 * j)
+            w = w + rng.normal(0, 1e-3, w.shape).astype(np.float32)
+        summaries[spec.name] = writer.close(final_test_acc=float(rng.uniform(0.6, 0.8)))
+    store.add_to_index(store.open_store(path, "a"), summaries)
 
 
 @pytest.mark.slow  # a load drill, about 11 s
 def test_info_and_train_see_only_complete_runs_while_a_collection_adds_to_a_full_store(tmp_path):
-    drill = load_script()
     path = str(tmp_path / "s.zarr")
-    drill.fill(path, 20)
+    fill(path, 20)
     assert verify(path).ok and len(complete_runs(path)) == 20
     collect = subprocess.Popen([sys.executable, "-m", "trajgen.cli", "collect", "--store", path, "--runs", "24",
-                                "--workers", "0", *drill.COLLECT_FLAGS],
+                                "--workers", "0", *COLLECT_FLAGS],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     config = TrainConfig(store=path, out=str(tmp_path / "p.pt"), k=2, u=1, steps=3, batch_size=256,
                          eval_per_kind=20, workers=0)

@@ -3,6 +3,8 @@ and the one-line errors of a wrong kind, window or file."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -93,3 +95,11 @@ def test_full_precision_rewinds_in_float32_inside_autocast():
     assert wrapped.dtype == torch.float32
     torch.testing.assert_close(wrapped, inner.rewind(w, torch.zeros(len(w), dtype=torch.long)))
     assert FullPrecision(NoRewinder(), "cpu").describe() == {"rewinder": "none"} and ResetRewinder().describe()
+
+
+def test_unlearning_imports_no_training_code():
+    """`invwnn apply` as a library reads checkpoints without the store, the collector or the trainer."""
+    code = ("import sys, invwnn.unlearn.apply; print(sorted(m for m in sys.modules if m.startswith("
+            "('invwnn.train', 'trajgen.store', 'trajgen.collect', 'zarr', 'dask'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out

@@ -8,17 +8,18 @@ import s3fs
 from click.testing import CliRunner
 from torch.utils.data import DataLoader
 
-from _s3 import BUCKET, free_port, s3_server, store_content
+from _s3 import BUCKET, store_content
 from trajgen import store
 from trajgen.cli import main
 from trajgen.loader import Windows
+from trajgen.s3local import free_port, s3_server
 
 FLAGS = ["--runs", "2", "--steps", "8", "--every", "4", "--archs", "mlp,cnn", "--workers", "0", "--quiet"]
 
 
 @pytest.fixture(scope="module")
 def s3():
-    with s3_server() as env:
+    with s3_server(BUCKET) as env:
         yield env
 
 

@@ -1,6 +1,6 @@
 """``--store`` as a URL: ``file://`` URLs are the local path they name (collect, info, verify, and
 the library's readers); ``memory://`` works in one process only and is refused, in one line, where
-dask workers would need it; any other scheme is refused in one line, before anything is written."""
+dask workers would need it. Object stores (s3://) and unknown schemes: tests/test_store_s3.py."""
 import json
 import subprocess
 import sys
@@ -43,19 +43,6 @@ def test_collect_info_verify_through_a_file_url(tmp_path):
     assert "skipped 2 already complete" in r.output
     assert store.complete_runs(url) == ["run-000000", "run-000001"]
     assert store.open_run(url, "run-000001").history[:].shape[1] == 3
-
-
-@pytest.mark.parametrize("url", ["s3://bucket/traj.zarr", "gs://b/t.zarr", "http://host/t.zarr"])
-def test_an_unsupported_scheme_is_one_line_and_writes_nothing(tmp_path, url):
-    r = subprocess.run([sys.executable, "-m", "trajgen.cli", "collect", "--store", url, "--workers", "0", *SMALL],
-                       capture_output=True, text=True, cwd=tmp_path)
-    assert r.returncode != 0
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "not supported" in lines[0] and "shared file system" in lines[0], r.stderr
-    assert not list(tmp_path.iterdir())
-    for command in (["info", url], ["verify", url]):
-        r = CliRunner().invoke(main, command)
-        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "not supported" in r.output
 
 
 @pytest.mark.parametrize("command", ["collect", "episodes", "twins"])

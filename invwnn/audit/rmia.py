@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from invwnn.inputs.splits import Split
 from invwnn.audit.metrics import predict
 from invwnn.errors import InputError
+from invwnn.inputs.splits import Split
 
 OFFLINE_A = 0.3
 REFERENCE_SEED_STEP = 1000  # reference j trains under seed + 1000 j (bench and audit alike)

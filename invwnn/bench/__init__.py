@@ -1,1 +1,2 @@
-"""``invwnn bench``: scenarios, the equal-forgetting protocol, tables and plots."""
+"""``invwnn bench``: the rows (rows.py), scenarios, the protocols (runner.py: equal forgetting; panel.py:
+as a user runs it; forget_only.py), the search (search.py), one resumable log (pool.py) and reports."""

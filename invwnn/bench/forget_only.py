@@ -32,7 +32,7 @@ from torch import nn
 
 from invwnn.audit import metrics
 from invwnn.bench import rows as bench_rows
-from invwnn.bench.pool import append_log, read_log
+from invwnn.bench.pool import map_units, read_log, run_logged
 from invwnn.bench.report import mean_std, versions
 from invwnn.errors import InputError
 from invwnn.files import atomic_write
@@ -263,63 +263,85 @@ def table(runs: list[dict], metas: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def build_unit(args: tuple) -> dict:
+    """:func:`build` of ``(case, seed, work folder)`` (pool worker)."""
+    case, seed, work = args
+    return build(case, seed, Path(work), datasets.load("fashion-mnist"))
+
+
+def run_unit(args: tuple) -> dict:
+    """:func:`run_one` of ``(meta, row, value, split, seed, work folder)`` (pool worker)."""
+    *head, work = args
+    return run_one(*head, Path(work))
+
+
 def run_study(cases: tuple[str, ...], seeds: tuple[int, ...], rows: tuple[str, ...], settings: tuple[str, ...],
-              out: str | Path, report_only: bool = False, log=lambda s: None) -> dict:
+              out: str | Path, report_only: bool = False, jobs: int = 1, progress: bool = True,
+              log=lambda s: None) -> dict:
     """Every case x seed x row at its default (and with ``tuned`` in ``settings``, at the knob chosen
-    on validation), skipping runs already in ``OUT/units.jsonl``; returns the results (``runs``,
-    ``tuning``, ``cases_meta``)."""
+    on validation) over ``jobs`` processes, skipping runs already in ``OUT/units.jsonl``; returns the
+    results (``runs``, ``tuning``, ``cases_meta``, ``table``)."""
     bad = [c for c in cases if c not in CASES] + [r for r in rows if r not in bench_rows.FORGET_ONLY]
     if bad:
         raise InputError(f"unknown forget-only case or row {bad[0]!r}; cases: {', '.join(CASES)}; rows: "
                          f"{', '.join(bench_rows.FORGET_ONLY)}")
-    out = Path(out)
-    work, state = out / "work", out / "units.jsonl"
-    done = read_log(state)
+    work, state = Path(out) / "work", Path(out) / "units.jsonl"
+    tuned = "tuned" in settings
+    pairs = [(c, s) for c in cases for s in sorted({*seeds, *((TUNE_SEED,) if tuned else ())})]
+    if report_only:
+        metas = {(c, s): json.loads((work / f"{c}-s{s}" / "meta.json").read_text()) for c, s in pairs}
+    else:
+        metas = dict(zip(pairs, map_units(build_unit, [(c, s, str(work)) for c, s in pairs], jobs,
+                                          "forget-only: originals + Retrain", progress)))
 
-    def get(meta: dict, row: str, value: float | None, split: str, seed: int) -> dict:
-        key = f"{meta['case']}/{seed}/{row}/{value}/{split}/{bench_rows.fingerprint(row, overrides(row, value))}"
-        if key not in done:
-            if report_only:
-                raise InputError(f"--report-only: run {key} is not in {state}")
-            done[key] = {"key": key, **run_one(meta, row, value, split, seed, work)}
-            append_log(state, done[key])
-            r = done[key]
-            log(f"{key}: forget error {r['forget_err_before']:.1f} -> {r['forget_err_after']:.1f} (Retrain "
-                f"{r['forget_err_retrain']:.1f}), {split} acc {r['acc_before']:.1f} -> {r['acc_after']:.1f}, "
-                f"{r['stop_reason']}")
-        return done[key]
+    def key(case: str, row: str, value: float | None, split: str, seed: int) -> str:
+        return f"{case}/{seed}/{row}/{value}/{split}/{bench_rows.fingerprint(row, overrides(row, value))}"
 
-    ds = None if report_only else datasets.load("fashion-mnist")
-    metas, runs, tuning = {}, [], {}
-    for case in cases:
-        for seed in sorted({*seeds, *((TUNE_SEED,) if "tuned" in settings else ())}):
-            meta_path = work / f"{case}-s{seed}" / "meta.json"
-            metas[(case, seed)] = json.loads(meta_path.read_text()) if report_only else build(case, seed, work, ds)
+    def run(todo: list[tuple]) -> dict[str, dict]:
+        keyed = [(key(*t), (metas[(t[0], t[4])], *t[1:], str(work))) for t in todo]
+        if not report_only:
+            return run_logged(run_unit, keyed, state, jobs, "forget-only", progress, lambda r: log(
+                f"{r['key']}: forget error {r['forget_err_before']:.1f} -> {r['forget_err_after']:.1f} (Retrain "
+                f"{r['forget_err_retrain']:.1f}), acc {r['acc_before']:.1f} -> {r['acc_after']:.1f}, {r['stop_reason']}"))
+        done = read_log(state)
+        missing = [k for k, _ in keyed if k not in done]
+        if missing:
+            raise InputError(f"--report-only: run {missing[0]} is not in {state}")
+        return {k: done[k] for k, _ in keyed}
+
+    knobs = {row: (*bench_rows.FORGET_ONLY[row], getattr(bench_rows.config(row), bench_rows.FORGET_ONLY[row][0]))
+             for row in rows}
+    done = run([(c, r, None, "test", s) for c in cases for r in rows for s in seeds if "defaults" in settings]
+               + [(c, r, v, "val", TUNE_SEED) for c in cases for r in rows for v in knobs[r][1] if tuned])
+    tuning, chosen = {}, {}
+    for case in cases if tuned else ():
         for row in rows:
-            knob, grid = bench_rows.FORGET_ONLY[row]
-            default = getattr(bench_rows.config(row), knob)
-            if "defaults" in settings:
-                runs += [{**get(metas[(case, s)], row, None, "test", s), "label": f"{knob} {default:g} (default)"}
-                         for s in seeds]
-            if "tuned" not in settings:
-                continue
-            val = [get(metas[(case, TUNE_SEED)], row, v, "val", TUNE_SEED) for v in grid]
-            v, why = choose(val, default)
-            tuning[f"{case}|{row}"] = {knob: v, "why": why, "tune_seed": TUNE_SEED, "validation": [
+            knob, grid, default = knobs[row]
+            val = [done[key(case, row, v, "val", TUNE_SEED)] for v in grid]
+            chosen[(case, row)], why = choose(val, default)
+            tuning[f"{case}|{row}"] = {knob: chosen[(case, row)], "why": why, "tune_seed": TUNE_SEED, "validation": [
                 {knob: r["value"], **{k: r[k] for k in ("fraction", "drop", "forget_err_after", "stop_reason")}}
                 for r in val]}
-            if v != default:
-                runs += [{**get(metas[(case, s)], row, v, "test", s), "label": f"{knob} {v:g} (val, seed {TUNE_SEED})"}
-                         for s in seeds]
+    done.update(run([(c, r, v, "test", s) for (c, r), v in chosen.items() if v != knobs[r][2] for s in seeds]))
+    runs = []
+    for case in cases:
+        for row in rows:
+            knob, _, default = knobs[row]
+            labels = [(None, f"{knob} {default:g} (default)")] if "defaults" in settings else []
+            if chosen.get((case, row), default) != default:
+                labels.append((chosen[(case, row)], f"{knob} {chosen[(case, row)]:g} (val, seed {TUNE_SEED})"))
+            runs += [{**done[key(case, row, v, "test", s)], "label": label} for v, label in labels for s in seeds]
     return {"runs": runs, "tuning": tuning, "cases_meta": {f"{c}|{s}": m for (c, s), m in metas.items()},
             "table": table(runs, {k: m for k, m in metas.items() if k[1] in seeds})}
 
 
-def write(results: dict, out: str | Path, command: str) -> list[Path]:
-    """``OUT/table.md`` (the command that made it at its top) and ``OUT/results.json``; their paths."""
-    out = Path(out)
+def write(results: dict, out: str | Path, command: str, doc: str | Path | None = None) -> list[Path]:
+    """``OUT/table.md`` (the command that made it at its top), ``OUT/results.json`` and the same table
+    as ``doc``; their paths."""
     md = f"# Forget data only, on models the project never trained\n\nCommand: `{command}`\n\n{results['table']}"
     record = {"command": command, **{k: v for k, v in results.items() if k != "table"}, "versions": versions()}
-    for name, text in (("table.md", md), ("results.json", json.dumps(record, indent=1, default=str))):
-        atomic_write(out / name, lambda tmp, text=text: Path(tmp).write_text(text))
-    return [out / "table.md", out / "results.json"]
+    files = {Path(out) / "table.md": md, Path(out) / "results.json": json.dumps(record, indent=1, default=str),
+             **({Path(doc): md} if doc is not None else {})}
+    for path, text in files.items():
+        atomic_write(path, lambda tmp, text=text: Path(tmp).write_text(text))
+    return list(files)

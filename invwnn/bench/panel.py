@@ -1,19 +1,14 @@
-"""The architecture panel: networks the project does not build itself, as people use them, each on
-Fashion-MNIST as 3x32x32, and every method run the way a user runs it.
+"""The as-run protocol (the architecture panel): networks the project does not build itself, as people
+use them, each on Fashion-MNIST as 3x32x32, and every row run the way a user runs it.
 
-For each network, scenario (class, random10, label-noise) and seed the panel builds the bench's
-scenario (:mod:`invwnn.bench.scenarios`), trains or loads the original and Retrain from the bench's
-cache (:func:`invwnn.bench.prepare.prepare_cached`) and runs each method through
-:func:`invwnn.unlearn.apply.apply`, the library call behind ``invwnn apply``, guard at its default bound
-included: once at the method's library defaults and once at the bench's tuned values
-(``invwnn/bench/tuned/<scenario>.json``, chosen on the bench's CNN; nothing is tuned per panel
-network, so the panel shows what a user meets). Metrics are the bench's
-(:func:`invwnn.bench.measure.measure`) on the forget, retain and test splits.
-
-Each unit (one reference, Original and Retrain, per network, scenario and seed; one method run per
-distinct method config) appends a JSON line to ``<out>/units.jsonl`` under a key hashing everything
-its result depends on, so a rerun skips what is done; a tuned config equal to the defaults is one
-unit serving both settings. :mod:`invwnn.bench.panel_report` turns the rows into tables and a plot.
+For each network, scenario (class, random10, label-noise) and seed: the bench's scenario, its
+original and Retrain from the bench's cache, and each row through :func:`invwnn.unlearn.apply.apply`
+(what ``invwnn apply`` runs, guard at its default bound) at the library defaults and at the bench's
+tuned values (chosen on the bench's CNN; nothing is tuned per network: the panel shows what a user
+meets), measured by :func:`invwnn.bench.measure.measure`. Each unit (a reference, Original and
+Retrain, per network, scenario and seed; a run per distinct row config, one serving both settings
+when the tuned values are the defaults) is a line of ``<out>/units.jsonl`` under a key hashing
+everything its result depends on. :mod:`invwnn.bench.panel_report` writes the tables and the plot.
 """
 from __future__ import annotations
 
@@ -31,7 +26,7 @@ from invwnn.audit import metrics
 from invwnn.unlearn.apply import DEFAULT_MAX_DROP, apply
 from invwnn.bench import prepare, rows, scenarios, search
 from invwnn.bench.measure import gaps, measure
-from invwnn.bench.pool import append_log, read_log
+from invwnn.bench.pool import read_log, run_logged
 from invwnn.inputs.splits import Split
 from invwnn.unlearn.methods import Context, Data, invwnn_plus
 from invwnn.inputs.models import LoadedModel
@@ -47,7 +42,7 @@ METHODS = rows.PANEL
 DATASET = "fashion-mnist-rgb"
 UNITS_FILE = "units.jsonl"
 # what the method rows' "code" fingerprint covers: the methods and the guard, what the panel tests
-CODE = ("methods/*.py", "apply.py", "guard.py")
+CODE = ("unlearn/methods/*.py", "unlearn/apply.py", "unlearn/guard.py")
 
 
 @dataclass(frozen=True)
@@ -288,34 +283,26 @@ def method_row(unit: Unit, prep: prepare.Prepared, ref: dict, config: PanelConfi
             "original_TA": ref["original"]["TA"], "warnings": report["warnings"]}
 
 
-def run_panel(config: PanelConfig, out: str | Path, progress: bool = False,
-              log: Callable[[str], None] = lambda s: None) -> dict[str, dict]:
-    """Run every unit of ``config`` not yet in ``<out>/units.jsonl``, appending each row as it is
-    done; returns key -> row of the whole file."""
-    from tqdm.auto import tqdm
+def panel_unit(args: tuple) -> dict:
+    """One unit (pool worker): ``(unit, config, ref)``, the group's reference row ``ref`` for a method."""
+    unit, config, ref = args
+    prep = prepare.prepare_cached(unit.scenario, unit.seed, config.cache_dir, config.device)
+    body = reference_row(unit, prep, config) if unit.method is None else method_row(unit, prep, ref, config)
+    return {"network": unit.net.family, "scenario": unit.scenario.name, "seed": unit.seed, "method": unit.method,
+            "settings": list(unit.settings), "overrides": unit.overrides, "code": code_fingerprint(), **body}
 
-    out = Path(out)
-    done = read_units(out)
-    code = code_fingerprint()
-    refs: dict[tuple, dict] = {}
-    units = plan(config)
-    with tqdm(total=len(units), desc="panel", disable=not progress) as bar:
-        for unit in units:
-            bar.set_postfix_str(f"{'/'.join(map(str, unit.group))} {unit.method or 'original + Retrain'}")
-            if unit.key not in done:
-                prep = prepare.prepare_cached(unit.scenario, unit.seed, config.cache_dir, config.device)
-                body = reference_row(unit, prep, config) if unit.method is None else \
-                    method_row(unit, prep, refs[unit.group], config)
-                row = {"key": unit.key, "network": unit.net.family, "scenario": unit.scenario.name,
-                       "seed": unit.seed, "method": unit.method, "settings": list(unit.settings),
-                       "overrides": unit.overrides, "code": code, **body}
-                append_log(out / UNITS_FILE, row)
-                done[unit.key] = row
-                log(_describe(row))
-            if unit.method is None:
-                refs[unit.group] = done[unit.key]
-            bar.update()
-    return done
+
+def run_panel(config: PanelConfig, out: str | Path, progress: bool = False,
+              log: Callable[[str], None] = lambda s: None, jobs: int = 1) -> dict[str, dict]:
+    """Run every unit of ``config`` not yet in ``<out>/units.jsonl`` over ``jobs`` processes, the
+    references (Original, Retrain) first; returns key -> row of the whole file."""
+    units, state = plan(config), Path(out) / UNITS_FILE
+    refs = run_logged(panel_unit, [(u.key, (u, config, None)) for u in units if u.method is None], state, jobs,
+                      "panel: originals + Retrain", progress, lambda row: log(_describe(row)))
+    by_group = {u.group: refs[u.key] for u in units if u.method is None}
+    run_logged(panel_unit, [(u.key, (u, config, by_group[u.group])) for u in units if u.method is not None], state,
+               jobs, "panel: rows", progress, lambda row: log(_describe(row)))
+    return read_units(out)
 
 
 def _describe(row: dict) -> str:

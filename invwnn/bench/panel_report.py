@@ -5,7 +5,6 @@ written atomically. Figures are mean ± std over the seeds present, as in the be
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections import Counter
 from dataclasses import asdict
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from invwnn.bench import panel
-from invwnn.bench.report import mean_std, save_fig, ta_recovered, versions
+from invwnn.bench.report import cell, mean_std, save_fig, ta_recovered, versions
 from invwnn.files import atomic_write
 
 HEADING = "## Architecture panel"
@@ -91,12 +90,6 @@ def summarise(config: panel.PanelConfig, rows: dict[str, dict]) -> list[dict]:
     return blocks
 
 
-def _cell(row: dict, k: str, digits: int = 1) -> str:
-    if k not in row or math.isnan(row[k]):
-        return "-"
-    return f"{row[k]:.{digits}f} ± {row[f'{k}_std']:.{digits}f}" if row["n"] > 1 else f"{row[k]:.{digits}f}"
-
-
 def _stop(row: dict) -> str:
     if "stop" not in row:
         return "-"
@@ -167,9 +160,9 @@ def markdown(config: panel.PanelConfig, blocks: list[dict], rows: dict[str, dict
         out += [f"## {b['network']} on {b['scenario']}: seeds {', '.join(map(str, b['seeds'])) or 'none yet'}", "",
                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in b["rows"]:
-            cells = [r["name"], r["setting"], *(_cell(r, k) for k in ("RA", "UA", "TA", "MIA")), _cell(r, "gap", 2),
-                     *(_cell(r, k, digits) for k, _, digits in privacy), _cell(r, "time_ratio", 2), _cell(r, "backoffs"), _stop(r),
-                     *([_cell(r, extra[0])] if extra else []), str(r["n"])]
+            cells = [r["name"], r["setting"], *(cell(r, k, 1) for k in ("RA", "UA", "TA", "MIA")), cell(r, "gap"),
+                     *(cell(r, k, digits) for k, _, digits in privacy), cell(r, "time_ratio"), cell(r, "backoffs", 1),
+                     _stop(r), *([cell(r, extra[0], 1)] if extra else []), str(r["n"])]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
         if b["errors"]:
@@ -226,13 +219,12 @@ def replace_section(text: str, body: str, heading: str = HEADING) -> str:
 
 
 def write_doc(doc: str | Path, md: str, png: Path, heading: str = HEADING) -> None:
-    """Put ``md`` (headings one level down) as the ``heading`` section of ``doc`` and its plot
-    beside the document's other figures (``results/<png's name>``)."""
+    """Put ``md`` (headings one level down) as the ``heading`` section of ``doc``, and its plot beside
+    the document (as the equal protocol's ``--doc`` files lie)."""
     doc = Path(doc)
-    target = doc.parent / "results" / png.name
-    atomic_write(target, lambda tmp: Path(tmp).write_bytes(png.read_bytes()))
+    atomic_write(doc.with_name(png.name), lambda tmp: Path(tmp).write_bytes(png.read_bytes()))
     body = "\n".join("#" + line if line.startswith("#") else line for line in md.splitlines())
-    body += f"\n\n![architecture panel: gap to Retrain](results/{png.name})\n"
+    body += f"\n\n![architecture panel: gap to Retrain]({png.name})\n"
     text = replace_section(doc.read_text(), body, heading)
     atomic_write(doc, lambda tmp: Path(tmp).write_text(text))
 

@@ -65,8 +65,7 @@ def map_units(fn: Callable, units: Sequence[tuple], jobs: int = 1, desc: str = "
 
 def read_log(path: str | Path) -> dict[str, dict]:
     """Key -> row of every finished unit in the JSONL log ``path`` (the last row of a key wins; a line
-    cut by a kill is skipped). Rows are dicts with a ``key``; the older fair_bench state files'
-    ``{"key", "result"}`` lines read as their result."""
+    cut by a kill is skipped). Rows are dicts with a ``key``."""
     out: dict[str, dict] = {}
     path = Path(path)
     for line in path.read_text().splitlines() if path.is_file() else ():
@@ -74,7 +73,7 @@ def read_log(path: str | Path) -> dict[str, dict]:
             row = json.loads(line)
         except ValueError:
             continue
-        out[row["key"]] = row["result"] if set(row) == {"key", "result"} else row
+        out[row["key"]] = row
     return out
 
 
@@ -92,18 +91,21 @@ def append_log(path: str | Path, row: dict) -> None:
         f.flush()
 
 
-def run_logged(fn: Callable, keyed: Sequence[tuple[str, tuple]], log: str | Path, jobs: int = 1, desc: str = "",
-               progress: bool = True) -> dict[str, dict]:
+def run_logged(fn: Callable, keyed: Sequence[tuple[str, tuple]], log: str | Path | None, jobs: int = 1, desc: str = "",
+               progress: bool = True, on_row: Callable[[dict], None] = lambda row: None) -> dict[str, dict]:
     """Run ``fn`` on the units of ``keyed`` ((key, unit) pairs) whose key is not yet in ``log``, over
-    ``jobs`` processes, appending ``{"key": key, **fn(unit)}`` as each finishes; returns key -> row
-    of every unit of ``keyed``. A killed run resumes where it stopped."""
-    done = read_log(log)
+    ``jobs`` processes, appending ``{"key": key, **fn(unit)}`` as each finishes (and passing it to
+    ``on_row``); returns key -> row of every unit of ``keyed``. A killed run resumes where it stopped.
+    ``log`` None: no log, every unit runs."""
+    done = read_log(log) if log is not None else {}
     todo = [(k, u) for k, u in keyed if k not in done]
-    if progress:
+    if progress and log is not None:
         print(f"{desc}: {len(keyed) - len(todo)} done, {len(todo)} to run", file=sys.stderr, flush=True)
 
     def save(i: int, result: dict) -> None:
         done[todo[i][0]] = {"key": todo[i][0], **result}
-        append_log(log, done[todo[i][0]])
+        if log is not None:
+            append_log(log, done[todo[i][0]])
+        on_row(done[todo[i][0]])
     map_units(fn, [u for _, u in todo], jobs, desc, progress, on_result=save)
     return {k: done[k] for k, _ in keyed}

@@ -223,7 +223,7 @@ def prepare_cached(config: scenarios.ScenarioConfig, seed: int, cache_dir: str |
         prep = prepare(scn, cache_dir, device, amp=amp)
         if tuning:
             prep = dataclasses.replace(prep, scenario=scn.for_tuning())
-        if len(_PREPARED) >= 32:  # a fair_bench worker meets 6 scenarios x 4 seeds
+        if len(_PREPARED) >= 32:  # a `--phase all` worker meets 6 scenarios x 4 seeds
             _PREPARED.clear()
         _PREPARED[key] = prep
     return _PREPARED[key]

@@ -95,7 +95,8 @@ def best_row(rows: list[dict], key: str = "gap") -> dict | None:
     return min(full, key=lambda r: r[key], default=None)
 
 
-def _fmt(row: dict, k: str, digits: int = 2) -> str:
+def cell(row: dict, k: str, digits: int = 2) -> str:
+    """``row[k]`` as mean ± std over the row's ``n`` seeds (the mean alone for one; '-' if absent)."""
     if k not in row or math.isnan(row[k]):
         return "-"
     return f"{row[k]:.{digits}f} ± {row[f'{k}_std']:.{digits}f}" if row["n"] > 1 else f"{row[k]:.{digits}f}"
@@ -137,7 +138,7 @@ def markdown(results: dict, rows: list[dict]) -> str:
             if r.get("n") == 0:
                 cells += ["not reached in any seed"] + [""] * (len(head) - 2)
             else:
-                cells += [_fmt(r, k) for k in ("RA", "UA", "TA", "MIA", "gap", *privacy, "seconds", "time_ratio",
+                cells += [cell(r, k) for k in ("RA", "UA", "TA", "MIA", "gap", *privacy, "seconds", "time_ratio",
                                                *extra)]
             if r is best:
                 cells[0], cells[5] = f"**{cells[0]}**", f"**{cells[5]}**"
@@ -164,7 +165,6 @@ def csv_text(results: dict, rows: list[dict]) -> str:
 
 def versions() -> dict:
     import sklearn
-    from invwnn.inputs import models
     return {**files.versions(), "scikit-learn": sklearn.__version__, "python": platform.python_version(),
             "machine": platform.platform()}
 

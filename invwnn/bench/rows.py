@@ -109,7 +109,8 @@ ROWS: dict[str, Row] = {
 }
 # the equal-forgetting bench's `all`, and the panel's: its registry rows first, then its rewinder rows
 BENCH = tuple(name for name, row in ROWS.items() if row.bench)
-PANEL = (*(n for n in BENCH if ROWS[n].panel and ROWS[n].method == n), *(n for n in ROWS if ROWS[n].panel and ROWS[n].method != n))
+PANEL = (*(n for n in BENCH if ROWS[n].panel and ROWS[n].method == n),
+         *(n for n in ROWS if ROWS[n].panel and ROWS[n].method != n))
 
 # The forget-only protocol's rows (invwnn.bench.forget_only; no retain data, so invwnn+ repairs on the
 # forget images' neighbours), each with its one knob and the grid it is chosen from on validation: the

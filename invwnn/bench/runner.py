@@ -12,7 +12,6 @@ Originals and retrained models come from :mod:`invwnn.bench.prepare` (cached on 
 from __future__ import annotations
 
 import copy
-import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from invwnn.bench import rows, scenarios
 from invwnn.bench.measure import gaps, measure
-from invwnn.bench.pool import map_units, run_logged
+from invwnn.bench.pool import run_logged
 from invwnn.bench.prepare import (CACHE_VERSION, Prepared, attack_cached, autocast, new_model, prepare_all,
                                    prepare_cached, time_retrain)
 from invwnn.bench.track import Tracker, alpha_sweep, subset, warm_up
@@ -32,17 +31,6 @@ from invwnn.errors import InputError
 from invwnn.inputs.models import is_finite
 from invwnn.unlearn.methods import REGISTRY, Context, Data
 from invwnn.audit.rmia import Attack
-
-# How a method is watched, until the registry carries it: "iteration" (after each rewind), "alpha"
-# (task vector's negation scale), "none" (one-shot: no stopping point); everything else "step".
-_STOP = {"invwnn": "iteration", "invwnn+": "iteration", "task-vector": "alpha", "unsir": "none",
-         "mnemonic": "none", "fisher": "none", "ssd": "none"}
-
-
-def stop_mode(method: str) -> str:
-    """How the registry method ``method`` is watched (see :data:`_STOP`)."""
-    return getattr(REGISTRY[method], "stop", None) or _STOP.get(method, "step")
-
 
 @dataclass(frozen=True)
 class BenchConfig:
@@ -84,7 +72,7 @@ def run_method(name: str, prep: Prepared, target_ua: float, bench: BenchConfig, 
     (``budget`` and ``equal``: metrics, seconds, gap), the trajectory and the stopping point, or
     ``{"error": message}`` when the method cannot run on this scenario."""
     method = REGISTRY[rows.ROWS[name].method]
-    mode = stop_mode(rows.ROWS[name].method)
+    mode = REGISTRY[rows.ROWS[name].method].stop  # step, iteration (after each rewind), alpha or none
     scn, device = prep.scenario, bench.device
     try:
         config = rows.config(name, bench.method_overrides.get(name, {}))
@@ -238,11 +226,8 @@ def run(benches: dict[str, tuple[scenarios.ScenarioConfig, BenchConfig, dict | N
         prepare_all(config, bench.seeds, bench.cache_dir, bench.device, jobs, progress, bench.amp)
         plans[name] = plan(config, bench)
         keyed += [(unit_key(u), u) for u in plans[name][1]]
-    if state is None:
-        results = dict(zip((k for k, _ in keyed), map_units(run_unit, [u for _, u in keyed], jobs, "bench", progress)))
-    else:
-        results = {k: {f: v for f, v in r.items() if f != "key"}
-                   for k, r in run_logged(run_unit, keyed, state, jobs, "bench", progress).items()}
+    results = {k: {f: v for f, v in r.items() if f != "key"}
+               for k, r in run_logged(run_unit, keyed, state, jobs, "bench", progress).items()}
     out = {}
     for name, (config, bench, record) in benches.items():
         seed_runs, units = plans[name]

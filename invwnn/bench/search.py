@@ -1,35 +1,20 @@
-"""Hyperparameter search with the same budget for every method, on validation data only.
+"""Hyperparameter search with the same budget for every row, on validation data only.
 
-Every bench method (each rewinder ablation and control on its own) gets ``trials`` configurations
-from one Optuna study (:func:`search_method`): the method's library defaults first (an enqueued
-trial), then Optuna's TPE sampler over its row's search space (:mod:`invwnn.bench.rows`) (log-uniform learning rates, uniform
-reals, choices), each trial's sampler seeded from ``(seed, method, trial index)``. Each
-configuration runs once on a tuning seed that no reported result uses, on
-:meth:`Scenario.for_tuning` (TA and MIA measured on the validation split, never on test images),
-under the bench's equal-forgetting protocol. The study minimises :func:`objective_value` (the gap
-to Retrain, plus :data:`UNREACHED` when the trial never reached Retrain's UA); a failed trial is
-told to Optuna as failed, not as a value. The choice (:func:`choose`) is the configuration that
-reached Retrain's forgetting with the smallest gap; if none reached it, the smallest gap at its
-end. Ties go to the faster one. Methods run in parallel (``jobs``), the trials of one method in
-sequence (TPE learns from the trials before).
+Every row gets ``trials`` configurations from one Optuna study (:func:`search_method`): the library
+defaults first (an enqueued trial), then TPE over the row's space (:mod:`invwnn.bench.rows`), each
+trial's sampler seeded from ``(seed, row, trial index)``. Each configuration runs once on a tuning
+seed no reported result uses, on :meth:`Scenario.for_tuning` (TA and MIA on the validation split,
+never on test images), under the equal-forgetting protocol. The study minimises
+:func:`objective_value` (the gap to Retrain, plus :data:`UNREACHED` when Retrain's UA was never
+reached); a failed trial is told to Optuna as failed. The choice (:func:`choose`): reached Retrain's
+UA, then the smallest gap, then the least time. Rows run in parallel, a row's trials in sequence.
 
-The record (``tuned/<scenario>.json``) holds the spaces, every trial, the choice, the data
-fingerprint of the tuning seed and the seconds each method's search took; ``invwnn bench``
-applies its choices by default and copies the record into ``results.json``. Every trial is also in
-an Optuna journal beside the record (``tuned/<scenario>.optuna.log``, the record's ``storage``),
-one study per method (its ``study``); a rerun on the same journal resumes (finished trials are
-reused, only the missing ones run). To inspect the trials::
-
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-    storage = JournalStorage(JournalFileBackend("invwnn/bench/tuned/random10.optuna.log"))
-    print(optuna.get_all_study_names(storage))
-    study = optuna.load_study(study_name=record["methods"]["finetune"]["study"], storage=storage)
-    study.trials_dataframe()  # params, values, states; user_attrs_row: the bench's row per trial
-
+The record (``tuned/<scenario>.json``: spaces, every trial, the choice, the tuning seed's data
+fingerprint, seconds) is what ``invwnn bench`` applies; the trials are also in an Optuna journal
+beside it (``<scenario>.optuna.log``, one study per row, named in the record): a rerun resumes, and
+``optuna.load_study(study_name=..., storage=JournalStorage(JournalFileBackend(path)))`` shows them.
 The packaged records made before issue 23 (``sampler``: "library defaults, then seeded random
-draws ...") came from a seeded random sampler and have no journal; they load the same way.
+draws ...") have no journal; they load the same way.
 """
 from __future__ import annotations
 
@@ -49,7 +34,7 @@ from invwnn.bench import rows as bench_rows
 from invwnn.bench import runner, scenarios
 from invwnn.bench.rows import Param, defaults
 from invwnn.bench.measure import gap, measure
-from invwnn.bench.pool import map_units, run_logged
+from invwnn.bench.pool import run_logged
 from invwnn.errors import InputError
 from invwnn.files import atomic_write, versions
 
@@ -224,14 +209,6 @@ def study_unit(args: tuple) -> dict:
     return {"rows": [{**r, "method": name} for r in rows]}
 
 
-def trial_units(config: scenarios.ScenarioConfig, methods: tuple[str, ...], trials: int, seed: int,
-                cache_dir: str, device: str, storage: str | Path | None = None) -> list[tuple]:
-    """The pool units of a search (for :func:`study_unit`): one per method, its trials in sequence in
-    one worker (TPE draws each trial from the ones before); ``storage``: the journal file."""
-    return [(config, cache_dir, device, seed, name, trials, None if storage is None else str(storage))
-            for name in methods]
-
-
 def make_record(config: scenarios.ScenarioConfig, methods: tuple[str, ...], trials: int, seed: int,
                 rows: list[dict], cache_dir: str, storage: str | Path | None = None) -> dict:
     """The search record from every trial's row (:func:`study_unit`), with each method's choice;
@@ -269,12 +246,10 @@ def tune(configs: dict[str, scenarios.ScenarioConfig], methods: tuple[str, ...] 
     for name, config in configs.items():
         prep_mod.prepare_all(config, (seed,), cache_dir, device, jobs=1, progress=progress)
         journal = (journals or {}).get(name)
-        keyed += [(f"{name}/{study_name(config, u[4], seed)}/{trials}", u)
-                  for u in trial_units(config, methods, trials, seed, cache_dir, device, journal)]
-    if state is None:
-        done = dict(zip((k for k, _ in keyed), map_units(study_unit, [u for _, u in keyed], jobs, "tune", progress)))
-    else:
-        done = run_logged(study_unit, keyed, state, jobs, "tune", progress)
+        keyed += [(f"{name}/{study_name(config, row, seed)}/{trials}",
+                   (config, cache_dir, device, seed, row, trials, None if journal is None else str(journal)))
+                  for row in methods]
+    done = run_logged(study_unit, keyed, state, jobs, "tune", progress)
     records = {}
     for name, config in configs.items():
         mine = [r for k, _ in keyed if k.startswith(f"{name}/") for r in done[k]["rows"]]

@@ -1,4 +1,4 @@
-"""``invwnn bench`` (both protocols, search included), ``invwnn tune`` and the ``invwnn panel`` alias:
+"""``invwnn bench`` (every protocol, search included), ``invwnn tune`` and the ``invwnn panel`` alias:
 flags in, library calls out (docs/bench.md)."""
 from __future__ import annotations
 
@@ -81,11 +81,13 @@ def _log(s: str) -> None:
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--amp", is_flag=True, help="equal: bf16 autocast for training passes (CUDA only)")
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True, help="torch threads")
-@click.option("--jobs", type=click.IntRange(1), default=1, show_default=True, help="equal: worker processes")
+@click.option("--jobs", type=click.IntRange(1), default=1, show_default=True, help="worker processes")
 @click.option("--references", type=click.IntRange(0), default=None,
               help="reference models for offline RMIA and the five-term gap (0: none) [equal: 4; as-run: 0]")
-@click.option("--doc", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="as-run: also replace this document's '## Architecture panel' section")
+@click.option("--doc", type=click.Path(dir_okay=False), default=None,
+              help="equal: also write this Markdown file (the search and the gaps across scenarios) and each "
+                   "scenario's table and plots beside it; as-run: replace this document's '## Architecture panel' "
+                   "section, its plot beside it; forget-only: write the table there too")
 @click.option("--report-only", is_flag=True, help="as-run, forget-only: run nothing, write the tables from the log")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors(InputError, ValueError)
@@ -105,8 +107,8 @@ def bench(protocol, phase, scenario, methods, seeds, out, state, quick, dataset,
         out = out or "results/forget-only"
         results = forget_only.run_study(_list(scenario) or forget_only.CASES, tuple(range(n_seeds)),
                                         tuple(bench_rows.names(methods, tuple(bench_rows.FORGET_ONLY))),
-                                        _list(settings), out, report_only, _log)
-        files = forget_only.write(results, out, command)
+                                        _list(settings), out, report_only, jobs, progress, _log)
+        files = forget_only.write(results, out, command, doc)
         click.echo(f"forget-only: {len(results['runs'])} runs, {len(files)} files in {out} ({time.time() - t0:.0f} s)")
         return
     if protocol == "as-run":
@@ -116,7 +118,9 @@ def bench(protocol, phase, scenario, methods, seeds, out, state, quick, dataset,
             methods=panel.METHODS if methods.strip() == "all" else _list(methods), settings=_list(settings),
             test_size=test_size, cache_dir=cache_dir, data_root=data_root, device=device, references=references)
         out = out or "results/panel"
-        rows = panel.read_units(out) if report_only else panel.run_panel(config, out, progress, log=_log)
+        if doc is not None and not Path(doc).is_file():
+            raise InputError(f"--doc {doc}: no such document (as-run replaces a section of one)")
+        rows = panel.read_units(out) if report_only else panel.run_panel(config, out, progress, _log, jobs)
         files = panel_report.write(config, rows, out, command, doc)
         click.echo(f"panel: {len(panel.plan(config))} units, {len(files)} files in {out} ({time.time() - t0:.0f} s)")
         return
@@ -134,7 +138,8 @@ def bench(protocol, phase, scenario, methods, seeds, out, state, quick, dataset,
     if phase != "bench":
         if tuned == "none":
             raise InputError("--phase tune writes records: give --tuned a folder, or leave it out")
-        where = Path(tuned) if tuned else search.TUNED_DIR
+        where = Path(tuned) if tuned else search.TUNED_DIR  # a folder of <scenario>.json records
+        where.mkdir(parents=True, exist_ok=True)
         records = search.tune(configs, rows, trials or search.TRIALS, search.TUNING_SEED, cache_dir, device, jobs,
                               progress, _log, {s: search.journal_path(search.tuned_path(s, where)) for s in names}, state)
         for s, record in records.items():
@@ -150,10 +155,15 @@ def bench(protocol, phase, scenario, methods, seeds, out, state, quick, dataset,
                                                  device=device, progress=progress, method_overrides=overrides,
                                                  jobs=jobs, amp=amp, predictors=tuple(predictors),
                                                  references=4 if references is None else references), record)
-    for s, results in runner.run(benches, state, progress, _log).items():
+    done = runner.run(benches, state, progress, _log)
+    folders = {s: root if len(names) == 1 else root / s for s in done}
+    for s, results in done.items():
         results.update(command=command, wall_seconds=time.time() - t0, threads=threads)
-        files = report.write(results, root if len(names) == 1 else root / s)
-        click.echo(f"{s}: {len(files)} files in {files[0].parent} ({results['wall_seconds']:.0f} s)")
+        files = report.write(results, folders[s])
+        click.echo(f"{s}: {len(files)} files in {folders[s]} ({results['wall_seconds']:.0f} s)")
+    if doc is not None:
+        from invwnn.bench import summary
+        click.echo(f"{len(summary.write_docs(done, folders, doc, command))} files beside {doc}")
 
 
 @click.command("panel", context_settings={"ignore_unknown_options": True, "allow_extra_args": True},

@@ -15,14 +15,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from invwnn.inputs import splits as forget_io
 from invwnn.audit import metrics
-from invwnn.unlearn.methods.loop import Sampler, make_optimizer, run_steps, steps_for
-from invwnn.inputs.splits import Split
-from invwnn.inputs.models import save_own
-from invwnn.inputs.preprocess import Normalized, Preprocess
 from invwnn.errors import InputError
 from invwnn.files import atomic_write
+from invwnn.inputs import splits as forget_io
+from invwnn.inputs.models import save_own
+from invwnn.inputs.preprocess import Normalized, Preprocess
+from invwnn.inputs.splits import Split
+from invwnn.unlearn.methods.loop import Sampler, make_optimizer, run_steps, steps_for
 from trajgen import data as datasets
 from trajgen import nets
 from trajgen.spec import ArchSpec

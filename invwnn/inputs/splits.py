@@ -24,7 +24,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from invwnn.inputs.preprocess import Preprocess
-from invwnn.errors import InputError
+from invwnn.errors import InputError, first_line
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 
@@ -170,8 +170,7 @@ def read_tensors(path: Path, classes: tuple[str, ...], pre: Preprocess, flag: st
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise InputError(f"{flag} {path} is not a tensor file of (x, y) ({first[:120]})") from None
+        raise InputError(f"{flag} {path} is not a tensor file of (x, y) ({first_line(err, 120)})") from None
     if isinstance(blob, dict) and "x" in blob and "y" in blob:
         x, y = blob["x"], blob["y"]
     elif isinstance(blob, (tuple, list)) and len(blob) == 2:

@@ -26,8 +26,8 @@ from trajgen.nets import KINDS
 from trajgen.store import index, location, open_store, run_array
 from invwnn.rewind.features import context_columns, layer_context
 from invwnn.rewind.predictor import EVALUATION_FORMAT, Predictor, predict_past
-from invwnn.rewind.rewinders import LinearRewinder
-from invwnn.train.windows import WindowError, fit_horizon, kind_codes, no_rewind, run_step_context, start_range
+from invwnn.rewind.rewinders import LinearRewinder, ResetRewinder
+from invwnn.train.windows import WindowError, fit_horizon, kind_codes, run_step_context, start_range
 
 BASELINES = ("no_rewind", "damped_line")
 
@@ -197,7 +197,7 @@ def _baseline_errors(sample: dict[str, torch.Tensor], horizons: dict[str, float]
                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(kind codes (n,), absolute error (n,) of each baseline on ``sample``, weight units)."""
     w, target, kind = sample["w"], sample["target"], sample["kind"]
-    return kind, {"no_rewind": (no_rewind(w) - target).abs(),
+    return kind, {"no_rewind": (ResetRewinder().rewind(w) - target).abs(),
                   "damped_line": (damped_line(w, kind, horizons) - target).abs()}
 
 

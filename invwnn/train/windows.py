@@ -27,12 +27,7 @@ class WindowError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------
-# analytic baselines
-
-
-def no_rewind(w: torch.Tensor) -> torch.Tensor:
-    """Predict the window's first value: (n, K) -> (n,)."""
-    return w[:, 0]
+# the damped line's horizon (the baselines themselves: invwnn.rewind's ResetRewinder and LinearRewinder)
 
 
 def fit_horizon(w: torch.Tensor, target: torch.Tensor, upper: float) -> float:

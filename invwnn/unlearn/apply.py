@@ -28,7 +28,6 @@ from invwnn import files
 from invwnn.inputs import splits as forget_io
 from invwnn.audit import metrics
 from invwnn.inputs import models
-from invwnn.rewind import make_rewinder as new_rewinder
 from invwnn.unlearn.methods import REGISTRY, Context, Data
 from invwnn.unlearn.methods.invwnn import rewinder_for
 from invwnn.unlearn.guard import Guard, GuardStop, watch_subset
@@ -43,11 +42,6 @@ def make_config(method: str, overrides: dict[str, Any]):
     if method not in REGISTRY:
         raise InputError(f"unknown method {method!r}; valid: {', '.join(REGISTRY)}")
     return REGISTRY[method].config.from_dict(overrides)
-
-
-def make_rewinder(kind: str, predictor: str | None, config, device: str = "cpu"):
-    """:func:`invwnn.rewind.make_rewinder` under the bench's old call; goes once the bench calls that."""
-    return new_rewinder(kind, config, device, predictor)
 
 
 MISFIT_POINTS = 10.0  # forget accuracy this far below the retain (else test) accuracy draws a warning

@@ -41,7 +41,7 @@ class Config(MethodConfig):
     snapshots: int = opt(15, "snapshots K recorded per iteration (the predictor's window)")
     every: int = opt(1, "optimizer steps between snapshots")
     horizon: float = opt(3.0, "snapshots U to rewind before the window, a real number (linear: the line's "
-                              "extrapolation; learned: stretches the predicted rewind by horizon/U)")
+                              "extrapolation; learned, meta: stretches the predicted rewind by horizon / its own U)")
     optimizer: str = opt("adam", "sgd or adam")
     lr: float | None = opt(None, "learning rate (default: calibrated from --step-size on the model)")
     step_size: float = opt(STEP_SIZE, "without --lr: how far one optimizer step moves the outputs (rms change "
@@ -55,8 +55,9 @@ class Config(MethodConfig):
                                    "checkpoint given with --predictor), meta (the rewinder of invwnn meta-train; "
                                    "default: the shipped one), linear (a least-squares line through the window "
                                    "extrapolated --horizon snapshots back)", choices=USER_REWINDERS)
-    predictor: str | None = opt(None, "checkpoint of the learned or meta rewinder (invwnn train, invwnn meta-train) "
-                                      "[default: the shipped one for --snapshots]")
+    predictor: str | None = opt(None, "checkpoint of the learned or meta rewinder: a file (invwnn train, invwnn "
+                                      "meta-train) or a shipped one's name (default-k5, episodes, twins48, meta, ...; "
+                                      "docs/predictor.md) [default: the shipped one for --snapshots]")
 
 
 def rewinder_for(config: MethodConfig, device: str = "cpu") -> Rewinder | None:

@@ -1,38 +1,21 @@
-"""Writes docs/results.md's "## Tuning", "## Results" and yardstick sections and their plots (run by
-`make yardstick`) from results/<scenario>/ (table.md, and results.json with the tuning record the
-bench used), so the document shows exactly what the search and `invwnn bench` wrote.
-
-    .venv/bin/python scripts/results_doc.py [--results results] [--doc docs/results.md]
-    .venv/bin/python scripts/results_doc.py --yardstick results/yardstick   # that section only
-
-Everything outside those two sections (set-up notes, discussion) is left as it is.
-"""
+"""The report across scenarios of one equal-forgetting bench: each row's search, its gap to Retrain in
+every scenario at both stopping points, with reference models the attack's calibration; and the
+generated Markdown files (``invwnn bench --doc FILE``): FILE with the command that made it at its top,
+and beside it each scenario's table (``<scenario>.md``) and plots (``<scenario>-*.png``)."""
 from __future__ import annotations
 
-import argparse
-import json
-import shutil
 from pathlib import Path
 
 from invwnn.bench import report
 from invwnn.bench.rows import BENCH as ORDER
-from invwnn.bench.scenarios import TUNABLE as SCENARIOS  # paper has its own section
+from invwnn.files import atomic_write
 
 
-def _records(results: Path) -> dict[str, dict]:
-    """Scenario -> the tuning record its bench used (copied into results.json)."""
-    out = {}
-    for name in SCENARIOS:
-        f = results / name / "results.json"
-        if f.is_file() and json.loads(f.read_text()).get("tuning"):
-            out[name] = json.loads(f.read_text())["tuning"]
-    return out
-
-
-def tuning(results: Path) -> str:
-    records = _records(results)
+def tuning(done: dict[str, dict]) -> str:
+    """Each row's search per scenario: the chosen configuration's validation gap, then the chosen values."""
+    records = {name: res["tuning"] for name, res in done.items() if res.get("tuning")}
     if not records:
-        return "## Tuning\n\nNot run yet: `invwnn bench --phase all` (or `invwnn tune`).\n\n"
+        return ""
     first = next(iter(records.values()))
     trials = {r["trials_per_method"] for r in records.values()}
     lines = ["## Tuning\n",
@@ -42,13 +25,13 @@ def tuning(results: Path) -> str:
              "TA and MIA measured on the validation split: "
              f"{first['data']['val']['n']} images of the training pool outside the training subset, so no test "
              f"image. Objective: {first['objective']}. Trial 0 of every row is the library defaults written "
-             "out (for the four invwnn+ rows searched first, the defaults of that day: lr 2e-3, repair_lr 1e-3, "
-             "before invwnn+'s defaults became these searches' medians). The search spaces and every trial are in "
+             "out. The search spaces and every trial are in "
              "`invwnn/bench/tuned/<scenario>.json` and in each `results.json` (`tuning`).\n",
              "Gap to Retrain of the chosen configuration on the validation split (✓: it reached Retrain's UA; "
              "trials; summed method seconds of the search):\n",
              "| method | " + " | ".join(records) + " |", "|---|" + "---|" * len(records)]
-    for method in ORDER:
+    searched = {m for rec in records.values() for m in rec["methods"]}
+    for method in [m for m in ORDER if m in searched] + sorted(searched - set(ORDER)):
         cells = []
         for rec in records.values():
             m = rec["methods"].get(method)
@@ -68,20 +51,11 @@ def tuning(results: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _benched(results: Path) -> tuple[dict[str, dict], dict[str, list[dict]]]:
-    """Each scenario's ``results.json`` under ``results`` and its summary rows (report.summarise)."""
-    done = {name: json.loads((results / name / "results.json").read_text()) for name in SCENARIOS
-            if (results / name / "results.json").is_file()}
-    return done, {name: report.summarise(res) for name, res in done.items()}
-
-
-def overview(results: Path) -> str:
+def overview(done: dict[str, dict]) -> str:
     """Gap to Retrain per method and scenario for both protocols. At equal forgetting: mean over
     the seeds that reached Retrain's UA, with the count; bold only for the best row of a scenario
     among those that reached it in every seed."""
-    done, summaries = _benched(results)
-    if not done:
-        return ""
+    summaries = {name: report.summarise(res) for name, res in done.items()}
     rows = {name: {(r["name"], r["protocol"]): r for r in summ} for name, summ in summaries.items()}
     ran = {m for res in done.values() for m in res["bench"]["methods"]}
     methods = [m for m in (*ORDER, *sorted(ran - set(ORDER))) if any((m, "equal") in rows[s] for s in done)]
@@ -122,23 +96,13 @@ def _gap_table(key: str, title: str, proto: str, names: list[str], done: dict, s
     return out + [""]
 
 
-def yardstick(results: Path) -> str:
-    """The "## The 2026 yardstick" section from a bench run with references (``--yardstick DIR``):
-    the attack's calibration per scenario, both gaps at both protocols, and which row has the
-    smallest five-term gap where."""
-    done, summaries = _benched(results)
-    if not done:
-        return "## The 2026 yardstick\n\nNot run yet (see docs/bench.md).\n\n"
-    commands: dict[str, list[str]] = {}
-    for name, res in done.items():
-        commands.setdefault(res["command"], []).append(name)
-    seeds = sorted({r["seed"] for res in done.values() for r in res["runs"]})
-    lines = ["## The 2026 yardstick\n",
-             "Commands: " + "; ".join(f"`{c}` ({', '.join(names)})" for c, names in commands.items())
-             + f"; seeds {', '.join(map(str, seeds))}; every row at its tuned values of `invwnn/bench/tuned/` "
-             "(validation split only); generated by `scripts/results_doc.py --yardstick "
-             f"{results}`.\n",
-             "Calibration of offline RMIA (Retrain scored against the other references: near 50% means the "
+def privacy(done: dict[str, dict]) -> str:
+    """With reference models: the attack's calibration per scenario and which row has the smallest
+    gap (five-term and four-term) at each protocol."""
+    summaries = {name: report.summarise(res) for name, res in done.items()}
+    if not any("RMIA_AUC" in r for s in summaries.values() for r in s):
+        return ""
+    lines = ["Calibration of offline RMIA (Retrain scored against the other references: near 50% means the "
              "attack cannot tell Retrain from a model trained without the data; the Original for scale):\n",
              "| | " + " | ".join(done) + " |", "|---|" + "---|" * len(done)]
     for who in ("Retrain", "Original"):
@@ -148,7 +112,6 @@ def yardstick(results: Path) -> str:
             cells.append(f"{row['RMIA_AUC']:.1f}" if "RMIA_AUC" in row else "-")
         lines.append(f"| {who} RMIA AUC (%) | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(overview(results))
     for key in ("gap5", "gap"):
         for proto, title in report.PROTOCOLS.items():
             best = {name: report.best_row([r for r in summaries[name] if r["protocol"] == proto], key) for name in done}
@@ -156,52 +119,27 @@ def yardstick(results: Path) -> str:
             lines.append(f"- smallest {key}, {title}: " + ", ".join(
                 f"{name} {row['name']} ({row[key]:.2f})" if row else f"{name} none" for name, row in best.items())
                 + f"; invwnn+ in {len(won)} of {len(done)}.")
-    return "\n".join(lines) + "\n\n"
+    return "\n".join(lines) + "\n"
 
 
-def section(results: Path, plots: Path) -> str:
-    parts = ["## Results\n", overview(results)]
-    for name in SCENARIOS:
-        folder = results / name
-        if not (folder / "table.md").is_file():
-            parts.append(f"### {name}\n\nNot run yet: `invwnn bench --scenario {name}`.\n")
-            continue
-        quick = "--quick" in json.loads((folder / "results.json").read_text())["command"]
-        tag = f"{name}-quick" if quick else name
+def write_docs(done: dict[str, dict], folders: dict[str, Path], doc: str | Path, command: str) -> list[Path]:
+    """``doc`` (the tuning, the gaps across scenarios, the attack's calibration) and beside it each
+    scenario's table and the plots :func:`invwnn.bench.report.write` put in ``folders[name]``, every
+    file starting with the command; returns the paths written."""
+    doc = Path(doc)
+    title = doc.stem.replace("-", " ").capitalize()
+    body = [f"# {title}", "", f"Generated by `{command}`; no figure here is edited by hand.", "",
+            "Per scenario: " + ", ".join(f"[{name}]({name}.md)" for name in done) + ".", "",
+            tuning(done), overview(done), privacy(done)]
+    written = [doc]
+    atomic_write(doc, lambda tmp: Path(tmp).write_text("\n".join(body).rstrip() + "\n"))
+    for name, res in done.items():
+        table = report.markdown(res, report.summarise(res))
         for plot in ("trajectories", "gap"):
-            shutil.copyfile(folder / f"{plot}.png", plots / f"{tag}-{plot}.png")
-        table = (folder / "table.md").read_text().strip()
-        # one level down, so that the section's end is the document's next "## " heading
-        parts.append("\n".join("##" + line if line.startswith("#") else line for line in table.splitlines()) + "\n")
-        parts.append(f"![{name} trajectories](results/{tag}-trajectories.png) "
-                     f"![{name} gap](results/{tag}-gap.png)\n")
-    return "\n".join(parts) + "\n"
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", type=Path, default=None,
-                        help="bench results to rebuild '## Tuning' and '## Results' from [default: results/, "
-                             "unless --yardstick is given alone]")
-    parser.add_argument("--doc", type=Path, default=Path("docs/results.md"))
-    parser.add_argument("--yardstick", type=Path, default=None,
-                        help="also rebuild '## The 2026 yardstick' from this results folder (a bench with --references)")
-    args = parser.parse_args()
-    plots = args.doc.parent / "results"
-    plots.mkdir(parents=True, exist_ok=True)
-    text = args.doc.read_text()
-    parts = []
-    if args.results is not None or args.yardstick is None:
-        results = args.results or Path("results")
-        parts += [("## Tuning\n", tuning(results)), ("## Results\n", section(results, plots))]
-    if args.yardstick is not None:
-        parts.append(("## The 2026 yardstick\n", yardstick(args.yardstick)))
-    for title, body in parts:
-        start = text.index(title)
-        end = text.index("\n## ", start + 1) + 1
-        text = text[:start] + body + text[end:]
-    args.doc.write_text(text)
-
-
-if __name__ == "__main__":
-    main()
+            written.append(doc.with_name(f"{name}-{plot}.png"))
+            png = Path(folders[name]) / f"{plot}.png"
+            atomic_write(written[-1], lambda tmp, png=png: Path(tmp).write_bytes(png.read_bytes()))
+        table += f"\n![{name} trajectories]({name}-trajectories.png) ![{name} gap]({name}-gap.png)\n"
+        written.append(doc.with_name(f"{name}.md"))
+        atomic_write(written[-1], lambda tmp, table=table: Path(tmp).write_text(table))
+    return written
