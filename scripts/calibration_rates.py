@@ -28,7 +28,7 @@ def rates(model: torch.nn.Module, data: Data) -> tuple[float, float]:
     """(forget-step rate, repair-step rate): rms change of the centred logits on the probe images
     per unit of Adam learning rate."""
     ctx = Context(seed=0)
-    params, _ = invwnn.rewindable(model)
+    params = invwnn.rewindable(model)[0]
     probe = invwnn.probe_images(data, ctx)
     out = []
     for split, salt in ((data.forget, 7), (data.retain, 8)):

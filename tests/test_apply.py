@@ -136,37 +136,45 @@ FEW = {
 CANNOT_RUN = {"retrain": "architecture", "mnemonic": "mnemonic codes"}  # neither file gives them
 
 
+def _weights(net) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in net.named_parameters()}
+
+
 @pytest.fixture(scope="module")
-def formats(tmp_path_factory):
-    """name -> (model file, {forget, retain, test} tensor files, its parameters by name): the unseen
-    LeNet as TorchScript (a subset of its splits), and a MobileNetV3-small at width 0.25 exported
-    with a fixed batch of 24 (so every method's batches run as micro-batches, the last one padded),
-    Fashion-MNIST gray images as its RGB input."""
-    base = tmp_path_factory.getbasetemp()
-    lenet = unseen_lenet(base)
-    out = tmp_path_factory.mktemp("formats")
+def torchscript_file(tmp_path_factory):
+    """(model file, {forget, retain, test} tensor files, its parameters by name): the unseen LeNet as
+    TorchScript, with a subset of its splits."""
+    lenet = unseen_lenet(tmp_path_factory.getbasetemp())
+    out = tmp_path_factory.mktemp("torchscript")
     splits = {}
     for name, n in (("forget", 64), ("retain", 192), ("test", 128)):
         blob = torch.load(lenet / f"{name}.pt", weights_only=True)
-        torch.save({"x": blob["x"][:n], "y": blob["y"][:n]}, out / f"ts_{name}.pt")
-        splits[name] = str(out / f"ts_{name}.pt")
-    files = {"torchscript": (str(lenet / "lenet.pt"), splits, torch.jit.load(str(lenet / "lenet.pt")))}
+        torch.save({"x": blob["x"][:n], "y": blob["y"][:n]}, out / f"{name}.pt")
+        splits[name] = str(out / f"{name}.pt")
+    return str(lenet / "lenet.pt"), splits, _weights(torch.jit.load(str(lenet / "lenet.pt")))
+
+
+@pytest.fixture(scope="module")
+def export_file(tmp_path_factory):
+    """The same for a MobileNetV3-small at width 0.25 exported with a fixed batch of 24 (so every
+    method's batches run as micro-batches, the last one padded), Fashion-MNIST gray images as its RGB
+    input."""
+    out = tmp_path_factory.mktemp("export")
     torch.manual_seed(0)
     net = torchvision.models.mobilenet_v3_small(num_classes=10, width_mult=0.25).eval()
     torch.export.save(torch.export.export(net, (torch.rand(24, 3, 28, 28),)), out / "mobilenet.pt2")
     ds = datasets.load("fashion-mnist")
-    (out / "tv").mkdir()
-    files["export"] = (str(out / "mobilenet.pt2"), tensor_splits(
-        out / "tv", ds.x_test[:384], ds.y_test[:384], {"forget": 64, "retain": 192, "test": 128}), net)
-    return {k: (path, splits, {n: p.detach().clone() for n, p in net.named_parameters()})
-            for k, (path, splits, net) in files.items()}
+    splits = tensor_splits(out, ds.x_test[:384], ds.y_test[:384], {"forget": 64, "retain": 192, "test": 128})
+    return str(out / "mobilenet.pt2"), splits, _weights(net)
 
 
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("method", sorted(REGISTRY))
-@pytest.mark.parametrize("fmt", ["torchscript", "export"])
-def test_every_method_runs_on_every_format(formats, tmp_path, fmt, method):
-    model, splits, b = formats[fmt]
+# the exported MobileNet runs every batch as micro-batches, 2-6 s a method: make test-fast keeps the
+# TorchScript half (test_exported.py runs micro-batches in the fast tier)
+@pytest.mark.parametrize("fmt", ["torchscript", pytest.param("export", marks=pytest.mark.slow)])
+def test_every_method_runs_on_every_format(request, tmp_path, fmt, method):
+    model, splits, b = request.getfixturevalue(f"{fmt}_file")
     shape = {"size": (28, 28), "channels": 1} if fmt == "torchscript" else {}  # export: from the program
     inputs = Inputs(model, splits["forget"], splits["retain"], splits["test"], **shape)
     out = tmp_path / f"m.unlearned{'.pt2' if fmt == 'export' else '.pt'}"

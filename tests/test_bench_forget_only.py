@@ -39,9 +39,11 @@ def test_bad_cases_and_rows_are_one_line_exit_2(tmp_path):
 def test_the_study_writes_its_table_and_a_rerun_runs_nothing(tmp_path, monkeypatch):
     args = ["--protocol", "forget-only", "--scenario", "lenet-random", "--seeds", "1", "--methods", "neggrad",
             "--settings", "defaults", "--out", str(tmp_path), "--no-progress"]
-    r = CliRunner().invoke(bench, args, catch_exceptions=False)
+    r = CliRunner().invoke(bench, [*args, "--doc", str(tmp_path / "forget-only.md")], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     results = json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "forget-only.md").read_text() == (tmp_path / "table.md").read_text()
+    assert f"Command: `{results['command']}`" in (tmp_path / "table.md").read_text()
     (one,) = results["runs"]
     assert one["row"] == "neggrad" and one["split"] == "test" and one["config"]["lr"] == 1e-3
     assert one["forget_err_retrain"] > one["forget_err_before"]  # Retrain never saw the forget images

@@ -28,7 +28,7 @@ def miniature(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield config, panel.run_panel(config, root / "out")
+        yield config, panel.run_panel(config, root / "out" / "units.jsonl")
     finally:
         torch.set_num_threads(threads)
 
@@ -75,9 +75,8 @@ def test_bad_names_are_one_line_exit_2(tmp_path):
 
 
 @pytest.mark.slow  # a panel run twice, about 8 s
-def test_resume_skips_done_units_and_the_doc_section_is_idempotent(tmp_path, monkeypatch):
-    doc = tmp_path / "results.md"
-    doc.write_text("# Results\n\n## Architecture panel\n\nold\n\n## Later\n\nkept\n")
+def test_resume_skips_done_units_and_the_doc_is_the_panel_table(tmp_path, monkeypatch):
+    doc = tmp_path / "docs" / "panel.md"
     args = ("--quick", "--networks", "convnext", "--scenarios", "random10", "--methods", "neggrad",
             "--out", tmp_path / "out", "--cache-dir", tmp_path / "cache", "--doc", doc, "--no-progress")
     r = run(*args)
@@ -88,9 +87,10 @@ def test_resume_skips_done_units_and_the_doc_section_is_idempotent(tmp_path, mon
     assert [(x["method"], x["settings"]) for x in rows] == [(None, []), ("neggrad", ["defaults"]),
                                                             ("neggrad", ["tuned"])]
     first = doc.read_text()
-    assert first.startswith("# Results\n\n## Architecture panel\n") and "old" not in first
-    assert first.endswith("## Later\n\nkept\n") and "### convnext on random10: seeds 0" in first
-    assert (tmp_path / "panel.png").is_file()  # beside the document
+    command = json.loads((tmp_path / "out" / "panel.json").read_text())["command"]
+    assert first.startswith(f"# Architecture panel\n\nCommand: `{command}`") and command.startswith("invwnn bench")
+    assert first.startswith((tmp_path / "out" / "panel.md").read_text()) and "## convnext on random10: seeds 0" in first
+    assert "(panel.png)" in first and (doc.parent / "panel.png").is_file()  # the plot beside the document
 
     def never(*a, **k):
         raise AssertionError("a done unit ran again")
@@ -109,32 +109,17 @@ def test_resume_skips_done_units_and_the_doc_section_is_idempotent(tmp_path, mon
     assert "resnet18 on random10: seeds none yet" in (tmp_path / "out" / "panel.md").read_text()
 
 
-def test_section_replacement_appends_a_missing_section_and_is_idempotent():
-    body = "## Architecture panel\n\n| a |\n"
-    once = panel_report.replace_section("# Doc\n\ntext\n", body)
-    assert once == "# Doc\n\ntext\n\n## Architecture panel\n\n| a |\n"
-    assert panel_report.replace_section(once, body) == once
-    middle = "# Doc\n\n## Architecture panel\n\nold\n### sub\n\n## Next\n\nx\n"
-    assert panel_report.replace_section(middle, body) == "# Doc\n\n## Architecture panel\n\n| a |\n\n## Next\n\nx\n"
-
-
-def test_rows_with_reference_models_get_their_own_files_and_section(tmp_path):
+def test_rows_with_reference_models_get_their_own_files(tmp_path):
     # a panel run with --references is another run (other unit keys): reported beside the plain
     # panel, never over it
-    doc = tmp_path / "results.md"
-    doc.write_text("# Results\n\n## Architecture panel\n\nplain\n\n## Later\n\nkept\n")
     config = panel.config_from(("convnext",), quick=True, scenarios=("class",), seeds=(0,), methods=("neggrad",),
                                settings=("defaults",), references=2, cache_dir=str(tmp_path / "cache"))
-    assert panel_report.names(config) == ("panel-rmia", panel_report.RMIA_HEADING)
-    written = panel_report.write(config, {}, tmp_path / "out", doc=doc)
-    assert {p.name for p in written} == {"panel-rmia.md", "panel-rmia.json", "panel-rmia.png", "results.md"}
-    text = doc.read_text()
-    assert "## Architecture panel\n\nplain\n\n## Later\n\nkept\n" in text
-    assert f"{panel_report.RMIA_HEADING}\n" in text and "(panel-rmia.png)" in text
-    assert "### convnext on class: seeds none yet" in text and "gap5 = ReGUn's five-term gap" in text
-    assert (tmp_path / "panel-rmia.png").is_file() and not (tmp_path / "panel.png").exists()
-    panel_report.write(config, {}, tmp_path / "out", doc=doc)
-    assert doc.read_text() == text
+    written = panel_report.write(config, {}, tmp_path / "out", doc=tmp_path / "panel-rmia.md")
+    assert {p.name for p in written} == {"panel-rmia.md", "panel-rmia.json", "panel-rmia.png"}
+    text = (tmp_path / "panel-rmia.md").read_text()
+    assert text.startswith("# Architecture panel with RMIA\n") and "(panel-rmia.png)" in text
+    assert "## convnext on class: seeds none yet" in text and "gap5 = ReGUn's five-term gap" in text
+    assert (tmp_path / "panel-rmia.png").is_file() and not (tmp_path / "out" / "panel.png").exists()
 
 
 def test_the_code_fingerprint_reads_the_method_and_guard_sources():

@@ -102,26 +102,27 @@ def train_to_store(store_path: str, spec_dict: dict, data_root: str | None,
     return spec.name, writer.close(test_acc, diverged)
 
 
-def _resume_state(root, specs: list[RunSpec]) -> tuple[list[RunSpec], dict[str, dict], list[str]]:
-    """Split the plan into runs still to train, complete runs missing from the index, and index
-    entries of runs no longer complete (``trajgen verify --repair`` found them damaged), which
-    must leave the index before their runs are retrained. A complete run whose recorded spec
-    differs from the plan means the flags changed: refuse."""
+def resume(root, specs: list, recorded) -> list:
+    """Prepare ``root`` for resuming: index the complete runs of ``specs`` missing from the index,
+    drop the entries of runs no longer complete (``trajgen verify --repair`` found them damaged)
+    before they are retrained; return the specs still to train. ``recorded(group)`` is the spec a
+    complete group holds: one that differs from the plan means the flags changed, which is refused."""
     indexed = store.index(root)
     todo, unindexed, stale = [], {}, []
     for spec in specs:
         if not store.is_complete(root, spec.name):
             todo.append(spec)
-            if spec.name in indexed:
-                stale.append(spec.name)
+            stale += [spec.name] if spec.name in indexed else []
             continue
         group = root["runs"][spec.name]
-        if RunSpec.from_dict(group.attrs["spec"]) != spec:
+        if recorded(group) != spec:
             raise SpecError(f"the store already holds {spec.name} with a different spec; resume with "
                             "the flags that made it, or collect into another --store")
         if spec.name not in indexed:
             unindexed[spec.name] = store.run_summary(group)
-    return todo, unindexed, stale
+    store.drop_from_index(root, stale)
+    store.add_to_index(root, unindexed)
+    return todo
 
 
 def _orphans(dask_worker) -> int:
@@ -138,19 +139,42 @@ def _wait_for_orphans(client, poll: float = 0.5) -> None:
 
 
 @contextlib.contextmanager
-def _client(config: CollectConfig):
-    """A dask client on ``config.scheduler``, or on a local cluster that is shut down on exit."""
+def _client(workers: int, scheduler: str | None):
+    """A dask client on ``scheduler``, or on a local cluster of ``workers`` processes, shut down on exit."""
     from distributed import Client, LocalCluster
 
-    if config.scheduler:
-        with Client(config.scheduler) as client:
+    if scheduler:
+        with Client(scheduler) as client:
             _wait_for_orphans(client)
             yield client
         return
-    with LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True,
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                       dashboard_address=":0", silence_logs=logging.ERROR) as cluster, \
             Client(cluster) as client:
         yield client
+
+
+def execute(calls: list[tuple[str, Any, tuple]], workers: int, scheduler: str | None, done) -> None:
+    """Run each ``(key, fn, args)`` of ``calls`` and hand its result to ``done`` as it finishes:
+    in this process when ``workers`` is 0 and there is no ``scheduler``, else as dask tasks (the
+    first calls first; a task lost with its worker is rerun, twice at most)."""
+    if not calls:
+        return
+    if workers == 0 and not scheduler:
+        threads = torch.get_num_threads()  # the calls set their own
+        try:
+            for _, fn, args in calls:
+                done(fn(*args))
+        finally:
+            torch.set_num_threads(threads)
+        return
+    from distributed import as_completed
+
+    with _client(workers, scheduler) as client:
+        futures = [client.submit(fn, *args, key=key, retries=2, priority=len(calls) - rank)
+                   for rank, (key, fn, args) in enumerate(calls)]
+        for future in as_completed(futures):
+            done(future.result())
 
 
 def collect(config: CollectConfig) -> dict[str, Any]:
@@ -163,11 +187,7 @@ def collect(config: CollectConfig) -> dict[str, Any]:
     data = datasets.load(config.dataset, config.data_root, config.download)  # a missing dataset fails before any write
     root = store.create_store(loc)  # an unreachable or missing object store fails here, writing nothing
     path = loc.for_workers
-    todo, unindexed, stale = _resume_state(root, specs)
-    if stale:
-        store.drop_from_index(root, stale)
-    if unindexed:
-        store.add_to_index(root, unindexed)
+    todo = resume(root, specs, lambda group: RunSpec.from_dict(group.attrs["spec"]))
     started = time.perf_counter()
     bar = tqdm(total=len(specs), initial=len(specs) - len(todo), unit="run", desc="collect",
                disable=not config.progress)
@@ -181,24 +201,11 @@ def collect(config: CollectConfig) -> dict[str, Any]:
         bar.update(1)
         bar.set_postfix(runs_per_hour=f"{finished * 3600 / (time.perf_counter() - started):.0f}")
 
-    if todo and config.workers == 0 and not config.scheduler:
-        threads = torch.get_num_threads()
-        try:
-            for spec in todo:
-                done(*train_to_store(path, spec.to_dict(), config.data_root, config.threads_per_worker, config.device))
-        finally:
-            torch.set_num_threads(threads)
-    elif todo:
-        from distributed import as_completed
-
+    if config.workers or config.scheduler:  # longest first, so that no worker is left alone at the end
         todo = sorted(todo, key=lambda s: -expected_cost(s, data.in_shape, len(data.classes)))
-        with _client(config) as client:  # longest runs first: dask runs higher priorities first
-            futures = [client.submit(train_to_store, path, spec.to_dict(), config.data_root,
-                                     config.threads_per_worker, config.device, key=f"trajgen-{spec.name}",
-                                     retries=2, priority=len(todo) - rank)
-                       for rank, spec in enumerate(todo)]
-            for future in as_completed(futures):
-                done(*future.result())
+    execute([(f"trajgen-{spec.name}", train_to_store, (path, spec.to_dict(), config.data_root,
+                                                       config.threads_per_worker, config.device)) for spec in todo],
+            config.workers, config.scheduler, lambda result: done(*result))
     bar.close()
     return {"store": str(loc), "planned": len(specs), "trained": len(todo),
             "skipped": len(specs) - len(todo), "seconds": time.perf_counter() - started}

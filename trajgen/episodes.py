@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from tqdm import tqdm
 
 from trajgen import data as datasets
 from trajgen import store
+from trajgen.collect import execute, resume
 from trajgen.nets import NORM_TYPES, flat_weights, layer_table
 from trajgen.episode_spec import (EPISODE_KIND, OVERFIT_LR_FACTOR, PARENT_STEPS, TWIN_KIND, EpisodeSpec, draw_counterfactual, draw_episode, parent_view, subset_indices)
 from trajgen.spec import SpecError
@@ -204,23 +204,11 @@ def plan(config: EpisodeConfig) -> list[EpisodeSpec]:
                          twin=config.twins) for i in range(config.runs)]
 
 
-def _resume_state(root, specs: list[EpisodeSpec]) -> tuple[list[EpisodeSpec], dict[str, dict]]:
-    """(episodes still to write, complete episodes missing from the index). A complete group of
-    the same name that is not this episode means the flags changed: refuse."""
-    indexed = store.index(root)
-    todo, unindexed = [], {}
-    for spec in specs:
-        if not store.is_complete(root, spec.name):
-            todo.append(spec)
-            continue
-        group = root["runs"][spec.name]
-        # parsed, so that a spec field added later (with its default) does not stop a resume
-        if group.attrs.get("kind") != (TWIN_KIND if spec.twin else EPISODE_KIND) or EpisodeSpec.from_dict(group.attrs["episode"]) != spec:
-            raise SpecError(f"the store already holds {spec.name} with a different spec; resume with "
-                            "the flags that made it, or collect into another --store")
-        if spec.name not in indexed:
-            unindexed[spec.name] = store.run_summary(group)
-    return todo, unindexed
+def _recorded(group) -> EpisodeSpec | None:
+    """The episode a complete group holds (None: a group of another kind); parsed, so that a spec
+    field added later (with its default) does not stop a resume."""
+    kind = group.attrs.get("kind")
+    return EpisodeSpec.from_dict(group.attrs["episode"]) if kind in (EPISODE_KIND, TWIN_KIND) else None
 
 
 def collect_episodes(config: EpisodeConfig) -> dict[str, Any]:
@@ -230,9 +218,7 @@ def collect_episodes(config: EpisodeConfig) -> dict[str, Any]:
     datasets.load_cached(config.dataset, config.data_root)  # a missing dataset fails before any write
     path = store.location(config.store).target  # a file:// URL is read and written as its local path
     root = store.create_store(path)
-    todo, unindexed = _resume_state(root, specs)
-    if unindexed:
-        store.add_to_index(root, unindexed)
+    todo = resume(root, specs, _recorded)
     groups: dict[int, list[dict]] = {}
     for spec in todo:
         groups.setdefault(spec.parent_index, []).append(spec.to_dict())
@@ -244,23 +230,9 @@ def collect_episodes(config: EpisodeConfig) -> dict[str, Any]:
         store.add_to_index(root, dict(entries))
         bar.update(len(entries))
 
-    if config.workers == 0:
-        threads = torch.get_num_threads()
-        try:
-            for group in groups.values():
-                done(_write_group(path, group, config.data_root, config.threads_per_worker))
-        finally:
-            torch.set_num_threads(threads)
-    elif groups:
-        from distributed import Client, LocalCluster, as_completed
-
-        with LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True,
-                          dashboard_address=":0", silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
-            futures = [client.submit(_write_group, path, group, config.data_root, config.threads_per_worker,
-                                     key=f"trajgen-parent-{p:06d}-{len(group)}", retries=2)
-                       for p, group in groups.items()]
-            for future in as_completed(futures):
-                done(future.result())
+    execute([(f"trajgen-parent-{p:06d}-{len(group)}", _write_group,
+              (path, group, config.data_root, config.threads_per_worker)) for p, group in groups.items()],
+            config.workers, None, done)
     bar.close()
     return {"store": path, "planned": len(specs), "trained": len(todo),
             "skipped": len(specs) - len(todo), "seconds": time.perf_counter() - started}

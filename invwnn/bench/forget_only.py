@@ -277,15 +277,15 @@ def run_unit(args: tuple) -> dict:
 
 def run_study(cases: tuple[str, ...], seeds: tuple[int, ...], rows: tuple[str, ...], settings: tuple[str, ...],
               out: str | Path, report_only: bool = False, jobs: int = 1, progress: bool = True,
-              log=lambda s: None) -> dict:
+              log=lambda s: None, state: str | Path | None = None) -> dict:
     """Every case x seed x row at its default (and with ``tuned`` in ``settings``, at the knob chosen
-    on validation) over ``jobs`` processes, skipping runs already in ``OUT/units.jsonl``; returns the
-    results (``runs``, ``tuning``, ``cases_meta``, ``table``)."""
+    on validation) over ``jobs`` processes, skipping runs already in the log ``state`` [OUT/units.jsonl];
+    built models go under ``OUT/work``. Returns the results (``runs``, ``tuning``, ``cases_meta``, ``table``)."""
     bad = [c for c in cases if c not in CASES] + [r for r in rows if r not in bench_rows.FORGET_ONLY]
     if bad:
         raise InputError(f"unknown forget-only case or row {bad[0]!r}; cases: {', '.join(CASES)}; rows: "
                          f"{', '.join(bench_rows.FORGET_ONLY)}")
-    work, state = Path(out) / "work", Path(out) / "units.jsonl"
+    work, state = Path(out) / "work", state or Path(out) / "units.jsonl"
     tuned = "tuned" in settings
     pairs = [(c, s) for c in cases for s in sorted({*seeds, *((TUNE_SEED,) if tuned else ())})]
     if report_only:

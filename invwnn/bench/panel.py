@@ -7,7 +7,7 @@ original and Retrain from the bench's cache, and each row through :func:`invwnn.
 tuned values (chosen on the bench's CNN; nothing is tuned per network: the panel shows what a user
 meets), measured by :func:`invwnn.bench.measure.measure`. Each unit (a reference, Original and
 Retrain, per network, scenario and seed; a run per distinct row config, one serving both settings
-when the tuned values are the defaults) is a line of ``<out>/units.jsonl`` under a key hashing
+when the tuned values are the defaults) is a line of the bench's log under a key hashing
 everything its result depends on. :mod:`invwnn.bench.panel_report` writes the tables and the plot.
 """
 from __future__ import annotations
@@ -40,7 +40,6 @@ SCENARIOS = ("class", "random10", "label-noise")
 SETTINGS = ("defaults", "tuned")
 METHODS = rows.PANEL
 DATASET = "fashion-mnist-rgb"
-UNITS_FILE = "units.jsonl"
 # what the method rows' "code" fingerprint covers: the methods and the guard, what the panel tests
 CODE = ("unlearn/methods/*.py", "unlearn/apply.py", "unlearn/guard.py")
 
@@ -196,11 +195,6 @@ def plan(config: PanelConfig) -> list[Unit]:
     return units
 
 
-def read_units(out: str | Path) -> dict[str, dict]:
-    """Key -> row of every unit in ``<out>/units.jsonl`` (the last row of a key wins)."""
-    return read_log(Path(out) / UNITS_FILE)
-
-
 def code_fingerprint() -> str:
     """sha256 (12 hex digits) of the method and guard sources (:data:`CODE`): which code a row ran."""
     root = Path(__file__).parents[1]
@@ -292,17 +286,17 @@ def panel_unit(args: tuple) -> dict:
             "settings": list(unit.settings), "overrides": unit.overrides, "code": code_fingerprint(), **body}
 
 
-def run_panel(config: PanelConfig, out: str | Path, progress: bool = False,
+def run_panel(config: PanelConfig, state: str | Path, progress: bool = False,
               log: Callable[[str], None] = lambda s: None, jobs: int = 1) -> dict[str, dict]:
-    """Run every unit of ``config`` not yet in ``<out>/units.jsonl`` over ``jobs`` processes, the
-    references (Original, Retrain) first; returns key -> row of the whole file."""
-    units, state = plan(config), Path(out) / UNITS_FILE
+    """Run every unit of ``config`` not yet in the log ``state`` over ``jobs`` processes, the
+    references (Original, Retrain) first; returns key -> row of the whole log."""
+    units = plan(config)
     refs = run_logged(panel_unit, [(u.key, (u, config, None)) for u in units if u.method is None], state, jobs,
                       "panel: originals + Retrain", progress, lambda row: log(_describe(row)))
     by_group = {u.group: refs[u.key] for u in units if u.method is None}
     run_logged(panel_unit, [(u.key, (u, config, by_group[u.group])) for u in units if u.method is not None], state,
                jobs, "panel: rows", progress, lambda row: log(_describe(row)))
-    return read_units(out)
+    return read_log(state)
 
 
 def _describe(row: dict) -> str:
@@ -328,4 +322,4 @@ def config_from(networks: tuple[str, ...] | None, quick: bool, **fields: Any) ->
 
 
 __all__ = ["PanelNet", "PanelConfig", "Unit", "NETWORKS", "QUICK_NETWORKS", "SCENARIOS", "SETTINGS", "METHODS",
-           "plan", "run_panel", "read_units", "config_from", "code_fingerprint"]
+           "plan", "run_panel", "config_from", "code_fingerprint"]

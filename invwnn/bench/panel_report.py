@@ -1,11 +1,10 @@
-"""The architecture panel's outputs from its rows (:mod:`invwnn.bench.panel`): ``panel.md`` (a table
-per network and scenario), ``panel.json``, ``panel.png`` (gap to Retrain per method and network, a
-panel per scenario) and, on request, the ``## Architecture panel`` section of a document; each
-written atomically. Figures are mean ± std over the seeds present, as in the bench's tables."""
+"""The as-run protocol's outputs from its rows (:mod:`invwnn.bench.panel`): ``panel.md`` (a table per
+network and scenario), ``panel.json``, ``panel.png`` (gap to Retrain per method and network, a panel
+per scenario) and, on request, the same Markdown as a document with its plot beside it; each written
+atomically. Figures are mean ± std over the seeds present, as in the bench's tables."""
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -16,8 +15,6 @@ from invwnn.bench import panel
 from invwnn.bench.report import cell, mean_std, save_fig, ta_recovered, versions
 from invwnn.files import atomic_write
 
-HEADING = "## Architecture panel"
-RMIA_HEADING = "## Architecture panel with RMIA"  # the rows run with --references: their own files and section
 _TUNED = ("at the bench's tuned values (`invwnn/bench/tuned/<scenario>.json`, chosen on the bench's CNN; "
           "nothing tuned per network)")
 SETTINGS_TEXT = {("defaults",): "at its library defaults (nothing tuned)", ("tuned",): _TUNED,
@@ -111,15 +108,15 @@ def _pm(stats: tuple[float, float], n: int) -> str:
 
 
 def names(config: panel.PanelConfig) -> tuple[str, str]:
-    """The file stem (``panel``; ``panel-rmia`` with reference models) and the document heading of
-    ``config``'s outputs: rows run with and without RMIA are different runs, reported side by side."""
-    return ("panel-rmia", RMIA_HEADING) if config.references else ("panel", HEADING)
+    """The file stem (``panel``; ``panel-rmia`` with reference models) and the title of ``config``'s
+    outputs: rows run with and without RMIA are different runs, reported side by side."""
+    return ("panel-rmia", "# Architecture panel with RMIA") if config.references else ("panel", "# Architecture panel")
 
 
 def markdown(config: panel.PanelConfig, blocks: list[dict], rows: dict[str, dict], command: str) -> str:
     """``panel.md``: how it was run, a table of the networks (size, recipe, how near the originals
     memorised their training sets, training seconds) and a table per network and scenario."""
-    out = [names(config)[1][1:], "", f"Command: `{command}`", "",
+    out = [names(config)[1], "", f"Command: `{command}`", "",
            "Networks the project does not build itself, on Fashion-MNIST as 3x32x32, each method run through "
            "`invwnn.unlearn.apply.apply` (what `invwnn apply` runs, guard at its default bound of "
            f"{config.max_drop:g} points) " + SETTINGS_TEXT[tuple(config.settings)] + ". "
@@ -207,35 +204,13 @@ def plot(config: panel.PanelConfig, blocks: list[dict], path: Path) -> None:
     save_fig(fig, path)
 
 
-def replace_section(text: str, body: str, heading: str = HEADING) -> str:
-    """``text`` with the section under ``heading`` (up to the next ``## `` heading, or the end)
-    replaced by ``body``, which starts with that heading; appended at the end when absent."""
-    found = re.search(rf"^{re.escape(heading)}\n", text, flags=re.M)
-    if found is None:
-        return text.rstrip("\n") + "\n\n" + body.rstrip("\n") + "\n"
-    end = text.find("\n## ", found.start())
-    tail = "" if end < 0 else "\n" + text[end + 1:]
-    return text[:found.start()] + body.rstrip("\n") + "\n" + tail
-
-
-def write_doc(doc: str | Path, md: str, png: Path, heading: str = HEADING) -> None:
-    """Put ``md`` (headings one level down) as the ``heading`` section of ``doc``, and its plot beside
-    the document (as the equal protocol's ``--doc`` files lie)."""
-    doc = Path(doc)
-    atomic_write(doc.with_name(png.name), lambda tmp: Path(tmp).write_bytes(png.read_bytes()))
-    body = "\n".join("#" + line if line.startswith("#") else line for line in md.splitlines())
-    body += f"\n\n![architecture panel: gap to Retrain]({png.name})\n"
-    text = replace_section(doc.read_text(), body, heading)
-    atomic_write(doc, lambda tmp: Path(tmp).write_text(text))
-
-
 def write(config: panel.PanelConfig, rows: dict[str, dict], out: str | Path, command: str = "",
           doc: str | Path | None = None) -> list[Path]:
     """Write ``panel.md``, ``panel.json`` and ``panel.png`` (``panel-rmia.*`` with reference models:
-    :func:`names`) under ``out`` from the rows of ``config``'s units (and the section of ``doc``);
-    returns the paths written."""
+    :func:`names`) under ``out`` from the rows of ``config``'s units, and with ``doc`` the Markdown
+    there too (its plot beside it, linked); returns the paths written."""
     out = Path(out)
-    stem, heading = names(config)
+    stem = names(config)[0]
     keys = {u.key for u in panel.plan(config)}
     rows = {k: r for k, r in rows.items() if k in keys}
     blocks = summarise(config, rows)
@@ -248,6 +223,9 @@ def write(config: panel.PanelConfig, rows: dict[str, dict], out: str | Path, com
     plot(config, blocks, out / f"{stem}.png")
     written = [out / name for name in (*files, f"{stem}.png")]
     if doc is not None:
-        write_doc(doc, md, out / f"{stem}.png", heading)
-        written.append(Path(doc))
+        doc = Path(doc)
+        text = md + f"\n![architecture panel: gap to Retrain]({stem}.png)\n"
+        atomic_write(doc, lambda tmp: Path(tmp).write_text(text))
+        atomic_write(doc.with_name(f"{stem}.png"), lambda tmp: Path(tmp).write_bytes((out / f"{stem}.png").read_bytes()))
+        written += [doc, doc.with_name(f"{stem}.png")]
     return written

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from invwnn import files
+from invwnn.bench.rows import ROWS
 from invwnn.files import atomic_write
 
 METRICS = ("RA", "UA", "TA", "MIA", "gap", "seconds", "time_ratio")
@@ -192,8 +193,8 @@ def plot_trajectories(results: dict, path: Path) -> None:
             traj = m.get("trajectory") or []
             if traj:
                 ax.plot([t["forget_acc"] for t in traj], [t["test_acc"] for t in traj], marker=".", ms=4,
-                        lw=1.6 if name.startswith("invwnn") else 1, color=colors[i % len(colors)],
-                        ls="-" if name.startswith("invwnn+") or not name.startswith("invwnn") else "--",
+                        lw=1.6 if ROWS[name].rewinder else 1, color=colors[i % len(colors)],
+                        ls="--" if ROWS[name].method == "invwnn" else "-",  # the paper's loop dashed
                         label=name)
         for key, marker in (("original", "*"), ("retrain", "X")):
             ax.scatter([100 - run[key]["UA"]], [run[key]["TA"]], marker=marker, s=160, c="k", zorder=5,

@@ -263,6 +263,19 @@ def tune(configs: dict[str, scenarios.ScenarioConfig], methods: tuple[str, ...] 
     return records
 
 
+def tune_into(folder: Path, configs: dict[str, scenarios.ScenarioConfig], methods: tuple[str, ...], trials: int,
+              command: str, cache_dir: str, device: str, jobs: int = 1, progress: bool = True,
+              log: Callable[[str], None] = lambda s: None, state: str | Path | None = None) -> None:
+    """:func:`tune` with each scenario's journal in ``folder`` (created), its record written there as
+    ``<scenario>.json`` with ``command``; a search of some rows is merged into the record already there."""
+    folder.mkdir(parents=True, exist_ok=True)
+    records = tune(configs, methods, trials, TUNING_SEED, cache_dir, device, jobs, progress, log,
+                   {s: journal_path(tuned_path(s, folder)) for s in configs}, state)
+    for s, record in records.items():
+        record["command"] = command
+        write(record, tuned_path(s, folder), merge_into_old=set(methods) != set(bench_rows.BENCH))
+
+
 def merge(old: dict, new: dict) -> dict:
     """``old`` record with ``new``'s methods (searched on the same scenario, seed, data and trial
     count) put in; each merge is listed under ``updates`` (methods, date, versions, command, and the

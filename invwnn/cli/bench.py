@@ -55,7 +55,7 @@ def _log(s: str) -> None:
 @click.option("--methods", default="all", show_default=True, help="'all' or a comma list of rows (invwnn/bench/rows.py)")
 @click.option("--seeds", type=click.IntRange(1, 100), default=None, help="number of seeds 0..N-1 [3; --quick: 1]")
 @click.option("--out", default=None, help="output folder [results/SCENARIO; several scenarios: results, one "
-              "folder each; as-run: results/panel]")
+              "folder each; as-run: results/panel; forget-only: results/forget-only]")
 @click.option("--state", default=None, help="resumable log of finished units [OUT/units.jsonl]")
 @click.option("--quick", is_flag=True, help="equal: small data and budget (2k training images, 1k test, 8 epochs); "
               "as-run: the miniature networks")
@@ -86,8 +86,8 @@ def _log(s: str) -> None:
               help="reference models for offline RMIA and the five-term gap (0: none) [equal: 4; as-run: 0]")
 @click.option("--doc", type=click.Path(dir_okay=False), default=None,
               help="equal: also write this Markdown file (the search and the gaps across scenarios) and each "
-                   "scenario's table and plots beside it; as-run: replace this document's '## Architecture panel' "
-                   "section, its plot beside it; forget-only: write the table there too")
+                   "scenario's table and plots beside it; as-run, forget-only: the table there too (as-run: its plot "
+                   "beside it)")
 @click.option("--report-only", is_flag=True, help="as-run, forget-only: run nothing, write the tables from the log")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors(InputError, ValueError)
@@ -107,20 +107,20 @@ def bench(protocol, phase, scenario, methods, seeds, out, state, quick, dataset,
         out = out or "results/forget-only"
         results = forget_only.run_study(_list(scenario) or forget_only.CASES, tuple(range(n_seeds)),
                                         tuple(bench_rows.names(methods, tuple(bench_rows.FORGET_ONLY))),
-                                        _list(settings), out, report_only, jobs, progress, _log)
+                                        _list(settings), out, report_only, jobs, progress, _log, state)
         files = forget_only.write(results, out, command, doc)
         click.echo(f"forget-only: {len(results['runs'])} runs, {len(files)} files in {out} ({time.time() - t0:.0f} s)")
         return
     if protocol == "as-run":
         from invwnn.bench import panel, panel_report
+        from invwnn.bench.pool import read_log
         config = panel.config_from(
             _list(networks), quick, scenarios=_list(scenario), seeds=tuple(range(n_seeds)),
             methods=panel.METHODS if methods.strip() == "all" else _list(methods), settings=_list(settings),
             test_size=test_size, cache_dir=cache_dir, data_root=data_root, device=device, references=references)
         out = out or "results/panel"
-        if doc is not None and not Path(doc).is_file():
-            raise InputError(f"--doc {doc}: no such document (as-run replaces a section of one)")
-        rows = panel.read_units(out) if report_only else panel.run_panel(config, out, progress, _log, jobs)
+        state = state or Path(out) / "units.jsonl"
+        rows = read_log(state) if report_only else panel.run_panel(config, state, progress, _log, jobs)
         files = panel_report.write(config, rows, out, command, doc)
         click.echo(f"panel: {len(panel.plan(config))} units, {len(files)} files in {out} ({time.time() - t0:.0f} s)")
         return
@@ -138,13 +138,9 @@ def bench(protocol, phase, scenario, methods, seeds, out, state, quick, dataset,
     if phase != "bench":
         if tuned == "none":
             raise InputError("--phase tune writes records: give --tuned a folder, or leave it out")
-        where = Path(tuned) if tuned else search.TUNED_DIR  # a folder of <scenario>.json records
-        where.mkdir(parents=True, exist_ok=True)
-        records = search.tune(configs, rows, trials or search.TRIALS, search.TUNING_SEED, cache_dir, device, jobs,
-                              progress, _log, {s: search.journal_path(search.tuned_path(s, where)) for s in names}, state)
-        for s, record in records.items():
-            record["command"] = command
-            search.write(record, search.tuned_path(s, where), merge_into_old=set(rows) != set(bench_rows.BENCH))
+        where = Path(tuned) if tuned else search.TUNED_DIR
+        search.tune_into(where, configs, rows, trials or search.TRIALS, command, cache_dir, device, jobs, progress,
+                         _log, state)
         if phase == "tune":
             click.echo(f"tuned {len(rows)} rows on {', '.join(names)} -> {where}")
             return

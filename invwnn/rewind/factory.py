@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 import torch
 
 from invwnn.errors import InputError
@@ -24,7 +25,7 @@ def checkpoint_kind(path: str | Path) -> str:
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for missing, truncated or foreign files
+    except Exception as err:  # torch raises many types for truncated or foreign files
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__})") from None
     if isinstance(payload, dict) and payload.get("kind") == predictor.CHECKPOINT_KIND:
         return "learned"

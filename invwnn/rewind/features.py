@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import nn
 
 from invwnn.errors import InputError
+from invwnn.inputs.models import param_kinds
+from trajgen.nets import KINDS
 
 EPS = 1e-6  # relative to the window's largest |weight|: below float32 resolution, still scale-free
 
@@ -83,3 +86,14 @@ def context_columns(names: tuple[str, ...], n: int, step: np.ndarray | None, lay
     parts = {"step": lambda: np.broadcast_to(step, (n, 2)), "layer": lambda: layer}
     return np.concatenate([parts[name]() for name in names], 1).astype(np.float32) if names \
         else np.zeros((n, 0), np.float32)
+
+
+def rewound(model: nn.Module) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """The parameters a rewind writes, by name (every one but norms, which the loops freeze), and
+    per coordinate of them, flattened in that order: its kind code (n,) into ``trajgen.nets.KINDS``
+    and its layer id (n,), the index of its tensor among the names."""
+    kinds, named = param_kinds(model), dict(model.named_parameters())
+    names = [n for n, k in kinds.items() if k != "norm"]
+    sizes = [named[n].numel() for n in names]
+    codes = torch.tensor([KINDS.index(kinds[n]) for n in names]).repeat_interleave(torch.tensor(sizes))
+    return names, codes, torch.arange(len(names)).repeat_interleave(torch.tensor(sizes))

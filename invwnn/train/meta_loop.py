@@ -22,11 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from invwnn.inputs.models import param_kinds
 from invwnn.inputs.splits import Split
+from invwnn.rewind.features import rewound
 from invwnn.rewind.meta import MetaNet
 from invwnn.rewind.rewinders import Rewinder
-from trajgen.nets import KINDS
 
 
 @dataclass(frozen=True)
@@ -57,11 +56,6 @@ class LoopSettings:
     repair_optimizer: str = "sgd"
 
 
-def rewindable_names(model: nn.Module) -> list[str]:
-    """The parameters the loop rewinds: every one but norms (as :func:`invwnn.unlearn.methods.invwnn.rewindable`)."""
-    return [n for n, k in param_kinds(model).items() if k != "norm"]
-
-
 def forget_window(model: nn.Module, params: dict[str, torch.Tensor], names: list[str], forget: Split, k: int,
                   settings: LoopSettings, generator: torch.Generator) -> torch.Tensor:
     """(n, K) snapshots of the ``names`` coordinates over K - 1 Adam steps on ``forget`` from
@@ -78,18 +72,6 @@ def forget_window(model: nn.Module, params: dict[str, torch.Tensor], names: list
     return torch.stack(snaps, 1)
 
 
-def _kinds(model: nn.Module, names: list[str]) -> torch.Tensor:
-    """(n,) kind codes (index into ``trajgen.nets.KINDS``) of the ``names`` coordinates."""
-    kinds, params = param_kinds(model), dict(model.named_parameters())
-    return torch.cat([torch.full((params[n].numel(),), KINDS.index(kinds[n]), dtype=torch.long) for n in names])
-
-
-def _layers(model: nn.Module, names: list[str]) -> torch.Tensor:
-    """(n,) ids of the ``names`` coordinates' parameter tensors (their index in ``names``)."""
-    params = dict(model.named_parameters())
-    return torch.cat([torch.full((params[n].numel(),), i, dtype=torch.long) for i, n in enumerate(names)])
-
-
 def unroll(triple: Triple, rewinder: MetaNet | Rewinder, settings: LoopSettings, generator: torch.Generator,
            start: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The triple's parent (or ``start``: the weights after earlier iterations) after one iteration
@@ -101,15 +83,13 @@ def unroll(triple: Triple, rewinder: MetaNet | Rewinder, settings: LoopSettings,
     through: d window / d start taken as the identity)."""
     model = triple.model
     params = dict(start) if start else {n: p.detach() for n, p in model.named_parameters()}
-    names = rewindable_names(model)
+    names, kinds, layers = rewound(model)
     k = rewinder.config.k if isinstance(rewinder, MetaNet) else getattr(rewinder, "k", 5)
     window = forget_window(model, params, names, triple.forget, k, settings, generator)
     first = torch.cat([params[n].reshape(-1) for n in names])
     if first.requires_grad:  # a start that carries gradient: the window moves with it (straight through)
         window = window + (first - first.detach()).unsqueeze(1)
-    layers = _layers(model, names)
-    flat = (rewinder(window, layers) if isinstance(rewinder, MetaNet)
-            else rewinder.rewind(window, _kinds(model, names), layers))
+    flat = rewinder(window, layers) if isinstance(rewinder, MetaNet) else rewinder.rewind(window, kinds, layers)
     out, i = dict(params), 0
     for n in names:
         out[n] = flat[i: i + params[n].numel()].view_as(params[n])

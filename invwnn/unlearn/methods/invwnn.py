@@ -20,10 +20,9 @@ from invwnn.inputs.splits import Split
 from invwnn.unlearn.methods.loop import (PROBE_IMAGES, Context, Data, MethodConfig, Sampler, calibrate_lr,
                                          make_optimizer, opt, run_steps)
 from invwnn.audit.metrics import accuracy
-from invwnn.inputs.models import param_kinds
 from invwnn.errors import InputError
 from invwnn.rewind import USER_REWINDERS, Rewinder, make_rewinder
-from trajgen.nets import KINDS
+from invwnn.rewind.features import rewound
 
 NAME = "invwnn"
 CHUNK = 1 << 22  # coordinates per rewinder call: bounds the (n, K) window buffer on big models
@@ -139,13 +138,12 @@ def forget_target(config: Config, data: Data) -> float | None:
     return None
 
 
-def rewindable(model: nn.Module) -> tuple[list[nn.Parameter], torch.Tensor]:
-    """The parameters InvWNN rewinds (every one but norms) and each coordinate's kind code (n,)."""
+def rewindable(model: nn.Module) -> tuple[list[nn.Parameter], torch.Tensor, torch.Tensor]:
+    """The parameters InvWNN rewinds and each coordinate's kind code and layer id (n,)
+    (:func:`invwnn.rewind.features.rewound`)."""
+    names, codes, layers = rewound(model)
     named = dict(model.named_parameters())
-    kinds = {n: k for n, k in param_kinds(model).items() if k != "norm"}
-    codes = torch.cat([torch.full((named[n].numel(),), KINDS.index(k), dtype=torch.long)
-                       for n, k in kinds.items()])
-    return [named[n] for n in kinds], codes
+    return [named[n] for n in names], codes, layers
 
 
 def rewind_loop(model: nn.Module, data: Data, config: Config, ctx: Context, *, name: str = NAME,
@@ -156,9 +154,8 @@ def rewind_loop(model: nn.Module, data: Data, config: Config, ctx: Context, *, n
         raise InputError(f"{name} needs --snapshots >= 2, --every >= 1, --iterations >= 1")
     rewind_precision(config.rewind_dtype, ctx.device)  # refuses a bad --rewind-dtype before any work
     rewinder = ctx.rewinder if ctx.rewinder is not None else rewinder_for(config, ctx.device)
-    params, codes = rewindable(model)
-    codes = codes.to(ctx.device)
-    layers = torch.cat([torch.full((p.numel(),), i, dtype=torch.long) for i, p in enumerate(params)]).to(ctx.device)
+    params, codes, layers = rewindable(model)
+    codes, layers = codes.to(ctx.device), layers.to(ctx.device)
     lr = step_lr("lr", config.lr, config.step_size, data.forget, config.batch_size, 7, model, params, data,
                  config.optimizer, ctx)
     opt_ = make_optimizer(config.optimizer, params, lr * ctx.step_scale)

@@ -122,7 +122,7 @@ def run(model: nn.Module, data: Data, config: Config, ctx: Context) -> nn.Module
     """Unlearn ``data.forget`` from ``model`` in place; returns ``model``."""
     if config.repair_steps < 0:
         raise InputError("--repair-steps must be >= 0")
-    params, _ = invwnn.rewindable(model)
+    params = invwnn.rewindable(model)[0]
     repair = None
     if config.repair_steps:
         retain, estimate = repair_data(config, data, model, ctx)
