@@ -15,16 +15,19 @@ alternating within each repeat so that drift of a shared machine falls on every 
 Prints JSON: per repeat the four wall times and per-run bare times, and the medians of the
 ratios (speed-ups) over the repeats with their min and max. With ``--s3``, only collect-2, into a
 fresh folder and into a bucket of the local S3 server (moto, the ``dev`` extra, on 127.0.0.1),
-alternating: runs per hour, bytes and objects per run, and the ratio of runs per hour.
+alternating: runs per hour, bytes, objects and requests (by method, index or runs) per run, and the
+ratio of runs per hour.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import multiprocessing as mp
 import statistics
 import tempfile
 import time
+from collections import Counter
 
 from trajgen import s3local, store
 from trajgen.collect import CollectConfig, collect, plan
@@ -90,13 +93,30 @@ def collected(specs_config: CollectConfig, workers: int, url: str | None = None)
             "bytes_per_run": statistics.mean(sizes)}
 
 
+class Requests(logging.Handler):
+    """Counts the local S3 server's requests by method and by part of the store (index or runs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts: Counter = Counter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        request = record.getMessage().split('"')[1].split() if '"' in record.getMessage() else []
+        if len(request) > 1:
+            self.counts[request[0], "index" if "/index/" in request[1] else "runs"] += 1
+
+
 def local_and_s3(config: CollectConfig, repeats: int) -> dict:
     """Two workers into a folder and into the local S3 server (trajgen.s3local), alternating which
     goes first in each repeat; also the objects a run leaves in the bucket."""
     import boto3
 
-    out = {"local": [], "s3": []}
+    out, requests = {"local": [], "s3": []}, Requests()
     with s3local.s3_server("bench") as _:
+        log = logging.getLogger("werkzeug")  # the server logs one line per request
+        log.setLevel(logging.INFO)
+        log.propagate = False
+        log.addHandler(requests)
         for r in range(repeats):
             for where in (["local", "s3"] if r % 2 == 0 else ["s3", "local"]):
                 url = f"s3://bench/r{r}.zarr" if where == "s3" else None
@@ -104,7 +124,8 @@ def local_and_s3(config: CollectConfig, repeats: int) -> dict:
                 print(f"repeat {r} {where}: {out[where][-1]}", flush=True)
         keys = boto3.client("s3").list_objects_v2(Bucket="bench", Prefix="r0.zarr/runs/")["KeyCount"]
     summary = {w: {k: spread([x[k] for x in xs]) for k in xs[0]} for w, xs in out.items()}
-    return {"repeats": out, **summary, "objects_per_run": keys / config.runs,
+    per_run = {f"{m} {part}": n / (repeats * config.runs) for (m, part), n in sorted(requests.counts.items())}
+    return {"repeats": out, **summary, "objects_per_run": keys / config.runs, "requests_per_run": per_run,
             "s3_over_local_runs_per_hour": spread([s["runs_per_hour"] / l["runs_per_hour"]
                                                    for s, l in zip(out["s3"], out["local"])])}
 

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from _s3 import BUCKET, store_content
 from trajgen import store
 from trajgen.cli import main
-from trajgen.loader import Windows
+from trajgen.loader import Runs, Windows
 from trajgen.s3local import free_port, s3_server
 
 FLAGS = ["--runs", "2", "--steps", "8", "--every", "4", "--archs", "mlp,cnn", "--workers", "0", "--quiet"]
@@ -47,7 +47,7 @@ def test_a_collection_into_s3_is_the_one_into_a_folder(s3, tmp_path):
     assert store_content(copy)["index"] == store_content(local)["index"]
 
 
-def test_windows_from_s3_with_two_loader_workers(s3):
+def test_the_loader_reads_s3_with_two_loader_workers(s3):
     url = f"s3://{BUCKET}/loader.zarr"
     assert CliRunner().invoke(main, ["collect", "--store", url, *FLAGS]).exit_code == 0
     windows = Windows(url, length=2)
@@ -56,6 +56,8 @@ def test_windows_from_s3_with_two_loader_workers(s3):
     run = store.open_run(url, "run-000001")
     first = next(w for w in Windows(url, length=2, runs=["run-000001"]))
     assert (first["weights"].numpy() == run.history[: first["weights"].shape[0], :2]).all()
+    loaded = {r["name"]: r for r in DataLoader(Runs(url), batch_size=None, num_workers=2)}
+    assert sorted(loaded) == ["run-000000", "run-000001"] and (loaded["run-000001"]["history"].numpy() == run.history[:]).all()
 
 
 @pytest.mark.parametrize("case", ["missing bucket", "unreachable", "credentials in the URL", "unknown scheme"])
