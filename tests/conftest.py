@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _apply_fixtures import tiny_original
+from _apply_fixtures import built_once, tiny_original
 from trajgen.collect import CollectConfig, collect
 from trajgen import data as datasets
 
@@ -17,10 +17,10 @@ def fmnist():
 
 @pytest.fixture(scope="session")
 def small_store(tmp_path_factory) -> str:
-    """A real collection: 9 runs (3 per architecture), 128 steps each, a snapshot every 2 steps."""
-    path = str(tmp_path_factory.mktemp("stores") / "small.zarr")
-    collect(CollectConfig(store=path, runs=9, steps=128, every=2, workers=0, progress=False))
-    return path
+    """A real collection: 9 runs (3 per architecture), 128 steps each, a snapshot every 2 steps;
+    built once per session (tests only read it)."""
+    return str(built_once(tmp_path_factory.getbasetemp(), "small.zarr", lambda path: collect(
+        CollectConfig(store=str(path), runs=9, steps=128, every=2, workers=0, progress=False))))
 
 
 @pytest.fixture(scope="module")

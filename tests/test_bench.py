@@ -1,70 +1,17 @@
-"""invwnn bench: scenario builders on real Fashion-MNIST, the stopping schedule, the cache, and a
-quick bench run end to end through the command."""
+"""invwnn bench (invwnn.cli.bench, invwnn.bench.runner and its report): the stopping schedule, the
+equal-forgetting table, a quick bench run end to end through the command, resuming from the log,
+the as-run alias, and a search then a bench of two scenarios on one log."""
 from __future__ import annotations
 
 import csv
 import json
 
 import pytest
-import torch
 from click.testing import CliRunner
 
-from invwnn.bench import prepare, report, rows, runner, scenarios, search, track
+from invwnn.bench import prepare, report, runner, scenarios, search, track
 from invwnn.bench.pool import read_log
 from invwnn.cli.bench import _command, bench, panel
-from trajgen import data as datasets
-
-
-@pytest.fixture(scope="module")
-def ds():
-    return datasets.load("fashion-mnist")
-
-
-def build(ds, name, seed=0, **kw):
-    return scenarios.build(scenarios.scenario_config(name, train_size=1000, test_size=500, **kw), seed, ds)
-
-
-def test_label_noise_labels_really_are_wrong(ds):
-    s = build(ds, "label-noise")
-    assert s.forget.sum() == 200  # 20% of 1000
-    assert (s.y[s.forget] != s.clean_y[s.forget]).all()
-    assert (s.y[~s.forget] == s.clean_y[~s.forget]).all()
-    assert s.y.min() >= 0 and s.y.max() < len(s.classes)
-    # the wrong labels are spread over the other classes, not one fixed shift
-    shifts = (s.y[s.forget] - s.clean_y[s.forget]) % len(s.classes)
-    assert len(set(shifts.tolist())) == len(s.classes) - 1
-
-
-def test_backdoor_trigger_in_forget_split_only(ds):
-    s = build(ds, "backdoor")
-    size, target = s.config.trigger_size, s.config.target_label
-    assert s.forget.sum() == 200
-    assert scenarios.has_trigger(s.x[s.forget], size).all()
-    assert (s.y[s.forget] == target).all()
-    assert not scenarios.has_trigger(s.x[~s.forget], size).any()
-    assert not scenarios.has_trigger(s.test.x, size).any()  # the clean test set is clean
-    trig = s.extras["triggered_test"]
-    assert scenarios.has_trigger(trig.x, size).all() and (trig.y == target).all()
-    assert len(trig) == int((s.test.y != target).sum())
-    # the trigger changes only its corner: the rest of each image is the clean test image
-    clean = s.test.x[s.test.y != target]
-    assert torch.equal(trig.x[:, :, :-size, :], clean[:, :, :-size, :])
-
-
-def test_class_random_and_overfit_splits(ds):
-    s = build(ds, "class", forget_class=3)
-    assert (s.y[s.forget] == 3).all() and not (s.y[~s.forget] == 3).any()
-    assert s.config.mnemonic_mix > 0
-    r = build(ds, "random50")
-    assert r.forget.sum() == 500
-    assert torch.equal(r.forget, build(ds, "random50").forget)  # deterministic in the seed
-    assert not torch.equal(r.forget, build(ds, "random50", seed=1).forget)
-    o = build(ds, "overfit")
-    assert o.forget.sum() == 10 and o.config.overfit_steps > 0
-    quick, full = scenarios.scenario_config("random10", quick=True), scenarios.scenario_config("random10")
-    assert quick.train_size < full.train_size and quick.epochs < full.epochs
-    with pytest.raises(Exception, match="unknown scenario"):
-        scenarios.scenario_config("nope")
 
 
 def test_check_schedule_is_dense_early_and_sparse_late():
@@ -72,20 +19,6 @@ def test_check_schedule_is_dense_early_and_sparse_late():
     assert checks[:9] == [1, 2, 3, 4, 5, 6, 7, 8, 10]
     assert 1024 in checks and 1023 not in checks
     assert len(checks) <= 4 * 11  # four per doubling
-
-
-def test_original_and_retrain_are_cached(ds, tmp_path):
-    cfg = scenarios.scenario_config("random10", quick=True, train_size=300, test_size=100, epochs=1.0, width=4)
-    s = scenarios.build(cfg, 0, ds)
-    a = prepare.prepare(s, tmp_path)
-    b = prepare.prepare(s, tmp_path)
-    assert not a.meta["original"]["cache_hit"] and b.meta["original"]["cache_hit"] and b.meta["retrain"]["cache_hit"]
-    for m1, m2 in ((a.original, b.original), (a.retrain, b.retrain)):
-        for (k, v1), v2 in zip(m1.state_dict().items(), m2.state_dict().values()):
-            assert torch.equal(v1, v2), k
-    # another seed is another key; the retrained model never saw the forget set, so it differs
-    assert prepare.prepare(scenarios.build(cfg, 1, ds), tmp_path).meta["original"]["cache_key"] != a.meta["original"]["cache_key"]
-    assert not torch.equal(a.original.net[0].weight, a.retrain.net[0].weight)
 
 
 def test_bad_flags_are_one_line_exit_2(tmp_path):
@@ -173,83 +106,6 @@ def test_quick_bench_end_to_end(tmp_path):
     assert res2["runs"][0]["retrain"]["UA"] == pytest.approx(target)
 
 
-def test_choice_prefers_reaching_then_gap():
-    rows = [{"reached": False, "gap": 0.5, "seconds": 1.0, "overrides": {"a": 0}},
-            {"reached": True, "gap": 3.0, "seconds": 9.0, "overrides": {"a": 1}},
-            {"reached": True, "gap": 2.0, "seconds": 5.0, "overrides": {"a": 2}},
-            {"error": "boom", "overrides": {"a": 3}}]
-    assert search.choose(rows)["overrides"] == {"a": 2}
-    assert search.choose(rows[:1])["overrides"] == {"a": 0}
-    assert search.choose(rows[3:]) is None
-
-
-def test_tuning_records_load_and_refuse_the_wrong_scenario(tmp_path):
-    record = {"scenario": {"name": "class"}, "methods": {"salun": {"chosen": {"sparsity": 0.8}}}}
-    (tmp_path / "class.json").write_text(json.dumps(record))
-    chosen, rec = search.load("class", tmp_path)
-    assert chosen == {"salun": {"sparsity": 0.8}} and rec["sha256"] and rec["path"].endswith("class.json")
-    with pytest.raises(Exception, match="tuned on class, not random10"):
-        search.load("random10", tmp_path / "class.json")
-    (tmp_path / "bad.json").write_text("{}")
-    r = CliRunner().invoke(bench, ["--scenario", "random10", "--tuned", str(tmp_path / "bad.json"),
-                                   "--out", str(tmp_path / "o")])
-    assert r.exit_code == 2 and "not a tuning record" in r.output
-    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
-    # every scenario with a validation split has a packaged record with the same number of trials
-    # for every method; paper (no validation split) has none and runs on the library defaults
-    assert search.load("paper") == ({}, None) and "paper" not in scenarios.TUNABLE
-    for name in scenarios.TUNABLE:
-        chosen, rec = search.load(name)
-        # every benched row was searched (a record may also hold rows searched ahead of the bench)
-        assert rec is not None and set(rows.BENCH) <= set(chosen) <= set(rows.ROWS), name
-        assert {m["trials"] for m in rec["methods"].values()} == {rec["trials_per_method"]}, name
-        assert rec["data"]["val"]["pool"] == "train" and "test" not in rec["data"], name
-
-
-@pytest.mark.parametrize("name", scenarios.TUNABLE)
-def test_validation_never_shares_an_image_with_test_or_training(ds, name):
-    """For the reported seeds and the tuning seed, at full size: validation images come from the
-    training pool outside the training subset, so they are disjoint from every test image (another
-    pool) and from what the original trained on; the tuning view measures on them."""
-    config = scenarios.scenario_config(name)
-    for seed in (0, 1, 2, search.TUNING_SEED):
-        s = scenarios.build(config, seed, ds)
-        (vp, val), (tp, train), (sp, test) = s.index["val"], s.index["train"], s.index["test"]
-        assert vp == tp == "train" and sp == "test"
-        assert len(val) == config.val_size and not set(val.tolist()) & set(train.tolist())
-        assert torch.equal(s.val.x, datasets.to_float(ds.x_train[val]))  # the split holds what the index says
-        assert torch.equal(s.test.x[:, :, :-4, :-4], datasets.to_float(ds.x_test[test])[:, :, :-4, :-4])
-        view = s.for_tuning()
-        assert view.test is s.val and not view.extras and "test" not in view.index
-        assert view.fingerprint()["val"] == s.fingerprint()["val"] and "test" not in view.fingerprint()
-
-
-def test_tuning_measures_validation_images_only(ds, tmp_path, monkeypatch):
-    """Every split the search measures (its metrics and its stopping checks) is forget, retain or
-    validation: the test split never reaches a measurement."""
-    seen = []
-    real_measure, real_subset = search.measure, runner.subset
-
-    def spy_measure(model, forget, retain, test, *a, **k):
-        seen.extend([forget.source, retain.source, test.source])
-        return real_measure(model, forget, retain, test, *a, **k)
-
-    def spy_subset(split, n, seed):
-        seen.append(split.source)
-        return real_subset(split, n, seed)
-
-    monkeypatch.setattr(search, "measure", spy_measure)
-    monkeypatch.setattr(runner, "measure", spy_measure)
-    monkeypatch.setattr(runner, "subset", spy_subset)
-    config = scenarios.scenario_config("random10", quick=True, train_size=300, val_size=100, test_size=100,
-                                       epochs=1.0, width=4)
-    record = search.tune({"random10": config}, ("neggrad", "invwnn+-reset"), trials=2, cache_dir=str(tmp_path),
-                         progress=False)["random10"]
-    assert set(seen) == {"forget", "retain", "val"}
-    assert {m["trials"] for m in record["methods"].values()} == {2}
-    assert record["data"]["val"]["n"] == 100 and "test" not in record["data"]
-
-
 def test_equal_forgetting_table_is_over_reaching_seeds_only():
     def result(ua, reached, g):
         m = {"RA": 90.0, "UA": ua, "TA": 80.0, "MIA": 10.0, "gap": g, "seconds": 1.0, "time_ratio": 0.1}
@@ -287,6 +143,8 @@ def test_panel_is_the_as_run_protocol_of_bench(tmp_path):
         assert r.exit_code == 2 and "unknown network 'nope'" in r.output, r.output
     r = CliRunner().invoke(bench, ["--phase", "tune", "--tuned", "none", "--scenario", "random10"])
     assert r.exit_code == 2 and "--phase tune writes records" in r.output
+    r = CliRunner().invoke(bench, ["--phase", "all", "--scenario", "random10,paper", "--tuned", str(tmp_path / "t")])
+    assert r.exit_code == 2 and "paper has no validation split" in r.output and not (tmp_path / "t").exists()
 
 
 @pytest.mark.slow  # two tiny scenarios' originals and Retrains for the tuning seed and seed 0: about a minute

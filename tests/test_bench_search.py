@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from invwnn.bench import rows as bench_rows
-from invwnn.bench import search
-from invwnn.cli.bench import tune
+from invwnn.bench import runner, scenarios, search
+from invwnn.cli.bench import bench, tune
 from invwnn.errors import InputError
 from invwnn.unlearn.methods import REGISTRY
 
@@ -189,3 +189,62 @@ def test_the_packaged_records_of_the_earlier_sampler_still_load():
         assert rec["sampler"].startswith("library defaults, then seeded random draws"), name
         assert all(m["chosen"] == m["rows"][m["chosen_trial"]]["overrides"] for m in rec["methods"].values()
                    if m["chosen_trial"] is not None), name
+
+
+def test_choice_prefers_reaching_then_gap():
+    rows = [{"reached": False, "gap": 0.5, "seconds": 1.0, "overrides": {"a": 0}},
+            {"reached": True, "gap": 3.0, "seconds": 9.0, "overrides": {"a": 1}},
+            {"reached": True, "gap": 2.0, "seconds": 5.0, "overrides": {"a": 2}},
+            {"error": "boom", "overrides": {"a": 3}}]
+    assert search.choose(rows)["overrides"] == {"a": 2}
+    assert search.choose(rows[:1])["overrides"] == {"a": 0}
+    assert search.choose(rows[3:]) is None
+
+
+def test_tuning_records_load_and_refuse_the_wrong_scenario(tmp_path):
+    record = {"scenario": {"name": "class"}, "methods": {"salun": {"chosen": {"sparsity": 0.8}}}}
+    (tmp_path / "class.json").write_text(json.dumps(record))
+    chosen, rec = search.load("class", tmp_path)
+    assert chosen == {"salun": {"sparsity": 0.8}} and rec["sha256"] and rec["path"].endswith("class.json")
+    with pytest.raises(Exception, match="tuned on class, not random10"):
+        search.load("random10", tmp_path / "class.json")
+    (tmp_path / "bad.json").write_text("{}")
+    r = CliRunner().invoke(bench, ["--scenario", "random10", "--tuned", str(tmp_path / "bad.json"),
+                                   "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "not a tuning record" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+    # every scenario with a validation split has a packaged record with the same number of trials
+    # for every method; paper (no validation split) has none and runs on the library defaults
+    assert search.load("paper") == ({}, None) and "paper" not in scenarios.TUNABLE
+    for name in scenarios.TUNABLE:
+        chosen, rec = search.load(name)
+        # every benched row was searched (a record may also hold rows searched ahead of the bench)
+        assert rec is not None and set(bench_rows.BENCH) <= set(chosen) <= set(bench_rows.ROWS), name
+        assert {m["trials"] for m in rec["methods"].values()} == {rec["trials_per_method"]}, name
+        assert rec["data"]["val"]["pool"] == "train" and "test" not in rec["data"], name
+
+
+def test_tuning_measures_validation_images_only(tmp_path, monkeypatch):
+    """Every split the search measures (its metrics and its stopping checks) is forget, retain or
+    validation: the test split never reaches a measurement."""
+    seen = []
+    real_measure, real_subset = search.measure, runner.subset
+
+    def spy_measure(model, forget, retain, test, *a, **k):
+        seen.extend([forget.source, retain.source, test.source])
+        return real_measure(model, forget, retain, test, *a, **k)
+
+    def spy_subset(split, n, seed):
+        seen.append(split.source)
+        return real_subset(split, n, seed)
+
+    monkeypatch.setattr(search, "measure", spy_measure)
+    monkeypatch.setattr(runner, "measure", spy_measure)
+    monkeypatch.setattr(runner, "subset", spy_subset)
+    config = scenarios.scenario_config("random10", quick=True, train_size=300, val_size=100, test_size=100,
+                                       epochs=1.0, width=4)
+    record = search.tune({"random10": config}, ("neggrad", "invwnn+-reset"), trials=2, cache_dir=str(tmp_path),
+                         progress=False)["random10"]
+    assert set(seen) == {"forget", "retain", "val"}
+    assert {m["trials"] for m in record["methods"].values()} == {2}
+    assert record["data"]["val"]["n"] == 100 and "test" not in record["data"]

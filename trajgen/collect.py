@@ -155,16 +155,18 @@ def _client(workers: int, scheduler: str | None):
 
 
 def execute(calls: list[tuple[str, Any, tuple]], workers: int, scheduler: str | None, done) -> None:
-    """Run each ``(key, fn, args)`` of ``calls`` and hand its result to ``done`` as it finishes:
-    in this process when ``workers`` is 0 and there is no ``scheduler``, else as dask tasks (the
-    first calls first; a task lost with its worker is rerun, twice at most)."""
+    """Run each ``(key, fn, args)`` of ``calls`` and hand the results to ``done`` as they finish, as
+    a list: in this process when ``workers`` is 0 and there is no ``scheduler`` (one result at a
+    time), else as dask tasks (the first calls first; a task lost with its worker is rerun, twice
+    at most), every result finished meanwhile at once, so that the index is written once per batch
+    however many workers finish together."""
     if not calls:
         return
     if workers == 0 and not scheduler:
         threads = torch.get_num_threads()  # the calls set their own
         try:
             for _, fn, args in calls:
-                done(fn(*args))
+                done([fn(*args)])
         finally:
             torch.set_num_threads(threads)
         return
@@ -173,8 +175,8 @@ def execute(calls: list[tuple[str, Any, tuple]], workers: int, scheduler: str | 
     with _client(workers, scheduler) as client:
         futures = [client.submit(fn, *args, key=key, retries=2, priority=len(calls) - rank)
                    for rank, (key, fn, args) in enumerate(calls)]
-        for future in as_completed(futures):
-            done(future.result())
+        for batch in as_completed(futures).batches():
+            done([future.result() for future in batch])
 
 
 def collect(config: CollectConfig) -> dict[str, Any]:
@@ -194,18 +196,18 @@ def collect(config: CollectConfig) -> dict[str, Any]:
 
     finished = 0
 
-    def done(name: str, summary: dict) -> None:
+    def done(results: list[tuple[str, dict]]) -> None:
         nonlocal finished
-        store.add_to_index(root, {name: summary})
-        finished += 1
-        bar.update(1)
+        store.add_to_index(root, dict(results))
+        finished += len(results)
+        bar.update(len(results))
         bar.set_postfix(runs_per_hour=f"{finished * 3600 / (time.perf_counter() - started):.0f}")
 
     if config.workers or config.scheduler:  # longest first, so that no worker is left alone at the end
         todo = sorted(todo, key=lambda s: -expected_cost(s, data.in_shape, len(data.classes)))
     execute([(f"trajgen-{spec.name}", train_to_store, (path, spec.to_dict(), config.data_root,
                                                        config.threads_per_worker, config.device)) for spec in todo],
-            config.workers, config.scheduler, lambda result: done(*result))
+            config.workers, config.scheduler, done)
     bar.close()
     return {"store": str(loc), "planned": len(specs), "trained": len(todo),
             "skipped": len(specs) - len(todo), "seconds": time.perf_counter() - started}

@@ -151,7 +151,7 @@ def write_episode(store_path: str, spec: EpisodeSpec, data_root: str | None = No
     run = spec.run_spec()
     writer = store.RunWriter(store_path, run, layer_table(model))
     with store.writing(f"episode {spec.name} to {store_path}"):
-        writer.group.attrs.update({"kind": TWIN_KIND if spec.twin else EPISODE_KIND, "episode": spec.to_dict()})
+        writer.group.update_attributes({"kind": TWIN_KIND if spec.twin else EPISODE_KIND, "episode": spec.to_dict()})
         if spec.twin:  # before the fine-tuning moves the original's weights
             write_counterfactual(writer.group, spec, model, data, data_root)
     for snap in finetune(spec, model, data):
@@ -226,8 +226,9 @@ def collect_episodes(config: EpisodeConfig) -> dict[str, Any]:
     bar = tqdm(total=len(specs), initial=len(specs) - len(todo), unit="episode", desc="episodes",
                disable=not config.progress)
 
-    def done(entries: list[tuple[str, dict]]) -> None:
-        store.add_to_index(root, dict(entries))
+    def done(results: list[list[tuple[str, dict]]]) -> None:  # each result: one parent's episodes
+        entries = dict(entry for result in results for entry in result)
+        store.add_to_index(root, entries)
         bar.update(len(entries))
 
     execute([(f"trajgen-parent-{p:06d}-{len(group)}", _write_group,

@@ -21,7 +21,7 @@ def copy_run(old_root, new_root, name: str) -> dict[str, Any]:
                                    coords=run.coords)
     extra = {k: v for k, v in attrs.items()
              if k not in ("spec", "layers", "complete", "final_test_acc", "diverged")}
-    group.attrs.update(extra)  # versions of the writer that recorded the run, an episode's spec, ...
+    group.update_attributes(extra)  # versions of the writer that recorded the run, an episode's spec, ...
     block = group["history"].chunks[0]
     for c0 in range(0, run.history.shape[0], block):
         group["history"][c0: c0 + block] = run.history[c0: c0 + block]

@@ -159,11 +159,16 @@ LATER_SETTINGS = {k: getattr(invwnn_plus.Config(), k) for k in ("repair_on", "ne
                                                                 "rewinder", "predictor")}
 
 
+# Settings removed since rows were written, at the values the loops now always run with (no warm-up
+# steps, no parameter mask): put back into the keys, so those rows are still found.
+RETIRED_SETTINGS = {"invwnn": {"warmup": 0}, "invwnn+": {"warmup": 0, "mask": None}}
+
+
 def _resolved(method: str, overrides: dict) -> dict | str:
     """The config ``method`` runs with (field -> value; :data:`LATER_SETTINGS` at those values left
-    out), or why the overrides do not fit it."""
+    out, :data:`RETIRED_SETTINGS` put in), or why the overrides do not fit it."""
     try:
-        config = rows.config(method, overrides).to_dict()
+        config = {**RETIRED_SETTINGS.get(rows.ROWS[method].method, {}), **rows.config(method, overrides).to_dict()}
     except InputError as err:
         return f"error: {err}"
     return {k: v for k, v in config.items() if k not in LATER_SETTINGS or LATER_SETTINGS[k] != v}

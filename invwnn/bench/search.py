@@ -268,6 +268,9 @@ def tune_into(folder: Path, configs: dict[str, scenarios.ScenarioConfig], method
               log: Callable[[str], None] = lambda s: None, state: str | Path | None = None) -> None:
     """:func:`tune` with each scenario's journal in ``folder`` (created), its record written there as
     ``<scenario>.json`` with ``command``; a search of some rows is merged into the record already there."""
+    untunable = [s for s, config in configs.items() if not config.val_size]
+    if untunable:
+        raise InputError(f"{untunable[0]} has no validation split to tune on (--val-size 0)")
     folder.mkdir(parents=True, exist_ok=True)
     records = tune(configs, methods, trials, TUNING_SEED, cache_dir, device, jobs, progress, log,
                    {s: journal_path(tuned_path(s, folder)) for s in configs}, state)

@@ -14,7 +14,7 @@ from typing import Any
 import zarr
 from zarr.core.sync import collect_aiterator
 
-from trajgen.store.location import open_store, writing
+from trajgen.store.location import open_store, stored_bytes, writing
 from trajgen.store.schema import ARRAY_DTYPES, INDEX_PAGE, SUMMARY_KEYS, StoreError, schema_version
 
 
@@ -184,7 +184,7 @@ def run_summary(group: zarr.Group) -> dict[str, Any]:
     summary = {"arch": spec["arch"]["family"], "optimizer": spec["optim"]["name"],
                "n_coords": int(group["history"].shape[0]), "n_snapshots": int(group["history"].shape[1]),
                "final_test_acc": a.get("final_test_acc"), "diverged": bool(a.get("diverged", False)),
-               "bytes_stored": int(sum(group[k].nbytes_stored() for k in ARRAY_DTYPES if k in group))}
+               "bytes_stored": stored_bytes(group, ARRAY_DTYPES)}
     if "coords" in group:
         summary["n_params"] = int(sum(layer["numel"] for layer in a["layers"]))
     return summary

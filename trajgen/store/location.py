@@ -112,6 +112,20 @@ def shared_location(store: str | Path | Location, in_process: str = " (or train 
     return loc
 
 
+def stored_bytes(group: zarr.Group, members) -> int:
+    """Bytes (metadata and chunks) stored under the ``members`` of ``group`` that exist. On an
+    object store one listing gives every size (zarr would ask for each chunk's)."""
+    zstore = group.store
+    if not hasattr(zstore, "fs"):  # zarr's local store: a stat per file
+        return int(sum(group[k].nbytes_stored() for k in members if k in group))
+    from zarr.core.sync import sync
+
+    root = "/".join(p.strip("/") for p in (zstore.path, group.path) if p.strip("/"))
+    found = sync(zstore.fs._find(root, detail=True))
+    return int(sum(info["size"] for path, info in found.items()
+                   if path.strip("/")[len(root) + 1:].split("/")[0] in members))
+
+
 def _has_root(loc: Location) -> bool:
     """Whether the store's root ``zarr.json`` exists; an object store that cannot be reached (no
     endpoint, denied access, no bucket) is a one-line :class:`StoreError`, before any write."""

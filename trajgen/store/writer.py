@@ -35,7 +35,9 @@ def create_run_group(runs: zarr.Group, name: str, spec: RunSpec, layers: list[La
     if name in runs:
         del runs[name]
     n_coords = n_params if coords is None else len(coords)
-    group = runs.create_group(name)
+    # the attributes known now are written with the group, in one piece
+    group = runs.create_group(name, attributes={"spec": spec.to_dict(), "layers": [layer.to_dict() for layer in layers],
+                                                "versions": versions(), "complete": False})
     group.create_array("history", shape=(n_coords, n_snapshots), dtype=ARRAY_DTYPES["history"],
                        fill_value=np.nan, chunks=(min(coord_chunk, n_coords), min(time_chunk, n_snapshots)),
                        **history_codecs())
@@ -44,8 +46,6 @@ def create_run_group(runs: zarr.Group, name: str, spec: RunSpec, layers: list[La
         per_coord["coords"] = coords
     for key, values in per_coord.items():
         group.create_array(key, data=values, chunks=(min(coord_chunk, n_coords),), **small_codecs())
-    group.attrs.update({"spec": spec.to_dict(), "layers": [layer.to_dict() for layer in layers],
-                        "versions": versions(), "complete": False})
     return group
 
 
@@ -56,7 +56,8 @@ def finish_run_group(group: zarr.Group, step: np.ndarray, loss: np.ndarray, acc:
     for name, values in (("step", step), ("loss", loss), ("acc", acc)):
         group.create_array(name, data=np.asarray(values, ARRAY_DTYPES[name]),
                            chunks=(max(1, len(values)),), **small_codecs())
-    group.attrs.update({"final_test_acc": float(final_test_acc), "diverged": bool(diverged), "complete": True})
+    # one write: the results and the flag together (attrs.update would write the metadata per key)
+    group.update_attributes({"final_test_acc": float(final_test_acc), "diverged": bool(diverged), "complete": True})
     return run_summary(group)
 
 
