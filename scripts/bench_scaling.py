@@ -24,6 +24,7 @@ import argparse
 import json
 import logging
 import multiprocessing as mp
+import re
 import statistics
 import tempfile
 import time
@@ -101,9 +102,10 @@ class Requests(logging.Handler):
         self.counts: Counter = Counter()
 
     def emit(self, record: logging.LogRecord) -> None:
-        request = record.getMessage().split('"')[1].split() if '"' in record.getMessage() else []
-        if len(request) > 1:
-            self.counts[request[0], "index" if "/index/" in request[1] else "runs"] += 1
+        request = re.sub(r"\x1b\[[0-9;]*m", "", record.getMessage()).split('"')  # no colour codes
+        method, target = (request[1].split() + ["", ""])[:2] if len(request) > 1 else ("", "")
+        if method:
+            self.counts[method, "index" if "/index/" in target else "runs"] += 1
 
 
 def local_and_s3(config: CollectConfig, repeats: int) -> dict:
@@ -115,8 +117,7 @@ def local_and_s3(config: CollectConfig, repeats: int) -> dict:
     with s3local.s3_server("bench") as _:
         log = logging.getLogger("werkzeug")  # the server logs one line per request
         log.setLevel(logging.INFO)
-        log.propagate = False
-        log.addHandler(requests)
+        log.propagate, log.handlers = False, [requests]
         for r in range(repeats):
             for where in (["local", "s3"] if r % 2 == 0 else ["s3", "local"]):
                 url = f"s3://bench/r{r}.zarr" if where == "s3" else None

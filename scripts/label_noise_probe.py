@@ -1,4 +1,4 @@
-"""Writes docs/results/forget-only.md's label-noise probe table: where the mislabelled images of the
+"""Writes docs/results/forget-only-probes.md's label-noise table: where the mislabelled images of the
 forget-only bench's lenet-noisy case go (``invwnn bench --protocol forget-only`` first).
 
     .venv/bin/python scripts/label_noise_probe.py [--out results/forget-only] [--seeds 0,1,2]
@@ -19,7 +19,6 @@ import json
 from pathlib import Path
 
 import torch
-
 
 from invwnn.bench.forget_only import NOISE, TEST_SIZE, TRAIN_SIZE, clone_generator, lenet_data, output_path, train_lenet
 from invwnn.bench.rows import FORGET_ONLY

@@ -1,4 +1,4 @@
-"""Writes docs/results/forget-only.md's neighbour table: how well the forget set's neighbours estimate
+"""Writes docs/results/forget-only-probes.md's neighbour table: how well the forget set's neighbours estimate
 Retrain's forget accuracy on the forget-only bench's cases (``invwnn bench --protocol forget-only``
 first: this reads its built models).
 
@@ -19,7 +19,6 @@ from invwnn.bench.forget_only import CASES
 from invwnn.unlearn.apply import Inputs, load_inputs
 from invwnn.unlearn.methods import invwnn_plus
 from invwnn.unlearn.methods.loop import Context
-
 
 
 def main() -> None:

@@ -1,17 +1,17 @@
 """Writes docs/results/panel-targets.md from a panel's units (docs/results/panel-units.jsonl).
 
-Issue 22's targets: per network and scenario, how far each method moved
-forget error toward Retrain's ((UA - Original's) / (Retrain's - Original's); 1 = all the way), test
-accuracy against the original's in the issue's reading (class: on the other classes' test images,
+The panel's targets: per network and scenario, how far each method moved forget error toward
+Retrain's ((UA - Original's) / (Retrain's - Original's); 1 = all the way), test accuracy against the
+original's in the targets' reading (class: on the other classes' test images,
 at most 1 point lower; label-noise: at or above; random10: at most 1 point lower), and time and
 wall time over Retrain's training time.
 
 With ``--pairs A:B,...`` it prints instead, per pair, the gap to Retrain of row A and row B in
-every cell both ran, and per network their mean over its scenarios (issue 24's panel target: the
-meta-trained rewinder against the line, ``invwnn+-meta:invwnn+-linear,invwnn-meta:invwnn-linear``).
+every cell both ran, and per network their mean over its scenarios (the meta-trained rewinder
+against the line: ``invwnn+-meta:invwnn+-linear,invwnn-meta:invwnn-linear``).
 
 With ``--best`` it prints, per network, the mean gap of each of ``--methods`` over the cells where
-all of them ran at their defaults, and which is smallest (issue 23's panel target). With ``--gap5``
+all of them ran at their defaults, and which is smallest. With ``--gap5``
 the five-term gap instead, from the rows run with reference models (``--references``); a row run
 without them counts by a lower bound, its three accuracy terms over five (the two RMIA terms are at
 least 0), printed ">= x": the smallest is named only where its own figure is exact (else "undecided").
@@ -28,7 +28,7 @@ def budget_passes(config: dict, sizes: dict) -> int:
     """Images an invwnn / invwnn+ run at ``config`` feeds forward and backward over its whole
     budget (forget steps, then repair steps; calibration probes, rewinds and checks left out): a
     count that does not depend on the machine or its load."""
-    steps = (config["snapshots"] - 1) * config["every"] + config.get("warmup", 0)  # records before warmup went
+    steps = (config["snapshots"] - 1) * config["every"] + config.get("warmup", 0)  # older rows record warm-up steps
     forget = config["iterations"] * steps * min(config["batch_size"], sizes["forget"])
     repair = config["iterations"] * config.get("repair_steps", 0) * min(config.get("repair_batch_size", 0),
                                                                         sizes["retain"])

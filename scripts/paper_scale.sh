@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Writes docs/results.md's paper-scale run:
-# the paper's headline setting end to end (BRIEF Table 1; issue 13): record torchvision-family
+# the paper's headline setting end to end (BRIEF Table 1): record torchvision-family
 # trajectories with sampled coordinates, train predictors on them, and bench CIFAR-style ResNet-18
 # with the whole training set, a random 50% forgotten, every method stopped at Retrain's UA.
 #

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from invwnn.files import atomic_write
-from invwnn.rewind.predictor import EVALUATION_FORMAT, default_checkpoint, read_checkpoint
+from invwnn.rewind.predictor import default_checkpoint, read_checkpoint
 from invwnn.rewind.shipped import DEFAULT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,10 +43,6 @@ def checkpoint_section(k: int) -> str:
     ckpt = read_checkpoint(path)
     cfg, prov, ev = ckpt["train_config"], ckpt["provenance"], ckpt["evaluation"]
     name = shown(str(path))
-    if ev.get("format") != EVALUATION_FORMAT:
-        return (f"### `{name}` (K = {k})\n\nIts evaluation record is of an older format (linear baseline "
-                f"chosen on the held-out sample) and is not shown; refresh it with `invwnn evaluate {name} "
-                f"--store STORE --write`.\n")
     fit, rows, curve = ev["horizon_fit"], ev["held_out"], ev["curve"]
     n_params = sum(v.numel() for v in ckpt["state_dict"].values())
     train_store, eval_store = shown(prov["store"]), shown(ev["store"])
@@ -82,14 +78,14 @@ def generated() -> str:
     """The whole generated section, markers included."""
     records = {k: read_checkpoint(default_checkpoint(k))["evaluation"] for k in DEFAULT}
     headline = ", ".join(f"K = {k}: **{ev['held_out']['all']['ratio']:.3f}** (vs {ev['held_out']['all']['baseline'].replace('_', ' ')})"
-                         for k, ev in records.items() if ev.get("format") == EVALUATION_FORMAT)
+                         for k, ev in records.items())
     oracle = ", ".join(f"K = {k}: {max(ev['held_out']['all']['ratio_no_rewind'], ev['held_out']['all']['ratio_damped_line']):.3f}"
-                       for k, ev in records.items() if ev.get("format") == EVALUATION_FORMAT)
+                       for k, ev in records.items())
     intro = ("MAE of the predicted past weight on the held-out runs (weight units); ratio = model / baseline, below 1 "
              "means the predictor wins. The headline is the ratio against the baseline whose error on the "
-             f"*training* windows is smaller. Headline ratios (all kinds pooled): {headline or 'none current'}. "
+             f"*training* windows is smaller. Headline ratios (all kinds pooled): {headline}. "
              f"For reference only, against whichever baseline did better on the held-out runs themselves (a "
-             f"choice no deployment could make): {oracle or 'none current'}.\n")
+             f"choice no deployment could make): {oracle}.\n")
     return "\n".join([BEGIN, "", intro, *(checkpoint_section(k) for k in DEFAULT), END])
 
 

@@ -1,5 +1,5 @@
-"""Draws docs/results/rewinders.png and its table (docs/results.md): the learned rewinders against the
-tuned line and the repair-only control inside invwnn+ (issue 15), from the benches
+"""Draws docs/results/rewinders.png and its table (docs/results/rewinders.md): the learned rewinders
+against the tuned line and the repair-only control inside invwnn+, from the benches
 `invwnn bench --methods ...` wrote to RESULTS/<scenario>/.
 
     .venv/bin/python scripts/rewinder_table.py [--results results/rewinders] [--plot docs/results/rewinders.png]
@@ -22,7 +22,6 @@ from pathlib import Path
 from invwnn.bench import report
 from invwnn.bench.rows import ROWS
 from invwnn.bench.scenarios import SCENARIOS
-from invwnn.files import atomic_write
 
 LEARNED = ("invwnn+", "invwnn+-episodes", "invwnn+-episodes-context", "invwnn+-twins", "invwnn+-twins48",
            "invwnn+-runs500", "invwnn+-runs500-episodes")
@@ -103,10 +102,7 @@ def plot(results_dir: Path, path: Path) -> None:
     """One panel per scenario where some row reached Retrain's UA: each row's gap per seed (dots) and
     its mean over the seeds that reached (bar); learned rows in colour, the lines and the control in
     grey; a seed that never reached is a cross at the top."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = report.pyplot()
     loaded = {s: json.loads((results_dir / s / "results.json").read_text()) for s in SCENARIOS
               if (results_dir / s / "results.json").is_file()}
     benched = {n for r in loaded.values() for n in r["bench"]["methods"]}
@@ -134,8 +130,7 @@ def plot(results_dir: Path, path: Path) -> None:
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle("invwnn+ rewinders at equal forgetting: per-seed gap (dots), mean (bar), "
                  "seed that never reached Retrain's UA (x)", fontsize=10)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
+    report.save_fig(fig, path)
 
 
 def main() -> None:

@@ -1,8 +1,7 @@
-"""Builds the user model behind docs/applier.md's check on a network the defaults never saw (issue 22):
-a plain torchvision ``resnet18(num_classes=10)`` trained by
-the user's own loop (Adam 1e-3, batch 64, 8 epochs, seed 0) on 2,000 Fashion-MNIST training images
-as 32x32 RGB, saved as safetensors, with one whole class (T-shirt/top, index 0) to forget and 1,000
-test images; splits as tensor files. Then, for example:
+"""Builds the user model behind docs/applier.md's check on a network the defaults never saw:
+a plain torchvision ``resnet18(num_classes=10)`` trained by the user's own loop (Adam 1e-3, batch 64,
+8 epochs, seed 0) on 2,000 Fashion-MNIST training images as 32x32 RGB, saved as safetensors, with one
+whole class (T-shirt/top, index 0) to forget and 1,000 test images; splits as tensor files. Then, for example:
 
     .venv/bin/python scripts/user_resnet.py --out data/user-resnet
     .venv/bin/invwnn apply --model data/user-resnet/w.safetensors --arch torchvision:resnet18:num_classes=10 \\

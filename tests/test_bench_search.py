@@ -119,8 +119,8 @@ def test_tune_writes_a_record_and_its_journal_and_a_rerun_resumes(tmp_path, monk
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = tmp_path / "tuned" / "random10.json"
     args = ["--scenario", "random10", "--quick", "--width", "4", "--methods", "neggrad,random-label", "--trials", "2",
-            "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--no-progress"]
-    r = CliRunner().invoke(tune, args, catch_exceptions=False)
+            "--cache-dir", str(tmp_path / "cache"), "--tuned", str(out.parent), "--no-progress"]
+    r = CliRunner().invoke(tune, [*args, "--out", str(tmp_path / "a")], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     journal = tmp_path / "tuned" / "random10.optuna.log"
     assert journal.is_file() and str(journal) in r.output
@@ -140,7 +140,7 @@ def test_tune_writes_a_record_and_its_journal_and_a_rerun_resumes(tmp_path, monk
         assert [t.user_attrs["row"]["overrides"] for t in study.trials] == [row["overrides"] for row in m["rows"]]
     # a rerun finds every trial in the journal and runs none
     monkeypatch.setattr(search, "_trial", lambda args: pytest.fail("a finished trial ran again"))
-    r2 = CliRunner().invoke(tune, args, catch_exceptions=False)
+    r2 = CliRunner().invoke(tune, [*args, "--out", str(tmp_path / "b")], catch_exceptions=False)
     assert r2.exit_code == 0, r2.output
     again = json.loads(out.read_text())
     assert {n: m["rows"] for n, m in again["methods"].items()} == {n: m["rows"] for n, m in record["methods"].items()}

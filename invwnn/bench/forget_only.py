@@ -1,23 +1,17 @@
-"""The forget-only protocol (issue 15): models the project never trained, unlearned from their files
-through the library call behind ``invwnn apply`` with only the forget set and a test split (default
-guard), each row's one knob chosen on a validation split.
+"""The forget-only protocol: models the project never trained, unlearned from their files through the
+library call behind ``invwnn apply`` with only the forget set and a test split (default guard).
 
-Cases (each built per seed, with its Retrain: the same recipe and seed on the data minus the forget set):
+Cases (:data:`CASES`), each built per seed with its Retrain (the same recipe and seed without the
+forget set): ``lenet-noisy``, a TorchScript :class:`LeNet` on Fashion-MNIST images of which
+:data:`NOISE` carry a wrong label, forgetting those; ``lenet-random``, the same on clean labels,
+forgetting a random :data:`FORGET_SHARE`; ``mobilenet-random``, an exported MobileNetV3-small
+(:data:`MOBILENET`) on the images padded to 32x32 RGB, forgetting a random share. Each case also has
+test and validation images (training images the model never saw).
 
-- ``lenet-noisy``: a TorchScript LeNet with BatchNorm (:class:`LeNet`, Adam 2e-3, 12 epochs) on 3,000
-  Fashion-MNIST images of which 20% carry a wrong label; forget set = the mislabelled 600.
-- ``lenet-random``: the same recipe on clean labels; forget set = a random 10% (300 images).
-- ``mobilenet-random``: torchvision's MobileNetV3-small (width 0.5, Adam 1e-3, batch 64, 10 epochs,
-  batch-norm statistics recomputed at the end) on 2,000 images padded to 32x32 RGB, saved with
-  ``torch.export``; forget set = a random 10% (200 images).
-
-Every case has 1,000 test images and 1,000 validation images (training images the model never saw).
-Rows and their knobs are :data:`invwnn.bench.rows.FORGET_ONLY`. ``tuned``: the knob is chosen per row
-and case on the validation split of seed :data:`TUNE_SEED` (the run's test file there is the
-validation file, so the guard watches it): the largest fraction of the way to Retrain's forget error
-(capped at 1) among values costing at most 1 point of validation accuracy, the smallest value on ties;
-that value then runs on every seed's test split. Finished runs go to the bench's log
-(``OUT/units.jsonl``), built models under ``OUT/work``.
+Each row of :data:`invwnn.bench.rows.FORGET_ONLY` runs at its knob's default and, with ``tuned``, at
+the value chosen per case on the validation split of seed :data:`TUNE_SEED` (:func:`choose`), which
+then runs on every seed's test split. Finished runs go to the bench's log (``OUT/units.jsonl``),
+built models under ``OUT/work``.
 """
 from __future__ import annotations
 
@@ -33,9 +27,8 @@ from torch import nn
 from invwnn.audit import metrics
 from invwnn.bench import rows as bench_rows
 from invwnn.bench.pool import map_units, read_log, run_logged
-from invwnn.bench.report import mean_std, versions
+from invwnn.bench.report import mean_std, versions, write_files
 from invwnn.errors import InputError
-from invwnn.files import atomic_write
 from trajgen import data as datasets
 
 CASES = ("lenet-noisy", "lenet-random", "mobilenet-random")
@@ -340,8 +333,5 @@ def write(results: dict, out: str | Path, command: str, doc: str | Path | None =
     as ``doc``; their paths."""
     md = f"# Forget data only, on models the project never trained\n\nCommand: `{command}`\n\n{results['table']}"
     record = {"command": command, **{k: v for k, v in results.items() if k != "table"}, "versions": versions()}
-    files = {Path(out) / "table.md": md, Path(out) / "results.json": json.dumps(record, indent=1, default=str),
-             **({Path(doc): md} if doc is not None else {})}
-    for path, text in files.items():
-        atomic_write(path, lambda tmp, text=text: Path(tmp).write_text(text))
-    return list(files)
+    return write_files({Path(out) / "table.md": md, Path(out) / "results.json": json.dumps(record, indent=1, default=str),
+                        **({Path(doc): md} if doc is not None else {})})

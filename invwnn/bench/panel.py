@@ -59,13 +59,10 @@ class PanelNet:
     lr: float = 1e-3
 
 
-# Sized so that the original trains in about two minutes on one thread of the project's 2-core
-# machine and (nearly) memorises its training set; the measured figures are in docs/bench.md,
-# "Architecture panel". resnet18: full width, CIFAR stem; mobilenet_v3_small: width multiplier 1,
-# at a tenth of the others' step (at 1e-3 its batch norms' running statistics lag the moving
-# weights and the eval-mode network stays near chance); convnext: ConvNeXt-T's widths (96 ... 768),
-# one block a stage (T has 3, 3, 9, 3); vit_tv: ViT-Ti's width and heads (192, 3), patch 4, 4 of
-# its 12 layers, small batches and step (it memorises slowest).
+# Each original trains in about two minutes on one CPU thread and nearly memorises its training set
+# (docs/bench.md, "Sizes and speed", has the figures and why MobileNetV3 takes a tenth of the step).
+# resnet18: CIFAR stem; convnext: ConvNeXt-T's widths, one block a stage; vit_tv: ViT-Ti's width and
+# heads, patch 4, 4 of its 12 layers.
 NETWORKS = {net.family: net for net in (
     PanelNet("resnet18", 64, 0, train_size=400, epochs=12),
     PanelNet("mobilenet_v3_small", 16, 0, train_size=1200, epochs=15, lr=2e-4),
@@ -325,6 +322,3 @@ def config_from(networks: tuple[str, ...] | None, quick: bool, **fields: Any) ->
     given = {"test_size": QUICK_TEST_SIZE if quick else None, **fields}
     return PanelConfig(nets=tuple(table[n] for n in networks), **{k: v for k, v in given.items() if v is not None})
 
-
-__all__ = ["PanelNet", "PanelConfig", "Unit", "NETWORKS", "QUICK_NETWORKS", "SCENARIOS", "SETTINGS", "METHODS",
-           "plan", "run_panel", "config_from", "code_fingerprint"]

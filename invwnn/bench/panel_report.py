@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from invwnn.bench import panel
-from invwnn.bench.report import cell, mean_std, save_fig, ta_recovered, versions
-from invwnn.files import atomic_write
+from invwnn.bench.report import cell, mean_std, pyplot, save_fig, stats, versions, write_files
 
 _TUNED = ("at the bench's tuned values (`invwnn/bench/tuned/<scenario>.json`, chosen on the bench's CNN; "
           "nothing tuned per network)")
@@ -32,7 +31,7 @@ def _values(rows: list[dict]) -> list[dict]:
     as a count)."""
     out = []
     for r in rows:
-        v = {**{k: r[k] for k in METRICS if k in r}, "TA_recovered": ta_recovered(r, r["original_TA"])}
+        v = {**{k: r[k] for k in METRICS if k in r}, "TA_recovered": r["TA"] - r["original_TA"]}
         if "backoffs" in r:
             v["backoffs"] = len(r["backoffs"])
         out.append(v)
@@ -41,10 +40,7 @@ def _values(rows: list[dict]) -> list[dict]:
 
 def _row(name: str, setting: str, per_seed: list[dict], rows: list[dict] = ()) -> dict:
     """Mean and std of every figure over ``per_seed``; for a method, how its runs stopped."""
-    out = {"name": name, "setting": setting, "n": len(per_seed)}
-    for k in METRICS:
-        if any(k in p for p in per_seed):
-            out[k], out[f"{k}_std"] = mean_std([p.get(k) for p in per_seed])
+    out = {"name": name, "setting": setting, "n": len(per_seed), **stats(per_seed, METRICS)}
     if rows:
         out["stop"] = dict(Counter(r["stop_reason"] for r in rows))
         out["unchanged"] = sum(r["unchanged"] for r in rows)
@@ -171,10 +167,7 @@ def plot(config: panel.PanelConfig, blocks: list[dict], path: Path) -> None:
     """Gap to Retrain per method (x) and network (colour), a panel per scenario: filled markers at
     the library defaults, open ones at the tuned values, std as error bars; the Original's gap as
     a dashed line in its network's colour. With reference models the five-term gap (gap5)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     key, what = ("gap5", "five-term gap") if config.references else ("gap", "gap")
     methods = list(config.methods)
     fig, axes = plt.subplots(len(config.scenarios), 1, figsize=(max(8, 0.8 * len(methods) + 3),
@@ -217,15 +210,11 @@ def write(config: panel.PanelConfig, rows: dict[str, dict], out: str | Path, com
     md = markdown(config, blocks, rows, command)
     record = {"config": config.to_dict(), "command": command, "code": panel.code_fingerprint(),
               "blocks": blocks, "rows": list(rows.values()), "versions": versions()}
-    files = {f"{stem}.md": md, f"{stem}.json": json.dumps(record, indent=1, default=str)}
-    for name, text in files.items():
-        atomic_write(out / name, lambda tmp, text=text: Path(tmp).write_text(text))
+    written = write_files({out / f"{stem}.md": md, out / f"{stem}.json": json.dumps(record, indent=1, default=str)})
     plot(config, blocks, out / f"{stem}.png")
-    written = [out / name for name in (*files, f"{stem}.png")]
+    written.append(out / f"{stem}.png")
     if doc is not None:
         doc = Path(doc)
-        text = md + f"\n![architecture panel: gap to Retrain]({stem}.png)\n"
-        atomic_write(doc, lambda tmp: Path(tmp).write_text(text))
-        atomic_write(doc.with_name(f"{stem}.png"), lambda tmp: Path(tmp).write_bytes((out / f"{stem}.png").read_bytes()))
-        written += [doc, doc.with_name(f"{stem}.png")]
+        written += write_files({doc: md + f"\n![architecture panel: gap to Retrain]({stem}.png)\n",
+                                doc.with_name(f"{stem}.png"): (out / f"{stem}.png").read_bytes()})
     return written

@@ -40,25 +40,22 @@ def map_units(fn: Callable, units: Sequence[tuple], jobs: int = 1, desc: str = "
     """``[fn(u) for u in units]``, over ``jobs`` processes when ``jobs > 1``; ``on_result(i,
     result)`` is called in this process as each unit finishes (to save progress)."""
     bar = tqdm(total=len(units), desc=desc, disable=not progress)
-    if jobs <= 1 or len(units) <= 1:
-        out = []
-        for i, u in enumerate(units):
-            out.append(fn(u))
-            if on_result is not None:
-                on_result(i, out[-1])
-            bar.update(1)
-        bar.close()
-        return out
     results: list = [None] * len(units)
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(jobs, len(units)), mp_context=ctx, initializer=_init_worker) as ex:
-        futures = {ex.submit(fn, u): i for i, u in enumerate(units)}
-        for f in as_completed(futures):
-            i = futures[f]
-            results[i] = f.result()
-            if on_result is not None:
-                on_result(i, results[i])
-            bar.update(1)
+
+    def finished(i: int, result) -> None:
+        results[i] = result
+        if on_result is not None:
+            on_result(i, result)
+        bar.update(1)
+    if jobs <= 1 or len(units) <= 1:
+        for i, u in enumerate(units):
+            finished(i, fn(u))
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(jobs, len(units)), mp_context=ctx, initializer=_init_worker) as ex:
+            futures = {ex.submit(fn, u): i for i, u in enumerate(units)}
+            for f in as_completed(futures):
+                finished(futures[f], f.result())
     bar.close()
     return results
 

@@ -30,7 +30,6 @@ from invwnn.unlearn.methods.loop import Sampler, make_optimizer, run_steps
 from invwnn.inputs.preprocess import Normalized, Preprocess
 from invwnn.errors import InputError
 from invwnn.files import atomic_write
-from trajgen import data as datasets
 from trajgen import nets
 from trajgen.spec import make_arch
 
@@ -70,12 +69,6 @@ def new_model(config: scenarios.ScenarioConfig, x: torch.Tensor, n_classes: int)
     return Normalized(nets.build(arch, pre.shape, n_classes), pre)
 
 
-def _prepare_config(config: scenarios.ScenarioConfig, seed: int) -> original_mod.PrepareConfig:
-    return original_mod.PrepareConfig(dataset=config.dataset, epochs=config.epochs, lr=config.lr,
-                                      batch_size=config.batch_size, mnemonic_mix=config.mnemonic_mix,
-                                      seed=seed)
-
-
 def _retrain_config(config: scenarios.ScenarioConfig):
     return REGISTRY["retrain"].config(epochs=config.epochs, optimizer="adam", lr=config.lr,
                                       batch_size=config.batch_size)
@@ -104,7 +97,8 @@ def prepare(scn: scenarios.Scenario, cache_dir: str | Path, device: str = "cpu",
     bf16 autocast with ``amp``)."""
     cfg, seed = scn.config, scn.seed
     cache = Path(cache_dir)
-    pcfg = _prepare_config(cfg, seed)
+    pcfg = original_mod.PrepareConfig(dataset=cfg.dataset, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                                      mnemonic_mix=cfg.mnemonic_mix, seed=seed)
     g = torch.Generator().manual_seed(seed + 7919)
     codes = torch.rand((len(scn.classes), *scn.x.shape[1:]), generator=g) if cfg.mnemonic_mix > 0 else None
     torch.manual_seed(seed)
@@ -148,12 +142,7 @@ def _retrain_cached(scn: scenarios.Scenario, seed: int, cache: Path, device: str
 
     def train_retrain() -> dict:
         t0 = time.perf_counter()
-        ctx = Context(device=device, seed=seed, progress=progress,
-                      rebuild=lambda: new_model(cfg, scn.x, len(scn.classes)))
-        data = Data(scn.forget_split, scn.classes, scn.retain_split)
-        with autocast(device, amp):
-            fresh = REGISTRY["retrain"].run(copy.deepcopy(retrained).to(device), data, rcfg, ctx)
-        retrained.load_state_dict(fresh.cpu().state_dict())
+        retrained.load_state_dict(_retrain(scn, retrained, seed, device, progress, amp).cpu().state_dict())
         return {"seconds": time.perf_counter() - t0}
 
     # the scenario's seed names its data; a reference model's own seed only its training
@@ -202,13 +191,6 @@ def _ce(model: nn.Module, sample: Sampler) -> torch.Tensor:
     return F.cross_entropy(model(x), y)
 
 
-def _dataset(name: str, root: str | None):
-    try:
-        return datasets.load_cached(name, root)
-    except (FileNotFoundError, ValueError) as err:
-        raise InputError(str(err).splitlines()[0]) from None
-
-
 _PREPARED: dict[tuple, Prepared] = {}
 
 
@@ -219,7 +201,7 @@ def prepare_cached(config: scenarios.ScenarioConfig, seed: int, cache_dir: str |
     in the test split's place."""
     key = (config, seed, str(cache_dir), tuning, amp)
     if key not in _PREPARED:
-        scn = scenarios.build(config, seed, _dataset(config.dataset, config.data_root))
+        scn = scenarios.build(config, seed)
         prep = prepare(scn, cache_dir, device, amp=amp)
         if tuning:
             prep = dataclasses.replace(prep, scenario=scn.for_tuning())
@@ -229,17 +211,23 @@ def prepare_cached(config: scenarios.ScenarioConfig, seed: int, cache_dir: str |
     return _PREPARED[key]
 
 
+def _retrain(scn: scenarios.Scenario, start: nn.Module, seed: int, device: str, progress: bool = False,
+             amp: bool = False) -> nn.Module:
+    """The retrain method on ``scn``'s retain set from a copy of ``start`` under ``seed``, on ``device``."""
+    ctx = Context(device=device, seed=seed, progress=progress,
+                  rebuild=lambda: new_model(scn.config, scn.x, len(scn.classes)))
+    with autocast(device, amp):
+        return REGISTRY["retrain"].run(copy.deepcopy(start).to(device), Data(scn.forget_split, scn.classes,
+                                       scn.retain_split), _retrain_config(scn.config), ctx)
+
+
 def time_retrain(config: scenarios.ScenarioConfig, seed: int, cache_dir: str | Path, device: str = "cpu",
                  amp: bool = False) -> float:
     """Seconds to retrain ``seed``'s model once more, exactly as :func:`prepare` does (the result
     is discarded): Retrain's time under whatever load the caller runs it in."""
     prep = prepare_cached(config, seed, cache_dir, amp=amp)
-    scn = prep.scenario
-    ctx = Context(device=device, seed=seed, rebuild=lambda: new_model(config, scn.x, len(scn.classes)))
     t0 = time.perf_counter()
-    with autocast(device, amp):
-        REGISTRY["retrain"].run(copy.deepcopy(prep.original).to(device),
-                                Data(scn.forget_split, scn.classes, scn.retain_split), _retrain_config(config), ctx)
+    _retrain(prep.scenario, prep.original, seed, device, amp=amp)
     return time.perf_counter() - t0
 
 

@@ -22,17 +22,12 @@ PRIVACY = {"gap5": "gap5", "RMIA_AUC": "RMIA AUC", "RMIA_TPR1": "TPR@1%FPR", "RM
 PROTOCOLS = {"equal": "stopped at Retrain's UA", "budget": "default budget"}
 
 
-def ta_recovered(m: dict, original_ta: float) -> float:
-    """Test accuracy recovered: TA - the Original's TA (points; label noise and overfit)."""
-    return m["TA"] - original_ta
-
-
 def _extras(scenario: str, m: dict, original: dict) -> dict:
     """Scenario-specific figures of one result: test accuracy recovered (label noise, overfit)
     and attack success rate (backdoor), in percent."""
     out = {}
     if scenario in ("label-noise", "overfit"):
-        out["TA_recovered"] = ta_recovered(m, original["TA"])
+        out["TA_recovered"] = m["TA"] - original["TA"]  # test accuracy recovered, points
     if "acc:triggered_test" in m:
         out["ASR"] = m["acc:triggered_test"]
     return out
@@ -80,13 +75,19 @@ def summarise(results: dict) -> list[dict]:
     return rows
 
 
+def stats(per_seed: list[dict], keys) -> dict:
+    """``k`` and ``k_std``: mean and std over ``per_seed`` of each of ``keys`` that any of them holds."""
+    out = {}
+    for k in keys:
+        if any(k in p for p in per_seed):
+            out[k], out[f"{k}_std"] = mean_std([p.get(k) for p in per_seed])
+    return out
+
+
 def _row(name: str, protocol: str, per_seed: list[dict], seeds: int) -> dict:
     """Mean and std of every metric over ``per_seed`` (``n`` of them) out of ``seeds`` seeds."""
-    row = {"name": name, "protocol": protocol, "seeds": seeds, "n": len(per_seed)}
-    for k in (*METRICS, *PRIVACY, "TA_recovered", "ASR"):
-        if any(k in p for p in per_seed):
-            row[k], row[f"{k}_std"] = mean_std([p.get(k) for p in per_seed])
-    return row
+    return {"name": name, "protocol": protocol, "seeds": seeds, "n": len(per_seed),
+            **stats(per_seed, (*METRICS, *PRIVACY, "TA_recovered", "ASR"))}
 
 
 def best_row(rows: list[dict], key: str = "gap") -> dict | None:
@@ -170,20 +171,32 @@ def versions() -> dict:
             "machine": platform.platform()}
 
 
-def save_fig(fig, path: Path) -> None:
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display)."""
+    import matplotlib
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def save_fig(fig, path: Path) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
+    pyplot().close(fig)
+
+
+def write_files(files: dict[Path, str | bytes]) -> list[Path]:
+    """Write each path's text (or bytes) atomically; the paths."""
+    for path, body in files.items():
+        put = Path.write_bytes if isinstance(body, bytes) else Path.write_text
+        atomic_write(path, lambda tmp, body=body, put=put: put(Path(tmp), body))
+    return list(files)
 
 
 def plot_trajectories(results: dict, path: Path) -> None:
     """Forget accuracy vs test accuracy at every check of the first seed, one line per method
     that has a trajectory; Original and Retrain as markers. Left: everything; right: zoomed on
     the region around Retrain, where the methods that keep the model usable end up."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     run = results["runs"][0]
     retrain = (100 - run["retrain"]["UA"], run["retrain"]["TA"])
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
@@ -215,10 +228,7 @@ def plot_trajectories(results: dict, path: Path) -> None:
 def plot_gap(rows: list[dict], scenario: str, path: Path) -> None:
     """Bar chart of the gap to Retrain per method, both protocols, std as error bars (equal
     forgetting: over the seeds that reached it; no bar where none did)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = [r["name"] for r in rows if r["protocol"] == "equal"]
     orig = next(r for r in rows if r["name"] == "Original")
     fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(names) + 2), 4.5))
@@ -240,10 +250,8 @@ def write(results: dict, out: str | Path) -> list[Path]:
     out = Path(out)
     rows = summarise(results)
     results = {**results, "summary": rows, "versions": versions()}
-    files = {"table.md": markdown(results, rows), "results.csv": csv_text(results, rows),
-             "results.json": json.dumps(results, indent=1, default=str)}
-    for name, text in files.items():
-        atomic_write(out / name, lambda tmp, text=text: Path(tmp).write_text(text))
+    written = write_files({out / "table.md": markdown(results, rows), out / "results.csv": csv_text(results, rows),
+                           out / "results.json": json.dumps(results, indent=1, default=str)})
     plot_trajectories(results, out / "trajectories.png")
     plot_gap(rows, results["scenario"]["name"], out / "gap.png")
-    return [out / n for n in (*files, "trajectories.png", "gap.png")]
+    return [*written, out / "trajectories.png", out / "gap.png"]

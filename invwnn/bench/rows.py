@@ -53,7 +53,7 @@ ROWS: dict[str, Row] = {
     "invwnn+-linear": Row("invwnn+", ("linear", None), space=_PLUS_H, panel=True),
     "invwnn+-reset": Row("invwnn+", ("reset", None), space=_PLUS),
     "invwnn+-none": Row("invwnn+", ("none", None), space=_PLUS),
-    # other K = 5 predictors (issue 15): trained on fine-tuning episodes' first windows (`trajgen
+    # other K = 5 predictors: trained on fine-tuning episodes' first windows (`trajgen
     # episodes`), with the step and layer context inputs, on counterfactual twins (`trajgen twins`), on
     # the 500-run collection, that one fine-tuned on the episodes, and the twins' recipe on 48 twins
     "invwnn+-episodes": Row("invwnn+", ("learned", "episodes"), space=_PLUS_H),
@@ -66,7 +66,7 @@ ROWS: dict[str, Row] = {
     # the line in -runs500's loop (isolates that predictor from its spacing), and with the spacing searched
     "invwnn+-linear-every4": Row("invwnn+", ("linear", None), {"every": 4}, _PLUS_H),
     "invwnn+-linear-spacing": Row("invwnn+", ("linear", None), space={**_PLUS_H, "every": ("choice", [1, 2, 4])}),
-    # meta-trained on the unlearning objective (`invwnn meta-train`, issue 24)
+    # meta-trained on the unlearning objective (`invwnn meta-train`)
     "invwnn+-meta": Row("invwnn+", ("meta", "meta"), space=_PLUS_H, panel=True),
     "invwnn": Row("invwnn", ("learned", None), space=_INVWNN, panel=True),
     "invwnn-linear": Row("invwnn", ("linear", None), space=_INVWNN_H, panel=True),
@@ -99,7 +99,7 @@ ROWS: dict[str, Row] = {
     "unsir": Row("unsir", space={"impair_lr": ("log", 3e-3, 5e-2), "repair_lr": ("log", 3e-3, 3e-2),
                                  "noise_steps": ("choice", [20, 40])}, panel=True),
     "mnemonic": Row("mnemonic", space={"l1": ("log", 1e-4, 1e-2), "l2": ("log", 1.0, 100.0)}, panel=True),
-    # the 2026 yardstick's methods (issue 23)
+    # the 2026 yardstick's methods
     "ssd": Row("ssd", space={"alpha": ("log", 1.0, 100.0), "dampening": ("log", 0.1, 10.0)}, panel=True),
     "l1-sparse": Row("l1-sparse", space={"lr": ("log", 1e-3, 1e-1), "l1": ("log", 1e-5, 1e-3), "epochs": _EPOCHS},
                      panel=True),

@@ -35,14 +35,12 @@ from invwnn.audit.rmia import Attack
 @dataclass(frozen=True)
 class BenchConfig:
     """How to run. ``method_overrides``: row name -> config field overrides (the tuning record's
-    choices; see :mod:`invwnn.bench.search`); ``check_forget`` / ``check_test``: sizes of
-    the fixed subsets the stopping checks measure; ``jobs``: worker processes; ``amp``: bf16
-    autocast for every training pass on a CUDA device (originals, Retrain, the methods' steps;
-    checks, metrics and rewinder predictions stay float32); ``predictors``: checkpoints the
-    learned rows (``invwnn``, ``invwnn+``) read instead of the shipped ones, each row the one whose
-    window K is its snapshots (predictors trained on the bench's own architecture, as
-    ``scripts/paper_scale.sh`` does); ``references``: models trained on the retain set for offline
-    RMIA (Retrain and ``references - 1`` more, :func:`invwnn.bench.prepare.references`; 0: none)."""
+    choices); ``check_forget`` / ``check_test``: sizes of the fixed subsets the stopping checks
+    measure; ``jobs``: worker processes; ``amp``: bf16 autocast for every training pass on a CUDA
+    device (checks, metrics and rewinder predictions stay float32); ``predictors``: checkpoints the
+    learned rows read instead of the shipped ones, each row the one whose window K is its snapshots;
+    ``references``: models trained on the retain set for offline RMIA (Retrain and ``references - 1``
+    more, :func:`invwnn.bench.prepare.references`; 0: none)."""
 
     methods: tuple[str, ...] = rows.BENCH
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -72,7 +70,7 @@ def run_method(name: str, prep: Prepared, target_ua: float, bench: BenchConfig, 
     (``budget`` and ``equal``: metrics, seconds, gap), the trajectory and the stopping point, or
     ``{"error": message}`` when the method cannot run on this scenario."""
     method = REGISTRY[rows.ROWS[name].method]
-    mode = REGISTRY[rows.ROWS[name].method].stop  # step, iteration (after each rewind), alpha or none
+    mode = method.stop  # step, iteration (after each rewind), alpha or none
     scn, device = prep.scenario, bench.device
     try:
         config = rows.config(name, bench.method_overrides.get(name, {}))
@@ -139,13 +137,9 @@ def attack_for(prep: Prepared, bench: BenchConfig) -> Attack | None:
 
 def _score(model: nn.Module, prep: Prepared, bench: BenchConfig, seed: int, seconds: float) -> dict:
     scn = prep.scenario
-    m = measure(model, scn.forget_split, scn.retain_split, scn.test, prep_device(model), seed, scn.extras,
-                attack_for(prep, bench))
+    m = measure(model, scn.forget_split, scn.retain_split, scn.test, str(next(model.parameters()).device), seed,
+                scn.extras, attack_for(prep, bench))
     return {**m, "seconds": seconds}
-
-
-def prep_device(model: nn.Module) -> str:
-    return str(next(model.parameters()).device)
 
 
 def run_unit(args: tuple) -> dict:

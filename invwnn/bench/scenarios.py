@@ -112,14 +112,7 @@ class Scenario:
             return lambda split: Split(split.x, random_wrong(split.y, n, torch.Generator().manual_seed(seed)),
                                        "held-out, mislabelled")
         if self.config.name == "backdoor":
-            cfg = self.config
-
-            def triggered(split: Split) -> Split:
-                keep = split.y != cfg.target_label
-                x_u8 = (split.x[keep] * 255).round().to(torch.uint8)
-                return Split(datasets.to_float(add_trigger(x_u8, cfg.trigger_size)),
-                             torch.full((int(keep.sum()),), cfg.target_label), "held-out, triggered")
-            return triggered
+            return lambda split: triggered(split, self.config, "held-out, triggered")
         return None
 
     def sizes(self) -> dict[str, int]:
@@ -203,6 +196,14 @@ def add_trigger(x_u8: torch.Tensor, size: int) -> torch.Tensor:
     return out
 
 
+def triggered(split: Split, config: ScenarioConfig, name: str) -> Split:
+    """``split``'s images not of the backdoor's target class, with the trigger and the target label."""
+    keep = split.y != config.target_label
+    x_u8 = (split.x[keep] * 255).round().to(torch.uint8)
+    return Split(datasets.to_float(add_trigger(x_u8, config.trigger_size)),
+                 torch.full((int(keep.sum()),), config.target_label), name)
+
+
 def has_trigger(x: torch.Tensor, size: int) -> torch.Tensor:
     """Bool (N,): which images (uint8, or float in [0, 1]) carry the trigger exactly."""
     patch = trigger_patch(size, x.shape[1])
@@ -216,7 +217,7 @@ def _build(config: ScenarioConfig, seed: int, ds, kind: str) -> Scenario:
     g, x_u8, y, test, val, index = _subsets(config, seed, ds)
     n_classes = len(ds.classes)
     extras, clean_y = {}, None
-    if kind == "random":
+    if kind in ("random", "overfit"):  # overfit's extra steps on the forget set are the original's recipe
         forget = _random_mask(len(y), config.forget_fraction, g)
     elif kind == "class":
         if not 0 <= config.forget_class < n_classes:
@@ -226,35 +227,29 @@ def _build(config: ScenarioConfig, seed: int, ds, kind: str) -> Scenario:
         forget = _random_mask(len(y), config.forget_fraction, g)
         clean_y = y.clone()
         y[forget] = random_wrong(y[forget], n_classes, g)
-    elif kind == "overfit":
-        forget = _random_mask(len(y), config.forget_fraction, g)
     elif kind == "backdoor":
         forget = _random_mask(len(y), config.forget_fraction, g)
         x_u8[forget] = add_trigger(x_u8[forget], config.trigger_size)
         y[forget] = config.target_label
-        keep = test.y != config.target_label
-        test_u8 = (test.x[keep] * 255).round().to(torch.uint8)
-        extras["triggered_test"] = Split(datasets.to_float(add_trigger(test_u8, config.trigger_size)),
-                                         torch.full((int(keep.sum()),), config.target_label), "triggered test")
+        extras["triggered_test"] = triggered(test, config, "triggered test")
     else:
         raise AssertionError(kind)
     return Scenario(config, seed, datasets.to_float(x_u8), y, forget, test, tuple(ds.classes), extras, clean_y,
                     val, index)
 
 
-# name -> (builder, scenario-specific defaults)
-SCENARIOS: dict[str, tuple[Callable, dict]] = {
-    "random10": (lambda c, s, d: _build(c, s, d, "random"), {"forget_fraction": 0.1}),
-    "random50": (lambda c, s, d: _build(c, s, d, "random"), {"forget_fraction": 0.5}),
-    "paper": (lambda c, s, d: _build(c, s, d, "random"),
-              {"forget_fraction": 0.5, "dataset": "cifar10", "arch": "resnet18", "width": 64, "train_size": 0,
-               "test_size": 0, "val_size": 0}),
+# name -> (how its forget set is made, scenario-specific defaults)
+SCENARIOS: dict[str, tuple[str, dict]] = {
+    "random10": ("random", {"forget_fraction": 0.1}),
+    "random50": ("random", {"forget_fraction": 0.5}),
+    "paper": ("random", {"forget_fraction": 0.5, "dataset": "cifar10", "arch": "resnet18", "width": 64,
+                         "train_size": 0, "test_size": 0, "val_size": 0}),
     # the class scenario's original mixes in mnemonic codes (t_mix 0.1, the paper's MNIST value)
     # so that the mnemonic method can run; every method sees that same original
-    "class": (lambda c, s, d: _build(c, s, d, "class"), {"mnemonic_mix": 0.1}),
-    "label-noise": (lambda c, s, d: _build(c, s, d, "label-noise"), {"forget_fraction": 0.2}),
-    "overfit": (lambda c, s, d: _build(c, s, d, "overfit"), {"forget_fraction": 0.01, "overfit_steps": 400}),
-    "backdoor": (lambda c, s, d: _build(c, s, d, "backdoor"), {"forget_fraction": 0.2}),
+    "class": ("class", {"mnemonic_mix": 0.1}),
+    "label-noise": ("label-noise", {"forget_fraction": 0.2}),
+    "overfit": ("overfit", {"forget_fraction": 0.01, "overfit_steps": 400}),
+    "backdoor": ("backdoor", {"forget_fraction": 0.2}),
 }
 
 # the scenarios with a validation split: what `invwnn tune` can search and the fair bench covers
@@ -281,20 +276,17 @@ def scenario_config(name: str, quick: bool = False, **overrides) -> ScenarioConf
     return ScenarioConfig(name=name, **d)
 
 
-def fetch(config: ScenarioConfig) -> None:
-    """Make ``config``'s dataset available, letting torchvision download it (into ``data/``,
-    where the resolver looks next) when it is not on disk."""
+def dataset(config: ScenarioConfig, download: bool = False):
+    """``config``'s dataset, read once per process; with ``download`` torchvision may fetch it (into
+    ``data/``, where the resolver looks next) when it is not on disk."""
     try:
-        datasets.load(config.dataset, root=config.data_root, download=True)
+        if download:
+            return datasets.load(config.dataset, root=config.data_root, download=True)
+        return datasets.load_cached(config.dataset, config.data_root)
     except (FileNotFoundError, ValueError) as err:
         raise InputError(str(err).splitlines()[0]) from None
 
 
 def build(config: ScenarioConfig, seed: int, ds=None) -> Scenario:
     """Build ``config``'s scenario for ``seed`` (``ds``: an already loaded dataset, or None)."""
-    if ds is None:
-        try:
-            ds = datasets.load(config.dataset, root=config.data_root)
-        except (FileNotFoundError, ValueError) as err:
-            raise InputError(str(err).splitlines()[0]) from None
-    return SCENARIOS[config.name][0](config, seed, ds)
+    return _build(config, seed, dataset(config) if ds is None else ds, SCENARIOS[config.name][0])

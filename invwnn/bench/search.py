@@ -1,20 +1,16 @@
 """Hyperparameter search with the same budget for every row, on validation data only.
 
 Every row gets ``trials`` configurations from one Optuna study (:func:`search_method`): the library
-defaults first (an enqueued trial), then TPE over the row's space (:mod:`invwnn.bench.rows`), each
-trial's sampler seeded from ``(seed, row, trial index)``. Each configuration runs once on a tuning
-seed no reported result uses, on :meth:`Scenario.for_tuning` (TA and MIA on the validation split,
-never on test images), under the equal-forgetting protocol. The study minimises
-:func:`objective_value` (the gap to Retrain, plus :data:`UNREACHED` when Retrain's UA was never
-reached); a failed trial is told to Optuna as failed. The choice (:func:`choose`): reached Retrain's
-UA, then the smallest gap, then the least time. Rows run in parallel, a row's trials in sequence.
+defaults first, then TPE over the row's space (:mod:`invwnn.bench.rows`), each trial's sampler seeded
+from ``(seed, row, trial index)``. Each configuration runs once, under the equal-forgetting protocol,
+on a tuning seed no reported result uses and on :meth:`Scenario.for_tuning` (TA and MIA on the
+validation split, never on test images). The choice (:func:`choose`): reached Retrain's UA, then the
+smallest gap, then the least time.
 
-The record (``tuned/<scenario>.json``: spaces, every trial, the choice, the tuning seed's data
-fingerprint, seconds) is what ``invwnn bench`` applies; the trials are also in an Optuna journal
-beside it (``<scenario>.optuna.log``, one study per row, named in the record): a rerun resumes, and
-``optuna.load_study(study_name=..., storage=JournalStorage(JournalFileBackend(path)))`` shows them.
-The packaged records made before issue 23 (``sampler``: "library defaults, then seeded random
-draws ...") have no journal; they load the same way.
+The record (``tuned/<scenario>.json``: spaces, every trial, the choice, the data fingerprint) is what
+``invwnn bench`` applies; the trials are also in an Optuna journal beside it (``<scenario>.optuna.log``,
+one study per row, named in the record), from which a rerun resumes. Records without a journal (an
+older sampler's) load the same way.
 """
 from __future__ import annotations
 
@@ -194,9 +190,9 @@ def _reference(config: scenarios.ScenarioConfig, seed: int, cache_dir: str) -> d
     """Retrain's metrics on the tuning view of ``config``'s ``seed`` (memoised in this process)."""
     key = (config, seed, str(cache_dir))
     if key not in _REFERENCES:
-        scn = prep_mod.prepare_cached(config, seed, cache_dir, tuning=True).scenario
-        retrain = prep_mod.prepare_cached(config, seed, cache_dir, tuning=True).retrain
-        _REFERENCES[key] = measure(retrain, scn.forget_split, scn.retain_split, scn.test, "cpu", seed, scn.extras)
+        prep = prep_mod.prepare_cached(config, seed, cache_dir, tuning=True)
+        scn = prep.scenario
+        _REFERENCES[key] = measure(prep.retrain, scn.forget_split, scn.retain_split, scn.test, "cpu", seed, scn.extras)
     return _REFERENCES[key]
 
 
@@ -234,18 +230,26 @@ def make_record(config: scenarios.ScenarioConfig, methods: tuple[str, ...], tria
 
 
 def tune(configs: dict[str, scenarios.ScenarioConfig], methods: tuple[str, ...] = bench_rows.BENCH,
-         trials: int = TRIALS, seed: int = TUNING_SEED, cache_dir: str = "data/bench-cache", device: str = "cpu",
-         jobs: int = 1, progress: bool = True, log: Callable[[str], None] = lambda s: None,
-         journals: dict[str, Path] | None = None, state: str | Path | None = None) -> dict[str, dict]:
-    """Search every row of ``methods`` on each scenario of ``configs`` (name -> config) on its tuning
+         trials: int = TRIALS, cache_dir: str = "data/bench-cache", device: str = "cpu", jobs: int = 1,
+         progress: bool = True, log: Callable[[str], None] = lambda s: None, folder: str | Path | None = None,
+         command: str | None = None, state: str | Path | None = None) -> dict[str, dict]:
+    """Search every row of ``methods`` on each scenario of ``configs`` (name -> config) on the tuning
     seed, one pool of ``jobs`` processes for all (each row's trials in sequence); returns name -> its
-    record. ``journals``: name -> the Optuna journal its studies go to and resume from [in memory];
-    ``state``: the log finished studies are appended to (a killed run resumes)."""
-    t0 = time.time()
+    record. With ``folder`` (created) each scenario's studies go to and resume from a journal there and
+    its record is written there as ``<scenario>.json`` with ``command`` (a search of some rows merged
+    into the record already there); without, the studies are in memory. ``state``: the log finished
+    studies are appended to (a killed run resumes)."""
+    untunable = [s for s, config in configs.items() if not config.val_size]
+    if untunable:
+        raise InputError(f"{untunable[0]} has no validation split to tune on (--val-size 0)")
+    if folder is not None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    journals = {s: journal_path(tuned_path(s, folder)) for s in configs} if folder is not None else {}
+    t0, seed = time.time(), TUNING_SEED
     keyed = []
     for name, config in configs.items():
         prep_mod.prepare_all(config, (seed,), cache_dir, device, jobs=1, progress=progress)
-        journal = (journals or {}).get(name)
+        journal = journals.get(name)
         keyed += [(f"{name}/{study_name(config, row, seed)}/{trials}",
                    (config, cache_dir, device, seed, row, trials, None if journal is None else str(journal)))
                   for row in methods]
@@ -253,30 +257,15 @@ def tune(configs: dict[str, scenarios.ScenarioConfig], methods: tuple[str, ...] 
     records = {}
     for name, config in configs.items():
         mine = [r for k, _ in keyed if k.startswith(f"{name}/") for r in done[k]["rows"]]
-        record = make_record(config, methods, trials, seed, mine, cache_dir, (journals or {}).get(name))
+        record = make_record(config, methods, trials, seed, mine, cache_dir, journals.get(name))
         for row, m in record["methods"].items():
             best = m["rows"][m["chosen_trial"]] if m["chosen_trial"] is not None else None
             log(f"{name} {row}: " + (f"chose {best['overrides']} (gap {best['gap']:.2f}, reached {best['reached']})"
                                      if best else "every trial failed"))
-        record["wall_seconds"] = time.time() - t0
-        records[name] = record
+        records[name] = {**record, "wall_seconds": time.time() - t0, "command": command}
+        if folder is not None:
+            write(records[name], tuned_path(name, folder), merge_into_old=set(methods) != set(bench_rows.BENCH))
     return records
-
-
-def tune_into(folder: Path, configs: dict[str, scenarios.ScenarioConfig], methods: tuple[str, ...], trials: int,
-              command: str, cache_dir: str, device: str, jobs: int = 1, progress: bool = True,
-              log: Callable[[str], None] = lambda s: None, state: str | Path | None = None) -> None:
-    """:func:`tune` with each scenario's journal in ``folder`` (created), its record written there as
-    ``<scenario>.json`` with ``command``; a search of some rows is merged into the record already there."""
-    untunable = [s for s, config in configs.items() if not config.val_size]
-    if untunable:
-        raise InputError(f"{untunable[0]} has no validation split to tune on (--val-size 0)")
-    folder.mkdir(parents=True, exist_ok=True)
-    records = tune(configs, methods, trials, TUNING_SEED, cache_dir, device, jobs, progress, log,
-                   {s: journal_path(tuned_path(s, folder)) for s in configs}, state)
-    for s, record in records.items():
-        record["command"] = command
-        write(record, tuned_path(s, folder), merge_into_old=set(methods) != set(bench_rows.BENCH))
 
 
 def merge(old: dict, new: dict) -> dict:

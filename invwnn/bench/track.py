@@ -13,6 +13,7 @@ import time
 import torch
 from torch import nn
 
+from invwnn.audit.metrics import accuracy
 from invwnn.bench.prepare import full_precision
 from invwnn.inputs.splits import Split
 from invwnn.unlearn.methods.loop import trains
@@ -54,28 +55,14 @@ class Tracker:
     def on_iteration(self, i: int, model: nn.Module) -> None:
         self.check(step=self.steps, iteration=i + 1)
 
-    @torch.no_grad()
-    def _acc(self, split: Split) -> float:
-        hit = 0
-        for i in range(0, len(split), 1000):
-            hit += (self.model(split.x[i:i + 1000].to(self.device)).argmax(1).cpu() == split.y[i:i + 1000]).sum().item()
-        return 100.0 * hit / max(1, len(split))
-
     def check(self, **where) -> None:
-        with full_precision(self.device):
-            self._check(where)
-
-    def _check(self, where: dict) -> None:
+        """Measure at this point (``where``: step, iteration or alpha) and keep the weights of the
+        first check at the target; eval mode for the measurement, each module's own mode after."""
         t = time.perf_counter()
-        seconds = t - self.t0 - self.check_seconds
-        modes = [m.training for m in self.model.modules()]  # keep frozen norms frozen afterwards
-        self.model.eval()
-        try:
-            row = {**where, "forget_acc": self._acc(self.forget), "test_acc": self._acc(self.test),
-                   "seconds": seconds}
-        finally:
-            for m, mode in zip(self.model.modules(), modes):
-                m.training = mode
+        with full_precision(self.device):
+            row = {**where, "forget_acc": accuracy(self.model, self.forget.x, self.forget.y, self.device),
+                   "test_acc": accuracy(self.model, self.test.x, self.test.y, self.device),
+                   "seconds": t - self.t0 - self.check_seconds}
         self.trajectory.append(row)
         if self.hit is None and 100.0 - row["forget_acc"] >= self.target_ua:
             self.hit = (row, {k: v.detach().clone() for k, v in self.model.state_dict().items()})

@@ -1,11 +1,9 @@
-"""``invwnn apply``, ``invwnn report`` and ``invwnn prepare``: parse flags, call the library, turn
-bad input into one line and exit code 2. Method flags are generated from the methods' config
-dataclasses, so each method's defaults are documented in ``--help`` and live in one place."""
+"""``invwnn apply``, ``audit``, ``report`` and ``prepare``: parse flags, call the library, turn bad
+input into one line and exit code 2. Method flags are generated from the methods' config dataclasses."""
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import types
 import typing
 from pathlib import Path
@@ -67,16 +65,13 @@ def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
 
 
 def _max_drop(text: str) -> float | None:
-    """``--max-drop``: points >= 0, or off / none (no bound)."""
+    """``--max-drop``: points (the library refuses negative ones), or off / none (no bound)."""
     if text.strip().lower() in ("off", "none"):
         return None
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
-        value = -1.0
-    if not (math.isfinite(value) and value >= 0):
-        raise UserError(f"--max-drop takes a number of points >= 0 or off, got {text!r}")
-    return value
+        raise UserError(f"--max-drop takes a number of points >= 0 or off, got {text!r}") from None
 
 
 _INPUT_FLAGS = [

@@ -134,15 +134,17 @@ def bench(protocol, phase, scenario, methods, seeds, out, state, quick, dataset,
     state = state or root / "units.jsonl"
     if download:
         for config in configs.values():
-            scenarios.fetch(config)
+            scenarios.dataset(config, download=True)
     if phase != "bench":
         if tuned == "none":
             raise InputError("--phase tune writes records: give --tuned a folder, or leave it out")
         where = Path(tuned) if tuned else search.TUNED_DIR
-        search.tune_into(where, configs, rows, trials or search.TRIALS, command, cache_dir, device, jobs, progress,
-                         _log, state)
+        search.tune(configs, rows, trials or search.TRIALS, cache_dir, device, jobs, progress, _log, where, command,
+                    state)
         if phase == "tune":
-            click.echo(f"tuned {len(rows)} rows on {', '.join(names)} -> {where}")
+            for s in names:
+                record = search.tuned_path(s, where)
+                click.echo(f"{s}: tuned {len(rows)} rows -> {record} (trials: {search.journal_path(record)})")
             return
     benches = {}
     for s, config in configs.items():
@@ -170,35 +172,10 @@ def panel(ctx):
     bench.main(["--protocol", "as-run", *ctx.args], prog_name="invwnn bench")
 
 
-@click.command("tune")
-@click.option("--scenario", required=True, help="random10, random50, class, label-noise, overfit or backdoor")
-@click.option("--methods", default="all", show_default=True, help="'all' or a comma-separated list")
-@click.option("--trials", type=click.IntRange(1), default=None, help="configurations per row [16]")
-@click.option("--seed", type=int, default=None, help="tuning seed, never a reported one [100]")
-@click.option("--out", default=None, help="record file [invwnn/bench/tuned/SCENARIO.json]; the Optuna journal "
-              "of its trials goes beside it (SCENARIO.optuna.log), and a rerun resumes from it")
-@click.option("--quick", is_flag=True, help="the bench's --quick sizes")
-@click.option("--width", type=click.IntRange(1), default=None, help="network width")
-@click.option("--data-root", default=None, help="folder holding the dataset files")
-@click.option("--cache-dir", default="data/bench-cache", show_default=True, help="originals and retrained models")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--jobs", type=click.IntRange(1), default=1, show_default=True, help="worker processes")
-@click.option("--progress/--no-progress", default=True, show_default=True)
-@user_errors(InputError, ValueError)
-def tune(scenario, methods, trials, seed, out, quick, width, data_root, cache_dir, device, jobs, progress):
-    """Search every row's hyperparameters on SCENARIO's validation split (the same number of trials
-    for each row) and write the record `invwnn bench` applies."""
-    import torch
-    from invwnn.bench import rows, scenarios, search
-
-    torch.set_num_threads(1)
-    config = scenarios.scenario_config(scenario, quick, width=width, data_root=data_root)
-    path = Path(out) if out else search.tuned_path(scenario)
-    journal = search.journal_path(path)  # Optuna's studies, beside the record: a rerun resumes them
-    record = search.tune({scenario: config}, tuple(rows.names(methods)), trials or search.TRIALS,
-                         search.TUNING_SEED if seed is None else seed, cache_dir, device, jobs, progress, _log,
-                         {scenario: journal})[scenario]
-    record["command"] = _command(click.get_current_context(), "tune")
-    path = search.write(record, path)
-    click.echo(f"{scenario}: tuned {len(record['methods'])} rows x {record['trials_per_method']} trials "
-               f"in {record['wall_seconds']:.0f} s -> {path} (trials: {journal})")
+@click.command("tune", context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+               add_help_option=False)
+@click.pass_context
+def tune(ctx):
+    """`invwnn bench --phase tune`: search every row on each scenario's validation split and write the
+    records `invwnn bench` applies (`--tuned DIR`; an Optuna journal of the trials beside each)."""
+    bench.main(["--phase", "tune", *ctx.args], prog_name="invwnn bench")

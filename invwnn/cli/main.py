@@ -13,6 +13,7 @@ from trajgen.nets import KINDS
 from trajgen.spec import ALL_ARCHS, SpecError, parse_choices
 from trajgen.store import StoreError, probe_writable
 from invwnn.train import fit
+from invwnn.train.fit import TrainConfig
 from invwnn.train.evaluate import evaluate_checkpoint
 from invwnn.errors import InputError
 from invwnn.cli.apply import apply, audit, prepare, report
@@ -39,21 +40,21 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--store", default="data/traj.zarr", show_default=True, help="trajgen store to read windows from.")
-@click.option("--out", default="data/invwnn.pt", show_default=True, help="Checkpoint to write (atomically).")
-@click.option("--window", "k", default=15, show_default=True, type=click.IntRange(min=2), help="K: snapshots per window.")
-@click.option("--back", "u", default=3, show_default=True, type=click.IntRange(min=1), help="U: snapshots before the window to predict.")
+@click.option("--store", default=TrainConfig.store, show_default=True, help="trajgen store to read windows from.")
+@click.option("--out", default=TrainConfig.out, show_default=True, help="Checkpoint to write (atomically).")
+@click.option("--window", "k", default=TrainConfig.k, show_default=True, type=click.IntRange(min=2), help="K: snapshots per window.")
+@click.option("--back", "u", default=TrainConfig.u, show_default=True, type=click.IntRange(min=1), help="U: snapshots before the window to predict.")
 @click.option("--kinds", default=",".join(KINDS), show_default=True, help=f"Comma list of parameter kinds ({', '.join(KINDS)}).")
-@click.option("--width", default=64, show_default=True, type=click.IntRange(min=2), help="Hidden units per stream layer.")
-@click.option("--kind-dim", default=8, show_default=True, type=click.IntRange(min=0), help="Kind embedding size (0: kind-agnostic).")
-@click.option("--clip", default=8.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Bound of the normalised residual.")
-@click.option("--steps", default=3000, show_default=True, type=click.IntRange(min=1), help="Optimizer steps.")
+@click.option("--width", default=TrainConfig.width, show_default=True, type=click.IntRange(min=2), help="Hidden units per stream layer.")
+@click.option("--kind-dim", default=TrainConfig.kind_dim, show_default=True, type=click.IntRange(min=0), help="Kind embedding size (0: kind-agnostic).")
+@click.option("--clip", default=TrainConfig.clip, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Bound of the normalised residual.")
+@click.option("--steps", default=TrainConfig.steps, show_default=True, type=click.IntRange(min=1), help="Optimizer steps.")
 @click.option("--max-windows", default=None, type=click.IntRange(min=1), help="Stop after about this many training windows.")
-@click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1))
-@click.option("--lr", default=2e-3, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Peak AdamW learning rate (cosine decay).")
-@click.option("--val-fraction", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True), help="Share of runs held out (whole runs).")
+@click.option("--batch-size", default=TrainConfig.batch_size, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=TrainConfig.lr, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Peak AdamW learning rate (cosine decay).")
+@click.option("--val-fraction", default=TrainConfig.val_fraction, show_default=True, type=click.FloatRange(0, 1, max_open=True), help="Share of runs held out (whole runs).")
 @click.option("--val-archs", default="", help=f"Hold out every run of these architectures ({', '.join(ALL_ARCHS)}) instead.")
-@click.option("--target", default="past", show_default=True, type=click.Choice(["past", "counterfactual"]),
+@click.option("--target", default=TrainConfig.target, show_default=True, type=click.Choice(["past", "counterfactual"]),
               help="past: the weight U snapshots before the window; counterfactual: a twin store's weights "
                    "of the model trained without the fine-tuning data (`trajgen twins`).")
 @click.option("--max-start", default=None, type=click.IntRange(min=0),
@@ -62,30 +63,26 @@ def main() -> None:
                                              "layer (the coordinate's layer over the same window).")
 @click.option("--init", default=None, type=click.Path(dir_okay=False),
               help="Start from this checkpoint's weights (same window, width, kinds and context).")
-@click.option("--eval-per-kind", default=2000, show_default=True, type=click.IntRange(min=1), help="Held-out windows per kind per run.")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=0), help="Loader worker processes.")
-@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="torch threads for training.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--device", default="cpu", show_default=True, help="torch device for training.")
+@click.option("--eval-per-kind", default=TrainConfig.eval_per_kind, show_default=True, type=click.IntRange(min=1), help="Held-out windows per kind per run.")
+@click.option("--workers", default=TrainConfig.workers, show_default=True, type=click.IntRange(min=0), help="Loader worker processes.")
+@click.option("--threads", default=TrainConfig.threads, show_default=True, type=click.IntRange(min=1), help="torch threads for training.")
+@click.option("--seed", default=TrainConfig.seed, show_default=True, type=int)
+@click.option("--device", default=TrainConfig.device, show_default=True, help="torch device for training.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @input_errors
-def train(store, out, k, u, kinds, width, kind_dim, clip, steps, max_windows, batch_size, lr, val_fraction,
-          val_archs, target, max_start, context, init, eval_per_kind, workers, threads, seed, device, quiet):
+def train(kinds, val_archs, context, max_windows, quiet, **settings):
     """Train the past-weight predictor on STORE's runs; print held-out errors; write --out."""
-    check_output(Path(out))
+    check_output(Path(settings["out"]))
     if max_windows is not None:
-        steps = min(steps, max(1, max_windows // batch_size))
-    config = fit.TrainConfig(
-        store=store, out=out, k=k, u=u, kinds=parse_choices("parameter kind", kinds, KINDS), width=width,
-        kind_dim=kind_dim, clip=clip, steps=steps, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
+        settings["steps"] = min(settings["steps"], max(1, max_windows // settings["batch_size"]))
+    config = TrainConfig(
+        kinds=parse_choices("parameter kind", kinds, KINDS), **settings,
         val_archs=parse_choices("architecture", val_archs, ALL_ARCHS) if val_archs else (),
-        eval_per_kind=eval_per_kind, workers=workers, threads=threads, seed=seed, device=device,
-        target=target, max_start=max_start, init=init,
         context=parse_choices("context", context, tuple(CONTEXTS)) if context else ())
     result = fit.train(config, progress=not quiet)
     click.echo(format_evaluation(result["evaluation"]))
     p = result["provenance"]
-    click.echo(f"{out}: {p['train_runs']} training runs, {p['windows_seen']:,} windows in {p['train_seconds']} s "
+    click.echo(f"{config.out}: {p['train_runs']} training runs, {p['windows_seen']:,} windows in {p['train_seconds']} s "
                f"(final validation error reached after {p['seconds_to_final_val']} s)")
 
 
@@ -118,23 +115,19 @@ def train(store, out, k, u, kinds, width, kind_dim, clip, steps, max_windows, ba
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors(InputError, DatasetError, SpecError, StoreError)
-def meta_train(store, out, steps, lr, k, width, context, holdout_archs, holdout_every, first, eval_triples, lead,
-               unrolled, iterations, data_root, threads, seed, quiet):
+def meta_train(context, holdout_archs, quiet, **settings):
     """Train the rewinder on the unlearning objective itself: unroll --unrolled iterations of the
     invwnn+ loop (and of the forget-only loop) on each triple of STORE and minimise the unlearned model's
     KL to the counterfactual; then compare it on held-out parents and a held-out family with the
     tuned line, reset and the regression predictor; write --out."""
     from invwnn.train import meta_train as meta_training
 
-    check_output(Path(out))
+    check_output(Path(settings["out"]))
     archs = parse_choices("architecture", holdout_archs, ALL_ARCHS) if holdout_archs else ()
-    config = meta_training.MetaTrainConfig(
-        store=store, out=out, steps=steps, lr=lr, k=k, width=width, context=(context,) if context else (),
-        holdout_archs=archs, holdout_every=holdout_every, first=first, eval_triples=eval_triples, lead=lead,
-        unrolled=unrolled, iterations=iterations, data_root=data_root, seed=seed, threads=threads)
+    config = meta_training.MetaTrainConfig(context=(context,) if context else (), holdout_archs=archs, **settings)
     record = meta_training.run(config, progress=not quiet, log=click.echo)
     t = record["training"]
-    click.echo(f"{out}: {record['data']['triples']['train']} training triples, {t['steps']} steps in {t['seconds']} s; "
+    click.echo(f"{config.out}: {record['data']['triples']['train']} training triples, {t['steps']} steps in {t['seconds']} s; "
                f"objective {t['objective_first']:.4f} -> {t['objective_last']:.4f}")
 
 

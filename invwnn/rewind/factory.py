@@ -4,8 +4,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from invwnn.errors import InputError
 from invwnn.rewind import meta, predictor
 from invwnn.rewind.predictor import CheckpointError, default_checkpoint, load_learned
@@ -21,12 +19,7 @@ USER_REWINDERS = ("learned", "meta", "linear")  # what `invwnn apply --rewinder`
 
 def checkpoint_kind(path: str | Path) -> str:
     """"learned" (a predictor checkpoint) or "meta" (a meta rewinder's), read from the file."""
-    if not Path(path).is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for truncated or foreign files
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__})") from None
+    payload = predictor.load_payload(path)
     if isinstance(payload, dict) and payload.get("kind") == predictor.CHECKPOINT_KIND:
         return "learned"
     if isinstance(payload, dict) and payload.get("format") == meta.FORMAT:
@@ -34,19 +27,12 @@ def checkpoint_kind(path: str | Path) -> str:
     raise CheckpointError(f"{path} is not an invwnn predictor checkpoint nor a meta rewinder's")
 
 
-def _resolve(checkpoint: str | Path) -> Path:
-    """A checkpoint path, or the short name of a shipped one (:data:`SHIPPED`)."""
-    return shipped_path(str(checkpoint)) if str(checkpoint) in SHIPPED else Path(checkpoint)
-
-
 def make_rewinder(kind: str, config, device: str = "cpu", checkpoint: str | Path | None = None) -> Rewinder:
     """The rewinder ``kind`` (:data:`REWINDERS`) for an invwnn / invwnn+ ``config`` (its
     ``snapshots`` K, ``every``, ``horizon``, ``optimizer`` and ``lr``). ``checkpoint``: a file or a
-    :data:`SHIPPED` name, for learned (default: the shipped predictor of window K) and meta (default:
-    the shipped meta rewinder); a learned or meta kind is then what the file holds ("learned" is
-    the default and takes either; "meta" refuses a predictor). A learned rewinder's window K
-    must be the loop's snapshots and its recorded snapshot spacing the loop's ``every``. Bad input
-    raises a one-line :class:`InputError`."""
+    :data:`SHIPPED` name (default: the shipped predictor of window K, or meta rewinder); its content
+    decides between learned and meta ("meta" refuses a predictor). Its window K must be the loop's
+    snapshots and its snapshot spacing the loop's ``every``. Bad input: one-line :class:`InputError`."""
     if kind not in REWINDERS:
         raise InputError(f"unknown rewinder {kind!r}; valid: {', '.join(REWINDERS)}")
     if kind in ("linear", "reset", "none"):
@@ -66,7 +52,7 @@ def _learned(kind: str, config, device: str, checkpoint: str | Path | None) -> R
     if checkpoint is None:
         path = shipped_path("meta") if kind == "meta" else default_checkpoint(config.snapshots)
     else:
-        path = _resolve(checkpoint)
+        path = shipped_path(str(checkpoint)) if str(checkpoint) in SHIPPED else Path(checkpoint)
         found = checkpoint_kind(path)
         if kind == "meta" and found != "meta":
             raise CheckpointError(f"{path} is a predictor checkpoint, not a meta rewinder's (--rewinder meta)")

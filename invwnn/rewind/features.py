@@ -46,7 +46,7 @@ def features(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x, x[:, 1:] - x[:, :-1]
 
 
-# Context inputs a predictor may take, and their widths (issue 15). "step": the optimizer family (1 for
+# Context inputs a predictor may take, and their widths. "step": the optimizer family (1 for
 # the adaptive Adam/AdamW/RMSprop, 0 for SGD with or without momentum) and log10 of its learning rate
 # (+3, so typical rates land near 0). "layer": how this coordinate moves relative to its layer over
 # the same window (log of its window span over the layer's median span) and how coherently the

@@ -1,4 +1,4 @@
-"""The rewinder trained on the unlearning objective itself (issue 24, ``invwnn meta-train``): its
+"""The rewinder trained on the unlearning objective itself (``invwnn meta-train``): its
 network, its checkpoint, and :class:`MetaRewinder`, the network behind the rewinder interface.
 The unrolled loop it is trained through and the objective: :mod:`invwnn.train.meta_loop`.
 
@@ -22,7 +22,7 @@ from torch import nn
 
 from invwnn.files import atomic_write
 from invwnn.rewind.features import layer_context
-from invwnn.rewind.predictor import CheckpointError, sha256
+from invwnn.rewind.predictor import CheckpointError, load_payload, sha256
 from invwnn.rewind.rewinders import LinearRewinder, stretched
 
 EPS = 1e-12
@@ -85,10 +85,9 @@ class MetaNet(nn.Module):
 
 @dataclass(frozen=True)
 class MetaRewinder:
-    """A trained :class:`MetaNet` in the unlearning loop, its rewind stretched to ``horizon`` as
-    :class:`invwnn.rewind.predictor.LearnedRewinder` stretches a predictor's (``w0 + (past - w0)
-    * horizon / h``, ``h``: the net's own line horizon; None: as trained), so it has the same one
-    length knob in the bench's search."""
+    """A trained :class:`MetaNet` in the unlearning loop, its rewind stretched to ``horizon`` as a
+    :class:`invwnn.rewind.predictor.LearnedRewinder`'s (by ``horizon / h``, ``h`` the net's own line
+    horizon; None: as trained)."""
 
     net: MetaNet
     path: str
@@ -117,10 +116,7 @@ def save(net: MetaNet, record: dict[str, Any], path: str | Path) -> None:
 
 def read(path: str | Path) -> dict[str, Any]:
     """The checkpoint's contents (tensors only: ``weights_only``), validated as a meta rewinder's."""
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for missing, truncated or foreign files
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
+    blob = load_payload(path)
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a meta-trained rewinder (invwnn meta-train writes them)")
     return blob

@@ -36,17 +36,12 @@ class CheckpointError(InputError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture and input convention of a predictor.
-
-    ``k``: snapshots per window; ``u``: snapshots back to predict; ``kinds``: parameter kinds it
-    knows, in embedding order; ``width``: hidden units per stream layer; ``kind_dim``: size of the
-    kind embedding (0: ignore the kind); ``clip``: bound of the normalised residual; ``eps``:
-    relative epsilon of the window scale; ``target``: what it predicts, "past" (the weight U
-    snapshots before the window) or "counterfactual" (the weight of the model trained without the
-    fine-tuning data, learned from ``trajgen twins``; its rewind counts as U snapshots long);
-    ``context``: extra inputs beside the window, in order (:data:`invwnn.rewind.features.CONTEXTS`: "step",
-    the optimizer family and learning rate; "layer", the coordinate's layer over the same window).
-    """
+    """Architecture and input convention of a predictor: ``k`` snapshots per window, ``u`` back
+    to predict; ``kinds`` it knows, in embedding order; ``width`` hidden units per stream layer;
+    ``kind_dim`` (0: ignore the kind); ``clip``: bound of the normalised residual; ``eps``: relative
+    epsilon of the window scale; ``target``: "past" (the weight U snapshots back) or
+    "counterfactual" (a ``trajgen twins`` model's weight; its rewind counts as U snapshots long);
+    ``context``: extra inputs, in order (:data:`invwnn.rewind.features.CONTEXTS`)."""
 
     k: int = 15
     u: int = 3
@@ -132,12 +127,9 @@ class Predictor(nn.Module):
 @torch.no_grad()
 def predict_past(model: Predictor, windows: torch.Tensor, kinds: torch.Tensor,
                  context: torch.Tensor | None = None, batch_size: int = 1 << 16) -> torch.Tensor:
-    """Past weights (n,) for windows (n, K) float32 of K snapshots, oldest first, in weight units.
-
-    ``kinds`` (n,) holds trajgen kind codes (``trajgen.nets.KINDS.index(name)``); ``context``
-    (n, C) the model's context inputs (None for a model without). Runs on the model's device in
-    batches of ``batch_size`` windows; the result is on ``windows``' device.
-    """
+    """Past weights (n,) in weight units for windows (n, K) float32, oldest first; ``kinds`` (n,)
+    trajgen kind codes; ``context`` (n, C) or None. Runs on the model's device in batches of
+    ``batch_size`` windows; the result is on ``windows``' device."""
     if windows.ndim != 2 or windows.shape[1] != model.config.k:
         raise ValueError(f"windows must be (n, {model.config.k}), got {tuple(windows.shape)}")
     if kinds.shape != windows.shape[:1]:
@@ -155,13 +147,9 @@ def predict_past(model: Predictor, windows: torch.Tensor, kinds: torch.Tensor,
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# checkpoint: one torch file holding plain containers only, so weights_only=True can load it
-
-
 def save_checkpoint(path: str | Path, model: Predictor, train_config: dict[str, Any],
                     evaluation: dict[str, Any], provenance: dict[str, Any]) -> Path:
-    """Write the checkpoint atomically: a temporary file beside ``path``, then ``os.replace``."""
+    """Write the checkpoint atomically: plain containers only, so ``weights_only=True`` loads it."""
     payload = {
         "kind": CHECKPOINT_KIND,
         "format_version": FORMAT_VERSION,
@@ -179,7 +167,7 @@ def rewrite_evaluation(path: str | Path, evaluation: dict[str, Any]) -> Path:
     """Replace the evaluation record of the checkpoint at ``path``, atomically; every other entry
     (weights, configs, provenance) is written back exactly as read."""
     read_checkpoint(path)  # refuse anything but a valid checkpoint of this format
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = load_payload(path)
     payload["evaluation"] = json.dumps(evaluation)
     return _write_atomic(Path(path), payload)
 
@@ -196,15 +184,19 @@ def _write_atomic(path: Path, payload: dict[str, Any]) -> Path:
     return path
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint's contents as plain Python (state_dict as tensors), validated."""
-    path = Path(path)
-    if not path.is_file():
+def load_payload(path: str | Path) -> Any:
+    """The torch file at ``path`` (``weights_only``), or a one-line :class:`CheckpointError`."""
+    if not Path(path).is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for truncated or foreign files
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__})") from None
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's contents as plain Python (state_dict as tensors), validated."""
+    payload = load_payload(path)
     if not isinstance(payload, dict) or payload.get("kind") != CHECKPOINT_KIND:
         raise CheckpointError(f"{path} is a torch file but not an invwnn predictor checkpoint")
     if payload.get("format_version") != FORMAT_VERSION:
@@ -253,8 +245,7 @@ def format_evaluation(ev: dict[str, Any]) -> str:
 
 
 def default_checkpoint(k: int = 15) -> Path:
-    """The predictor shipped inside the package for window ``k`` (15: the paper's, used by invwnn;
-    5: invwnn+'s). Raises :class:`CheckpointError` for a window no shipped predictor has."""
+    """The predictor shipped for window ``k`` (15: invwnn's, 5: invwnn+'s), or :class:`CheckpointError`."""
     if k not in DEFAULT:
         raise CheckpointError(f"no shipped predictor has window K = {k} (shipped: "
                               f"{', '.join(map(str, sorted(DEFAULT)))}); train one with "
@@ -263,8 +254,8 @@ def default_checkpoint(k: int = 15) -> Path:
 
 
 def recorded_spacing(payload: dict[str, Any]) -> list[int] | None:
-    """The snapshot spacings (optimizer steps between snapshots) a checkpoint was trained on, as
-    :func:`read_checkpoint` returns it; None for a checkpoint older than the record (unknown)."""
+    """The snapshot spacings (optimizer steps between snapshots) a :func:`read_checkpoint` payload
+    was trained on; None when it records none."""
     spacing = payload["provenance"].get("snapshot_spacing")
     if spacing is None:
         return None
@@ -273,8 +264,7 @@ def recorded_spacing(payload: dict[str, Any]) -> list[int] | None:
 
 def check_spacing(path: str | Path, every: int) -> None:
     """Refuse, with one line, the predictor at ``path`` when the loop records a snapshot every
-    ``every`` optimizer steps and it was trained on another spacing. Accepts checkpoints that do
-    not record their spacing (trained before it was recorded)."""
+    ``every`` optimizer steps and it was trained on another spacing (unrecorded: accepted)."""
     spacing = recorded_spacing(read_checkpoint(path))
     if spacing is not None and every not in spacing:
         raise CheckpointError(f"{path} was trained on snapshots {'/'.join(map(str, spacing))} step(s) apart, "
@@ -305,14 +295,10 @@ def sha256(path: str | Path) -> str:
 
 @dataclass(frozen=True)
 class LearnedRewinder:
-    """The trained past-weight predictor; its K is fixed by its checkpoint, so the unlearning loop
-    must record exactly ``k`` snapshots.
-
-    ``horizon`` stretches the predicted rewind: each coordinate goes to ``w0 + (past - w0) *
-    horizon / U`` (``w0``: the window's first value, ``U``: the predictor's trained horizon), so the
-    learned rewinder has the same one length knob as the line and the two compare at equal tuning;
-    None or ``U`` is the prediction itself. The *direction and relative size* of each coordinate's
-    rewind stay the predictor's. ``step``: the loop's (optimizer, lr), the "step" context."""
+    """The trained past-weight predictor (the loop must record exactly its ``k`` snapshots).
+    ``horizon`` stretches the predicted rewind to ``w0 + (past - w0) * horizon / U`` (``w0``: the
+    window's first value, ``U``: the trained horizon; None: the prediction itself), the line's one
+    length knob. ``step``: the loop's (optimizer, lr), the "step" context."""
 
     model: Predictor
     path: str
@@ -349,11 +335,9 @@ class LearnedRewinder:
 
 def load_learned(path: str | Path, device: str = "cpu", every: int | None = None, horizon: float | None = None,
                  step: tuple[str, float | None] | None = None) -> LearnedRewinder:
-    """The learned rewinder of the checkpoint ``path``, its rewind stretched to ``horizon``.
-    ``every``: the loop's optimizer steps between snapshots, which must be a spacing the checkpoint
-    records having been trained on (None, or no record: not checked); ``step``: the loop's
-    (optimizer, lr), which a predictor with the "step" context needs. One-line
-    :class:`CheckpointError` when it cannot be loaded or used."""
+    """The learned rewinder of the checkpoint ``path``, its rewind stretched to ``horizon``;
+    ``every``: the loop's snapshot spacing (:func:`check_spacing`; None: not checked); ``step``: the
+    loop's (optimizer, lr), for the "step" context. One-line :class:`CheckpointError` otherwise."""
     if every is not None:
         check_spacing(path, every)
     model = load_predictor(path, device)

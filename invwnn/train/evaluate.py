@@ -10,26 +10,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from trajgen.store import complete_runs
-from invwnn.train.fit import TrainConfig
+from invwnn.train.fit import TrainConfig, torch_threads
 from invwnn.train.heldout import eval_sample, evaluation_record, held_out_desc, horizon_bound, horizon_fit_runs
 from invwnn.rewind.predictor import load_predictor, read_checkpoint, rewrite_evaluation
 from invwnn.train.windows import WindowError, check_windows
 
 
 def recompute(checkpoint: str | Path, store: str, split_from: str | Path | None = None) -> dict[str, Any]:
-    """The evaluation record of ``checkpoint`` recomputed on ``store`` (the training curve kept
-    from the checkpoint). Held-out runs come from the checkpoint's provenance. The horizon-fit runs
-    come from its record; an older record has none, and they are chosen as training would choose
-    them (:func:`invwnn.train.heldout.horizon_fit_runs`) among the store's complete runs that were not held
-    out. With ``split_from`` (another checkpoint, trained on ``store``), its held-out runs,
-    horizon-fit runs and window sampling are used instead, so two predictors (say, one trained on
-    other data) are compared on the same windows (of the parameter kinds both know); the record
-    then has no curve. Raises
-    :class:`WindowError` (one line) when the store lacks a run the evaluation needs or the
-    predictor's window K or horizon U differ from the split's."""
+    """The evaluation record of ``checkpoint`` recomputed on ``store`` (the training curve kept),
+    on the held-out and horizon-fit runs its record names (an older record names no horizon-fit
+    runs: chosen as training would). With ``split_from`` (another checkpoint, trained on ``store``)
+    its runs and window sampling are used instead, so two predictors compare on the same windows
+    (of the kinds both know; no curve). Raises a one-line :class:`WindowError` when the store lacks
+    a run or the predictor's window K or horizon U differ from the split's."""
     ckpt = read_checkpoint(checkpoint)
     split = ckpt if split_from is None else read_checkpoint(split_from)
     config = TrainConfig.from_dict(split["train_config"])
@@ -69,12 +63,8 @@ def evaluate_checkpoint(checkpoint: str | Path, store: str, write: bool = False,
                         split_from: str | Path | None = None) -> dict[str, Any]:
     """:func:`recompute` on one torch thread; with ``write`` the record replaces the checkpoint's
     (atomically, weights untouched). Returns the record."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         record = recompute(checkpoint, store, split_from)
-    finally:
-        torch.set_num_threads(threads)
     if write:
         rewrite_evaluation(checkpoint, record)
     return record

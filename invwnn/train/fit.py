@@ -2,21 +2,20 @@
 runs (:mod:`invwnn.train.heldout`) and write its checkpoint."""
 from __future__ import annotations
 
-import hashlib
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from tqdm import tqdm
 
-from trajgen.nets import KINDS
 from trajgen.store import complete_runs, open_store, versions
 from invwnn.rewind.features import check_context, normalise, normalise_target
-from invwnn.rewind.predictor import CheckpointError, ModelConfig, Predictor, read_checkpoint, save_checkpoint
+from invwnn.rewind.predictor import CheckpointError, ModelConfig, Predictor, read_checkpoint, save_checkpoint, sha256
 from invwnn.train.heldout import (eval_sample, evaluation_record, held_out_desc, horizon_bound, horizon_fit_runs,
                                   model_mae, recorded_path, resolved_store, split_runs)
 from invwnn.train.windows import WindowError, WindowStream, check_windows, kind_codes
@@ -25,17 +24,12 @@ TRANSFER = 8
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Everything ``invwnn train`` does. Window counts are windows, times are optimizer steps."""
+class TrainConfig(ModelConfig):
+    """Everything ``invwnn train`` does: the predictor's :class:`ModelConfig` and how to train it.
+    Window counts are windows, times are optimizer steps."""
 
     store: str = "data/traj.zarr"
     out: str = "data/invwnn.pt"
-    k: int = 15
-    u: int = 3
-    kinds: tuple[str, ...] = KINDS
-    width: int = 64
-    kind_dim: int = 8
-    clip: float = 8.0
     steps: int = 3000
     batch_size: int = 4096
     lr: float = 2e-3
@@ -51,9 +45,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int = 1  # torch threads for training; more than the free cores makes OpenMP spin
-    target: str = "past"  # or "counterfactual": a twin store's counterfactual weights (invwnn.train.windows)
     max_start: int | None = None  # latest window start (snapshots); None: anywhere in the run
-    context: tuple[str, ...] = ()  # extra inputs (invwnn.train.windows.CONTEXTS), recorded in the checkpoint
     init: str | None = None  # a checkpoint of the same model config to start from (warm start)
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,8 +63,7 @@ class TrainConfig:
         return cls(**d)
 
     def model_config(self) -> ModelConfig:
-        return ModelConfig(k=self.k, u=self.u, kinds=self.kinds, width=self.width,
-                           kind_dim=self.kind_dim, clip=self.clip, target=self.target, context=self.context)
+        return ModelConfig(**{f.name: getattr(self, f.name) for f in fields(ModelConfig)})
 
 
 def data_description(store: str, runs: list[str]) -> dict[str, Any]:
@@ -105,20 +96,21 @@ def init_weights(config: TrainConfig) -> dict[str, torch.Tensor] | None:
     return payload["state_dict"]
 
 
-def _init_provenance(init: str | None) -> dict[str, Any]:
-    if init is None:
-        return {}
-    return {"init": {"path": recorded_path(Path(init)), "sha256": hashlib.sha256(Path(init).read_bytes()).hexdigest()}}
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` for the duration."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def train(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train, evaluate on held-out runs, write the checkpoint; return its evaluation/provenance."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
+    with torch_threads(config.threads):
         return _train(config, progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(config: TrainConfig, progress: bool) -> dict[str, Any]:
@@ -154,7 +146,7 @@ def _train(config: TrainConfig, progress: bool) -> dict[str, Any]:
         if step == config.steps:
             break
         w, target = batch["w"].to(config.device), batch["target"].to(config.device)
-        x, offset, scale = normalise(w, config.model_config().eps)
+        x, offset, scale = normalise(w, config.eps)
         y = normalise_target(target, offset, scale, config.clip)
         context = batch["context"].to(config.device)
         loss = (model(x, model.kind_index(batch["kind"].to(config.device)), context) - y).abs().mean()  # L1, as the paper
@@ -181,7 +173,9 @@ def _train(config: TrainConfig, progress: bool) -> dict[str, Any]:
     # the first validation point within 1% of the final error: when training had effectively converged
     reached = next(c for c in curve if c["val_mae"] <= final * 1.01)
     provenance = {"store": resolved_store(config.store), **data_description(config.store, train_runs),
-                  "runs": len(runs), "train_runs": len(train_runs), **_init_provenance(config.init),
+                  "runs": len(runs), "train_runs": len(train_runs),
+                  **({"init": {"path": recorded_path(Path(config.init)), "sha256": sha256(config.init)}}
+                     if config.init else {}),
                   "val_runs": val_runs, "windows_seen": seen, "train_seconds": round(seconds, 1),
                   "seconds_to_final_val": round(reached["seconds"], 1), "versions": {**versions(), "invwnn": version("invwnn")}}
     save_checkpoint(config.out, model, config.to_dict(), evaluation, provenance)

@@ -1,16 +1,11 @@
 """The held-out side of ``invwnn train``: which runs are held out and which fit the baselines, the
 fixed window samples drawn from them, and the comparison of a predictor with the two baselines.
 
-Held-out data is always whole runs (a random, architecture-balanced share, or every run of the
-``val_archs``; fine-tuning episodes are held out with every other episode of their parent);
-evaluation uses a fixed seeded sample of their windows, stratified by kind so that rare kinds
-(biases, norms) get as many windows as the plentiful ones.
-
-The model is compared with two analytic baselines: "no rewind" (the window's first value) and the
-"damped line" (the least-squares line through the window continued h snapshot intervals back),
-whose horizon h is fitted on a sample of *training* windows. Which of the two is the headline's
-baseline is also decided on that training sample: nothing about the comparison is chosen by
-looking at held-out data.
+Held-out data is whole runs (an architecture-balanced share, or every run of the ``val_archs``;
+episodes are held out with their parent's other episodes), sampled by kind so rare kinds get as
+many windows as plentiful ones. The baselines: "no rewind" (the window's first value) and the
+"damped line" (the window's least-squares line continued h snapshots back). h, and which baseline
+is the headline's, are fitted on *training* windows: nothing is chosen on held-out data.
 """
 from __future__ import annotations
 
@@ -85,9 +80,8 @@ def held_out_desc(n_runs: int, val_archs: tuple[str, ...]) -> str:
 
 def horizon_fit_runs(store: str, train_runs: list[str], n: int, seed: int) -> list[str]:
     """The ``n`` training runs whose windows fit the damped line's horizon: the first ``n`` of
-    :func:`balanced_order` of ``train_runs`` (seed ``[seed, 1]``), sorted. A pure function of the
-    run names and their architectures, so a store holding only these runs (and the held-out ones)
-    gives the same choice as the whole collection when they are the first ``n``."""
+    :func:`balanced_order` of ``train_runs`` (seed ``[seed, 1]``), sorted (a pure function of the
+    run names and architectures, so a store of only these runs reproduces it)."""
     return sorted(balanced_order(train_runs, run_archs(store), np.random.default_rng([seed, 1]))[:n])
 
 
@@ -95,10 +89,9 @@ def eval_sample(store: str, runs: list[str], k: int, u: int, kinds: tuple[str, .
                 per_kind: int, seed: int, target: str = "past", max_start: int | None = None,
                 context: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """A fixed sample of windows from ``runs``: up to ``per_kind`` coordinates of each kind per run,
-    one window each at a random start (``target`` and ``max_start`` as
-    :func:`invwnn.train.windows.cut_windows`; with a "layer" context, one start per layer of a slab and
-    the layer's statistics over every coordinate of it in the slab). Returns ``w`` (n, K),
-    ``target`` (n,), ``kind`` (n,) codes, ``context`` (n, C)."""
+    one window each at a random start (as :func:`invwnn.train.windows.cut_windows`; with a "layer"
+    context, one start per layer of a slab, its statistics over the whole layer in the slab).
+    Returns ``w`` (n, K), ``target`` (n,), ``kind`` (n,) codes, ``context`` (n, C)."""
     root = open_store(store)
     keep = kind_codes(kinds)
     out = defaultdict(list)
@@ -163,8 +156,7 @@ def recorded_path(path: Path) -> str:
 
 
 def resolved_store(store: str) -> str:
-    """The store as provenance records it: its local path (a file:// URL's too, see
-    :func:`_recorded_path`), or the URL."""
+    """The store as provenance records it: its local path (:func:`recorded_path`), or the URL."""
     where = location(store)
     return recorded_path(where.path) if where.path is not None else where.target
 
@@ -214,17 +206,12 @@ def model_mae(model: Predictor, sample: dict[str, torch.Tensor]) -> float:
 @torch.no_grad()
 def evaluate(model: Predictor, val: dict[str, torch.Tensor], fit: dict[str, torch.Tensor],
              horizons: dict[str, float]) -> dict[str, Any]:
-    """Held-out comparison of the model with the two baselines, per kind and pooled (``all``).
-
-    ``val``: held-out windows, ``fit``: training windows (both as :func:`eval_sample` returns);
-    ``horizons``: the damped line's, :func:`fit_horizons` of ``fit`` (``all`` rewinds each window
-    with its kind's). The baseline of each row is the one with the smaller error on ``fit``, so
-    nothing is chosen on held-out data. Each row: ``n`` held-out windows; ``model``,
-    ``no_rewind``, ``damped_line``: held-out MAE (weight units); ``horizon`` (snapshot intervals;
-    None in ``all``); ``train_no_rewind``, ``train_damped_line``: MAE on ``fit``; ``baseline``: the
-    chosen one; ``ratio_no_rewind``, ``ratio_damped_line`` and the headline ``ratio`` = model /
-    chosen baseline (below 1: the model wins).
-    """
+    """Held-out comparison of the model with the two baselines, per kind and pooled (``all``):
+    ``val`` held-out and ``fit`` training windows (:func:`eval_sample`), ``horizons`` the damped
+    line's (:func:`fit_horizons` of ``fit``). Each row: ``n`` windows; ``model``, ``no_rewind``,
+    ``damped_line``: held-out MAE (weight units); ``horizon`` (None in ``all``); ``train_*``: MAE on
+    ``fit``; ``baseline``: the one smaller on ``fit``; ``ratio_*`` and the headline ``ratio`` =
+    model / chosen baseline (below 1: the model wins)."""
     pred_err = (predict_past(model, val["w"], val["kind"], val["context"]) - val["target"]).abs()
     kind, err = _baseline_errors(val, horizons)
     fit_kind, fit_err = _baseline_errors(fit, horizons)

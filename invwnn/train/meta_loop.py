@@ -1,15 +1,11 @@
 """The loop a meta rewinder (:class:`invwnn.rewind.meta.MetaNet`) is trained through, and its objective.
 
-Meta-training unrolls one iteration of the invwnn+ loop on a counterfactual triple (a parent model,
+Meta-training unrolls an iteration of the invwnn+ loop on a counterfactual triple (a parent model,
 its forget set S, and the same training without S): fine-tune on S recording K snapshots, rewind
-with the rewinder (differentiable), a few repair steps on retain images, then the KL divergence of
-the unlearned model's predictions from the counterfactual's on S, on retain and on held-out images.
-Only the rewinder learns. Truncations, said plainly: the gradient goes through one iteration (or
-``unrolled`` of them, straight through each later iteration's forget window); the iterations
-before (``lead``, drawn per step) run as data, so the rewinder meets the states later iterations
-start from without being differentiated through them; the fine-tuning window is data;
-the repair steps are first order (their gradients are taken at the rewound weights but not
-differentiated, so the rewound weights pass their gradient straight through them).
+(differentiable), a few repair steps on retain images, then the KL divergence of the unlearned
+model's predictions from the counterfactual's. Only the rewinder learns. Truncations: the gradient
+goes through ``unrolled`` iterations (straight through each later forget window); earlier ones
+(``lead``) run as data; the fine-tuning window is data; the repair steps are first order.
 """
 from __future__ import annotations
 
@@ -76,11 +72,8 @@ def unroll(triple: Triple, rewinder: MetaNet | Rewinder, settings: LoopSettings,
            start: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The triple's parent (or ``start``: the weights after earlier iterations) after one iteration
     of the loop with ``rewinder``: name -> tensor, differentiable with respect to a
-    :class:`MetaNet`'s parameters only. Any other :class:`invwnn.rewind.Rewinder`
-    (the line, reset, a regression predictor) is called without gradient, with a K = 5 window
-    unless it has its own ``k``. A ``start`` that carries gradient (an earlier differentiated
-    iteration) passes it on: the forget window is data, shifted with its first snapshot (straight
-    through: d window / d start taken as the identity)."""
+    :class:`MetaNet`'s parameters only (any other rewinder runs without gradient, K = 5 unless it
+    has its own ``k``). A ``start`` that carries gradient passes it on straight through the window."""
     model = triple.model
     params = dict(start) if start else {n: p.detach() for n, p in model.named_parameters()}
     names, kinds, layers = rewound(model)
@@ -141,12 +134,9 @@ def run_iterations(triple: Triple, rewinder: MetaNet | Rewinder, settings: LoopS
 def meta_train(rewinder: MetaNet, triples: Sequence[Triple], steps: int, lr: float = 3e-3,
                settings: Callable[[random.Random], LoopSettings] = lambda rng: LoopSettings(), seed: int = 0,
                log: Callable[[int, float], None] | None = None, lead: int = 0, unrolled: int = 1) -> list[float]:
-    """Adam on the rewinder's parameters: each step one triple and one draw of the loop's settings
-    (``settings(rng)``: sample them over the search ranges so the rewinder works wherever the search
-    takes it), then up to ``lead`` iterations (drawn uniformly from 0..lead) run as data, detached,
-    before the ``unrolled`` iterations the gradient goes through (truncated unrolling: the rewinder
-    meets the states later iterations start from; across the differentiated iterations the gradient
-    passes straight through each forget window). Returns the objective of every step."""
+    """Adam on the rewinder's parameters: each step one triple and one draw ``settings(rng)`` of the
+    loop's settings, then 0..``lead`` iterations (drawn) run as data before the ``unrolled``
+    iterations the gradient goes through. Returns the objective of every step."""
     rng = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(rewinder.parameters(), lr=lr)

@@ -1,16 +1,13 @@
 """``invwnn meta-train``: the meta-trained rewinder (:mod:`invwnn.rewind.meta`, trained through
-:mod:`invwnn.train.meta_loop`) from a store of
-counterfactual triples (``trajgen counterfactuals``), its held-out evaluation and its checkpoint.
+:mod:`invwnn.train.meta_loop`) from a store of counterfactual triples (``trajgen counterfactuals``),
+its held-out evaluation and its checkpoint.
 
-The triples split three ways, by parent: every triple of ``holdout_archs`` (a family the rewinder
-never trains on), a share of the other parents (held-out parents of the training families), and
-the rest (training). Before training, the line's horizon is tuned on training triples; the
-rewinder starts as that line (its correction is zero-initialised) and each step draws the loop's
-settings over invwnn+'s search ranges (:data:`SETTINGS_SPACE`; repair steps 0 is the forget-only
-loop), so it is trained wherever the search takes it. The evaluation compares, on both held-out
-sets, the function-space distance after ``iterations`` loop iterations for the meta-trained
-rewinder, the tuned line, the reset control ("repair only") and the shipped K = 5 regression
-predictor, all under the same draws of settings and batches.
+The triples split by parent: every triple of ``holdout_archs`` (an unseen family), a share of the
+other parents, and the rest (training). The line's horizon is tuned on training triples first; the
+rewinder starts as that line and each step draws the loop's settings over invwnn+'s search ranges
+(:data:`SETTINGS_SPACE`; repair steps 0 is the forget-only loop). The evaluation compares, on both
+held-out sets and under the same draws and batches, the distance after ``iterations`` iterations
+for the meta rewinder, the tuned line, the reset control and the shipped K = 5 regression predictor.
 """
 from __future__ import annotations
 
@@ -54,12 +51,10 @@ def objective_text(unrolled: int = 1) -> str:
 @dataclass(frozen=True)
 class MetaTrainConfig:
     """``steps`` Adam steps at ``lr`` on the rewinder (``k``, ``width``, ``context``: :class:`MetaConfig`);
-    ``holdout_archs``: families held out entirely; ``holdout_every``: every n-th parent of the
-    other families held out; ``eval_triples``: at most this many per held-out set and for tuning
-    the line; ``retain_images`` / ``heldout_images``: retain and test images per triple; ``lead``:
-    iterations run as data before the differentiated ones (up to, drawn per step); ``unrolled``:
-    iterations the gradient goes through; ``iterations``:
-    loop iterations before the distance is measured when tuning the line and evaluating."""
+    ``holdout_archs``: families held out; ``holdout_every``: every n-th parent of the others held
+    out; ``eval_triples``: at most this many per held-out set and for tuning the line;
+    ``retain_images`` / ``heldout_images``: per triple; ``lead``, ``unrolled``: as
+    :func:`invwnn.train.meta_loop.meta_train`; ``iterations`` before the distance is measured."""
 
     store: str = "data/counterfactuals.zarr"
     out: str = "data/meta_rewinder.pt"
@@ -231,6 +226,3 @@ def run(config: MetaTrainConfig, progress: bool = True, log: Callable[[str], Non
     save(rewinder, record, config.out)
     return record
 
-
-__all__ = ["MetaTrainConfig", "SETTINGS_SPACE", "objective_text", "draw_settings", "load_triple", "split_names", "run",
-           "compare", "TripleSource"]

@@ -1,11 +1,8 @@
-"""Windows of weight history sampled out of the trajgen store, and the analytic baselines' fit.
+"""Windows of weight history sampled out of the trajgen store, and the damped line's fit.
 
 A *window* is K consecutive snapshots ``h[s : s+K]`` of one coordinate, oldest first; its *target*
-is ``h[s-U]``, the value U snapshots before the window's first snapshot. In unlearning the window
-is the fine-tuning trajectory that starts at the current weights ``h[s]`` and the target is where
-to rewind them to.
-
-Normalisation and the context inputs: :mod:`invwnn.rewind.features` (shared with the rewinders).
+is ``h[s-U]``, the value U snapshots before it (in unlearning: where to rewind the fine-tuning
+that starts at ``h[s]``). Normalisation and context inputs: :mod:`invwnn.rewind.features`.
 """
 from __future__ import annotations
 
@@ -26,20 +23,12 @@ class WindowError(ValueError):
     """A window request the data cannot satisfy (window longer than the runs, unknown kind, ...)."""
 
 
-# ---------------------------------------------------------------------------------------------
-# the damped line's horizon (the baselines themselves: invwnn.rewind's ResetRewinder and LinearRewinder)
-
-
 def fit_horizon(w: torch.Tensor, target: torch.Tensor, upper: float) -> float:
     """The horizon h in ``[0, upper]`` (snapshot intervals) whose damped line
-    ``LinearRewinder(h).rewind(w)`` has the least mean absolute error against ``target``.
-
-    ``w`` (n, K) windows and ``target`` (n,) past weights, weight units. The line's value is
-    ``a - s * h`` (``a``: the line at the first snapshot, ``s``: its slope per interval), so the error
-    is ``sum |s| * |(a - target) / s - h|``: convex in h and minimised exactly by the
-    ``|s|``-weighted median of ``(a - target) / s``, clamped to the interval. No search, no grid.
-    Windows with zero slope do not depend on h and are ignored; with none left h is 0.
-    """
+    ``LinearRewinder(h).rewind(w)`` has the least mean absolute error against ``target`` (n,), for
+    windows ``w`` (n, K). The line's value is ``a - s * h``, so the error ``sum |s| * |(a - target)
+    / s - h|`` is minimised exactly by the ``|s|``-weighted median of ``(a - target) / s``, clamped.
+    Windows with zero slope do not depend on h and are ignored; with none left h is 0."""
     w, target = w.double(), target.double()
     a = LinearRewinder(0.0).rewind(w)
     s = a - LinearRewinder(1.0).rewind(w)
@@ -51,10 +40,6 @@ def fit_horizon(w: torch.Tensor, target: torch.Tensor, upper: float) -> float:
     cum = torch.cumsum(weight[order], 0)
     median = ratio[order][torch.searchsorted(cum, cum[-1] / 2)]
     return float(median.clamp(0.0, upper))
-
-
-# ---------------------------------------------------------------------------------------------
-# reading windows out of the store
 
 
 @dataclass(frozen=True)
@@ -115,9 +100,7 @@ def kind_codes(names: tuple[str, ...] | list[str]) -> np.ndarray:
 def read_block(root: zarr.Group, block: Block, target: str = "past", layers: bool = False
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
     """(history (n, T) float32, kind codes (n,) uint8, counterfactual (n,) float32 or None, layer
-    ids (n,) or None) of one block: a chunk-aligned read; the counterfactual when ``target`` is
-    "counterfactual", the layer ids when ``layers``. A damaged chunk raises trajgen's one-line
-    StoreError naming the run."""
+    ids (n,) or None) of one block, a chunk-aligned read (a damaged chunk: trajgen's StoreError)."""
     rows = slice(block.c0, block.c1)
     return (run_array(root, block.run, "history")[rows, :], run_array(root, block.run, "kind")[rows],
             run_array(root, block.run, "counterfactual")[rows] if target == "counterfactual" else None,
@@ -145,15 +128,11 @@ def cut_windows(history: np.ndarray, codes: np.ndarray, k: int, u: int, per_coor
                 counterfactual: np.ndarray | None = None, max_start: int | None = None,
                 layers: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     """Cut ``per_coord`` windows at uniform random starts (:func:`start_range`) from each row of
-    ``history`` (n, T).
-
-    Returns windows (m, K) float32, targets (m,) float32, kind codes (m,) uint8, with
-    ``m = per_coord * rows kept``. The target is the snapshot ``u`` before the window, or, given
-    ``counterfactual`` (n,) (a twin's weights), that row's value. Rows whose kind is not in ``keep``
-    or with a non-finite value are dropped. Given ``layers`` (n,) (each row's layer), the rows of a
-    layer share each of their ``per_coord`` starts and the :func:`layer_context` (m, 2) of those
-    windows is appended. ``return_index`` appends the source rows and start snapshots (m,).
-    """
+    ``history`` (n, T): windows (m, K) float32, targets (m,) float32, kind codes (m,) uint8. The
+    target is the snapshot ``u`` before the window, or the row's ``counterfactual`` (n,) value.
+    Rows of a kind not in ``keep`` or with a non-finite value are dropped. Given ``layers`` (n,),
+    the rows of a layer share their starts and the :func:`layer_context` (m, 2) is appended;
+    ``return_index`` appends the source rows and start snapshots (m,)."""
     ok = np.isfinite(history).all(1)
     if counterfactual is not None:
         ok &= np.isfinite(counterfactual)
@@ -181,13 +160,10 @@ class WindowStream(torch.utils.data.IterableDataset):
     """An endless stream of shuffled batches of windows from ``runs`` of the store at ``store``.
 
     Each worker takes every ``num_workers``-th block of a seeded permutation of all chunk-aligned
-    (run, coordinate-block) slabs, reads the slab whole (all snapshots), cuts ``per_coord`` windows
-    per coordinate and passes them through a shuffle buffer of ``buffer`` windows, so a batch mixes
-    several runs and layers; ``target`` and ``max_start`` choose targets and starts as
-    :func:`cut_windows` does. Yields dicts: ``w`` (B, K) float32, ``target`` (B,), ``kind`` (B,)
-    int64 store codes, ``context`` (B, C) float32 (:func:`context_columns` of ``context``; C = 0
-    without). Use with ``DataLoader(batch_size=None)``.
-    """
+    slabs, reads the slab whole, cuts ``per_coord`` windows per coordinate (:func:`cut_windows`) and
+    passes them through a shuffle buffer of ``buffer`` windows, so a batch mixes runs and layers.
+    Yields dicts: ``w`` (B, K) float32, ``target`` (B,), ``kind`` (B,) int64 store codes,
+    ``context`` (B, C) float32. Use with ``DataLoader(batch_size=None)``."""
 
     def __init__(self, store: str, runs: list[str], k: int, u: int, batch_size: int,
                  kinds: tuple[str, ...] = KINDS, per_coord: int = 8, buffer: int = 1 << 18,

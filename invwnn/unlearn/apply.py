@@ -1,16 +1,8 @@
 """Apply an unlearning method to a model file and describe what happened in a report dict.
 
-``unlearn(...)`` is the whole command as a library call: read and validate every input first, run
-the method under the :class:`Guard`, then write the model and the JSON report atomically. Any bad
-input raises :class:`invwnn.errors.InputError` before anything is written.
-
-The guard (:mod:`invwnn.unlearn.guard`) watches the run: accuracy on a fixed subset of the retain set
-(else of the test set) must stay within ``max_drop`` points of its value before unlearning (with
-forget images only: the predictions on them must not collapse), and weights must stay finite. A
-failed check sends the model back to the last good weights with half the step, a few times, before
-the method is stopped. Every report says why the method stopped (``stop_reason``): ``budget`` (ran
-its configured length), ``target`` (invwnn's ``--target-forget-acc``), ``guard`` or ``non-finite``,
-and lists each backoff and each calibrated step.
+``unlearn(...)`` is the whole command as a library call: read and validate every input first (bad
+input raises :class:`invwnn.errors.InputError` before anything is written), run the method under
+the :class:`Guard` (:mod:`invwnn.unlearn.guard`), then write the model and the JSON report atomically.
 """
 from __future__ import annotations
 
@@ -77,11 +69,10 @@ def apply(loaded: LoadedModel, data: Data, method: str, config, ctx: Context,
           max_drop: float | None = DEFAULT_MAX_DROP, warn: Callable[[str], None] | None = None) -> dict:
     """Run ``method`` on ``loaded`` (modified in place) under a :class:`Guard` that watches the
     retain set (else the test set) with bound ``max_drop`` (percentage points; None: only
-    non-finite weights stop the method) and return the report: metrics before and after (percent;
-    UA always, RA/TA with retain/test, MIA with both), per-iteration log for iterative methods
-    (forget/retain/test accuracy, L2 distance from the original weights, seconds since start), total
-    seconds (checks excluded), ``stop_reason`` (budget, target, guard, non-finite) and the guard's
-    record, and ``warnings`` (each also passed to ``warn`` as soon as it is known)."""
+    non-finite weights stop the method) and return the report: metrics before and after (percent),
+    per-iteration log for iterative methods (accuracies, L2 distance from the original weights,
+    seconds), seconds (checks excluded), ``stop_reason`` (budget: ran its configured length, target,
+    guard, non-finite), the guard's record, and ``warnings`` (each also passed to ``warn`` at once)."""
     warnings: list[str] = []
 
     def warned(text: str | None) -> None:
@@ -247,11 +238,9 @@ class Inputs:
 
 
 def load_inputs(inputs: Inputs) -> tuple[LoadedModel, Data]:
-    """Read and check the model and every data split (everything that can fail on bad input), in
-    the order a user reads the command: the model file exists, each split exists and holds images,
-    then the model is read. A model file that records no preprocessing gets it from the flags, then
-    from the model's own input shape, then from the forget data's first image
-    (:class:`invwnn.inputs.models.PreprocessHint`; what was assumed is ``loaded.preprocess_guess``)."""
+    """Read and check the model and every data split, in the order a user reads the command. A
+    model file that records no preprocessing gets it from the flags, then from the model's own
+    input shape, then from the forget data's first image (what was assumed: ``loaded.preprocess_guess``)."""
     if not Path(inputs.model).is_file():
         raise InputError(f"model file {inputs.model} does not exist")
     paths = {name: path for name, path in (("forget", inputs.forget), ("retain", inputs.retain),
@@ -278,10 +267,9 @@ def unlearn(inputs: Inputs, method: str = "invwnn", overrides: dict | None = Non
             out: str | None = None, report_path: str | None = None, seed: int = 0, device: str = "cpu",
             progress: bool = False, max_drop: float | None = DEFAULT_MAX_DROP,
             warn: Callable[[str], None] | None = None) -> dict:
-    """The ``invwnn apply`` command as a function. Returns the report, also written to
-    ``report_path`` (default: the output model's name with ``.json``). ``max_drop``: the guard's
-    bound in percentage points of retain (else test) accuracy; None turns the bound off. ``warn``
-    receives each warning (also in the report's ``warnings``) as soon as it is known."""
+    """The ``invwnn apply`` command as a function: returns the report, also written to
+    ``report_path`` (default: the output model's name with ``.json``); ``max_drop`` and ``warn`` as
+    :func:`apply`."""
     if max_drop is not None and not (math.isfinite(max_drop) and max_drop >= 0):
         raise InputError(f"--max-drop takes a number of points >= 0 or off, got {max_drop}")
     config = make_config(method, overrides or {})

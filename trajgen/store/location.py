@@ -18,8 +18,9 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import zarr
+from zarr.core.sync import sync
 
-from trajgen.store.schema import READABLE_VERSIONS, SCHEMA_VERSION, STORE_KIND, INDEX_PAGE, NoStore, StoreError
+from trajgen.store.schema import INDEX_PAGE, READABLE_VERSIONS, SCHEMA_VERSION, STORE_KIND, NoStore, StoreError
 
 # What a store that dask workers cannot reach is told.
 NEEDED = ("a store every worker can reach: an object-store URL (s3://bucket/prefix), or a path on a file "
@@ -118,8 +119,6 @@ def stored_bytes(group: zarr.Group, members) -> int:
     zstore = group.store
     if not hasattr(zstore, "fs"):  # zarr's local store: a stat per file
         return int(sum(group[k].nbytes_stored() for k in members if k in group))
-    from zarr.core.sync import sync
-
     root = "/".join(p.strip("/") for p in (zstore.path, group.path) if p.strip("/"))
     found = sync(zstore.fs._find(root, detail=True))
     return int(sum(info["size"] for path, info in found.items()
@@ -131,8 +130,6 @@ def _has_root(loc: Location) -> bool:
     endpoint, denied access, no bucket) is a one-line :class:`StoreError`, before any write."""
     if loc.path is not None:
         return (loc.path / "zarr.json").is_file()
-    from zarr.core.sync import sync
-
     zstore = loc.zarr_store(read_only=True)
     try:
         if sync(zstore.exists("zarr.json")):
@@ -202,8 +199,6 @@ def probe_writable(path: Path) -> None:
 def _empty(loc: Location) -> bool:
     if loc.path is not None:
         return not loc.path.exists() or not any(loc.path.iterdir())
-    from zarr.core.sync import sync
-
     return sync(loc.zarr_store(read_only=True).is_empty(""))
 
 

@@ -48,7 +48,6 @@ REGISTRY: dict[str, Method] = {
     "task-vector": _entry(task_vector, guard="end", stop="alpha"),
     "scrub": _entry(scrub),
     "fisher": _entry(fisher, guard="end", stop="none"),
-    # the 2026 yardstick's leaders (BRIEF section 8; issue 23)
     "ssd": _entry(ssd, guard="end", stop="none"),
     "l1-sparse": _entry(l1_sparse),
     "amun": _entry(amun),

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from invwnn.inputs.splits import Split
-from invwnn.unlearn.methods.loop import Context, Data, EpochsConfig, Sampler, make_optimizer, opt, run_steps, steps_for
+from invwnn.unlearn.methods.loop import Context, Data, EpochsConfig, Sampler, opt, train_epochs
 from invwnn.audit.metrics import set_mode
 
 NAME = "amun"
@@ -82,7 +82,5 @@ def run(model: nn.Module, data: Data, config: Config, ctx: Context) -> nn.Module
         (xa, ya), (xo, yo) = adv(), other()
         return F.cross_entropy(model(torch.cat([xa, xo])), torch.cat([ya, yo]))
 
-    run_steps(model, loss, make_optimizer(config.optimizer, model.parameters(), config.lr, config.momentum),
-              steps_for(len(data.forget), config.batch_size, config.epochs), freeze_norms=False,
-              progress=ctx.progress, desc=NAME)
+    train_epochs(model, loss, config, len(data.forget), ctx, NAME)
     return model

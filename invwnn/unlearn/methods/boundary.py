@@ -9,18 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from invwnn.unlearn.methods.loop import Context, Data, MethodConfig, Sampler, make_optimizer, opt, run_steps, steps_for
+from invwnn.unlearn.methods.loop import Context, Data, EpochsConfig, Sampler, ce_loss, opt, train_epochs
 from invwnn.audit.metrics import set_mode
 
 NAME = "boundary-shrink"
 
 
 @dataclass(frozen=True)
-class Config(MethodConfig):
-    epochs: float = opt(10.0, "epochs over the data")
-    optimizer: str = opt("sgd", "sgd or adam")
+class Config(EpochsConfig):
     lr: float = opt(1e-5, "learning rate")
-    momentum: float = opt(0.9, "SGD momentum")
     batch_size: int = opt(64, "minibatch size")
     epsilon: float = opt(0.1, "boundary-shrink: FGSM bound in [0, 1] pixel units")
 
@@ -42,12 +39,5 @@ def nearest_wrong_labels(model: nn.Module, data: Data, epsilon: float, ctx: Cont
 def run(model: nn.Module, data: Data, config: Config, ctx: Context) -> nn.Module:
     labels = nearest_wrong_labels(model, data, config.epsilon, ctx)
     sample = Sampler(data.forget, config.batch_size, ctx.generator(10), ctx.device, labels=labels)
-
-    def loss(_: int) -> torch.Tensor:
-        x, y = sample()
-        return F.cross_entropy(model(x), y)
-
-    run_steps(model, loss, make_optimizer(config.optimizer, model.parameters(), config.lr, config.momentum),
-              steps_for(len(data.forget), config.batch_size, config.epochs), freeze_norms=False,
-              progress=ctx.progress, desc=NAME)
+    train_epochs(model, ce_loss(model, sample), config, len(data.forget), ctx, NAME)
     return model

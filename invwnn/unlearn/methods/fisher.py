@@ -8,11 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from invwnn.unlearn.methods.loop import Context, Data, MethodConfig, opt, trainable
+from invwnn.unlearn.methods.loop import Context, Data, MethodConfig, opt, squared_grads, trainable
 from invwnn.audit.metrics import set_mode
 
 NAME = "fisher"
@@ -29,15 +28,9 @@ def run(model: nn.Module, data: Data, config: Config, ctx: Context) -> nn.Module
     g = ctx.generator(14)
     idx = torch.randperm(len(retain), generator=g)[: config.samples]
     params = trainable(model)
-    fisher = [torch.zeros_like(p) for p in params]
     set_mode(model, False)
-    for i in tqdm(idx.tolist(), desc=NAME, disable=not ctx.progress, leave=False):
-        x = retain.x[i: i + 1].to(ctx.device)
-        y = retain.y[i: i + 1].to(ctx.device)
-        grads = torch.autograd.grad(F.cross_entropy(model(x), y), params, allow_unused=True)
-        for f, d in zip(fisher, grads):
-            if d is not None:
-                f += d * d
+    fisher = squared_grads(model, params, ((retain.x[i: i + 1].to(ctx.device), retain.y[i: i + 1].to(ctx.device))
+                                           for i in tqdm(idx.tolist(), desc=NAME, disable=not ctx.progress, leave=False)))
     n_classes = len(data.classes)
     with torch.no_grad():
         for p, f in zip(params, fisher):

@@ -1,4 +1,4 @@
-"""InvWNN unlearning (BRIEF section 1): repeat T times: fine-tune on the forget set, recording K
+"""InvWNN unlearning: repeat T times: fine-tune on the forget set, recording K
 snapshots of every coordinate ``every`` optimizer steps apart, predict each coordinate's value
 ``horizon`` snapshots before the window, write the predictions back.
 
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from invwnn.inputs.splits import Split
 from invwnn.unlearn.methods.loop import (PROBE_IMAGES, Context, Data, MethodConfig, Sampler, calibrate_lr,
-                                         make_optimizer, opt, run_steps)
+                                         ce_loss, make_optimizer, opt, run_steps)
 from invwnn.audit.metrics import accuracy
 from invwnn.errors import InputError
 from invwnn.rewind import USER_REWINDERS, Rewinder, make_rewinder
@@ -101,8 +101,11 @@ def _weights(params: list[nn.Parameter]) -> torch.Tensor:
 
 @torch.no_grad()
 def _write(params: list[nn.Parameter], flat: torch.Tensor) -> None:
-    for p, v in zip(params, _split(flat, params)):
-        p.copy_(v)
+    """Copy ``flat`` (sum of numels,) into ``params``, in order."""
+    i = 0
+    for p in params:
+        p.copy_(flat[i: i + p.numel()].view_as(p))
+        i += p.numel()
 
 
 @torch.no_grad()
@@ -118,11 +121,6 @@ def rewind_all(rewinder: Rewinder, windows: torch.Tensor, kinds: torch.Tensor,
     if not torch.isfinite(out).all():
         raise InputError("the rewinder predicted non-finite weights")
     return out
-
-
-def run(model: nn.Module, data: Data, config: Config, ctx: Context) -> nn.Module:
-    """Unlearn ``data.forget`` from ``model`` in place; returns ``model``."""
-    return rewind_loop(model, data, config, ctx)
 
 
 def forget_target(config: Config, data: Data) -> float | None:
@@ -146,10 +144,11 @@ def rewindable(model: nn.Module) -> tuple[list[nn.Parameter], torch.Tensor, torc
     return [named[n] for n in names], codes, layers
 
 
-def rewind_loop(model: nn.Module, data: Data, config: Config, ctx: Context, *, name: str = NAME,
-                repair: Callable[[], None] | None = None) -> nn.Module:
-    """The InvWNN loop on ``model`` in place, rewinding with ``ctx.rewinder`` (None: the one
-    ``config`` asks for); ``repair()`` runs after each rewind (invwnn+'s retain steps)."""
+def run(model: nn.Module, data: Data, config: Config, ctx: Context, *, name: str = NAME,
+        repair: Callable[[], None] | None = None) -> nn.Module:
+    """Unlearn ``data.forget`` from ``model`` in place with the InvWNN loop, rewinding with
+    ``ctx.rewinder`` (None: the one ``config`` asks for); ``repair()`` runs after each rewind
+    (invwnn+'s retain steps). Returns ``model``."""
     if config.snapshots < 2 or config.every < 1 or config.iterations < 1:
         raise InputError(f"{name} needs --snapshots >= 2, --every >= 1, --iterations >= 1")
     rewind_precision(config.rewind_dtype, ctx.device)  # refuses a bad --rewind-dtype before any work
@@ -160,12 +159,7 @@ def rewind_loop(model: nn.Module, data: Data, config: Config, ctx: Context, *, n
                  config.optimizer, ctx)
     opt_ = make_optimizer(config.optimizer, params, lr * ctx.step_scale)
     scale = ctx.step_scale
-    sample = Sampler(data.forget, config.batch_size, ctx.generator(1), ctx.device)
-
-    def loss_fn(_: int) -> torch.Tensor:
-        x, y = sample()
-        return F.cross_entropy(model(x), y)
-
+    loss_fn = ce_loss(model, Sampler(data.forget, config.batch_size, ctx.generator(1), ctx.device))
     target = forget_target(config, data)
     k = config.snapshots
     history = torch.empty(k, codes.numel(), device=ctx.device)
@@ -186,9 +180,8 @@ def rewind_loop(model: nn.Module, data: Data, config: Config, ctx: Context, *, n
         start = time.perf_counter()
         with rewind_precision(config.rewind_dtype, ctx.device):
             _write(params, rewind_all(rewinder, history.T.contiguous(), codes, layers))
-        ctx.rewind["seconds"] = ctx.rewind.get("seconds", 0.0) + time.perf_counter() - start
-        ctx.rewind["coordinates"] = ctx.rewind.get("coordinates", 0) + codes.numel()
-        ctx.rewind["calls"] = ctx.rewind.get("calls", 0) + 1
+        for key, add in (("seconds", time.perf_counter() - start), ("coordinates", codes.numel()), ("calls", 1)):
+            ctx.rewind[key] = ctx.rewind.get(key, 0) + add
         if repair is not None:
             repair()
         if ctx.on_iteration is not None:
@@ -199,13 +192,4 @@ def rewind_loop(model: nn.Module, data: Data, config: Config, ctx: Context, *, n
     return model
 
 
-def _split(flat: torch.Tensor, params: list[nn.Parameter]) -> list[torch.Tensor]:
-    """``flat`` (sum of numels,) cut into views shaped like ``params``."""
-    out, i = [], 0
-    for p in params:
-        out.append(flat[i: i + p.numel()].view_as(p))
-        i += p.numel()
-    return out
-
-
-__all__ = ["Config", "run", "rewind_loop", "rewindable", "rewinder_for"]
+__all__ = ["Config", "run", "rewindable", "rewinder_for"]

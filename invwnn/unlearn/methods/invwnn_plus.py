@@ -1,5 +1,4 @@
-"""invwnn+: InvWNN with a light retain repair after each rewind. Goes beyond the paper (issue 8):
-forget-only rewinding collapses retain and test accuracy on small networks before it reaches
+"""invwnn+: InvWNN with a light retain repair after each rewind, beyond the paper: forget-only rewinding collapses retain and test accuracy on small networks before it reaches
 Retrain's forgetting; a few retain-set steps between rewinds undo that collateral damage.
 
 Each iteration: fine-tune on the forget set recording K snapshots, rewind, then ``repair_steps``
@@ -19,7 +18,7 @@ from torch import nn
 
 from invwnn.unlearn.methods import invwnn
 from invwnn.inputs.splits import Split
-from invwnn.unlearn.methods.loop import Context, Data, Sampler, make_optimizer, opt, run_steps
+from invwnn.unlearn.methods.loop import Context, Data, Sampler, ce_loss, make_optimizer, opt, run_steps
 from invwnn.audit.metrics import predict
 from invwnn.errors import InputError
 
@@ -91,9 +90,8 @@ def neighbours(model: nn.Module, forget: Split, copies: int, shift: float, g: to
 def repair_data(config: Config, data: Data, model: nn.Module, ctx: Context) -> tuple[Split, float | None]:
     """The split the repair steps train on (see ``Config.repair_on``) and, for neighbours, the share
     (percent) of the near ones that keep their forget label, also recorded with how many in
-    ``ctx.calibration["neighbours"]``: an estimate of Retrain's forget accuracy (on the unseen LeNet with a random
-    10% forgotten, 79-85% where Retrain gets 83-86% right; with 20% mislabelled, 7-9% keep the wrong
-    label, Retrain 1-3%; too low on a MobileNetV3, 64% against 74-78%: scripts/neighbour_estimate.py)."""
+    ``ctx.calibration["neighbours"]``: an estimate of Retrain's forget accuracy
+    (scripts/neighbour_estimate.py measures how close)."""
     kind = config.repair_on or ("retain" if data.retain is not None and len(data.retain) else "neighbours")
     if kind not in REPAIR_DATA:
         raise InputError(f"--repair-on takes {' or '.join(REPAIR_DATA)}, got {kind!r}")
@@ -135,11 +133,7 @@ def run(model: nn.Module, data: Data, config: Config, ctx: Context) -> nn.Module
                             8, model, params, data, config.optimizer, ctx)
         opt_ = make_optimizer(config.optimizer, params, lr)
 
-        def loss_fn(_: int) -> torch.Tensor:
-            x, y = sample()
-            return F.cross_entropy(model(x), y)
-
         def repair() -> None:
-            run_steps(model, loss_fn, opt_, config.repair_steps)
+            run_steps(model, ce_loss(model, sample), opt_, config.repair_steps)
 
-    return invwnn.rewind_loop(model, data, config, ctx, name=NAME, repair=repair)
+    return invwnn.run(model, data, config, ctx, name=NAME, repair=repair)

@@ -6,7 +6,7 @@ import dataclasses
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -21,9 +21,8 @@ from invwnn.rewind.rewinders import Rewinder
 
 
 def trains(optimizer: torch.optim.Optimizer, params: set[int]) -> bool:
-    """Does ``optimizer`` step any parameter whose ``id`` is in ``params``? An optimizer-step
-    post-hook fires for every optimizer in the process (a method's inner optimizers, a teacher's),
-    so watchers of one model count only the steps of the optimizers that train it."""
+    """Does ``optimizer`` step any parameter whose ``id`` is in ``params``? (An optimizer-step
+    post-hook fires for every optimizer in the process.)"""
     return any(id(p) in params for g in optimizer.param_groups for p in g["params"])
 
 
@@ -81,11 +80,10 @@ class Data:
 
 @dataclass
 class Context:
-    """How to run: ``device``, ``seed`` (recorded in the report), progress bars, the rewinder
-    invwnn and invwnn+ use instead of the one their config asks for (the bench's controls, wrapped
-    in :class:`invwnn.rewind.FullPrecision` under mixed precision), a fresh-model factory for retraining, and a per-iteration hook ``on_iteration(i, model)``
-    for iterative methods. A method that stops itself before its budget sets ``stop_reason`` (invwnn:
-    ``"target"``); one that sees its result will probably be wrong says why through ``warn``."""
+    """How to run: ``device``, ``seed``, progress bars, the rewinder invwnn and invwnn+ use instead
+    of their config's (the bench's controls), a fresh-model factory for retrain, and a hook
+    ``on_iteration(i, model)`` for iterative methods. A method that stops before its budget sets
+    ``stop_reason``; one that sees its result will probably be wrong says why through ``warn``."""
 
     device: str = "cpu"
     seed: int = 0
@@ -110,9 +108,7 @@ def batches(n: int, batch_size: int, g: torch.Generator) -> Iterator[torch.Tenso
     """Endless shuffled index batches, reshuffled each epoch; the last batch of an epoch may be
     short (forget sets can be smaller than one batch)."""
     while True:
-        perm = torch.randperm(n, generator=g)
-        for i in range(0, n, batch_size):
-            yield perm[i: i + batch_size]
+        yield from torch.randperm(n, generator=g).split(batch_size)
 
 
 def steps_for(n: int, batch_size: int, epochs: float) -> int:
@@ -192,6 +188,37 @@ class Sampler:
         return self.split.x[idx].to(self.device), self.labels[idx].to(self.device)
 
 
+def ce_loss(model: nn.Module, sample: "Sampler") -> Callable[[int], torch.Tensor]:
+    """The loss for :func:`run_steps`: cross-entropy of ``model`` on one ``sample()`` minibatch."""
+    def loss(_: int) -> torch.Tensor:
+        x, y = sample()
+        return F.cross_entropy(model(x), y)
+    return loss
+
+
+def train_epochs(model: nn.Module, loss: Callable[[int], torch.Tensor], config: EpochsConfig, n: int, ctx: Context,
+                 desc: str, *, params=None, freeze_norms: bool = False,
+                 grad_hook: Callable[[], None] | None = None) -> None:
+    """:func:`run_steps` for ``config.epochs`` epochs over ``n`` images in minibatches of
+    ``config.batch_size``, with the config's optimizer on ``params`` (default: every parameter)."""
+    optimizer = make_optimizer(config.optimizer, model.parameters() if params is None else params, config.lr,
+                               config.momentum)
+    run_steps(model, loss, optimizer, steps_for(n, config.batch_size, config.epochs), freeze_norms=freeze_norms,
+              progress=ctx.progress, desc=desc, grad_hook=grad_hook)
+
+
+def squared_grads(model: nn.Module, params: list[nn.Parameter],
+                  batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+    """Sum over ``batches`` (x, y) of the squared gradient of the mean cross-entropy, shaped like
+    ``params`` (the diagonal Fisher the one-shot methods weigh weights by)."""
+    total = [torch.zeros_like(p) for p in params]
+    for x, y in batches:
+        for t, g in zip(total, torch.autograd.grad(F.cross_entropy(model(x), y), params, allow_unused=True)):
+            if g is not None:
+                t += g * g
+    return total
+
+
 def trainable(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
@@ -231,14 +258,11 @@ def calibrate_lr(model: nn.Module, params: list[nn.Parameter], loss: Callable[[]
     """The learning rate at which one optimizer step moves ``model``'s outputs on the ``probe``
     images (N, C, H, W) by ``step_size``: the root mean square change of their centred logits
     (logits minus each image's mean logit), measured along the optimizer's first step, so that a
-    step means the same on every network whatever the scale, width or depth of its tensors (an Adam
-    step moves *every* coordinate by about lr, so a fixed lr is a nudge to a small network and a
-    demolition to a wide one).
+    step means the same on every network whatever the scale, width or depth of its tensors.
 
     ``loss()``: the method's loss on one batch; its gradient gives the direction (Adam: its sign,
-    SGD: itself). Measured by
-    finite differences in eval mode (norm statistics frozen, as the loops train), once at a small
-    trial step, then refined once at the step it predicts (the response is close to linear).
+    SGD: itself). Measured by finite differences in eval mode, at a small trial step, then refined
+    once at the step it predicts (the response is close to linear).
     Returns ``{"lr", "step_size", "measured", "probe_images", "direction"}``; the weights are left
     exactly as they were."""
     modes = [m.training for m in model.modules()]

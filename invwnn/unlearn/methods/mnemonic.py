@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from invwnn.unlearn.methods.loop import Context, Data, MethodConfig, opt, trainable
+from invwnn.unlearn.methods.loop import Context, Data, MethodConfig, opt, squared_grads, trainable
 from invwnn.audit.metrics import set_mode
 from invwnn.errors import InputError
 
@@ -46,15 +45,12 @@ def run(model: nn.Module, data: Data, config: Config, ctx: Context) -> nn.Module
     codes = data.mnemonic.to(ctx.device)
     params = trainable(model)
     set_mode(model, False)
-    f_forget = [torch.zeros_like(p) for p in params]
-    f_rest = [torch.zeros_like(p) for p in params]
-    for c in range(len(codes)):
-        out = model(codes[c: c + 1])
-        grads = torch.autograd.grad(F.cross_entropy(out, torch.tensor([c], device=ctx.device)), params,
-                                    allow_unused=True)
-        for acc_f, acc_r, d in zip(f_forget, f_rest, grads):
-            if d is not None:
-                (acc_f if c in forget else acc_r).add_(d * d)
+
+    def fisher(classes: list[int]) -> list[torch.Tensor]:
+        return squared_grads(model, params, ((codes[c: c + 1], torch.tensor([c], device=ctx.device)) for c in classes))
+
+    f_forget = fisher(forget)
+    f_rest = fisher([c for c in range(len(codes)) if c not in forget])
     noises = []
     for ff, fr in zip(f_forget, f_rest):
         r = ff / fr

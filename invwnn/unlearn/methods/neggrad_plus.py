@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from invwnn.unlearn.methods.loop import Context, Data, EpochsConfig, Sampler, make_optimizer, opt, run_steps, steps_for
-
+from invwnn.unlearn.methods.loop import Context, Data, EpochsConfig, Sampler, opt, train_epochs
 NAME = "neggrad+"
 
 
@@ -33,7 +32,5 @@ def run(model: nn.Module, data: Data, config: Config, ctx: Context) -> nn.Module
         (xf, yf), (xr, yr) = fs(), rs()
         return config.alpha * F.cross_entropy(model(xr), yr) - (1 - config.alpha) * F.cross_entropy(model(xf), yf)
 
-    run_steps(model, loss, make_optimizer(config.optimizer, model.parameters(), config.lr, config.momentum),
-              steps_for(len(data.forget), config.batch_size, config.epochs), freeze_norms=False,
-              progress=ctx.progress, desc=NAME)
+    train_epochs(model, loss, config, len(data.forget), ctx, NAME)
     return model

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from invwnn.unlearn.methods.loop import (Context, Data, EpochsConfig, Sampler, make_optimizer, opt, run_steps,
-                                 saliency_masks, steps_for, trainable)
+from invwnn.unlearn.methods.loop import (Context, Data, EpochsConfig, Sampler, opt, saliency_masks, train_epochs,
+                                         trainable)
 
 NAME = "random-label"
 
@@ -50,9 +50,8 @@ def run(model: nn.Module, data: Data, config: Config, ctx: Context, masks=None) 
             if p.grad is not None:
                 p.grad.mul_(m)
 
-    run_steps(model, loss, make_optimizer(config.optimizer, params, config.lr, config.momentum),
-              steps_for(len(data.forget), config.batch_size, config.epochs), freeze_norms=False,
-              grad_hook=mask_grads if masks is not None else None, progress=ctx.progress, desc=name)
+    train_epochs(model, loss, config, len(data.forget), ctx, name, params=params,
+                 grad_hook=mask_grads if masks is not None else None)
     return model
 
 

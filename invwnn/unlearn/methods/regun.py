@@ -1,17 +1,14 @@
 """ReGUn, reference-guided unlearning (Mirlach et al. 2026, arXiv 2603.11210): distil the model's
 outputs on forget images toward the frozen original's outputs on held-out images of the same
 classes, (1 - w) * KL(q || p_model(forget)) + w * CE(retain), one forget and one retain batch per
-step, epochs counted over the forget set. The paper's q is one distribution per forget batch: the
-original's mean softmax over held-out images drawn to match the batch's class histogram; here it is
-its expectation, the batch's class shares times each class's mean softmax (``target batch``), or
-each image's own class mean (``target class``, a per-image variant). The paper holds out 10% of
-the training data that the original never saw; a user of this tool has no such split, so the
-reference images are the test split when given (``reference auto``; the images TA and the MIA's
-non-members are then measured on: the method never trains on them, but its targets are the
-original's outputs on them), else the retain set (images the original trained on: a more
-confident reference than unseen images give). A class the reference lacks takes the mean
-over all reference images. Defaults from the authors' conf/unlearn/regun.yaml (read in a public
-fork of jmirlach/ReGUn): SGD lr 0.01 m0.9, 10 epochs, w 0.5, temperature 1."""
+step, epochs counted over the forget set. The paper's q, the original's mean softmax over held-out
+images matching the forget batch's class histogram, is here its expectation: the batch's class
+shares times each class's mean softmax (``target batch``), or each image's own class mean
+(``target class``). The paper's reference is 10% of the training data held out; a user has no
+such split, so it is the test split when given (``reference auto``: the method never trains on
+those images, but its targets are the original's outputs on them), else the retain set. A class
+the reference lacks takes the mean over all of it. Defaults from the authors' conf/unlearn/regun.yaml:
+SGD lr 0.01 m0.9, 10 epochs, w 0.5, temperature 1."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from invwnn.inputs.splits import Split
-from invwnn.unlearn.methods.loop import Context, Data, EpochsConfig, Sampler, make_optimizer, opt, run_steps, steps_for
+from invwnn.unlearn.methods.loop import Context, Data, EpochsConfig, Sampler, opt, train_epochs
 from invwnn.audit.metrics import set_mode
 from invwnn.errors import InputError
 
@@ -68,7 +65,5 @@ def run(model: nn.Module, data: Data, config: Config, ctx: Context) -> nn.Module
         forget = F.kl_div(F.log_softmax(model(xf), 1), q, reduction="batchmean")
         return (1 - config.retain_weight) * forget + config.retain_weight * F.cross_entropy(model(xr), yr)
 
-    run_steps(model, loss, make_optimizer(config.optimizer, model.parameters(), config.lr, config.momentum),
-              steps_for(len(data.forget), config.batch_size, config.epochs), freeze_norms=False,
-              progress=ctx.progress, desc=NAME)
+    train_epochs(model, loss, config, len(data.forget), ctx, NAME)
     return model

@@ -5,21 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from invwnn.unlearn.methods.loop import Context, Data, MethodConfig, Sampler, make_optimizer, opt, run_steps, steps_for
+from invwnn.unlearn.methods.loop import Context, Data, EpochsConfig, Sampler, ce_loss, opt, train_epochs
 from invwnn.errors import InputError
 
 NAME = "retrain"
 
 
 @dataclass(frozen=True)
-class Config(MethodConfig):
+class Config(EpochsConfig):
     epochs: float = opt(20.0, "epochs over the data")
     optimizer: str = opt("adam", "sgd or adam")
     lr: float = opt(1e-3, "learning rate")
-    batch_size: int = opt(128, "minibatch size")
 
 
 def run(model: nn.Module, data: Data, config: Config, ctx: Context) -> nn.Module:
@@ -29,12 +27,5 @@ def run(model: nn.Module, data: Data, config: Config, ctx: Context) -> nn.Module
     torch.manual_seed(ctx.seed)
     fresh = ctx.rebuild().to(ctx.device)
     sample = Sampler(retain, config.batch_size, ctx.generator(2), ctx.device)
-
-    def loss(_: int) -> torch.Tensor:
-        x, y = sample()
-        return F.cross_entropy(fresh(x), y)
-
-    run_steps(fresh, loss, make_optimizer(config.optimizer, fresh.parameters(), config.lr),
-              steps_for(len(retain), config.batch_size, config.epochs), freeze_norms=False,
-              progress=ctx.progress, desc=NAME)
+    train_epochs(fresh, ce_loss(fresh, sample), config, len(retain), ctx, NAME)
     return fresh

@@ -12,21 +12,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from invwnn.unlearn.methods.loop import Context, Data, MethodConfig, Sampler, make_optimizer, opt, run_steps, steps_for
+from invwnn.unlearn.methods.loop import Context, Data, EpochsConfig, Sampler, make_optimizer, opt, run_steps, steps_for
 from invwnn.audit.metrics import set_mode
 
 NAME = "scrub"
 
 
 @dataclass(frozen=True)
-class Config(MethodConfig):
+class Config(EpochsConfig):
     epochs: float = opt(3.0, "epochs over the data")
-    msteps: int = opt(2, "scrub: epochs that include max-steps on the forget set")
-    optimizer: str = opt("sgd", "sgd or adam")
     lr: float = opt(5e-4, "learning rate")
-    momentum: float = opt(0.9, "SGD momentum")
-    weight_decay: float = opt(5e-4, "weight decay")
     batch_size: int = opt(64, "minibatch size")
+    msteps: int = opt(2, "scrub: epochs that include max-steps on the forget set")
+    weight_decay: float = opt(5e-4, "weight decay")
     temperature: float = opt(4.0, "scrub: distillation temperature")
     alpha: float = opt(0.001, "weight of the retain loss (neggrad+) / of the task vector (task-vector)")
     gamma: float = opt(0.99, "scrub: weight of the CE term in min-steps")

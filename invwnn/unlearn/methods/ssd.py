@@ -11,11 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from invwnn.inputs.splits import Split
-from invwnn.unlearn.methods.loop import Context, Data, MethodConfig, opt, trainable
+from invwnn.unlearn.methods.loop import Context, Data, MethodConfig, opt, squared_grads, trainable
 from invwnn.audit.metrics import set_mode
 
 NAME = "ssd"
@@ -33,13 +32,8 @@ def importance(model: nn.Module, split: Split, order: torch.Tensor, batch_size: 
                params: list[nn.Parameter]) -> list[torch.Tensor]:
     """Mean over minibatches (``order`` cut into ``batch_size`` pieces) of the squared gradient of
     each minibatch's mean cross-entropy, shaped like ``params``."""
-    total = [torch.zeros_like(p) for p in params]
     chunks = order.split(batch_size)
-    for idx in chunks:
-        loss = F.cross_entropy(model(split.x[idx].to(device)), split.y[idx].to(device))
-        for t, g in zip(total, torch.autograd.grad(loss, params, allow_unused=True)):
-            if g is not None:
-                t += g * g
+    total = squared_grads(model, params, ((split.x[idx].to(device), split.y[idx].to(device)) for idx in chunks))
     return [t / len(chunks) for t in total]
 
 

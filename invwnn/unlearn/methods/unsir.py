@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from invwnn.inputs.splits import Split
-from invwnn.unlearn.methods.loop import Context, Data, MethodConfig, Sampler, make_optimizer, opt, run_steps, steps_for
+from invwnn.unlearn.methods.loop import Context, Data, MethodConfig, Sampler, ce_loss, make_optimizer, opt, run_steps, steps_for
 from invwnn.audit.metrics import set_mode
 
 NAME = "unsir"
@@ -64,12 +64,7 @@ def run(model: nn.Module, data: Data, config: Config, ctx: Context) -> nn.Module
     impair = Split(torch.cat([torch.cat(noises), retain.x]), torch.cat([labels, retain.y]), "noise+retain")
     for split, lr, salt in ((impair, config.impair_lr, 16), (retain, config.repair_lr, 17)):
         sample = Sampler(split, config.batch_size, ctx.generator(salt), ctx.device)
-
-        def loss(_: int, sample=sample) -> torch.Tensor:
-            x, y = sample()
-            return F.cross_entropy(model(x), y)
-
-        run_steps(model, loss, make_optimizer("adam", model.parameters(), lr),
+        run_steps(model, ce_loss(model, sample), make_optimizer("adam", model.parameters(), lr),
                   steps_for(len(split), config.batch_size, 1), freeze_norms=False,
                   progress=ctx.progress, desc=NAME)
     return model
