@@ -13,7 +13,7 @@ import torch
 
 from trajgen.store import complete_runs
 from invwnn.rewind.predictor import ModelConfig, Predictor
-from invwnn.rewind.features import normalise, normalise_target
+from invwnn.train.fit import TRANSFER, window_loss
 from invwnn.train.windows import WindowStream
 
 
@@ -39,8 +39,7 @@ def train_rate(store: str, batch: int, n_steps: int, threads: int) -> float:
     t0, n = time.perf_counter(), 0
     for i in range(n_steps):
         b = batches[i % len(batches)]
-        x, offset, scale = normalise(b["w"])
-        loss = (model(x, model.kind_index(b["kind"])) - normalise_target(b["target"], offset, scale, 8.0)).abs().mean()
+        loss = window_loss(model, b, "cpu")
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -54,7 +53,7 @@ if __name__ == "__main__":
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--batch-size", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--transfer", type=int, default=8, help="training batches per loader item (as invwnn train)")
+    ap.add_argument("--transfer", type=int, default=TRANSFER, help="training batches per loader item (as invwnn train)")
     args = ap.parse_args()
     tr = train_rate(args.store, args.batch_size, 100, args.threads)
     print(f"training alone ({args.threads} thread, batch {args.batch_size}): {tr:,.0f} windows/s")

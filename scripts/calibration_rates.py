@@ -1,8 +1,7 @@
 """docs/applier.md, "Calibrated steps": the rate (9,559 on the ResNet-18, 5.9x the CNN's) and the lrs it gives.
 
 How far one Adam step moves a model's outputs per unit of learning rate (the rate the calibrated
-step divides by), and what the invwnn / invwnn+ learning rates that the CNN defaults used to fix
-correspond to on it.
+step divides by), and the step sizes that the bench CNN's tuned learning rates correspond to.
 
     .venv/bin/python scripts/calibration_rates.py bench:random10            # the bench CNN (trains it if not cached)
     .venv/bin/python scripts/calibration_rates.py --model w.safetensors --arch torchvision:resnet18:num_classes=10 \
@@ -20,7 +19,7 @@ from invwnn.unlearn.methods import Context, Data
 from invwnn.unlearn.methods import invwnn
 from invwnn.unlearn.methods.loop import Sampler, calibrate_lr
 
-FIXED_LRS = {"invwnn lr": 1e-4, "invwnn+ lr": 1.6e-3}  # the defaults before the calibration
+FIXED_LRS = {"invwnn lr": 1e-4, "invwnn+ lr": 1.6e-3}  # tuned on the bench CNN
 FIXED_REPAIR_LR = 8.5e-4
 
 

@@ -7,7 +7,7 @@ choosing a length, since it sees the counterfactual), and for meta-trained check
 
 Same triples, settings draws and batches as `invwnn meta-train`'s evaluation (its seed + 1), so the
 figures match its log. If the oracle line sits near the tuned line, a rewinder that only picks how
-far to go cannot reach issue 24's 0.8x; the rest must come from a different direction per coordinate.
+far to go cannot reach the target of 0.8x; the rest must come from a different direction per coordinate.
 
     .venv/bin/python scripts/meta_headroom.py [--first 174] [--part heldout_family] [checkpoint.pt ...]
 """
@@ -19,14 +19,8 @@ import random
 import torch
 
 from invwnn.train import meta_train
+from invwnn.train.meta_train import distances
 from invwnn.rewind import LinearRewinder, meta
-from invwnn.train.meta_loop import evaluate
-
-
-def distances(rewinder, triples, settings: list, seed: int, iterations: int) -> list[float]:
-    """Distance per (draw, triple), in the order and with the batches of :func:`meta_train.compare`."""
-    return [evaluate(rewinder, [triples[i]], s, seed + j + i, iterations)
-            for j, s in enumerate(settings) for i in range(len(triples))]
 
 
 def main() -> None:

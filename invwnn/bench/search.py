@@ -88,8 +88,7 @@ def _storage(storage: str | Path | optuna.storages.BaseStorage | None) -> optuna
 
 def journal_path(record_path: str | Path) -> Path:
     """The Optuna journal beside a record: ``tuned/random10.json`` -> ``tuned/random10.optuna.log``."""
-    path = Path(record_path)
-    return path.with_name(f"{path.name[:-len('.json')] if path.name.endswith('.json') else path.name}.optuna.log")
+    return Path(record_path).with_suffix(".optuna.log")
 
 
 def study_name(config: scenarios.ScenarioConfig, name: str, seed: int) -> str:

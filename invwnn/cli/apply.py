@@ -102,8 +102,8 @@ def input_flags(fn):
 
 
 def inputs_from(model_path, arch, forget_path, retain_path, test_path, trust_pickle, classes, size, channels,
-                mean, std) -> Inputs:
-    """:class:`Inputs` from the values of :func:`input_flags`."""
+                mean, std, **rest) -> tuple[Inputs, dict]:
+    """:class:`Inputs` from the values of :func:`input_flags`, and the command's other values."""
     hw = None
     if size is not None:
         try:
@@ -113,7 +113,7 @@ def inputs_from(model_path, arch, forget_path, retain_path, test_path, trust_pic
             raise UserError(f"--size takes HxW, e.g. 28x28, got {size!r}") from None
     return Inputs(model_path, forget_path, retain_path, test_path, trust_pickle,
                   tuple(c.strip() for c in classes.split(",")) if classes else None, hw, channels,
-                  _floats(mean, "--mean"), _floats(std, "--std"), arch)
+                  _floats(mean, "--mean"), _floats(std, "--std"), arch), rest
 
 
 @click.command("apply")
@@ -130,18 +130,16 @@ def inputs_from(model_path, arch, forget_path, retain_path, test_path, trust_pic
 @click.option("--quiet", is_flag=True, help="No progress bars; one summary line instead of the table.")
 @_with_method_flags
 @input_errors
-def apply(model_path, arch, forget_path, retain_path, test_path, method, out, report_path, trust_pickle, classes,
-          size, channels, mean, std, seed, device, max_drop, quiet, **method_opts):
+def apply(method, out, report_path, seed, device, max_drop, quiet, **flags):
     """Remove the influence of the FORGET images from MODEL; write the unlearned model (in MODEL's
     format) and a JSON report (metrics before/after, per-iteration log, config, seed, versions)."""
+    inputs, method_opts = inputs_from(**flags)
     given = {k: v for k, v in method_opts.items() if v is not None}
     valid = {f.name for f in dataclasses.fields(REGISTRY[method].config)}
     wrong = sorted(set(given) - valid)
     if wrong:
         raise UserError(f"--{wrong[0].replace('_', '-')} is not a setting of method {method}; "
                         f"its settings: {', '.join('--' + v.replace('_', '-') for v in sorted(valid))}")
-    inputs = inputs_from(model_path, arch, forget_path, retain_path, test_path, trust_pickle, classes, size,
-                         channels, mean, std)
     bound = _max_drop(max_drop)
     report = unlearn(inputs, method, given, out=out, report_path=report_path, seed=seed, device=device, progress=not quiet, max_drop=bound,
                      warn=lambda text: click.echo(f"warning: {text}", err=True))
@@ -168,16 +166,14 @@ def apply(model_path, arch, forget_path, retain_path, test_path, method, out, re
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
 @click.option("--quiet", is_flag=True, help="No progress bar; the verdict line only.")
 @input_errors
-def audit(model_path, arch, forget_path, retain_path, test_path, trust_pickle, classes, size, channels, mean, std,
-          references, epochs, lr, batch_size, report_path, seed, device, quiet):
+def audit(references, epochs, lr, batch_size, report_path, seed, device, quiet, **flags):
     """Membership inference (offline RMIA) on the FORGET images against models trained without them:
     train --references models of MODEL's architecture on --retain, compare forget images with
     held-out --test images of their classes, and say whether MODEL tells them apart more than a
     model that never saw them."""
     from invwnn.audit.verdict import AuditConfig, audit as run_audit, format_audit
 
-    inputs = inputs_from(model_path, arch, forget_path, retain_path, test_path, trust_pickle, classes, size,
-                         channels, mean, std)
+    inputs, _ = inputs_from(**flags)
     config = AuditConfig(references=references, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                          device=device)
     report = run_audit(inputs, config, report_path=report_path, progress=not quiet,
@@ -206,7 +202,7 @@ def report(path):
 @click.option("--dataset", default="fashion-mnist", show_default=True, type=click.Choice(DATASETS))
 @click.option("--data-root", type=click.Path(), help="Folder with the dataset's IDX files.")
 @click.option("--train-size", default=PrepareConfig.train_size, show_default=True, type=click.IntRange(min=1),
-              help="Training images (a seeded subset; BRIEF section 6 uses 10000).")
+              help="Training images (a seeded subset).")
 @click.option("--test-size", default=PrepareConfig.test_size, show_default=True, type=click.IntRange(min=1))
 @click.option("--width", default=PrepareConfig.width, show_default=True, type=click.IntRange(min=1), help="CNN base channels.")
 @click.option("--depth", default=PrepareConfig.depth, show_default=True, type=click.IntRange(min=1), help="CNN conv blocks.")

@@ -41,11 +41,6 @@ def denormalise(residual: torch.Tensor, offset: torch.Tensor, scale: torch.Tenso
     return offset + residual * scale
 
 
-def features(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised windows (n, K) -> the two input streams: values (n, K), differences (n, K-1)."""
-    return x, x[:, 1:] - x[:, :-1]
-
-
 # Context inputs a predictor may take, and their widths. "step": the optimizer family (1 for
 # the adaptive Adam/AdamW/RMSprop, 0 for SGD with or without momentum) and log10 of its learning rate
 # (+3, so typical rates land near 0). "layer": how this coordinate moves relative to its layer over

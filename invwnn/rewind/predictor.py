@@ -21,7 +21,7 @@ from torch import nn
 from trajgen.nets import KINDS
 from invwnn.errors import InputError
 from invwnn.files import atomic_write
-from invwnn.rewind.features import (CONTEXTS, EPS, check_context, context_columns, denormalise, features,
+from invwnn.rewind.features import (CONTEXTS, EPS, check_context, context_columns, denormalise,
                                     layer_context, normalise, step_context)
 from invwnn.rewind.rewinders import stretched
 from invwnn.rewind.shipped import DEFAULT, shipped_path
@@ -96,8 +96,7 @@ class Predictor(nn.Module):
         self.register_buffer("lookup", lookup, persistent=False)
 
     def forward(self, x: torch.Tensor, kind: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        v, d = features(x)
-        parts = [self.values(v), self.diffs(d)]
+        parts = [self.values(x), self.diffs(x[:, 1:] - x[:, :-1])]  # the values and their differences
         if self.kind is not None:
             parts.append(self.kind(kind))
         if self.config.context_dim:

@@ -96,6 +96,14 @@ def init_weights(config: TrainConfig) -> dict[str, torch.Tensor] | None:
     return payload["state_dict"]
 
 
+def window_loss(model: Predictor, batch: dict[str, torch.Tensor], device: str) -> torch.Tensor:
+    """The training loss on a :class:`WindowStream` batch: mean absolute error of the predicted
+    normalised residual (L1, as the paper)."""
+    x, offset, scale = normalise(batch["w"].to(device), model.config.eps)
+    y = normalise_target(batch["target"].to(device), offset, scale, model.config.clip)
+    return (model(x, model.kind_index(batch["kind"].to(device)), batch["context"].to(device)) - y).abs().mean()
+
+
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """torch's intra-op threads set to ``n`` for the duration."""
@@ -145,16 +153,12 @@ def _train(config: TrainConfig, progress: bool) -> dict[str, Any]:
     for step, batch in enumerate(batches):
         if step == config.steps:
             break
-        w, target = batch["w"].to(config.device), batch["target"].to(config.device)
-        x, offset, scale = normalise(w, config.eps)
-        y = normalise_target(target, offset, scale, config.clip)
-        context = batch["context"].to(config.device)
-        loss = (model(x, model.kind_index(batch["kind"].to(config.device)), context) - y).abs().mean()  # L1, as the paper
+        loss = window_loss(model, batch, config.device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        seen += len(target)
+        seen += len(batch["target"])
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:

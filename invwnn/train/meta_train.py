@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import math
 import random
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
@@ -167,14 +168,20 @@ def _spread(names: list[str], n: int, seed: int) -> list[str]:
     return sorted(random.Random(seed).sample(names, min(n, len(names))))
 
 
+def distances(rewinder: Any, triples: TripleSource, settings: list[LoopSettings], seed: int,
+              iterations: int) -> list[float]:
+    """The objective per (draw, triple) after ``iterations`` loop iterations; triple ``i`` under
+    draw ``j`` runs on the batches of seed ``seed + j + i``, the same for every rewinder."""
+    return [evaluate(rewinder, [triples[i]], s, seed + j + i, iterations)
+            for j, s in enumerate(settings) for i in range(len(triples))]
+
+
 def compare(rewinders: dict[str, Any], triples: TripleSource, draws: int, seed: int,
             iterations: int = 1) -> dict[str, float]:
-    """Mean objective of each rewinder over ``triples`` x ``draws`` settings after ``iterations``
-    loop iterations (the same draws and batches for every rewinder)."""
+    """Mean :func:`distances` of each rewinder over ``triples`` x ``draws`` drawn settings."""
     rng = random.Random(seed)
     settings = [draw_settings(rng) for _ in range(draws)]
-    return {name: sum(evaluate(r, triples, s, seed + j, iterations) for j, s in enumerate(settings)) / draws
-            for name, r in rewinders.items()}
+    return {name: statistics.fmean(distances(r, triples, settings, seed, iterations)) for name, r in rewinders.items()}
 
 
 def run(config: MetaTrainConfig, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:

@@ -164,7 +164,10 @@ def open_store(path: str | Path | Location, mode: str = "r") -> zarr.Group:
     if not _has_root(loc):
         raise NoStore(f"{loc} is not a trajgen store (no zarr.json)")
     try:
-        root = zarr.open_group(loc.zarr_store(read_only=mode == "r"), mode=mode)
+        # Zarr v3 without consolidated metadata, as every store is written: no probing for
+        # v2 or consolidated metadata files (four requests each on an object store)
+        root = zarr.open_group(loc.zarr_store(read_only=mode == "r"), mode=mode, zarr_format=3,
+                               use_consolidated=False)
     except Exception as err:  # zarr raises several types for unreadable metadata
         raise StoreError(f"cannot open {loc}: {_one_line(err)}") from err
     return _check_root(root, loc, mode)

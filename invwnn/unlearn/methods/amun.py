@@ -1,16 +1,13 @@
 """AMUN (Ebrahimpour-Boroojeny et al. ICML 2025, "Not All Wrong is Bad: Using Adversarial Examples
 for Unlearning", arXiv 2503.00917): once, on the original model, find for each forget image a near
-adversarial example and label it with the wrong class the model gives it; then fine-tune on those
-examples with their adversarial labels together with the retain set (without a retain set: with
-the forget images and their true labels, as the authors' code does). The attack, as in the authors'
-code: PGD in L2 on inputs in [0, 1], ``attack_steps`` steps of eps / 10 along the normalised
-gradient of the true label's cross-entropy, projected onto the eps-ball; an image leaves the attack
-at the first step its prediction is wrong; eps starts at ``epsilon`` and doubles each round for the
-images still right, at most ``attack_rounds`` rounds (the authors' loop has no cap), after which an
-image takes its highest-scoring wrong class where it ended. An image the model already gets wrong
-is its own adversarial example. Training as random-label here: one adversarial and one retain (or
-forget) batch per step, epochs counted over the forget set. Defaults from the authors' code: L2
-PGD-50, initial eps 0.04, SGD lr 0.01, 10 epochs, batch 128."""
+adversarial example labelled with the wrong class the model gives it; then fine-tune on those
+together with the retain set (without one: the forget images and their true labels, as the
+authors' code). The attack, as the authors': L2 PGD on inputs in [0, 1], ``attack_steps`` steps of
+eps / 10 along the normalised gradient of the true label's cross-entropy, projected onto the
+eps-ball; an image leaves at its first wrong prediction; eps starts at ``epsilon`` and doubles each
+round, at most ``attack_rounds`` rounds, after which an image takes its best wrong class. Training
+as random-label: one adversarial and one retain batch per step, epochs counted over the forget set.
+Defaults from the authors' code: L2 PGD-50, initial eps 0.04, SGD lr 0.01, 10 epochs, batch 128."""
 from __future__ import annotations
 
 from dataclasses import dataclass

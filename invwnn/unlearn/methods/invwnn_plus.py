@@ -1,12 +1,9 @@
-"""invwnn+: InvWNN with a light retain repair after each rewind, beyond the paper: forget-only rewinding collapses retain and test accuracy on small networks before it reaches
-Retrain's forgetting; a few retain-set steps between rewinds undo that collateral damage.
+"""invwnn+: InvWNN with a light repair after each rewind (beyond the paper: forget-only rewinding
+collapses retain and test accuracy on small networks before it reaches Retrain's forgetting).
 
 Each iteration: fine-tune on the forget set recording K snapshots, rewind, then ``repair_steps``
-optimizer steps of cross-entropy on retain minibatches over every rewindable weight, with their
-own optimizer.
-
-With forget data only, the repair trains on the forget images' *neighbours* instead
-(:func:`neighbours`): shifted copies labelled by the model's own predictions before unlearning.
+optimizer steps of cross-entropy on retain minibatches over every rewindable weight. With forget
+data only, the repair trains on the forget images' *neighbours* (:func:`neighbours`) instead.
 """
 from __future__ import annotations
 
@@ -31,11 +28,10 @@ NEIGHBOUR_BYTES = 1 << 28  # the neighbour images held at once (float32): 21k at
 
 @dataclass(frozen=True)
 class Config(invwnn.Config):
-    """InvWNN's settings with a 5-snapshot window (rewinding 3 snapshots back then costs 4 steps, not
-    14; the shipped K = 5 predictor matches it) and a larger lr, which the repair steps make safe.
-    lr, repair_lr, repair_steps and batch size are the medians of the six scenarios' tuned choices
-    (invwnn/bench/tuned/*.json), not one scenario's; iterations stay 12 (the median, 24, doubles
-    the time) and `invwnn apply`'s guard stops a run that starts to break the model."""
+    """InvWNN's settings with a 5-snapshot window (4 forget steps an iteration, not 14) and a larger
+    step, which the repair makes safe. The steps, repair steps and batch size are the medians of the
+    six scenarios' tuned choices (invwnn/bench/tuned/*.json); iterations stay 12 (the median, 24,
+    doubles the time)."""
 
     iterations: int = opt(12, "unlearning iterations T (fine-tune, predict the past, write back)")
     snapshots: int = opt(5, "snapshots K recorded per iteration (the predictor's window)")
@@ -67,13 +63,12 @@ def shifted(x: torch.Tensor, source: torch.Tensor, dy: torch.Tensor, dx: torch.T
 def neighbours(model: nn.Module, forget: Split, copies: int, shift: float, g: torch.Generator,
                device: str) -> tuple[Split, torch.Tensor, torch.Tensor]:
     """A stand-in for retain data built from the forget set alone: ``copies`` copies of each forget
-    image, each shifted by up to ``shift`` of the image side (at least one pixel) in both directions,
-    never by zero (an unshifted copy is the forget image itself), labelled with ``model``'s
-    prediction on the copy (call it before unlearning). A prediction that holds only because the
-    image was memorised rarely survives the shift, one that the model has learnt in general does:
-    repairing on these keeps the second and not the first. At most :data:`NEIGHBOUR_BYTES` of
-    images (a seeded sample of the copies when there would be more). Returns the split, each copy's
-    index into ``forget``, and which copies are *near*: shifted at most half as far (rounded up)."""
+    image, each shifted by up to ``shift`` of the image side (at least one pixel, never zero),
+    labelled with ``model``'s prediction on the copy (call it before unlearning). A prediction that
+    holds only because the image was memorised rarely survives the shift; one the model has learnt
+    in general does, and the repair keeps it. At most :data:`NEIGHBOUR_BYTES` of images (a seeded
+    sample of the copies). Returns the split, each copy's index into ``forget``, and which copies
+    are *near*: shifted at most half as far (rounded up)."""
     if copies < 1 or not 0 <= shift < 0.5:
         raise InputError("--neighbour-copies must be >= 1 and --neighbour-shift in [0, 0.5)")
     total, most = len(forget) * copies, max(1, NEIGHBOUR_BYTES // (forget.x[0].numel() * 4))

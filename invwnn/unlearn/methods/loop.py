@@ -125,11 +125,6 @@ def make_optimizer(name: str, params, lr: float, momentum: float = 0.9,
     raise InputError(f"unknown optimizer {name!r}; valid: sgd, adam")
 
 
-def norm_params(model: nn.Module) -> list[nn.Parameter]:
-    params = dict(model.named_parameters())
-    return [params[n] for n, k in param_kinds(model).items() if k == "norm"]
-
-
 @contextmanager
 def training(model: nn.Module, freeze_norms: bool):
     """Train mode for the duration; with ``freeze_norms`` the norm layers stay in eval mode (running
@@ -141,7 +136,8 @@ def training(model: nn.Module, freeze_norms: bool):
             if isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)) or \
                     getattr(m, "original_name", "").startswith(("BatchNorm", "InstanceNorm")):
                 m.train(False)
-        for p in norm_params(model):
+        params = dict(model.named_parameters())
+        for p in (params[n] for n, k in param_kinds(model).items() if k == "norm"):
             if p.requires_grad:
                 p.requires_grad_(False)
                 frozen.append(p)
@@ -156,22 +152,18 @@ def training(model: nn.Module, freeze_norms: bool):
 def run_steps(model: nn.Module, loss_fn: Callable[[int], torch.Tensor], optimizer: torch.optim.Optimizer,
               steps: int, *, freeze_norms: bool = True, progress: bool = False, desc: str = "",
               grad_hook: Callable[[], None] | None = None,
-              on_step: Callable[[int], None] | None = None) -> float:
+              on_step: Callable[[int], None] | None = None) -> None:
     """The fine-tuning loop: ``steps`` times, ``loss_fn(step)`` -> backward -> optional
-    ``grad_hook()`` (e.g. masking) -> optimizer step -> ``on_step(step)``. Returns the last loss."""
-    loss_value = float("nan")
+    ``grad_hook()`` (e.g. masking) -> optimizer step -> ``on_step(step)``."""
     with training(model, freeze_norms):
         for step in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(step)
-            loss.backward()
+            loss_fn(step).backward()
             if grad_hook is not None:
                 grad_hook()
             optimizer.step()
-            loss_value = loss.item()
             if on_step is not None:
                 on_step(step)
-    return loss_value
 
 
 class Sampler:
