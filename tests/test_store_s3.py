@@ -28,6 +28,7 @@ def objects(prefix: str) -> list[str]:
     return [o["Key"] for o in listed.get("Contents", [])]
 
 
+@pytest.mark.slow  # two collections through the S3 server, 5-15 s
 def test_a_collection_into_s3_is_the_one_into_a_folder(s3, tmp_path):
     url, local = f"s3://{BUCKET}/same.zarr", str(tmp_path / "same.zarr")
     runner = CliRunner()
@@ -47,6 +48,7 @@ def test_a_collection_into_s3_is_the_one_into_a_folder(s3, tmp_path):
     assert store_content(copy)["index"] == store_content(local)["index"]
 
 
+@pytest.mark.slow  # two loader worker processes, 4-12 s
 def test_the_loader_reads_s3_with_two_loader_workers(s3):
     url = f"s3://{BUCKET}/loader.zarr"
     assert CliRunner().invoke(main, ["collect", "--store", url, *FLAGS]).exit_code == 0

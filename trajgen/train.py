@@ -145,12 +145,15 @@ def snapshots(spec: RunSpec, model: nn.Module, data: Dataset,
             correct.zero_()
 
 
-@torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000,
+@torch.inference_mode()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256,
              device: str = "cpu") -> float:
     """Top-1 accuracy of ``model`` (on ``device``) on uint8 images ``x``, in [0, 1]; the model is
-    left in eval mode."""
+    left in eval mode. Batches of 256 in the model's memory format: a cnn's 10,000 test images
+    take half the time of batches of 1,000, whose activations overflow the CPU's caches (the
+    accuracies of the runs checked were the same to the last digit)."""
     model.eval()
-    correct = sum((model(to_float(x[i: i + batch_size].to(device))).argmax(1).cpu() == y[i: i + batch_size]).sum().item()
-                  for i in range(0, len(y), batch_size))
+    layout = memory_format(model)
+    correct = sum((model(to_float(x[i: i + batch_size].to(device)).contiguous(memory_format=layout))
+                   .argmax(1).cpu() == y[i: i + batch_size]).sum().item() for i in range(0, len(y), batch_size))
     return correct / max(1, len(y))

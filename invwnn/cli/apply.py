@@ -29,8 +29,8 @@ def _base_type(tp):
     return tp
 
 
-def method_flags() -> dict[str, dict]:
-    """Every config field of every method: flag name -> {type, help, defaults per method}."""
+def _with_method_flags(fn):
+    """One flag per config field of any method, with each method's help text and default."""
     flags: dict[str, dict] = {}
     for name, method in REGISTRY.items():
         hints = typing.get_type_hints(method.config)
@@ -41,14 +41,7 @@ def method_flags() -> dict[str, dict]:
             if f.metadata.get("help") and f.metadata["help"] not in entry["help"]:
                 entry["help"].append(f.metadata["help"])
             entry["defaults"][name] = f.default
-    return flags
-
-
-METHOD_FLAGS = method_flags()
-
-
-def _with_method_flags(fn):
-    for field, entry in reversed(sorted(METHOD_FLAGS.items())):
+    for field, entry in reversed(sorted(flags.items())):
         defaults = ", ".join(f"{m}={d}" for m, d in entry["defaults"].items())
         fn = click.option(f"--{field.replace('_', '-')}", field, type=entry["type"], default=None,
                           help=f"{'; '.join(entry['help'])}. Defaults: {defaults}.")(fn)
@@ -219,14 +212,10 @@ def report(path):
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @input_errors
-def prepare(out, dataset, data_root, train_size, test_size, width, depth, epochs, lr, batch_size,
-            forget_mode, forget_fraction, forget_classes, mnemonic_mix, seed, device, quiet):
+def prepare(out, forget_mode, forget_classes, device, quiet, **settings):
     """Train an original classifier and write forget/retain/test ImageFolder splits into OUT."""
-    config = PrepareConfig(dataset=dataset, data_root=data_root, train_size=train_size,
-                           test_size=test_size, width=width, depth=depth, epochs=epochs, lr=lr,
-                           batch_size=batch_size, forget=forget_mode, forget_fraction=forget_fraction,
-                           forget_classes=tuple(c.strip() for c in forget_classes.split(",") if c.strip()),
-                           mnemonic_mix=mnemonic_mix, seed=seed)
+    config = PrepareConfig(forget=forget_mode, **settings,
+                           forget_classes=tuple(c.strip() for c in forget_classes.split(",") if c.strip()))
     summary = prepare_original(out, config, device=device, progress=not quiet)
     o = summary["original"]
     click.echo(f"{out}/model.pt: RA {o['RA']:.1f} UA {o['UA']:.1f} TA {o['TA']:.1f} MIA {o['MIA']:.1f}; "

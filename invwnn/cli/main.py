@@ -14,6 +14,7 @@ from trajgen.spec import ALL_ARCHS, SpecError, parse_choices
 from trajgen.store import StoreError, probe_writable
 from invwnn.train import fit
 from invwnn.train.fit import TrainConfig
+from invwnn.train.meta_train import MetaTrainConfig, run as meta_train_run
 from invwnn.train.evaluate import evaluate_checkpoint
 from invwnn.errors import InputError
 from invwnn.cli.apply import apply, audit, prepare, report
@@ -87,32 +88,32 @@ def train(kinds, val_archs, context, max_windows, quiet, **settings):
 
 
 @main.command("meta-train")
-@click.option("--store", default="data/counterfactuals.zarr", show_default=True,
+@click.option("--store", default=MetaTrainConfig.store, show_default=True,
               help="Store of counterfactual triples (trajgen counterfactuals).")
-@click.option("--out", default="data/meta_rewinder.pt", show_default=True, help="Checkpoint to write (atomically).")
-@click.option("--steps", default=600, show_default=True, type=click.IntRange(min=1), help="Meta-training steps (one triple each).")
-@click.option("--lr", default=3e-3, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Adam learning rate of the rewinder.")
-@click.option("--window", "k", default=5, show_default=True, type=click.IntRange(min=2), help="K: snapshots per window.")
-@click.option("--width", default=32, show_default=True, type=click.IntRange(min=1), help="Hidden units of the correction.")
+@click.option("--out", default=MetaTrainConfig.out, show_default=True, help="Checkpoint to write (atomically).")
+@click.option("--steps", default=MetaTrainConfig.steps, show_default=True, type=click.IntRange(min=1), help="Meta-training steps (one triple each).")
+@click.option("--lr", default=MetaTrainConfig.lr, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Adam learning rate of the rewinder.")
+@click.option("--window", "k", default=MetaTrainConfig.k, show_default=True, type=click.IntRange(min=2), help="K: snapshots per window.")
+@click.option("--width", default=MetaTrainConfig.width, show_default=True, type=click.IntRange(min=1), help="Hidden units of the correction.")
 @click.option("--context", default="", show_default=True, type=click.Choice(["", "layer"]),
               help="Inputs beyond the coordinate's window: layer = its span among its layer's and the layer's mean move.")
 @click.option("--holdout-archs", default="convnext", show_default=True,
               help="Families held out entirely (the evaluation's unseen family); empty: none.")
-@click.option("--holdout-every", default=5, show_default=True, type=click.IntRange(min=2),
+@click.option("--holdout-every", default=MetaTrainConfig.holdout_every, show_default=True, type=click.IntRange(min=2),
               help="Hold out every n-th parent of the other families.")
 @click.option("--first", default=None, type=click.IntRange(min=1),
               help="Only triples of index below this (the same data while a collection grows).")
-@click.option("--eval-triples", default=24, show_default=True, type=click.IntRange(min=1),
+@click.option("--eval-triples", default=MetaTrainConfig.eval_triples, show_default=True, type=click.IntRange(min=1),
               help="Triples per held-out set, and for tuning the line.")
-@click.option("--lead", default=2, show_default=True, type=click.IntRange(min=0),
+@click.option("--lead", default=MetaTrainConfig.lead, show_default=True, type=click.IntRange(min=0),
               help="Up to this many loop iterations run as data before the one the gradient goes through.")
-@click.option("--unrolled", default=1, show_default=True, type=click.IntRange(min=1),
+@click.option("--unrolled", default=MetaTrainConfig.unrolled, show_default=True, type=click.IntRange(min=1),
               help="Loop iterations the gradient goes through (straight through each forget window).")
-@click.option("--iterations", default=3, show_default=True, type=click.IntRange(min=1),
+@click.option("--iterations", default=MetaTrainConfig.iterations, show_default=True, type=click.IntRange(min=1),
               help="Loop iterations before the distance is measured (tuning the line, evaluating).")
 @click.option("--data-root", default=None, type=click.Path(), help="Folder with the dataset's IDX files.")
-@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="torch threads.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--threads", default=MetaTrainConfig.threads, show_default=True, type=click.IntRange(min=1), help="torch threads.")
+@click.option("--seed", default=MetaTrainConfig.seed, show_default=True, type=int)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors(InputError, DatasetError, SpecError, StoreError)
 def meta_train(context, holdout_archs, quiet, **settings):
@@ -120,12 +121,10 @@ def meta_train(context, holdout_archs, quiet, **settings):
     invwnn+ loop (and of the forget-only loop) on each triple of STORE and minimise the unlearned model's
     KL to the counterfactual; then compare it on held-out parents and a held-out family with the
     tuned line, reset and the regression predictor; write --out."""
-    from invwnn.train import meta_train as meta_training
-
     check_output(Path(settings["out"]))
     archs = parse_choices("architecture", holdout_archs, ALL_ARCHS) if holdout_archs else ()
-    config = meta_training.MetaTrainConfig(context=(context,) if context else (), holdout_archs=archs, **settings)
-    record = meta_training.run(config, progress=not quiet, log=click.echo)
+    config = MetaTrainConfig(context=(context,) if context else (), holdout_archs=archs, **settings)
+    record = meta_train_run(config, progress=not quiet, log=click.echo)
     t = record["training"]
     click.echo(f"{config.out}: {record['data']['triples']['train']} training triples, {t['steps']} steps in {t['seconds']} s; "
                f"objective {t['objective_first']:.4f} -> {t['objective_last']:.4f}")

@@ -180,7 +180,7 @@ class Sampler:
         return self.split.x[idx].to(self.device), self.labels[idx].to(self.device)
 
 
-def ce_loss(model: nn.Module, sample: "Sampler") -> Callable[[int], torch.Tensor]:
+def ce_loss(model: nn.Module, sample: Sampler) -> Callable[[int], torch.Tensor]:
     """The loss for :func:`run_steps`: cross-entropy of ``model`` on one ``sample()`` minibatch."""
     def loss(_: int) -> torch.Tensor:
         x, y = sample()
@@ -213,27 +213,6 @@ def squared_grads(model: nn.Module, params: list[nn.Parameter],
 
 def trainable(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
-
-
-def saliency_masks(model: nn.Module, forget: Split, params: list[nn.Parameter], keep: float,
-                   device: str) -> list[torch.Tensor]:
-    """SalUn's weight saliency: bool masks shaped like ``params``, True for the ``keep`` share of
-    coordinates with the largest |gradient of the summed forget loss| (one global threshold). The
-    model is put in eval mode so that measuring does not move norm layers' running statistics."""
-    set_mode(model, False)
-    grads = [torch.zeros_like(p) for p in params]
-    for i in range(0, len(forget), 256):
-        x, y = forget.x[i: i + 256].to(device), forget.y[i: i + 256].to(device)
-        loss = F.cross_entropy(model(x), y, reduction="sum")
-        for g, d in zip(grads, torch.autograd.grad(loss, params, allow_unused=True)):
-            if d is not None:
-                g += d
-    flat = torch.cat([g.abs().reshape(-1) for g in grads])
-    k = int(round(keep * flat.numel()))
-    if k <= 0:
-        return [torch.zeros_like(g, dtype=torch.bool) for g in grads]
-    threshold = flat.kthvalue(flat.numel() - k + 1).values
-    return [g.abs() >= threshold for g in grads]
 
 
 PROBE_IMAGES = 256  # images whose outputs the step calibration watches

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from invwnn.unlearn.methods.loop import (Context, Data, EpochsConfig, Sampler, opt, saliency_masks, train_epochs,
-                                         trainable)
+from invwnn.audit.metrics import set_mode
+from invwnn.inputs.splits import Split
+from invwnn.unlearn.methods.loop import Context, Data, EpochsConfig, Sampler, opt, train_epochs, trainable
 
 NAME = "random-label"
 
@@ -31,6 +32,27 @@ def random_wrong_labels(y: torch.Tensor, n_classes: int, g: torch.Generator) -> 
     """A uniformly random label different from each true label."""
     shift = torch.randint(1, n_classes, y.shape, generator=g)
     return (y + shift) % n_classes
+
+
+def saliency_masks(model: nn.Module, forget: Split, params: list[nn.Parameter], keep: float,
+                   device: str) -> list[torch.Tensor]:
+    """SalUn's weight saliency: bool masks shaped like ``params``, True for the ``keep`` share of
+    coordinates with the largest |gradient of the summed forget loss| (one global threshold). The
+    model is put in eval mode so that measuring does not move norm layers' running statistics."""
+    set_mode(model, False)
+    grads = [torch.zeros_like(p) for p in params]
+    for i in range(0, len(forget), 256):
+        x, y = forget.x[i: i + 256].to(device), forget.y[i: i + 256].to(device)
+        loss = F.cross_entropy(model(x), y, reduction="sum")
+        for g, d in zip(grads, torch.autograd.grad(loss, params, allow_unused=True)):
+            if d is not None:
+                g += d
+    flat = torch.cat([g.abs().reshape(-1) for g in grads])
+    k = int(round(keep * flat.numel()))
+    if k <= 0:
+        return [torch.zeros_like(g, dtype=torch.bool) for g in grads]
+    threshold = flat.kthvalue(flat.numel() - k + 1).values
+    return [g.abs() >= threshold for g in grads]
 
 
 def run(model: nn.Module, data: Data, config: Config, ctx: Context, masks=None) -> nn.Module:

@@ -26,7 +26,7 @@ class Config(EpochsConfig):
     msteps: int = opt(2, "scrub: epochs that include max-steps on the forget set")
     weight_decay: float = opt(5e-4, "weight decay")
     temperature: float = opt(4.0, "scrub: distillation temperature")
-    alpha: float = opt(0.001, "weight of the retain loss (neggrad+) / of the task vector (task-vector)")
+    alpha: float = opt(0.001, "scrub: weight of the KL term in min-steps")
     gamma: float = opt(0.99, "scrub: weight of the CE term in min-steps")
 
 
