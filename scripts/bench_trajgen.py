@@ -10,7 +10,9 @@ streamed in, the test-set evaluation, the group completed) alternate, A B A B ..
 times, so drift of a shared machine falls on both sides of each pair. With ``--s3`` the recorded
 runs go to a bucket of the local S3 server (trajgen.s3local, moto on 127.0.0.1 in this process).
 Reported per architecture: the median of the per-pair ratios recorded / bare minus 1, with the
-smallest and largest, and the median seconds of each side. Prints JSON and a Markdown table.
+smallest and largest, in wall time and in this process's CPU time (all its threads; steadier than
+wall time on a machine shared with other jobs), and the median seconds of each side. Prints JSON
+and a Markdown table.
 """
 from __future__ import annotations
 
@@ -30,33 +32,36 @@ from trajgen.spec import RunSpec
 from trajgen.train import build_model, keep_freed_memory, snapshots
 
 
-def bare_seconds(spec: RunSpec, data) -> float:
-    """Wall seconds of ``spec``'s training loop alone: the same steps, a snapshot at each end."""
+def seconds(fn, *args) -> tuple[float, float]:
+    """(wall, CPU) seconds of ``fn(*args)``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn(*args)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def bare(spec: RunSpec, data) -> None:
+    """``spec``'s training loop alone: the same steps, a snapshot at each end."""
     spec = RunSpec.from_dict({**spec.to_dict(), "every": spec.steps})
-    t = time.perf_counter()
     for _ in snapshots(spec, build_model(spec, data), data):
         pass
-    return time.perf_counter() - t
 
 
-def recorded_seconds(spec: RunSpec, path: str) -> float:
-    """Wall seconds of a collection worker's whole run of ``spec`` into the store at ``path``."""
-    t = time.perf_counter()
+def recorded(spec: RunSpec, path: str) -> None:
+    """A collection worker's whole run of ``spec`` into the store at ``path``."""
     train_to_store(path, spec.to_dict(), None, threads=1)
-    return time.perf_counter() - t
 
 
 def recording_cost(spec: RunSpec, data, path: str, pairs: int) -> dict[str, float]:
     """Interleaved bare / recorded runs of ``spec``: per-pair overhead (recorded / bare - 1, in %)
-    as median, min and max, and the median seconds of each side."""
-    ratios, bare_s, rec_s = [], [], []
-    for _ in range(pairs):
-        bare_s.append(bare_seconds(spec, data))
-        rec_s.append(recorded_seconds(spec, path))
-        ratios.append(100 * (rec_s[-1] / bare_s[-1] - 1))
-    return {"overhead_pct_median": statistics.median(ratios), "overhead_pct_min": min(ratios),
-            "overhead_pct_max": max(ratios), "bare_s_median": statistics.median(bare_s),
-            "recorded_s_median": statistics.median(rec_s), "steps_per_s_bare": spec.steps / statistics.median(bare_s)}
+    in wall and CPU time as median, min and max, and the median seconds of each side."""
+    timed = [(seconds(bare, spec, data), seconds(recorded, spec, path)) for _ in range(pairs)]
+    out = {}
+    for i, clock in enumerate(("wall", "cpu")):
+        ratios = [100 * (r[i] / b[i] - 1) for b, r in timed]
+        out |= {f"{clock}_overhead_pct_median": statistics.median(ratios), f"{clock}_overhead_pct_min": min(ratios),
+                f"{clock}_overhead_pct_max": max(ratios), f"{clock}_bare_s_median": statistics.median(b[i] for b, _ in timed),
+                f"{clock}_recorded_s_median": statistics.median(r[i] for _, r in timed)}
+    return out
 
 
 def main() -> None:
@@ -78,16 +83,17 @@ def main() -> None:
             stack.enter_context(s3local.s3_server("bench"))
         rec = "s3://bench/rec.zarr" if args.s3 else f"{stack.enter_context(tempfile.TemporaryDirectory())}/rec.zarr"
         store.create_store(rec)
-        recorded_seconds(specs[0], rec)  # warm-up
+        recorded(specs[0], rec)  # warm-up
         for spec in specs:
             results[f"recording_{spec.arch.family}"] = recording_cost(spec, data, rec, args.pairs)
     print(json.dumps(results, indent=2))
     print("\n| figure | value |\n|---|---|")
     for key, value in results.items():
-        print(f"| recording overhead, {key.split('_')[1]} ({args.pairs} interleaved pairs): median "
-              f"[min, max] | {value['overhead_pct_median']:+.1f}% [{value['overhead_pct_min']:+.1f}, "
-              f"{value['overhead_pct_max']:+.1f}]; bare {value['bare_s_median']:.2f} s, "
-              f"recorded {value['recorded_s_median']:.2f} s |")
+        for clock in ("wall", "cpu"):
+            v = {k.removeprefix(f"{clock}_"): x for k, x in value.items() if k.startswith(clock)}
+            print(f"| recording overhead, {key.split('_')[1]}, {clock} time ({args.pairs} interleaved pairs): "
+                  f"median [min, max] | {v['overhead_pct_median']:+.1f}% [{v['overhead_pct_min']:+.1f}, "
+                  f"{v['overhead_pct_max']:+.1f}]; bare {v['bare_s_median']:.2f} s, recorded {v['recorded_s_median']:.2f} s |")
 
 
 if __name__ == "__main__":
