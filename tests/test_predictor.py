@@ -1,7 +1,8 @@
 """The predictor network, predict_past and the checkpoint file."""
 from __future__ import annotations
 
-import importlib.util
+import subprocess
+import sys
 import os
 from pathlib import Path
 
@@ -152,14 +153,14 @@ def test_no_shipped_checkpoint_for_other_windows():
         default_checkpoint(7)
 
 
-def test_predictor_doc_shows_the_shipped_records():
+def test_predictor_doc_shows_the_shipped_records(tmp_path):
     """docs/predictor.md's generated section is exactly what scripts/predictor_doc.py makes of the
-    shipped checkpoints' records."""
+    shipped checkpoints' records; a document without the markers is refused in one line."""
     root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location("predictor_doc", root / "scripts" / "predictor_doc.py")
-    doc = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(doc)
-    text = (root / "docs" / "predictor.md").read_text()
-    assert doc.render(text) == text, "docs/predictor.md is stale: run scripts/predictor_doc.py"
-    with pytest.raises(ValueError, match="GENERATED markers"):
-        doc.render(text.replace(doc.END, ""))
+    script = [sys.executable, str(root / "scripts" / "predictor_doc.py")]
+    fresh = subprocess.run([*script, "--check"], cwd=root, capture_output=True, text=True)
+    assert fresh.returncode == 0, f"docs/predictor.md is stale: run scripts/predictor_doc.py ({fresh.stderr})"
+    broken = tmp_path / "predictor.md"
+    broken.write_text("# no generated section here\n")
+    refused = subprocess.run([*script, "--doc", str(broken), "--check"], cwd=root, capture_output=True, text=True)
+    assert refused.returncode != 0 and "GENERATED" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
