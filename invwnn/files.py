@@ -1,4 +1,4 @@
-"""Atomic file writes and the version record every artifact carries."""
+"""Atomic file writes (text, bytes, plots) and the version record every artifact carries."""
 from __future__ import annotations
 
 import os
@@ -31,3 +31,24 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_fig(fig, path: Path) -> None:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    pyplot().close(fig)
+
+
+def write_files(files: dict[Path, str | bytes]) -> list[Path]:
+    """Write each path's text (or bytes) atomically; the paths."""
+    for path, body in files.items():
+        put = Path.write_bytes if isinstance(body, bytes) else Path.write_text
+        atomic_write(path, lambda tmp, body=body, put=put: put(Path(tmp), body))
+    return list(files)

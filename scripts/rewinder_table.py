@@ -21,6 +21,7 @@ from pathlib import Path
 
 from invwnn.bench import report
 from invwnn.bench.rows import ROWS
+from invwnn.files import pyplot, save_fig
 from invwnn.bench.scenarios import SCENARIOS
 
 LEARNED = ("invwnn+", "invwnn+-episodes", "invwnn+-episodes-context", "invwnn+-twins", "invwnn+-twins48",
@@ -102,7 +103,7 @@ def plot(results_dir: Path, path: Path) -> None:
     """One panel per scenario where some row reached Retrain's UA: each row's gap per seed (dots) and
     its mean over the seeds that reached (bar); learned rows in colour, the lines and the control in
     grey; a seed that never reached is a cross at the top."""
-    plt = report.pyplot()
+    plt = pyplot()
     loaded = {s: json.loads((results_dir / s / "results.json").read_text()) for s in SCENARIOS
               if (results_dir / s / "results.json").is_file()}
     benched = {n for r in loaded.values() for n in r["bench"]["methods"]}
@@ -130,7 +131,7 @@ def plot(results_dir: Path, path: Path) -> None:
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle("invwnn+ rewinders at equal forgetting: per-seed gap (dots), mean (bar), "
                  "seed that never reached Retrain's UA (x)", fontsize=10)
-    report.save_fig(fig, path)
+    save_fig(fig, path)
 
 
 def main() -> None:

@@ -152,7 +152,7 @@ def plot_scores(attack: Attack, model: nn.Module, title: str, path: Path) -> Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from invwnn.bench.report import save_fig
+    from invwnn.files import save_fig
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     bins = [i / 20 for i in range(21)]

@@ -27,7 +27,8 @@ from torch import nn
 from invwnn.audit import metrics
 from invwnn.bench import rows as bench_rows
 from invwnn.bench.pool import map_units, read_log, run_logged
-from invwnn.bench.report import mean_std, versions, write_files
+from invwnn.bench.report import mean_std, versions
+from invwnn.files import write_files
 from invwnn.errors import InputError
 from trajgen import data as datasets
 

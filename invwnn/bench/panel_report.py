@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from invwnn.bench import panel
-from invwnn.bench.report import cell, mean_std, pyplot, save_fig, stats, versions, write_files
+from invwnn.bench.report import cell, mean_std, stats, versions
+from invwnn.files import pyplot, save_fig, write_files
 
 _TUNED = ("at the bench's tuned values (`invwnn/bench/tuned/<scenario>.json`, chosen on the bench's CNN; "
           "nothing tuned per network)")

@@ -13,7 +13,7 @@ import numpy as np
 
 from invwnn import files
 from invwnn.bench.rows import ROWS
-from invwnn.files import atomic_write
+from invwnn.files import atomic_write, pyplot, save_fig, write_files
 
 METRICS = ("RA", "UA", "TA", "MIA", "gap", "seconds", "time_ratio")
 # with reference models (``--references``): ReGUn's five-term gap and the RMIA / JS figures
@@ -169,27 +169,6 @@ def versions() -> dict:
     import sklearn
     return {**files.versions(), "scikit-learn": sklearn.__version__, "python": platform.python_version(),
             "machine": platform.platform()}
-
-
-def pyplot():
-    """matplotlib.pyplot on the Agg backend (no display)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def save_fig(fig, path: Path) -> None:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    pyplot().close(fig)
-
-
-def write_files(files: dict[Path, str | bytes]) -> list[Path]:
-    """Write each path's text (or bytes) atomically; the paths."""
-    for path, body in files.items():
-        put = Path.write_bytes if isinstance(body, bytes) else Path.write_text
-        atomic_write(path, lambda tmp, body=body, put=put: put(Path(tmp), body))
-    return list(files)
 
 
 def plot_trajectories(results: dict, path: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from invwnn.bench import report
 from invwnn.bench.rows import BENCH as ORDER
+from invwnn.files import write_files
 
 
 def tuning(done: dict[str, dict]) -> str:
@@ -131,4 +132,4 @@ def write_docs(done: dict[str, dict], folders: dict[str, Path], doc: str | Path,
             files[doc.with_name(f"{stem}-{name}-{plot}.png")] = (Path(folders[name]) / f"{plot}.png").read_bytes()
         table += f"\n![{name} trajectories]({stem}-{name}-trajectories.png) ![{name} gap]({stem}-{name}-gap.png)\n"
         files[doc.with_name(f"{stem}-{name}.md")] = table
-    return report.write_files(files)
+    return write_files(files)
