@@ -37,9 +37,8 @@ PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 
 
 # `make test`: the whole suite (what CI runs, .ci/run), then the learning tests again on the portable
 # code path. `make test-fast`: the edit loop, the suite without the tests marked `slow` (whole
-# collections, training commands, kill drills) or `learning` (a metric crossing a threshold): 503
-# tests, 3.3 CPU-minutes over its two workers (2026-12-07; 2.8-4.5 minutes of wall time while other
-# jobs shared the 2 cores, so about 2 minutes on the idle VM).
+# collections, training commands, kill drills) or `learning` (a metric crossing a threshold): 501
+# tests in 2.6 minutes on the 2-core VM, other jobs starting meanwhile (2026-12-07; 2.7 CPU-minutes).
 test: venv dataset
 	$(PYTEST)
 	$(OTHER_CPU) $(PYTEST) -m learning

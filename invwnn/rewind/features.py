@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from invwnn.errors import InputError
-from invwnn.inputs.models import param_kinds
+from invwnn.inputs.archs import param_kinds
 from trajgen.nets import KINDS
 
 EPS = 1e-6  # relative to the window's largest |weight|: below float32 resolution, still scale-free
