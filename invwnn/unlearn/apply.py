@@ -24,6 +24,7 @@ from invwnn.unlearn.methods import REGISTRY, Context, Data
 from invwnn.unlearn.methods.invwnn import rewinder_for
 from invwnn.unlearn.guard import Guard, GuardStop, watch_subset
 from invwnn.inputs.models import LoadedModel
+from invwnn.inputs.preprocess import PreprocessHint
 from invwnn.errors import InputError
 
 DEFAULT_MAX_DROP = 5.0  # percentage points of watched accuracy a method may lose (docs/applier.md)
@@ -247,7 +248,7 @@ def load_inputs(inputs: Inputs) -> tuple[LoadedModel, Data]:
                                            ("test", inputs.test)) if path is not None}
     for name, path in paths.items():
         forget_io.check_source(path, f"--{name}")
-    hint = models.PreprocessHint(inputs.size, inputs.channels, inputs.mean, inputs.std,
+    hint = PreprocessHint(inputs.size, inputs.channels, inputs.mean, inputs.std,
                                  forget_io.infer_preprocess(inputs.forget), f"--forget {inputs.forget}")
     loaded = models.load(inputs.model, trust_pickle=inputs.trust_pickle, classes=inputs.classes,
                          preprocess=hint, arch=inputs.arch)
