@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Writes docs/results.md's paper-scale run:
+# Writes docs/results/paper-scale.md's run:
 # the paper's headline setting end to end (BRIEF Table 1): record torchvision-family
 # trajectories with sampled coordinates, train predictors on them, and bench CIFAR-style ResNet-18
 # with the whole training set, a random 50% forgotten, every method stopped at Retrain's UA.
@@ -7,7 +7,7 @@
 # On a CUDA machine (the full setting; Fashion-MNIST as 3x32x32 stands in for CIFAR-10, which the
 # project's machines cannot download -- pass --dataset cifar10 --data-root DIR where you have it):
 #   scripts/paper_scale.sh --device cuda --amp
-# The reduced CPU run docs/results.md's "Paper scale (reduced CPU run)" section reports (29 min on a
+# The reduced CPU run docs/results/paper-scale.md reports (29 min on a
 # shared 2-vCPU VM):
 #   scripts/paper_scale.sh --width 8 --width-mult 0.125 --runs 4 --steps 48 --coords 20000 \
 #       --train-steps 400 --train-size 2000 --epochs 5 --seeds 3 \

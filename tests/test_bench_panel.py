@@ -36,7 +36,7 @@ def miniature(tmp_path_factory):
 # Methods whose steps are calibrated on the model (docs/applier.md, "Calibrated steps"): they must move
 # forget error on every family. The baselines keep their fixed learning rates, and at those
 # neggrad+ (resnet18) and finetune (resnet18, convnext) leave this miniature's forget error at 0
-# (docs/results.md, "Architecture panel"): their rows are checked for finite weights only.
+# (docs/results/panel.md): their rows are checked for finite weights only.
 SCALE_FREE = ("invwnn", "invwnn+")
 
 
