@@ -1,4 +1,4 @@
-"""docs/results.md and docs/predictor.md, the meta rewinder's headroom: the oracle line length (0.74x).
+"""docs/predictor.md, the meta rewinder's headroom: the oracle line length (0.74x).
 
 How much room is there below the tuned line? On one held-out set of `invwnn meta-train`'s split,
 the function-space distance after the loop for the line at each horizon, for the line with its
