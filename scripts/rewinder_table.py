@@ -110,6 +110,8 @@ def plot(results_dir: Path, path: Path) -> None:
     names = [n for n in (*LEARNED, *CONTROLS, SPACED_LINE, SEARCHED_SPACING) if n in benched]
     gaps = {s: {n: seed_gaps(r, n) for n in names} for s, r in loaded.items()}
     shown = [s for s in gaps if any(g is not None for v in gaps[s].values() for g in v)]
+    if not shown:
+        raise SystemExit(f"rewinder_table: no rewinder row reached Retrain's UA in {results_dir}: nothing to plot")
     fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 4.8), squeeze=False)
     colours = plt.get_cmap("tab10").colors
     for ax, scenario in zip(axes[0], shown):
