@@ -5,7 +5,7 @@ first: this reads its built models).
     .venv/bin/python scripts/neighbour_estimate.py [--work results/forget-only/work] [--seeds 0,1,2]
 
 For each case and seed: the share of invwnn+'s neighbours (its defaults: 4 shifted copies of each
-forget image, ``invwnn.unlearn.methods.invwnn_plus.neighbours``) whose label, the original model's prediction,
+forget image, ``invwnn.unlearn.estimate.neighbours``) whose label, the original model's prediction,
 is the forget label, over the near copies (invwnn+'s stop) and over all; beside them the forget
 accuracy of Retrain and of the original (percent).
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from invwnn.bench.forget_only import CASES
 from invwnn.unlearn.apply import Inputs, load_inputs
+from invwnn.unlearn import estimate
 from invwnn.unlearn.methods import invwnn_plus
 from invwnn.unlearn.methods.loop import Context
 
@@ -36,7 +37,7 @@ def main() -> None:
             c, h, w = meta["shape"]
             loaded, data = load_inputs(Inputs(str(Path(args.work) / meta["model"]), str(folder / "forget.pt"),
                                               size=(h, w), channels=c))
-            split, source, near = invwnn_plus.neighbours(loaded.model, data.forget, config.neighbour_copies,
+            split, source, near = estimate.neighbours(loaded.model, data.forget, config.neighbour_copies,
                                                          config.neighbour_shift, Context(seed=seed).generator(12), "cpu")
             keep = (split.y == data.forget.y[source]).float()
             acc = meta["accuracy"]

@@ -157,9 +157,9 @@ def test_invwnn_plus_rewinds_on_forget_data_and_repairs_on_retain_data(setup):
     forget.x[:, 0, 0, 0], retain.x[:, 0, 0, 0] = -7.0, 7.0
     model = copy.deepcopy(loaded.model)
     spy = _Spy(model, LinearRewinder(3))
-    _plus(model, Data(forget, data.classes, retain), spy, repair_steps=2, every=2,
-          lr=1e-3, repair_lr=1e-3)  # given steps: no calibration passes among the loop's own
-    one_iteration = ["F"] * (3 * 2) + ["rewind"] + ["R"] * 2
+    _plus(model, Data(forget, data.classes, retain), spy, repair_steps=2, every=2, lr=1e-3, repair_lr=1e-3,
+          target_forget_acc=-1.0, restore_steps=0)  # given steps and target: no calibration or estimate passes
+    one_iteration = ["F"] * (3 * 2) + ["rewind"] + ["R"] * 2 + ["F"]  # the last: the stop's check
     assert spy.events == one_iteration * 2
 
 
@@ -172,32 +172,6 @@ def test_invwnn_plus_flags_are_checked(setup):
         _plus(copy.deepcopy(loaded.model), data, LinearRewinder(3), repair_on="test")
     model = copy.deepcopy(loaded.model)  # no repair, no retain needed
     assert _plus(model, no_retain, LinearRewinder(3), repair_steps=0) is model
-
-
-def test_neighbours_are_shifted_forget_images_labelled_by_the_model(monkeypatch):
-    """Known answer: each forget image is one lit pixel; every copy is that pixel moved at most the
-    shift (2 pixels of 28 at 0.07) each way, and its label is the model's prediction on the copy."""
-    g = torch.Generator().manual_seed(0)
-    rows, cols = torch.randint(4, 24, (30,), generator=g), torch.randint(4, 24, (30,), generator=g)
-    x = torch.zeros(30, 1, 28, 28)
-    x[torch.arange(30), 0, rows, cols] = 1.0
-    forget = Split(x, torch.zeros(30, dtype=torch.long), "forget")
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))
-    split, source, near = invwnn_plus.neighbours(model, forget, 3, 0.07, torch.Generator().manual_seed(1), "cpu")
-    assert len(split) == 90 and torch.equal(source, torch.arange(90) % 30)
-    lit = split.x[:, 0].flatten(1).argmax(1)
-    assert torch.all(split.x.flatten(1).sum(1) == 1)  # the pixel stays inside the image
-    dr, dc = lit // 28 - rows[source], lit % 28 - cols[source]
-    reach = torch.maximum(dr.abs(), dc.abs())
-    assert reach.max() == 2 and reach.min() == 1  # never the forget image itself
-    assert torch.equal(near, reach == 1) and 0 < near.sum() < 90
-    with torch.no_grad():
-        assert torch.equal(split.y, model(split.x).argmax(1))
-    monkeypatch.setattr(invwnn_plus, "NEIGHBOUR_BYTES", 40 * 28 * 28 * 4)  # room for 40 images
-    split, source, _ = invwnn_plus.neighbours(model, forget, 3, 0.07, torch.Generator().manual_seed(1), "cpu")
-    assert len(split) == 40 and len(source.unique()) > 20
-    with pytest.raises(InputError, match="--neighbour-copies"):
-        invwnn_plus.neighbours(model, forget, 0, 0.07, g, "cpu")
 
 
 def test_invwnn_plus_without_retain_repairs_on_neighbours(setup):
@@ -288,20 +262,30 @@ def test_the_rewind_records_its_cost_and_bfloat16_stays_close(setup):
                                Context(rewinder=LinearRewinder(3.0)))
 
 
-def test_the_loop_stops_itself_when_the_forget_classes_are_gone_from_retain():
-    """A forget set whose classes the retain set lacks (class forgetting) ends the invwnn loops at
-    forget accuracy 0, what Retrain gives; an explicit target wins; with shared classes or no
-    retain set there is no target."""
-    from invwnn.unlearn.methods.invwnn import Config, forget_target
-
-    def split(labels):
-        y = torch.tensor(labels)
-        return Split(torch.zeros(len(y), 1, 2, 2), y, "s")
-
-    classes = tuple("abc")
-    gone = Data(split([2, 2]), classes, split([0, 1, 0]))
-    shared = Data(split([1, 2]), classes, split([0, 1]))
-    assert forget_target(Config(), gone) == 0.0
-    assert forget_target(Config(target_forget_acc=40.0), gone) == 40.0
-    assert forget_target(Config(), shared) is None
-    assert forget_target(Config(), Data(split([2]), classes)) is None
+def test_restore_stops_where_forget_accuracy_would_pass_its_ceiling(setup):
+    """invwnn+'s last phase trains on retain until retain accuracy is back, but never lets forget
+    accuracy rise past the ceiling: with no slack over an estimate of 0 the first check that
+    finds forget accuracy higher puts the starting weights back; with room it restores retain."""
+    loaded, data = setup["random"]
+    torch.manual_seed(0)
+    damaged = copy.deepcopy(loaded.model)
+    with torch.no_grad():
+        for p in rewindable(damaged)[0]:
+            p.add_(0.5 * p.std() * torch.randn_like(p))  # lowers every accuracy, as a rewind does
+    sample = invwnn_plus.Sampler(data.retain, 64, torch.Generator().manual_seed(0), "cpu")
+    for slack, ceiling_bites in ((0.0, True), (100.0, False)):
+        model = copy.deepcopy(damaged)
+        params = rewindable(model)[0]
+        start = [p.detach().clone() for p in params]
+        ctx = Context(seed=0)
+        ctx.estimate = {"forget_acc": 0.0}
+        ctx.restore = {"retain_acc_before": 100.0}
+        config = REGISTRY["invwnn+"].config(restore_steps=60, forget_slack=slack, restore_within=0.0)
+        invwnn_plus.restore(model, params, sample, 3e-3, data, config, ctx)
+        r = ctx.restore
+        assert r["forget_acc_end"] <= r["ceiling"] and r["steps"] >= 10
+        if ceiling_bites:
+            assert r["ended"].startswith("forget accuracy rose above the ceiling")
+            assert all(torch.equal(a, b) for a, b in zip(start, params)) and r["forget_acc_end"] == r["forget_acc_start"]
+        else:
+            assert r["ended"] == "steps spent" and r["retain_acc_end"] > r["retain_acc_start"] + 5

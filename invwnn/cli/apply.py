@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from invwnn.unlearn.apply import DEFAULT_MAX_DROP, Inputs, format_report, unlearn
+from invwnn.unlearn.apply import AUTO, DEFAULT_MAX_DROP, Inputs, choose_method, format_report, unlearn
 from invwnn.unlearn.methods import REGISTRY
 from invwnn.errors import InputError
 from invwnn.inputs.prepare import PrepareConfig, prepare as prepare_original
@@ -111,7 +111,8 @@ def inputs_from(model_path, arch, forget_path, retain_path, test_path, trust_pic
 
 @click.command("apply")
 @input_flags
-@click.option("--method", default="invwnn", show_default=True, type=click.Choice(list(REGISTRY)))
+@click.option("--method", default=AUTO, show_default=True, type=click.Choice([AUTO, *REGISTRY]),
+              help="auto: invwnn+ with --retain (the retain-aware loop), else invwnn (forget data only).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Unlearned model [default: beside the input, M.unlearned.EXT].")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="JSON report [default: the output's name with .json].")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of every random choice; recorded in the report.")
@@ -120,13 +121,19 @@ def inputs_from(model_path, arch, forget_path, retain_path, test_path, trust_pic
               help="Guard: stop the method once accuracy on 512 retain images (test images without "
                    "--retain) falls more than this many points below its value before unlearning, and "
                    "keep the last weights within the bound; off: no bound (non-finite weights still stop it).")
+@click.option("--retrain-epochs", type=click.FloatRange(min=0, min_open=True),
+              help="Epochs a retraining on --retain would take, for the report's cost comparison "
+                   "[default: the recipe the model file records].")
 @click.option("--quiet", is_flag=True, help="No progress bars; one summary line instead of the table.")
 @_with_method_flags
 @input_errors
-def apply(method, out, report_path, seed, device, max_drop, quiet, **flags):
+def apply(method, out, report_path, seed, device, max_drop, retrain_epochs, quiet, **flags):
     """Remove the influence of the FORGET images from MODEL; write the unlearned model (in MODEL's
     format) and a JSON report (metrics before/after, per-iteration log, config, seed, versions)."""
     inputs, method_opts = inputs_from(**flags)
+    method, why = choose_method(method, inputs)
+    if why and not quiet:
+        click.echo(f"method: {method} ({why})", err=True)
     given = {k: v for k, v in method_opts.items() if v is not None}
     valid = {f.name for f in dataclasses.fields(REGISTRY[method].config)}
     wrong = sorted(set(given) - valid)
@@ -135,7 +142,7 @@ def apply(method, out, report_path, seed, device, max_drop, quiet, **flags):
                         f"its settings: {', '.join('--' + v.replace('_', '-') for v in sorted(valid))}")
     bound = _max_drop(max_drop)
     report = unlearn(inputs, method, given, out=out, report_path=report_path, seed=seed, device=device, progress=not quiet, max_drop=bound,
-                     warn=lambda text: click.echo(f"warning: {text}", err=True))
+                     retrain_epochs=retrain_epochs, warn=lambda text: click.echo(f"warning: {text}", err=True))
     if not quiet:
         click.echo(format_report(report))
     b, a = report["before"], report["after"]

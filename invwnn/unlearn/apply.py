@@ -21,6 +21,7 @@ from invwnn.inputs import splits as forget_io
 from invwnn.audit import metrics
 from invwnn.inputs import models
 from invwnn.unlearn.methods import REGISTRY, Context, Data
+from invwnn.unlearn.estimate import Estimate
 from invwnn.unlearn.methods.invwnn import rewinder_for
 from invwnn.unlearn.guard import Guard, GuardStop, watch_subset
 from invwnn.inputs.models import LoadedModel
@@ -28,6 +29,19 @@ from invwnn.inputs.preprocess import PreprocessHint
 from invwnn.errors import InputError
 
 DEFAULT_MAX_DROP = 5.0  # percentage points of watched accuracy a method may lose (docs/applier.md)
+
+
+AUTO = "auto"
+
+
+def choose_method(method: str, inputs: "Inputs") -> tuple[str, str | None]:
+    """The method ``--method`` names, or for ``auto`` the one the given data supports and why:
+    invwnn+ with retain data (its repair and restore train on it), else invwnn."""
+    if method != AUTO:
+        return method, None
+    if inputs.retain is not None:
+        return "invwnn+", "auto: --retain given, so the retain-aware loop"
+    return "invwnn", "auto: forget data only, so the forget-only loop (give --retain for invwnn+)"
 
 
 def make_config(method: str, overrides: dict[str, Any]):
@@ -67,13 +81,16 @@ def _distance(model, reference: list[torch.Tensor]) -> float:
 
 
 def apply(loaded: LoadedModel, data: Data, method: str, config, ctx: Context,
-          max_drop: float | None = DEFAULT_MAX_DROP, warn: Callable[[str], None] | None = None) -> dict:
+          max_drop: float | None = DEFAULT_MAX_DROP, warn: Callable[[str], None] | None = None,
+          retrain_epochs: float | None = None) -> dict:
     """Run ``method`` on ``loaded`` (modified in place) under a :class:`Guard` that watches the
     retain set (else the test set) with bound ``max_drop`` (percentage points; None: only
     non-finite weights stop the method) and return the report: metrics before and after (percent),
     per-iteration log for iterative methods (accuracies, L2 distance from the original weights,
     seconds), seconds (checks excluded), ``stop_reason`` (budget: ran its configured length, target,
-    guard, non-finite), the guard's record, and ``warnings`` (each also passed to ``warn`` at once)."""
+    guard, non-finite), the guard's record, ``work`` (images fed forward and backward, against a
+    retraining's: ``retrain_epochs`` over the retain set, else the epochs the model file records),
+    and ``warnings`` (each also passed to ``warn`` at once)."""
     warnings: list[str] = []
 
     def warned(text: str | None) -> None:
@@ -137,7 +154,24 @@ def apply(loaded: LoadedModel, data: Data, method: str, config, ctx: Context,
             "before": before, "after": after, "iterations": log, "log_images": {k: len(v) for k, v in logged.items()},
             "seconds": seconds, "stop_reason": stop_reason, "guard": guard.describe(),
             "calibration": ctx.calibration or None, "rewind": _rewind_record(ctx.rewind, seconds),
+            "estimate": ctx.estimate, "restore": ctx.restore, "work": _work(ctx.work, loaded, data, retrain_epochs),
             "distance": _distance(model, reference), "warnings": warnings}
+
+
+def _work(work: dict[str, int], loaded: LoadedModel, data: Data, retrain_epochs: float | None) -> dict | None:
+    """The method's image passes (``work``: by what they trained on) and, when a retraining's epochs
+    are known (``retrain_epochs``, else the model file's recipe) and retain data is given, a
+    retraining's (epochs x retain images) and the share."""
+    if not work:
+        return None
+    out = {**work, "images": sum(work.values()), "forget_passes": work.get("forget_images", 0) / len(data.forget)}
+    recorded = loaded.train_config.get("prepare", {}).get("epochs")
+    epochs, source = (retrain_epochs, "--retrain-epochs") if retrain_epochs else \
+        (recorded, "the model file's recorded recipe")
+    if epochs and data.retain is not None and len(data.retain):
+        out.update(retrain_images=round(epochs * len(data.retain)), retrain_from=source,
+                   share=out["images"] / (epochs * len(data.retain)))
+    return out
 
 
 def _rewind_record(rewind: dict, seconds: float) -> dict | None:
@@ -173,15 +207,33 @@ def format_report(report: dict) -> str:
         if k in a:
             rows.append(f"{label:<36}{b[k]:>8.1f}{a[k]:>8.1f}{a[k] - b[k]:>+8.1f}")
     lines = ["\n".join(rows), f"{report['method']} in {report['seconds']:.1f} s; stopped: {report['stop_reason']}"]
+    if report.get("estimate"):
+        est = Estimate(**report["estimate"])
+        lines.append(est.describe())
+        lines.append(f"forget accuracy {100 - a['UA']:.1f}% after, against that estimate {est.forget_acc:.1f}% "
+                     f"(before: {100 - b['UA']:.1f}%)")
+    if (report.get("restore") or {}).get("steps") is not None:
+        r = report["restore"]
+        lines.append(f"restore: {r['steps']} retain steps, retain accuracy {r['retain_acc_start']:.1f} -> "
+                     f"{r['retain_acc_end']:.1f} (original's {r['retain_acc_before']:.1f}), forget accuracy "
+                     f"{r['forget_acc_start']:.1f} -> {r['forget_acc_end']:.1f} (ceiling {r['ceiling']:.1f}): "
+                     f"{r['ended']}")
     if report.get("rewind"):
         r = report["rewind"]
         lines.append(f"rewind: {r['calls']} x {r['coordinates'] / r['calls']:,.0f} coordinates in {r['seconds']:.1f} s "
                      f"({r['per_second']:,.0f} per second, {100 * r['share']:.0f}% of the method's time)")
+    if report.get("work"):
+        w = report["work"]
+        text = (f"work: {w['images']:,} image passes ({w['forget_passes']:.1f} passes over the forget set"
+                f"{', ' + format(w['repair_images'], ',') + ' repair images' if 'repair_images' in w else ''})")
+        if "share" in w:
+            text += (f"; a retraining: {w['retrain_images']:,} ({w['retrain_from']}), so "
+                     f"{100 * w['share']:.1f}% of it")
+        lines.append(text)
     for name, c in (report.get("calibration") or {}).items():
         if name == "neighbours":
             lines.append(f"repair on {c['images']} shifted copies of the forget images, labelled by the model "
-                         f"before unlearning; {c['keep_forget_label']:.1f}% keep their forget label, the forget accuracy "
-                         "the loop stops at unless --target-forget-acc is given")
+                         f"before unlearning ({c['keep_forget_label']:.1f}% keep their forget label)")
             continue
         lines.append(f"calibrated {name.replace('_', ' ')}: {c['lr']:.3g} (one step moves the centred logits on "
                      f"{c['probe_images']} images by {c['measured']:.3g} rms; asked {c['step_size']:g})")
@@ -264,15 +316,16 @@ def load_inputs(inputs: Inputs) -> tuple[LoadedModel, Data]:
                         loaded.mnemonic)
 
 
-def unlearn(inputs: Inputs, method: str = "invwnn", overrides: dict | None = None, *,
+def unlearn(inputs: Inputs, method: str = AUTO, overrides: dict | None = None, *,
             out: str | None = None, report_path: str | None = None, seed: int = 0, device: str = "cpu",
             progress: bool = False, max_drop: float | None = DEFAULT_MAX_DROP,
-            warn: Callable[[str], None] | None = None) -> dict:
+            warn: Callable[[str], None] | None = None, retrain_epochs: float | None = None) -> dict:
     """The ``invwnn apply`` command as a function: returns the report, also written to
     ``report_path`` (default: the output model's name with ``.json``); ``max_drop`` and ``warn`` as
     :func:`apply`."""
     if max_drop is not None and not (math.isfinite(max_drop) and max_drop >= 0):
         raise InputError(f"--max-drop takes a number of points >= 0 or off, got {max_drop}")
+    method, why = choose_method(method, inputs)
     config = make_config(method, overrides or {})
     out_path = Path(out) if out else models.default_output(inputs.model)
     report_path = Path(report_path) if report_path else out_path.with_suffix(".json")
@@ -281,7 +334,7 @@ def unlearn(inputs: Inputs, method: str = "invwnn", overrides: dict | None = Non
     torch.manual_seed(seed)
     ctx = Context(device=device, seed=seed, progress=progress, rewinder=rew,
                   rebuild=loaded.rebuild if loaded.can_rebuild else None)
-    report = apply(loaded, data, method, config, ctx, max_drop, warn)
+    report = apply(loaded, data, method, config, ctx, max_drop, warn, retrain_epochs)
     report.update({
         "rewinder": rew.describe() if rew else None,
         "model": {"path": str(inputs.model), "source": loaded.source, "classes": list(loaded.classes),
@@ -292,7 +345,7 @@ def unlearn(inputs: Inputs, method: str = "invwnn", overrides: dict | None = Non
         "data": {name: {"path": split.source, "n": len(split), "classes": split.counts(loaded.classes)}
                  for name, split in (("forget", data.forget), ("retain", data.retain), ("test", data.test))
                  if split is not None},
-        "output": str(out_path), "versions": files.versions()})
+        "output": str(out_path), "versions": files.versions(), "method_choice": why})
     loaded.model.cpu()
     models.save(loaded, out_path, report)
     files.atomic_write(report_path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))

@@ -23,9 +23,11 @@ from invwnn.audit.metrics import accuracy
 from invwnn.errors import InputError
 from invwnn.rewind import USER_REWINDERS, Rewinder, make_rewinder
 from invwnn.rewind.features import rewound
+from invwnn.unlearn.estimate import Estimate, estimate
 
 NAME = "invwnn"
 CHUNK = 1 << 22  # coordinates per rewinder call: bounds the (n, K) window buffer on big models
+STOP_IMAGES = 2048  # forget images whose accuracy the stop watches (a seeded sample of a larger set)
 STEP_SIZE = 0.16  # rms logit change per forget step: lr 1e-4 on the bench CNN (docs/applier.md, "Calibrated steps")
 
 
@@ -47,7 +49,7 @@ class Config(MethodConfig):
                                       "of the centred logits on 256 retain, else forget, images)")
     batch_size: int = opt(128, "minibatch size")
     target_forget_acc: float | None = opt(None, "stop once forget accuracy (percent) is at or below this "
-                                                "[default: 0 when no forget class is in --retain, else none]")
+                                                "[default: an estimate of Retrain's, docs/applier.md]")
     rewind_dtype: str = opt("float32", "precision of the learned rewind: float32, or bfloat16 (2.2x faster on "
                                        "CPUs with bfloat16 units, 0.5% of the rewind's length off)")
     rewinder: str = opt("learned", "what predicts the past: learned (a trained predictor, or a meta rewinder's "
@@ -123,19 +125,6 @@ def rewind_all(rewinder: Rewinder, windows: torch.Tensor, kinds: torch.Tensor,
     return out
 
 
-def forget_target(config: Config, data: Data) -> float | None:
-    """The forget accuracy (percent) that ends the loop: ``--target-forget-acc``, else 0 when the
-    retain set holds none of the forget set's classes (a model trained without them, Retrain,
-    predicts them for no image: every further iteration would only cost retain and test accuracy),
-    else None (no target: nothing the data alone says tells where Retrain's forgetting lies)."""
-    if config.target_forget_acc is not None:
-        return config.target_forget_acc
-    if data.retain is not None and len(data.retain) and \
-            not set(data.forget_classes()) & set(data.retain.y.unique().tolist()):
-        return 0.0
-    return None
-
-
 def rewindable(model: nn.Module) -> tuple[list[nn.Parameter], torch.Tensor, torch.Tensor]:
     """The parameters InvWNN rewinds and each coordinate's kind code and layer id (n,)
     (:func:`invwnn.rewind.features.rewound`)."""
@@ -145,10 +134,12 @@ def rewindable(model: nn.Module) -> tuple[list[nn.Parameter], torch.Tensor, torc
 
 
 def run(model: nn.Module, data: Data, config: Config, ctx: Context, *, name: str = NAME,
-        repair: Callable[[], None] | None = None) -> nn.Module:
+        repair: Callable[[], None] | None = None, estimated: Estimate | None = None) -> nn.Module:
     """Unlearn ``data.forget`` from ``model`` in place with the InvWNN loop, rewinding with
     ``ctx.rewinder`` (None: the one ``config`` asks for); ``repair()`` runs after each rewind
-    (invwnn+'s retain steps). Returns ``model``."""
+    (invwnn+'s retain steps). The loop stops once forget accuracy (on a seeded
+    :data:`STOP_IMAGES` forget images) is at or below ``estimated`` (None: estimated here,
+    :func:`invwnn.unlearn.estimate.estimate`), recorded in ``ctx.estimate``. Returns ``model``."""
     if config.snapshots < 2 or config.every < 1 or config.iterations < 1:
         raise InputError(f"{name} needs --snapshots >= 2, --every >= 1, --iterations >= 1")
     rewind_precision(config.rewind_dtype, ctx.device)  # refuses a bad --rewind-dtype before any work
@@ -159,8 +150,13 @@ def run(model: nn.Module, data: Data, config: Config, ctx: Context, *, name: str
                  config.optimizer, ctx)
     opt_ = make_optimizer(config.optimizer, params, lr * ctx.step_scale)
     scale = ctx.step_scale
-    loss_fn = ce_loss(model, Sampler(data.forget, config.batch_size, ctx.generator(1), ctx.device))
-    target = forget_target(config, data)
+    forget_sampler = Sampler(data.forget, config.batch_size, ctx.generator(1), ctx.device)
+    loss_fn = ce_loss(model, forget_sampler)
+    if estimated is None:
+        estimated = estimate(model, data, config.target_forget_acc, ctx.device, ctx.generator(13))
+    ctx.estimate = estimated.to_dict()
+    watched = data.forget if len(data.forget) <= STOP_IMAGES else \
+        data.forget.subset(torch.randperm(len(data.forget), generator=ctx.generator(16))[:STOP_IMAGES].sort().values)
     k = config.snapshots
     history = torch.empty(k, codes.numel(), device=ctx.device)
     for it in range(config.iterations):
@@ -186,7 +182,8 @@ def run(model: nn.Module, data: Data, config: Config, ctx: Context, *, name: str
             repair()
         if ctx.on_iteration is not None:
             ctx.on_iteration(it, model)
-        if target is not None and accuracy(model, data.forget.x, data.forget.y, ctx.device) <= target:
+        ctx.work["forget_images"] = forget_sampler.drawn
+        if accuracy(model, watched.x, watched.y, ctx.device) <= estimated.forget_acc:
             ctx.stop_reason = "target"
             break
     return model

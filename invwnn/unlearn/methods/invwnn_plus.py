@@ -7,23 +7,24 @@ data only, the repair trains on the forget images' *neighbours* (:func:`neighbou
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from invwnn.unlearn.methods import invwnn
-from invwnn.inputs.splits import Split
-from invwnn.unlearn.methods.loop import Context, Data, Sampler, ce_loss, make_optimizer, opt, run_steps
-from invwnn.audit.metrics import predict
+from invwnn.audit.metrics import accuracy
 from invwnn.errors import InputError
+from invwnn.inputs.splits import Split
+from invwnn.unlearn.estimate import estimate, kept_label, neighbours
+from invwnn.unlearn.methods import invwnn
+from invwnn.unlearn.methods.loop import Context, Data, Sampler, ce_loss, make_optimizer, opt, run_steps
 
 NAME = "invwnn+"
 STEP_SIZE = 2.6  # rms logit change per forget step: lr 1.6e-3 on the bench CNN
 REPAIR_STEP_SIZE = 1.15  # per repair step: repair lr 8.5e-4 on the bench CNN
 REPAIR_DATA = ("retain", "neighbours")
-NEIGHBOUR_BYTES = 1 << 28  # the neighbour images held at once (float32): 21k at 3x32x32
+RESTORE_EVERY = 10  # retain steps between the restore phase's checks
+RESTORE_IMAGES = 512  # retain images the restore phase watches (twice as many forget images)
 
 
 @dataclass(frozen=True)
@@ -47,59 +48,75 @@ class Config(invwnn.Config):
                                       "(shifted copies of the forget images labelled by the model before "
                                       "unlearning: forget data only) [default: retain when given, else neighbours]")
     neighbour_copies: int = opt(4, "invwnn+ neighbours: shifted copies of each forget image")
+    restore_steps: int = opt(200, "invwnn+: at most this many retain steps once the loop ends, bringing retain accuracy "
+                                  "back to the original's while forget accuracy stays at or below the estimate "
+                                  "(needs --retain; 0: none)")
+    restore_within: float = opt(0.5, "invwnn+: the restore phase ends once retain accuracy is this many points or "
+                                      "fewer below the original's")
+    forget_slack: float = opt(1.0, "invwnn+: points of forget accuracy the restore phase may rise above the "
+                                   "estimate of Retrain's")
     neighbour_shift: float = opt(0.07, "invwnn+ neighbours: largest shift of a copy, a share of the image side "
                                        "(at least 1 pixel)")
 
 
-def shifted(x: torch.Tensor, source: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int) -> torch.Tensor:
-    """Copies of images ``x`` (N, C, H, W): copy ``i`` is ``x[source[i]]`` moved by (``dy[i]``,
-    ``dx[i]``) pixels in [-pad, pad], zero filled; (M, C, H, W) for M = len(source)."""
-    h, w = x.shape[2:]
-    padded = F.pad(x, (pad, pad, pad, pad))  # padded once per image, not per copy
-    return torch.stack([padded[j, :, pad + a: pad + a + h, pad + b: pad + b + w]
-                        for j, a, b in zip(source.tolist(), dy.tolist(), dx.tolist())])
-
-
-def neighbours(model: nn.Module, forget: Split, copies: int, shift: float, g: torch.Generator,
-               device: str) -> tuple[Split, torch.Tensor, torch.Tensor]:
-    """A stand-in for retain data built from the forget set alone: ``copies`` copies of each forget
-    image, each shifted by up to ``shift`` of the image side (at least one pixel, never zero),
-    labelled with ``model``'s prediction on the copy (call it before unlearning). A prediction that
-    holds only because the image was memorised rarely survives the shift; one the model has learnt
-    in general does, and the repair keeps it. At most :data:`NEIGHBOUR_BYTES` of images (a seeded
-    sample of the copies). Returns the split, each copy's index into ``forget``, and which copies
-    are *near*: shifted at most half as far (rounded up)."""
-    if copies < 1 or not 0 <= shift < 0.5:
-        raise InputError("--neighbour-copies must be >= 1 and --neighbour-shift in [0, 0.5)")
-    total, most = len(forget) * copies, max(1, NEIGHBOUR_BYTES // (forget.x[0].numel() * 4))
-    source = (torch.arange(total) if total <= most else torch.randperm(total, generator=g)[:most]) % len(forget)
-    pad = max(1, round(shift * max(forget.x.shape[2:])))
-    grid = torch.cartesian_prod(torch.arange(-pad, pad + 1), torch.arange(-pad, pad + 1))
-    offsets = grid[(grid != 0).any(1)][torch.randint(len(grid) - 1, (len(source),), generator=g)]
-    x = shifted(forget.x, source, offsets[:, 0], offsets[:, 1], pad)
-    y = predict(model, x, device).argmax(1)
-    near = offsets.abs().amax(1) <= (pad + 1) // 2
-    return Split(x, y, f"shifted copies of {forget.source}"), source, near
-
-
-def repair_data(config: Config, data: Data, model: nn.Module, ctx: Context) -> tuple[Split, float | None]:
-    """The split the repair steps train on (see ``Config.repair_on``) and, for neighbours, the share
-    (percent) of the near ones that keep their forget label, also recorded with how many in
-    ``ctx.calibration["neighbours"]``: an estimate of Retrain's forget accuracy
-    (scripts/neighbour_estimate.py measures how close)."""
+def repair_data(config: Config, data: Data, model: nn.Module, ctx: Context) -> Split:
+    """The split the repair steps train on (see ``Config.repair_on``); for neighbours, how many and
+    the share (percent) of the near ones that keep their forget label go to
+    ``ctx.calibration["neighbours"]``."""
     kind = config.repair_on or ("retain" if data.retain is not None and len(data.retain) else "neighbours")
     if kind not in REPAIR_DATA:
         raise InputError(f"--repair-on takes {' or '.join(REPAIR_DATA)}, got {kind!r}")
     if kind == "retain":
-        return data.need("retain", NAME), None
+        return data.need("retain", NAME)
     split, source, near = neighbours(model, data.forget, config.neighbour_copies, config.neighbour_shift,
                                      ctx.generator(12), ctx.device)
-    keeps = (split.y == data.forget.y[source])[near if near.any() else slice(None)]  # a tiny sample may hold no near copy
-    kept = 100.0 * keeps.float().mean().item()
+    kept = kept_label(split, source, near, data.forget)
     ctx.calibration["neighbours"] = {"images": len(split), "keep_forget_label": round(kept, 1)}
     if ctx.warn is not None and len(labels := data.forget_classes()) == 1 and len(data.classes) > 1:
         ctx.warn(one_class_warning(data.classes[labels[0]], kept))
-    return split, round(kept, 1)
+    return split
+
+
+def restore(model: nn.Module, params: list[nn.Parameter], sample: Sampler, lr: float, data: Data,
+            config: Config, ctx: Context) -> None:
+    """The last phase: retain steps (at most ``config.restore_steps``, checked every
+    :data:`RESTORE_EVERY`) until accuracy on a seeded 512 retain images is back within
+    ``config.restore_within`` points of the original's, while forget accuracy (on a seeded 1,024
+    forget images) stays at or below the estimate plus ``config.forget_slack`` (or where the loop
+    left it, if higher: the phase never undoes forgetting). A check that finds forget accuracy
+    above that ceiling puts the last weights that passed back and ends the phase. Recorded in
+    ``ctx.restore``."""
+    retain = subset(data.retain, RESTORE_IMAGES, ctx.generator(14))
+    forget = subset(data.forget, 2 * RESTORE_IMAGES, ctx.generator(15))
+    goal = ctx.restore["retain_acc_before"] - config.restore_within
+    at = lambda s: accuracy(model, s.x, s.y, ctx.device)  # noqa: E731
+    forget_acc, retain_acc = at(forget), at(retain)
+    ceiling = max(ctx.estimate["forget_acc"], forget_acc) + config.forget_slack
+    record = ctx.restore
+    record.update(retain_acc_start=retain_acc, forget_acc_start=forget_acc, ceiling=ceiling, steps=0, goal=goal)
+    opt_ = make_optimizer(config.optimizer, params, lr)
+    kept = [p.detach().clone() for p in params]
+    while retain_acc < goal and record["steps"] < config.restore_steps:
+        steps = min(RESTORE_EVERY, config.restore_steps - record["steps"])
+        run_steps(model, ce_loss(model, sample), opt_, steps)
+        record["steps"] += steps
+        forget_acc, retain_acc = at(forget), at(retain)
+        if forget_acc > ceiling:
+            with torch.no_grad():
+                for p, k in zip(params, kept):
+                    p.copy_(k)
+            record["ended"] = "forget accuracy rose above the ceiling: the last weights below it kept"
+            break
+        kept = [p.detach().clone() for p in params]
+    else:
+        record["ended"] = "retain accuracy back" if retain_acc >= goal else "steps spent"
+    record.update(retain_acc_end=at(retain), forget_acc_end=at(forget))
+    ctx.work["repair_images"] = sample.drawn
+
+
+def subset(split: Split, n: int, g: torch.Generator) -> Split:
+    """A seeded ``n`` images of ``split`` (all of a smaller one)."""
+    return split if len(split) <= n else split.subset(torch.randperm(len(split), generator=g)[:n].sort().values)
 
 
 def one_class_warning(label: str, kept: float) -> str:
@@ -113,22 +130,29 @@ def one_class_warning(label: str, kept: float) -> str:
 
 def run(model: nn.Module, data: Data, config: Config, ctx: Context) -> nn.Module:
     """Unlearn ``data.forget`` from ``model`` in place; returns ``model``."""
-    if config.repair_steps < 0:
-        raise InputError("--repair-steps must be >= 0")
+    if config.repair_steps < 0 or config.restore_steps < 0:
+        raise InputError("--repair-steps and --restore-steps must be >= 0")
     params = invwnn.rewindable(model)[0]
-    repair = None
-    if config.repair_steps:
-        retain, estimate = repair_data(config, data, model, ctx)
-        if estimate is not None and invwnn.forget_target(config, data) is None:
-            # the share of the forget set the model gets right beyond memorising it: an estimate of
-            # Retrain's forget accuracy, so the loop stops there instead of overshooting
-            config = replace(config, target_forget_acc=estimate)
-        sample = Sampler(retain, config.repair_batch_size, ctx.generator(2), ctx.device)
-        lr = invwnn.step_lr("repair_lr", config.repair_lr, config.repair_step_size, retain, config.repair_batch_size,
-                            8, model, params, data, config.optimizer, ctx)
-        opt_ = make_optimizer(config.optimizer, params, lr)
+    found = estimate(model, data, config.target_forget_acc, ctx.device, ctx.generator(13),
+                     config.neighbour_copies, config.neighbour_shift)
+    if not config.repair_steps:
+        return invwnn.run(model, data, config, ctx, name=NAME, estimated=found)
+    retain = repair_data(config, data, model, ctx)
+    sample = Sampler(retain, config.repair_batch_size, ctx.generator(2), ctx.device)
+    lr = invwnn.step_lr("repair_lr", config.repair_lr, config.repair_step_size, retain, config.repair_batch_size,
+                        8, model, params, data, config.optimizer, ctx)
+    opt_ = make_optimizer(config.optimizer, params, lr)
+    restoring = config.restore_steps and data.retain is not None and len(data.retain) and \
+        config.repair_on != "neighbours"
+    if restoring:
+        before = subset(data.retain, RESTORE_IMAGES, ctx.generator(14))
+        ctx.restore = {"retain_acc_before": accuracy(model, before.x, before.y, ctx.device)}
 
-        def repair() -> None:
-            run_steps(model, ce_loss(model, sample), opt_, config.repair_steps)
+    def repair() -> None:
+        run_steps(model, ce_loss(model, sample), opt_, config.repair_steps)
+        ctx.work["repair_images"] = sample.drawn
 
-    return invwnn.run(model, data, config, ctx, name=NAME, repair=repair)
+    invwnn.run(model, data, config, ctx, name=NAME, repair=repair, estimated=found)
+    if restoring:
+        restore(model, params, sample, lr, data, config, ctx)
+    return model

@@ -99,6 +99,12 @@ class Context:
     step_scale: float = 1.0
     # Written by invwnn's loop: seconds spent predicting the past, coordinates predicted, calls.
     rewind: dict[str, float] = dataclasses.field(default_factory=dict)
+    # Written by invwnn and invwnn+: images fed forward and backward, by what they trained on.
+    work: dict[str, int] = dataclasses.field(default_factory=dict)
+    # Written by invwnn's loop: its estimate of Retrain's forget accuracy (Estimate.to_dict()).
+    estimate: dict | None = None
+    # Written by invwnn+'s restore phase: where it started, ended and why.
+    restore: dict | None = None
 
     def generator(self, salt: int = 0) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed * 1000003 + salt)
@@ -174,9 +180,11 @@ class Sampler:
         self.split, self.device = split, device
         self.labels = split.y if labels is None else labels
         self.it = batches(len(split), batch_size, g)
+        self.drawn = 0  # images handed out so far (the work a method's report counts)
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
         idx = next(self.it)
+        self.drawn += len(idx)
         return self.split.x[idx].to(self.device), self.labels[idx].to(self.device)
 
 
