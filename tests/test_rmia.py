@@ -19,6 +19,29 @@ def test_auc_matches_the_pairwise_definition_with_ties():
     assert rmia.auc(np.ones(5), np.zeros(5)) == 100 and rmia.auc(np.zeros(5), np.ones(5)) == 0
 
 
+def test_paired_se_matches_delongs_definition_and_cancels_shared_luck():
+    """DeLong's variance from the explicit pairwise kernel matrices equals paired_se; a difference
+    between two score sets that share the images' luck has a smaller standard error than either AUC
+    alone, and none between a score set and itself."""
+    rng = np.random.default_rng(1)
+    luck_p, luck_n = rng.normal(0, 1, 80), rng.normal(0, 1, 60)  # each image's own ease, shared by both sides
+    a = (luck_p + 0.3 + rng.normal(0, 0.3, 80), luck_n + rng.normal(0, 0.3, 60))
+    b = [(luck_p + rng.normal(0, 0.3, 80), luck_n + rng.normal(0, 0.3, 60)) for _ in range(2)]
+
+    def kernel(pos, neg):  # psi(x_i, y_j): 1 above, 1/2 tied, 0 below
+        return (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+
+    d = kernel(*a) - (kernel(*b[0]) + kernel(*b[1])) / 2  # (80, 60): the difference's kernel
+    v10, v01 = d.mean(1), d.mean(0)
+    expected = 100 * np.sqrt(v10.var(ddof=1) / 80 + v01.var(ddof=1) / 60)
+    assert rmia.paired_se(a, b) == pytest.approx(expected)
+    place = rmia.placements(*a)
+    assert 100 * place[0].mean() == pytest.approx(rmia.auc(*a)) and 100 * place[1].mean() == pytest.approx(rmia.auc(*a))
+    alone = 100 * np.sqrt(kernel(*a).mean(1).var(ddof=1) / 80 + kernel(*a).mean(0).var(ddof=1) / 60)
+    assert rmia.paired_se(a, b) < 0.7 * alone
+    assert rmia.paired_se(a, [a]) == 0.0
+
+
 def test_tpr_and_best_accuracy_on_known_cases():
     neg = np.arange(100.0)  # 1% of negatives exceed 98
     assert rmia.tpr_at_fpr(np.array([98.5, 99.5, 50.0, 0.0]), neg) == 50.0
@@ -81,6 +104,10 @@ def test_rmia_finds_a_memorised_set_and_not_one_never_seen():
     assert remembered["RMIA_TPR1"] > 20 and remembered["JS_forget"] > 2 * remembered["JS_test"]
     assert 35 < attack.retrain["RMIA_AUC"] < 65 and attack.retrain["RMIA_acc"] < 65
     assert attack.figures(refs[0]) == attack.retrain
+    # each reference against the others: the first is Retrain's; the memorised set stands far above them
+    yards = attack.yardsticks()
+    assert len(yards) == 4 and yards[0] == attack.retrain["RMIA_AUC"] and all(35 < y < 65 for y in yards)
+    assert remembered["RMIA_AUC"] - sum(yards) / 4 > 10 * attack.paired_se(original)
     # another model trained without S stands where Retrain does
     stranger = attack.figures(_memorise(retain, seed=20))
     assert 30 < stranger["RMIA_AUC"] < 70 and stranger["RMIA_tail"] < 25

@@ -68,6 +68,26 @@ def auc(positive: np.ndarray, negative: np.ndarray) -> float:
     return 100.0 * float((below + 0.5 * ties).mean() / len(neg))
 
 
+def placements(positive: np.ndarray, negative: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DeLong's placement values: for each positive (n_p,) the share of negatives it beats, for each
+    negative (n_n,) the share of positives that beat it (ties count half); each averages to the AUC."""
+    neg, pos = np.sort(negative), np.sort(positive)
+    v10 = (np.searchsorted(neg, positive, "left") + np.searchsorted(neg, positive, "right")) / (2 * len(neg))
+    v01 = 1 - (np.searchsorted(pos, negative, "left") + np.searchsorted(pos, negative, "right")) / (2 * len(pos))
+    return v10, v01
+
+
+def paired_se(model: tuple[np.ndarray, np.ndarray], others: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    """DeLong's standard error (percent points) of AUC(``model``) minus the mean AUC of ``others``,
+    each a pair (positive scores (n_p,), negative scores (n_n,)) on the *same* images: the images'
+    own luck, shared by both sides, cancels (DeLong, DeLong and Clarke-Pearson 1988)."""
+    v10, v01 = placements(*model)
+    rest = [placements(*o) for o in others]
+    d10 = v10 - np.mean([r[0] for r in rest], 0)
+    d01 = v01 - np.mean([r[1] for r in rest], 0)
+    return 100.0 * float(np.sqrt(d10.var(ddof=1) / len(d10) + d01.var(ddof=1) / len(d01)))
+
+
 def tpr_at_fpr(positive: np.ndarray, negative: np.ndarray, fpr: float = FPR) -> float:
     """Percent of ``positive`` above the threshold that at most ``fpr`` of ``negative`` exceed."""
     allowed = int(np.floor(fpr * len(negative) + 1e-9))  # negatives that may lie above the threshold
@@ -162,6 +182,22 @@ class Attack:
         return {"RMIA_AUC": auc(forget, heldout), "RMIA_TPR1": tpr_at_fpr(forget, heldout),
                 "RMIA_acc": best_accuracy(forget, heldout)}
 
+    def yardstick_scores(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each reference's RMIA scores of the forget images (n_f,) and held-out candidates (n_h,),
+        scored against the other references: k models that never saw the forget set."""
+        return [self.retrain_scores] + [self._scores(ref, self.refs[:j] + self.refs[j + 1:])
+                                        for j, ref in enumerate(self.refs) if j > 0]
+
+    def yardsticks(self) -> list[float]:
+        """RMIA AUC (percent) of each reference scored against the others (k,); the first is
+        :attr:`retrain`'s. Their mean is the audit's yardstick, less noisy than any one of them."""
+        return [auc(*s) for s in self.yardstick_scores()]
+
+    def paired_se(self, model: nn.Module) -> float:
+        """DeLong's standard error (percent points) of ``model``'s AUC minus the yardstick's, on
+        the same images (:func:`paired_se`)."""
+        return paired_se(self.scores(model), self.yardstick_scores())
+
     def scores(self, model: nn.Module) -> tuple[np.ndarray, np.ndarray]:
         """RMIA scores in [0, 1] of the forget images (n_f,) and of the held-out candidates (n_h,)
         under ``model``; Retrain itself (the first reference, the same object) against the others."""
@@ -183,5 +219,5 @@ class Attack:
                 "JS_test": float(js_divergence(target.test, retrain.test).mean())}
 
 
-__all__ = ["Attack", "attack_splits", "offline_prior", "rmia_scores", "auc", "tpr_at_fpr", "best_accuracy", "js_divergence",
-           "label_probs", "OFFLINE_A", "GAMMA"]
+__all__ = ["Attack", "attack_splits", "offline_prior", "rmia_scores", "auc", "placements", "paired_se", "tpr_at_fpr",
+           "best_accuracy", "js_divergence", "label_probs", "OFFLINE_A", "GAMMA"]

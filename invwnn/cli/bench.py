@@ -36,16 +36,26 @@ def _list(text: str | None) -> tuple[str, ...] | None:
     return None if text is None else tuple(s.strip() for s in text.split(",") if s.strip())
 
 
+def _sizes(text: str | None) -> tuple[int, ...] | None:
+    try:
+        return None if text is None else tuple(int(s) for s in _list(text))
+    except ValueError:
+        raise InputError(f"--sizes takes a comma list of whole numbers, got {text!r}") from None
+
+
 def _log(s: str) -> None:
     from tqdm.auto import tqdm
     tqdm.write(s, file=sys.stderr)
 
 
 @click.command("bench")
-@click.option("--protocol", type=click.Choice(["equal", "as-run", "forget-only"]), default="equal", show_default=True,
+@click.option("--protocol", type=click.Choice(["equal", "as-run", "forget-only", "scaling"]), default="equal",
+              show_default=True,
               help="equal: every row stopped at Retrain's UA (and at its default budget); as-run: every row "
                    "through `invwnn apply` with the guard, to its own stop, on torchvision networks (the panel); "
-                   "forget-only: as-run from model files the project never trained, forget and test data only")
+                   "forget-only: as-run from model files the project never trained, forget and test data only; "
+                   "scaling: torchvision's resnet18 at growing training-set sizes, each method as the `invwnn apply` "
+                   "command runs, timed against Retrain")
 @click.option("--phase", type=click.Choice(["tune", "bench", "all"]), default="bench", show_default=True,
               help="equal: tune (search, write the records), bench (with the records), or both")
 @click.option("--scenario", "--scenarios", "scenario", default=None,
@@ -53,7 +63,7 @@ def _log(s: str) -> None:
                    "tunable one; as-run: class, random10, label-noise; forget-only: lenet-noisy, lenet-random, "
                    "mobilenet-random]")
 @click.option("--methods", default="all", show_default=True, help="'all' or a comma list of rows (invwnn/bench/rows.py)")
-@click.option("--seeds", type=click.IntRange(1, 100), default=None, help="number of seeds 0..N-1 [3; --quick: 1]")
+@click.option("--seeds", type=click.IntRange(1, 100), default=None, help="number of seeds 0..N-1 [3; --quick, scaling: 1]")
 @click.option("--out", default=None, help="output folder [results/SCENARIO; several scenarios: results, one "
               "folder each; as-run: results/panel; forget-only: results/forget-only]")
 @click.option("--state", default=None, help="resumable log of finished units [OUT/units.jsonl]")
@@ -62,12 +72,16 @@ def _log(s: str) -> None:
 @click.option("--dataset", default=None, help="equal: trajgen dataset name [fashion-mnist; paper: cifar10]")
 @click.option("--data-root", default=None, help="folder holding the dataset files")
 @click.option("--download", is_flag=True, help="let torchvision download a dataset not found on disk")
-@click.option("--arch", default=None, help="equal: trajgen architecture family [cnn; paper: resnet18]")
+@click.option("--arch", default=None, help="equal: trajgen architecture family [cnn; paper: resnet18]; scaling: "
+              "torchvision:NAME[:k=v,...] [torchvision:resnet18:num_classes=10]")
 @click.option("--width", type=click.IntRange(1), default=None, help="equal: network width")
 @click.option("--train-size", type=click.IntRange(0), default=None, help="equal: training images (0: all)")
+@click.option("--sizes", default=None, help="scaling: comma list of training-set sizes [2000,10000,60000; --quick: "
+              "100,200]")
 @click.option("--test-size", type=click.IntRange(0), default=None, help="test images (0: all)")
 @click.option("--val-size", type=click.IntRange(0), default=None, help="equal: validation images")
-@click.option("--epochs", type=click.FloatRange(0, min_open=True), default=None, help="equal: original/retrain epochs")
+@click.option("--epochs", type=click.FloatRange(0, min_open=True), default=None,
+              help="equal, scaling: original/retrain epochs")
 @click.option("--tuned", default=None, help="tuning record or folder of <scenario>.json records [the packaged "
               "invwnn/bench/tuned/]; 'none': library defaults; --phase tune writes there")
 @click.option("--trials", type=click.IntRange(1), default=None, help="--phase tune: configurations per row [16]")
@@ -86,13 +100,14 @@ def _log(s: str) -> None:
               help="reference models for offline RMIA and the five-term gap (0: none) [equal: 4; as-run: 0]")
 @click.option("--doc", type=click.Path(dir_okay=False), default=None,
               help="equal: also write this Markdown file (the search and the gaps across scenarios) and each "
-                   "scenario's table and plots beside it; as-run, forget-only: the table there too (as-run: its plot "
-                   "beside it)")
-@click.option("--report-only", is_flag=True, help="as-run, forget-only: run nothing, write the tables from the log")
+                   "scenario's table and plots beside it; as-run, forget-only, scaling: the table there too (as-run, "
+                   "scaling: its plot beside it)")
+@click.option("--report-only", is_flag=True,
+              help="as-run, forget-only, scaling: run nothing, write the tables from the log")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors(InputError, ValueError)
 def bench(protocol, phase, scenario, methods, seeds, out, state, quick, dataset, data_root, download, arch, width,
-          train_size, test_size, val_size, epochs, tuned, trials, networks, settings, predictors, cache_dir, device,
+          train_size, sizes, test_size, val_size, epochs, tuned, trials, networks, settings, predictors, cache_dir, device,
           amp, threads, jobs, references, doc, report_only, progress):
     """Run the bench: build each scenario, train and cache the original and Retrain, run every row
     under PROTOCOL (resuming from the log), and write the tables and plots."""
@@ -110,6 +125,20 @@ def bench(protocol, phase, scenario, methods, seeds, out, state, quick, dataset,
                                         _list(settings), out, report_only, jobs, progress, _log, state)
         files = forget_only.write(results, out, command, doc)
         click.echo(f"forget-only: {len(results['runs'])} runs, {len(files)} files in {out} ({time.time() - t0:.0f} s)")
+        return
+    if protocol == "scaling":
+        from invwnn.bench import scaling, scaling_report
+        from invwnn.bench.pool import read_log
+        config = scaling.config_from(
+            quick, sizes=_sizes(sizes), scenarios=_list(scenario),
+            methods=None if methods.strip() == "all" else _list(methods), seeds=tuple(range(seeds or 1)),
+            arch=arch, epochs=epochs, test_size=test_size, cache_dir=cache_dir, data_root=data_root, device=device)
+        out = out or "results/scaling"
+        state = state or Path(out) / "units.jsonl"
+        rows = read_log(state) if report_only else scaling.run_scaling(
+            config, state, progress, _log, jobs, lambda done: scaling_report.write(config, done, out, command, doc))
+        files = scaling_report.write(config, rows, out, command, doc)
+        click.echo(f"scaling: {len(scaling.plan(config))} units, {len(files)} files in {out} ({time.time() - t0:.0f} s)")
         return
     if protocol == "as-run":
         from invwnn.bench import panel, panel_report

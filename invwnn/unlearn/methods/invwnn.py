@@ -51,7 +51,8 @@ class Config(MethodConfig):
     target_forget_acc: float | None = opt(None, "stop once forget accuracy (percent) is at or below this "
                                                 "[default: an estimate of Retrain's, docs/applier.md]")
     rewind_dtype: str = opt("float32", "precision of the learned rewind: float32, or bfloat16 (2.2x faster on "
-                                       "CPUs with bfloat16 units, 0.5% of the rewind's length off)")
+                                       "CPUs with bfloat16 units, about 17x slower on CPUs without them; 0.5% of the "
+                                       "rewind's length off)")
     rewinder: str = opt("learned", "what predicts the past: learned (a trained predictor, or a meta rewinder's "
                                    "checkpoint given with --predictor), meta (the rewinder of invwnn meta-train; "
                                    "default: the shipped one), linear (a least-squares line through the window "
@@ -175,7 +176,7 @@ def run(model: nn.Module, data: Data, config: Config, ctx: Context, *, name: str
                   progress=ctx.progress, desc=f"{name} {it + 1}/{config.iterations}")
         start = time.perf_counter()
         with rewind_precision(config.rewind_dtype, ctx.device):
-            _write(params, rewind_all(rewinder, history.T.contiguous(), codes, layers))
+            _write(params, rewind_all(rewinder, history.T, codes, layers))
         for key, add in (("seconds", time.perf_counter() - start), ("coordinates", codes.numel()), ("calls", 1)):
             ctx.rewind[key] = ctx.rewind.get(key, 0) + add
         if repair is not None:

@@ -8,11 +8,13 @@ data only, the repair trains on the forget images' *neighbours* (:func:`neighbou
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from invwnn.audit.metrics import accuracy
+from invwnn.audit.metrics import accuracy, predict
 from invwnn.errors import InputError
 from invwnn.inputs.splits import Split
 from invwnn.unlearn.estimate import estimate, kept_label, neighbours
@@ -23,7 +25,7 @@ NAME = "invwnn+"
 STEP_SIZE = 2.6  # rms logit change per forget step: lr 1.6e-3 on the bench CNN
 REPAIR_STEP_SIZE = 1.15  # per repair step: repair lr 8.5e-4 on the bench CNN
 REPAIR_DATA = ("retain", "neighbours")
-RESTORE_EVERY = 10  # retain steps between the restore phase's checks
+RESTORE_EVERY = 5  # retain steps between the restore phase's checks
 RESTORE_IMAGES = 512  # retain images the restore phase watches (twice as many forget images)
 
 
@@ -53,8 +55,8 @@ class Config(invwnn.Config):
                                   "(needs --retain; 0: none)")
     restore_within: float = opt(0.5, "invwnn+: the restore phase ends once retain accuracy is this many points or "
                                       "fewer below the original's")
-    forget_slack: float = opt(1.0, "invwnn+: points of forget accuracy the restore phase may rise above the "
-                                   "estimate of Retrain's")
+    forget_slack: float = opt(0.15, "invwnn+: the share of the way from the estimate of Retrain's forget accuracy "
+                                    "back to the original's that the restore phase may give back (at least 1 point)")
     neighbour_shift: float = opt(0.07, "invwnn+ neighbours: largest shift of a copy, a share of the image side "
                                        "(at least 1 pixel)")
 
@@ -82,8 +84,10 @@ def restore(model: nn.Module, params: list[nn.Parameter], sample: Sampler, lr: f
     """The last phase: retain steps (at most ``config.restore_steps``, checked every
     :data:`RESTORE_EVERY`) until accuracy on a seeded 512 retain images is back within
     ``config.restore_within`` points of the original's, while forget accuracy (on a seeded 1,024
-    forget images) stays at or below the estimate plus ``config.forget_slack`` (or where the loop
-    left it, if higher: the phase never undoes forgetting). A check that finds forget accuracy
+    forget images) stays at or below a ceiling: the estimate (or where the loop left it, if
+    higher: the phase never undoes forgetting) plus ``config.forget_slack`` of the way from the
+    estimate back to the original's forget accuracy, at least 1 point. The loss holds the forget
+    images' outputs where the loop left them (:func:`anchored_loss`). A check that finds forget accuracy
     above that ceiling puts the last weights that passed back and ends the phase. Recorded in
     ``ctx.restore``."""
     retain = subset(data.retain, RESTORE_IMAGES, ctx.generator(14))
@@ -91,14 +95,16 @@ def restore(model: nn.Module, params: list[nn.Parameter], sample: Sampler, lr: f
     goal = ctx.restore["retain_acc_before"] - config.restore_within
     at = lambda s: accuracy(model, s.x, s.y, ctx.device)  # noqa: E731
     forget_acc, retain_acc = at(forget), at(retain)
-    ceiling = max(ctx.estimate["forget_acc"], forget_acc) + config.forget_slack
+    est = ctx.estimate["forget_acc"]
+    ceiling = max(est, forget_acc) + max(1.0, config.forget_slack * (ctx.restore["forget_acc_before"] - est))
     record = ctx.restore
     record.update(retain_acc_start=retain_acc, forget_acc_start=forget_acc, ceiling=ceiling, steps=0, goal=goal)
     opt_ = make_optimizer(config.optimizer, params, lr)
     kept = [p.detach().clone() for p in params]
+    loss = anchored_loss(model, sample, data.forget, ctx)
     while retain_acc < goal and record["steps"] < config.restore_steps:
         steps = min(RESTORE_EVERY, config.restore_steps - record["steps"])
-        run_steps(model, ce_loss(model, sample), opt_, steps)
+        run_steps(model, loss, opt_, steps)
         record["steps"] += steps
         forget_acc, retain_acc = at(forget), at(retain)
         if forget_acc > ceiling:
@@ -112,6 +118,24 @@ def restore(model: nn.Module, params: list[nn.Parameter], sample: Sampler, lr: f
         record["ended"] = "retain accuracy back" if retain_acc >= goal else "steps spent"
     record.update(retain_acc_end=at(retain), forget_acc_end=at(forget))
     ctx.work["repair_images"] = sample.drawn
+
+
+def anchored_loss(model: nn.Module, retain: Sampler, forget: Split, ctx: Context) -> Callable[[int], torch.Tensor]:
+    """The restore phase's loss: cross-entropy on a ``retain`` minibatch plus the KL divergence of
+    the model's outputs on a forget minibatch from its outputs there when the phase began, so that
+    retain accuracy comes back while the forget images' predictions stay where the loop left them
+    (the images fed are counted in ``ctx.work["restore_forget_images"]``)."""
+    anchor = predict(model, forget.x, ctx.device).clamp_min(1e-12).log().to(ctx.device)
+    pick = Sampler(forget, retain.batch_size, ctx.generator(17), ctx.device, labels=torch.arange(len(forget)))
+
+    def loss(_: int) -> torch.Tensor:
+        x, y = retain()
+        xf, i = pick()
+        ctx.work["restore_forget_images"] = pick.drawn
+        held = F.kl_div(F.log_softmax(model(xf), 1), anchor[i], log_target=True, reduction="batchmean")
+        return F.cross_entropy(model(x), y) + held
+
+    return loss
 
 
 def subset(split: Split, n: int, g: torch.Generator) -> Split:
@@ -146,7 +170,8 @@ def run(model: nn.Module, data: Data, config: Config, ctx: Context) -> nn.Module
         config.repair_on != "neighbours"
     if restoring:
         before = subset(data.retain, RESTORE_IMAGES, ctx.generator(14))
-        ctx.restore = {"retain_acc_before": accuracy(model, before.x, before.y, ctx.device)}
+        ctx.restore = {"retain_acc_before": accuracy(model, before.x, before.y, ctx.device),
+                       "forget_acc_before": accuracy(model, data.forget.x, data.forget.y, ctx.device)}
 
     def repair() -> None:
         run_steps(model, ce_loss(model, sample), opt_, config.repair_steps)

@@ -179,7 +179,7 @@ class Sampler:
                  labels: torch.Tensor | None = None):
         self.split, self.device = split, device
         self.labels = split.y if labels is None else labels
-        self.it = batches(len(split), batch_size, g)
+        self.it, self.batch_size = batches(len(split), batch_size, g), batch_size
         self.drawn = 0  # images handed out so far (the work a method's report counts)
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
