@@ -69,7 +69,8 @@ def test_quick_bench_end_to_end(tmp_path):
     # the protocol must have stopped something, so this test cannot pass with every row unreached:
     # InvWNN's first rewinds on a backdoor take the forget accuracy down at once
     inv = run["methods"]["invwnn"]
-    assert inv["equal"]["reached"] and inv["equal"]["stopped_at"]["iteration"] < len(inv["trajectory"])
+    # (the loop itself stops at its estimate of Retrain, so the protocol's stop may be its last check)
+    assert inv["equal"]["reached"] and inv["equal"]["stopped_at"]["iteration"] <= len(inv["trajectory"])
     # a step method's last check is its final state
     assert run["methods"]["neggrad"]["trajectory"][-1]["step"] == run["methods"]["neggrad"]["optimizer_steps"]
     # and a step method that gets there is stopped at the first check that does, before its end
@@ -83,7 +84,7 @@ def test_quick_bench_end_to_end(tmp_path):
     assert all(100 - t["forget_acc"] < target for t in m["trajectory"][: m["trajectory"].index(stop)])
     assert "error" in run["methods"]["mnemonic"]  # backdoor's original has no mnemonic codes
     iterations = run["methods"]["invwnn"]["config"]["iterations"]  # the tuned value for backdoor
-    assert len(run["methods"]["invwnn"]["trajectory"]) == iterations  # one check per rewind
+    assert 1 <= len(run["methods"]["invwnn"]["trajectory"]) <= iterations  # one check per rewind, to its own stop
     assert res["tuning"]["scenario"]["name"] == "backdoor"  # the packaged record, copied in
     assert run["methods"]["neggrad"]["config"]["lr"] == res["tuning"]["methods"]["neggrad"]["chosen"]["lr"]
     assert run["data"]["test"]["pool"] == "test" and run["data"]["val"]["pool"] == "train"

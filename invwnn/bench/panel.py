@@ -150,10 +150,13 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-# Settings added after rows were written, at their defaults, which leave those rows' results as they
-# were (invwnn+ given retain data repairs on it whatever the neighbour settings): left out of the keys.
+# Settings added after rows were written, at their defaults: left out of the keys. The first five leave
+# those rows' results as they were (invwnn+ given retain data repairs on it whatever the neighbour
+# settings); the restore phase's three (2026-12-07) do not: rows older than it ran without it, which
+# their code fingerprint records and panel.md's fingerprint note counts.
 LATER_SETTINGS = {k: getattr(invwnn_plus.Config(), k) for k in ("repair_on", "neighbour_copies", "neighbour_shift",
-                                                                "rewinder", "predictor")}
+                                                                "rewinder", "predictor", "restore_steps",
+                                                                "restore_within", "forget_slack")}
 
 
 # Settings removed since rows were written, at the values the loops now always run with (no warm-up

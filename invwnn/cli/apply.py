@@ -132,8 +132,6 @@ def apply(method, out, report_path, seed, device, max_drop, retrain_epochs, quie
     format) and a JSON report (metrics before/after, per-iteration log, config, seed, versions)."""
     inputs, method_opts = inputs_from(**flags)
     method, why = choose_method(method, inputs)
-    if why and not quiet:
-        click.echo(f"method: {method} ({why})", err=True)
     given = {k: v for k, v in method_opts.items() if v is not None}
     valid = {f.name for f in dataclasses.fields(REGISTRY[method].config)}
     wrong = sorted(set(given) - valid)
@@ -145,6 +143,8 @@ def apply(method, out, report_path, seed, device, max_drop, retrain_epochs, quie
                      retrain_epochs=retrain_epochs, warn=lambda text: click.echo(f"warning: {text}", err=True))
     if not quiet:
         click.echo(format_report(report))
+    if why:
+        click.echo(f"method: {method} ({why})")
     b, a = report["before"], report["after"]
     shown = " ".join(f"{k} {b[k]:.1f}->{a[k]:.1f}" for k in ("UA", "RA", "TA", "MIA") if k in a)
     inexact = f"; inexact: {len(report['inexact'])} note(s) in the report" if report["inexact"] else ""
